@@ -1,0 +1,107 @@
+//! `sluice-api`: the HTTP front of Sluice.
+//!
+//! A request to post a message is written to PostgreSQL — user message, pending assistant
+//! message and an outbox row in one transaction — and answered 202. The [`relay`] publishes
+//! outbox rows to RabbitMQ with confirms; workers answer on the `responses` queue, and the
+//! [`responses`] consumer writes each answer onto its pending message. Clients poll the
+//! REST [`routes`].
+
+pub mod auth;
+pub mod db;
+pub mod entities;
+pub mod error;
+pub mod extract;
+pub mod relay;
+pub mod responses;
+pub mod routes;
+
+use axum::extract::DefaultBodyLimit;
+use sea_orm::DatabaseConnection;
+use sluice_shared::{Settings, Topology};
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub settings: Arc<Settings>,
+    pub relay_wake: Arc<Notify>,
+    pub broker_up: Arc<AtomicBool>,
+    pub redis: redis::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid settings: {0}")]
+    Settings(#[from] sluice_shared::settings::SettingsError),
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn app(state: AppState) -> axum::Router {
+    routes::router(state).layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+}
+
+/// Migrates, then serves on `listener` with the relay and the response consumer running
+/// beside the server, until `cancel` fires; then drains and returns.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), RunError> {
+    settings.validate()?;
+    settings.validate_api()?;
+    let database_url = settings.database.url.expose().clone();
+    db::migrate(&database_url).await?;
+    let db = db::connect(&database_url, settings.database.max_connections).await?;
+    let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+    let state = AppState {
+        db: db.clone(),
+        redis: redis::Client::open(settings.redis.url.expose().as_str())?,
+        settings: Arc::new(settings),
+        relay_wake: Arc::new(Notify::new()),
+        broker_up: Arc::new(AtomicBool::new(false)),
+    };
+
+    let tasks = TaskTracker::new();
+    let relay = relay::Relay {
+        db: db.clone(),
+        amqp_url: state.settings.amqp.url.clone(),
+        topology: topology.clone(),
+        wake: state.relay_wake.clone(),
+        broker_up: state.broker_up.clone(),
+    };
+    tasks.spawn(relay.run(cancel.clone()));
+    let consumer = responses::ResponseConsumer {
+        db: db.clone(),
+        amqp_url: state.settings.amqp.url.clone(),
+        topology,
+    };
+    tasks.spawn(consumer.run(cancel.clone()));
+    tasks.close();
+
+    tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
+    let shutdown = cancel.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .into_future()
+        .await;
+    // If the server stopped on its own, take the background tasks down with it.
+    cancel.cancel();
+    tasks.wait().await;
+    db.close().await?;
+    served?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `sluice-api` serves the API; `sluice-api migrate` applies pending migrations and exits.
+
+use anyhow::Context;
+use sluice_shared::Settings;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sluice_shared::telemetry::init("info,sqlx=warn");
+    let settings = Settings::load().context("loading settings")?;
+    match std::env::args().nth(1).as_deref() {
+        Some("migrate") => {
+            sluice_api::db::migrate(settings.database.url.expose())
+                .await
+                .context("applying migrations")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?}; use `sluice-api` or `sluice-api migrate`")
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(settings.http.addr)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (set SLUICE__HTTP__ADDR to another address)",
+                        settings.http.addr
+                    )
+                })?;
+            let cancel = CancellationToken::new();
+            sluice_shared::shutdown::cancel_on_signal(cancel.clone());
+            sluice_api::run(settings, listener, cancel).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The response consumer: takes results from `responses` in batches, applies them in one
+//! statement — only to a message still `pending` at the same generation, so duplicates and
+//! stale answers change nothing — commits, then acks. A poison response is rejected without
+//! requeue, which dead-letters it; a database outage holds the batch (unacked) and retries.
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, message::Delivery};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use sluice_shared::broker::{self, BrokerError};
+use sluice_shared::envelope::{self, ResponseEnvelope, ResponseStatus};
+use sluice_shared::{Secret, Topology};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Responses applied per statement; the prefetch lets a full batch be in hand at once.
+const BATCH: usize = 256;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct ResponseConsumer {
+    pub db: DatabaseConnection,
+    pub amqp_url: Secret<String>,
+    pub topology: Topology,
+}
+
+impl ResponseConsumer {
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !cancel.is_cancelled() {
+            match self.consume(&cancel).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "response consumer lost the broker");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Consumes until shutdown (`Ok`) or until the channel breaks (`Err`).
+    async fn consume(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {
+        let connection = broker::connect(self.amqp_url.expose(), "sluice-api responses").await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        let prefetch = u16::try_from(BATCH * 2).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.topology.responses().as_str().into(),
+                "sluice-api-responses".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!("response consumer started");
+        // Whatever is already buffered, up to BATCH, without waiting for more.
+        let mut batches = consumer.ready_chunks(BATCH);
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = channel.close(200, "shutting down".into()).await;
+                    return Ok(());
+                }
+                batch = batches.next() => batch,
+            };
+            let Some(batch) = batch else {
+                return Err(BrokerError::ConsumerEnded);
+            };
+            let deliveries = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
+            if !self.handle_batch(&channel, deliveries, cancel).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies one batch and acks it. Returns `false` when shutdown interrupted the retries
+    /// (the batch stays unacked and will be redelivered).
+    async fn handle_batch(
+        &self,
+        channel: &Channel,
+        deliveries: Vec<Delivery>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, BrokerError> {
+        let mut valid = Vec::with_capacity(deliveries.len());
+        let mut tags = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            match envelope::decode::<ResponseEnvelope>(&delivery.data) {
+                Ok(response) => {
+                    valid.push(response);
+                    tags.push(delivery.delivery_tag);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "poison response; dead-lettering it");
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                }
+            }
+        }
+        let Some(&last_tag) = tags.last() else {
+            return Ok(true);
+        };
+        let apply = || apply_responses(&self.db, &valid);
+        let applied = tokio::select! {
+            _ = cancel.cancelled() => return Ok(false),
+            applied = apply
+                .retry(ExponentialBuilder::default().with_max_delay(MAX_BACKOFF).without_max_times())
+                .when(is_transient)
+                .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "cannot store responses yet")) => applied,
+        };
+        match applied {
+            Ok(updated) => {
+                tracing::debug!(received = valid.len(), updated, "responses stored");
+                // Every earlier delivery on this channel is settled: one multiple-ack covers all.
+                channel
+                    .basic_ack(last_tag, BasicAckOptions { multiple: true })
+                    .await?;
+            }
+            Err(e) => {
+                // Not an outage but a statement the database refuses: park the batch in the
+                // dead-letter queue rather than loop on it.
+                tracing::error!(error = %e, count = tags.len(), "responses rejected by the database; dead-lettering them");
+                for tag in tags {
+                    channel
+                        .basic_reject(tag, BasicRejectOptions { requeue: false })
+                        .await?;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Errors worth waiting out: the database is unreachable or restarting.
+fn is_transient(e: &DbErr) -> bool {
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        other => {
+            let text = other.to_string().to_lowercase();
+            [
+                "connection",
+                "timed out",
+                "shutting down",
+                "broken pipe",
+                "terminating",
+            ]
+            .iter()
+            .any(|needle| text.contains(needle))
+        }
+    }
+}
+
+const COLUMNS: usize = 12;
+
+/// Updates every still-pending assistant message a response answers, in one statement.
+pub async fn apply_responses(
+    db: &impl ConnectionTrait,
+    responses: &[ResponseEnvelope],
+) -> Result<u64, DbErr> {
+    if responses.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = String::from(
+        "UPDATE messages AS m SET status = v.status, content = v.content, model = v.model, \
+         prompt_tokens = v.prompt_tokens, completion_tokens = v.completion_tokens, \
+         key_alias = v.key_alias, attempts = v.attempts, error_kind = v.error_kind, \
+         error_message = v.error_message, completed_at = now() FROM (VALUES ",
+    );
+    let mut values: Vec<Value> = Vec::with_capacity(responses.len() * COLUMNS);
+    for (i, r) in responses.iter().enumerate() {
+        let base = i * COLUMNS;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}::uuid, ${}::uuid, ${}::int4, ${}::text, ${}::text, ${}::text, ${}::int4, ${}::int4, ${}::text, ${}::int4, ${}::text, ${}::text)",
+            base + 1, base + 2, base + 3, base + 4, base + 5, base + 6,
+            base + 7, base + 8, base + 9, base + 10, base + 11, base + 12
+        ));
+        let (status, usage) = match r.status {
+            ResponseStatus::Completed => ("completed", Some(r.usage)),
+            ResponseStatus::Failed => ("failed", None),
+        };
+        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        values.extend([
+            r.request_id.into(),
+            r.chat_id.into(),
+            r.generation.into(),
+            status.into(),
+            r.text.clone().unwrap_or_default().into(),
+            r.model.clone().into(),
+            usage.map(|u| clamp(u.prompt_tokens)).into(),
+            usage.map(|u| clamp(u.completion_tokens)).into(),
+            r.key_alias.clone().into(),
+            clamp(r.attempts).into(),
+            r.error.as_ref().map(|e| e.kind.clone()).into(),
+            r.error.as_ref().map(|e| e.message.clone()).into(),
+        ]);
+    }
+    sql.push_str(
+        ") AS v(id, chat_id, generation, status, content, model, prompt_tokens, completion_tokens, \
+         key_alias, attempts, error_kind, error_message) \
+         WHERE m.id = v.id AND m.chat_id = v.chat_id AND m.role = 'assistant' \
+         AND m.status = 'pending' AND m.generation = v.generation",
+    );
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,26 @@
+//! The REST API: each feature module exports its own `router()`, merged here.
+
+mod auth;
+mod chats;
+mod health;
+mod messages;
+mod prompts;
+mod views;
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Router;
+use axum::http::StatusCode;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(auth::router())
+        .merge(chats::router())
+        .merge(messages::router())
+        .merge(prompts::router())
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}

@@ -1,0 +1,117 @@
+//! `sluice-bench`: a load generator for a RUNNING Sluice stack.
+//!
+//! - `flood`: C closed-loop posters send N messages, then the bench waits (paging through each
+//!   chat) until no reply is pending: accepted POSTs/s and completed replies/s end to end.
+//! - `chat`: C conversations post, poll the reply every 20 ms, post again: POST and
+//!   POST→reply latency percentiles.
+//! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
+//!   scenario.
+//!
+//! `setup` registers the users and chats before any timing, `api` is the typed HTTP client,
+//! `report` holds the histograms and the `/proc` probe. With `--json` the human summary goes to
+//! stderr and one JSON object to stdout.
+
+mod api;
+mod chat;
+mod flood;
+mod report;
+mod setup;
+
+use clap::{Args, Parser, Subcommand};
+use report::Target;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Post N messages from C closed-loop clients, then wait for every reply.
+    Flood(flood::FloodArgs),
+    /// C clients each post, wait for the reply (polling), and post again.
+    Chat(chat::ChatArgs),
+    /// Print the peak RSS (VmHWM) of processes.
+    Rss(RssArgs),
+}
+
+/// Options both scenarios take.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Print one JSON object with the results on stdout (the summary then goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Processes whose peak RSS to report at the end: PID or LABEL=PID, comma separated.
+    #[arg(long, value_delimiter = ',', value_parser = report::parse_target)]
+    pids: Vec<Target>,
+    /// Registrations at once during setup (each is an argon2 hash on the API).
+    #[arg(long, default_value_t = 4)]
+    setup_concurrency: usize,
+    /// Timeout of one HTTP request.
+    #[arg(long, default_value_t = 30)]
+    request_timeout_secs: u64,
+}
+
+impl Common {
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+}
+
+#[derive(Debug, Args)]
+struct RssArgs {
+    /// PID or LABEL=PID; repeat or comma separate.
+    #[arg(long = "pid", value_delimiter = ',', value_parser = report::parse_target, required = true)]
+    pids: Vec<Target>,
+    /// Print one JSON object on stdout (the summary then goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the summary, and with `--json` the result object too.
+fn emit(common: &Common, summary: &str, result: &serde_json::Value) {
+    if common.json {
+        eprintln!("{summary}");
+        println!("{result}");
+    } else {
+        println!("{summary}");
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Rss(args) => {
+            let samples = report::sample_all(&args.pids)?;
+            let summary = format!("peak RSS (VmHWM){}", report::rss_lines(&samples));
+            if args.json {
+                eprintln!("{summary}");
+                println!(
+                    "{}",
+                    serde_json::json!({"processes": report::rss_json(&samples)})
+                );
+            } else {
+                println!("{summary}");
+            }
+            Ok(())
+        }
+        // Two worker threads: the bench shares the machine with the stack it measures.
+        command => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                match command {
+                    Command::Flood(args) => flood::run(args).await,
+                    Command::Chat(args) => chat::run(args).await,
+                    Command::Rss(_) => Ok(()),
+                }
+            }),
+    }
+}

@@ -1,0 +1,15 @@
+//! The Sluice schema as an ordered list of sea-orm migrations. `sluice-api` applies the pending
+//! ones at start (under an advisory lock) and `sluice-api migrate` applies them and exits.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_initial::Migration)]
+    }
+}

@@ -1,0 +1,385 @@
+//! Fault scripting: `[[mock:...]]` directives inside the last user text.
+//!
+//! Tests steer the mock through the prompt itself, so one prompt can be
+//! made to fail twice and then succeed while the rest of the traffic stays
+//! healthy. Grammar (whitespace inside the brackets is ignored, several
+//! directives may appear anywhere in the text):
+//!
+//! ```text
+//! directive := "[[mock:" body "]]"
+//! body      := fault [ "x" COUNT ]    COUNT >= 1
+//!            | "fail-key=" KEY        400 API_KEY_INVALID when the call uses KEY
+//!            | "latency=" MS          extra delay in milliseconds (several add up)
+//! fault     := "fail=" STATUS         any 400..=599; fail=429 means the 429 below
+//!            | "429" [ "=" DELAY ]    per-minute quota 429, retryDelay DELAY (default 1s)
+//!            | "429day"               per-day quota 429, retryDelay 3600s
+//!            | "invalid-key"          400 API_KEY_INVALID whatever the key
+//!            | "block"                200, promptFeedback.blockReason SAFETY, no candidates
+//!            | "safety"               200, one candidate with finishReason SAFETY, no content
+//!            | "garbage"              200 with a body that is not JSON
+//!            | "hang"                 never answer (the client's timeout ends the call)
+//! DELAY     := SECONDS "s" | MILLIS "ms"     e.g. 2s, 0.5s, 250ms
+//! ```
+//!
+//! Faults form a script played in order, counted per exact last-user-text:
+//! a fault with `xN` answers the next N calls and then hands over to the
+//! next fault; a fault without a count answers every call that reaches it.
+//! When the script is used up the call succeeds. So
+//! `[[mock:fail=503x2]]` fails twice then answers, `[[mock:fail=500]]`
+//! always fails, and `[[mock:429x1]][[mock:fail=503x1]]` gives a 429, then
+//! a 503, then a reply. Calls turned away earlier (bad key, malformed body,
+//! the rate limiter) never reach the script and do not advance it. An unknown or malformed directive is answered with
+//! a 400 INVALID_ARGUMENT naming it, so a typo in a test fails loudly.
+
+use std::time::Duration;
+
+const OPEN: &str = "[[mock:";
+const CLOSE: &str = "]]";
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const DAILY_RETRY: Duration = Duration::from_secs(3600);
+
+/// What a scripted call answers instead of a normal reply.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fault {
+    /// A Google-style error with this HTTP status (never 429).
+    Status(u16),
+    /// A per-minute quota 429 with this retry delay.
+    Quota {
+        retry: Duration,
+    },
+    /// A per-day quota 429.
+    DailyQuota,
+    InvalidKey,
+    Block,
+    Safety,
+    Garbage,
+    Hang,
+}
+
+/// One fault of the script and how many calls it answers (`None`: all).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Step {
+    pub fault: Fault,
+    pub times: Option<u32>,
+}
+
+/// Everything the directives of one text ask for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Script {
+    pub steps: Vec<Step>,
+    pub failing_keys: Vec<String>,
+    pub extra_latency: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum DirectiveError {
+    #[error("mock directive not closed with `]]`")]
+    Unterminated,
+    #[error("unknown mock directive `[[mock:{0}]]`")]
+    Unknown(String),
+    #[error("bad repeat count in mock directive `[[mock:{0}]]` (use xN with N >= 1)")]
+    Count(String),
+    #[error("bad status in mock directive `[[mock:{0}]]` (use 400..=599)")]
+    Status(String),
+    #[error("bad delay in mock directive `[[mock:{0}]]` (use e.g. 2s, 0.5s or 250ms)")]
+    Delay(String),
+    #[error("bad value in mock directive `[[mock:{0}]]`")]
+    Value(String),
+}
+
+impl Script {
+    /// Whether answers depend on how often this text was seen before; only
+    /// such texts get a call counter, so unique benchmark prompts cost no
+    /// memory.
+    pub fn is_counted(&self) -> bool {
+        self.steps.iter().any(|step| step.times.is_some())
+    }
+
+    /// The fault answering the call with this 0-based index among the calls
+    /// that reached the script with the same text, if any.
+    pub fn fault_for_call(&self, mut index: u32) -> Option<&Fault> {
+        for step in &self.steps {
+            match step.times {
+                None => return Some(&step.fault),
+                Some(times) if index < times => return Some(&step.fault),
+                Some(times) => index -= times,
+            }
+        }
+        None
+    }
+
+    pub fn fails_key(&self, key: &str) -> bool {
+        self.failing_keys.iter().any(|failing| failing == key)
+    }
+}
+
+/// Collects every directive of `text`.
+pub(crate) fn parse(text: &str) -> Result<Script, DirectiveError> {
+    let mut script = Script::default();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let end = after.find(CLOSE).ok_or(DirectiveError::Unterminated)?;
+        script.add(after[..end].trim())?;
+        rest = &after[end + CLOSE.len()..];
+    }
+    Ok(script)
+}
+
+impl Script {
+    fn add(&mut self, body: &str) -> Result<(), DirectiveError> {
+        // Keys may end in something like "x2", so these two are matched
+        // before the repeat count is split off.
+        if let Some(key) = body.strip_prefix("fail-key=") {
+            if key.is_empty() {
+                return Err(DirectiveError::Value(body.to_owned()));
+            }
+            self.failing_keys.push(key.to_owned());
+            return Ok(());
+        }
+        if let Some(millis) = body.strip_prefix("latency=") {
+            let millis: u64 = millis
+                .parse()
+                .map_err(|_| DirectiveError::Value(body.to_owned()))?;
+            self.extra_latency += Duration::from_millis(millis);
+            return Ok(());
+        }
+        let (name, times) = split_count(body)?;
+        let fault = parse_fault(name).map_err(|error| match error {
+            // Report the whole directive, not the stripped name.
+            DirectiveError::Unknown(_) => DirectiveError::Unknown(body.to_owned()),
+            other => other,
+        })?;
+        self.steps.push(Step { fault, times });
+        Ok(())
+    }
+}
+
+/// Splits a trailing `xN` repeat count off a directive body.
+fn split_count(body: &str) -> Result<(&str, Option<u32>), DirectiveError> {
+    let Some((name, count)) = body.rsplit_once('x') else {
+        return Ok((body, None));
+    };
+    if name.is_empty() || count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok((body, None));
+    }
+    match count.parse::<u32>() {
+        Ok(times) if times > 0 => Ok((name, Some(times))),
+        _ => Err(DirectiveError::Count(body.to_owned())),
+    }
+}
+
+fn parse_fault(name: &str) -> Result<Fault, DirectiveError> {
+    let fault = match name {
+        "429" => Fault::Quota {
+            retry: DEFAULT_RETRY,
+        },
+        "429day" => Fault::DailyQuota,
+        "invalid-key" => Fault::InvalidKey,
+        "block" => Fault::Block,
+        "safety" => Fault::Safety,
+        "garbage" => Fault::Garbage,
+        "hang" => Fault::Hang,
+        _ => {
+            if let Some(delay) = name.strip_prefix("429=") {
+                Fault::Quota {
+                    retry: parse_delay(delay)
+                        .ok_or_else(|| DirectiveError::Delay(name.to_owned()))?,
+                }
+            } else if let Some(status) = name.strip_prefix("fail=") {
+                match status.parse::<u16>() {
+                    Ok(429) => Fault::Quota {
+                        retry: DEFAULT_RETRY,
+                    },
+                    Ok(code @ 400..=599) => Fault::Status(code),
+                    _ => return Err(DirectiveError::Status(name.to_owned())),
+                }
+            } else {
+                return Err(DirectiveError::Unknown(name.to_owned()));
+            }
+        }
+    };
+    Ok(fault)
+}
+
+/// `2s`, `0.5s` or `250ms`; must be positive, since a zero retryDelay is
+/// something Gemini never sends.
+fn parse_delay(text: &str) -> Option<Duration> {
+    let delay = if let Some(millis) = text.strip_suffix("ms") {
+        Duration::from_millis(millis.parse().ok()?)
+    } else {
+        let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
+        if !seconds.is_finite() || seconds < 0.0 {
+            return None;
+        }
+        Duration::try_from_secs_f64(seconds).ok()?
+    };
+    (!delay.is_zero()).then_some(delay)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn step(fault: Fault, times: Option<u32>) -> Step {
+        Step { fault, times }
+    }
+
+    #[test]
+    fn plain_text_has_no_directives() {
+        assert_eq!(parse("hello [[world]] [mock:x]"), Ok(Script::default()));
+    }
+
+    #[test]
+    fn fail_with_and_without_count() {
+        let script = parse("hi [[mock:fail=503x2]]").unwrap();
+        assert_eq!(script.steps, vec![step(Fault::Status(503), Some(2))]);
+        assert!(script.is_counted());
+        let script = parse("[[mock:fail=500]]").unwrap();
+        assert_eq!(script.steps, vec![step(Fault::Status(500), None)]);
+        assert!(!script.is_counted());
+        // fail=429 is the quota error, with its RetryInfo.
+        let script = parse("[[mock:fail=429]]").unwrap();
+        assert_eq!(
+            script.steps,
+            vec![step(
+                Fault::Quota {
+                    retry: DEFAULT_RETRY
+                },
+                None
+            )]
+        );
+    }
+
+    #[test]
+    fn quota_directives() {
+        let script =
+            parse("[[mock:429]] [[mock:429=2s]] [[mock:429=250msx3]] [[mock:429dayx1]]").unwrap();
+        assert_eq!(
+            script.steps,
+            vec![
+                step(
+                    Fault::Quota {
+                        retry: DEFAULT_RETRY
+                    },
+                    None
+                ),
+                step(
+                    Fault::Quota {
+                        retry: Duration::from_secs(2)
+                    },
+                    None
+                ),
+                step(
+                    Fault::Quota {
+                        retry: Duration::from_millis(250)
+                    },
+                    Some(3)
+                ),
+                step(Fault::DailyQuota, Some(1)),
+            ]
+        );
+        let script = parse("[[mock:429=0.5s]]").unwrap();
+        assert_eq!(
+            script.steps,
+            vec![step(
+                Fault::Quota {
+                    retry: Duration::from_millis(500)
+                },
+                None
+            )]
+        );
+    }
+
+    #[test]
+    fn simple_faults_accept_counts() {
+        let script = parse(
+            "[[mock:invalid-key]][[mock:blockx1]][[mock:safety]][[mock:garbagex2]][[mock:hangx1]]",
+        )
+        .unwrap();
+        let faults: Vec<_> = script
+            .steps
+            .iter()
+            .map(|s| (s.fault.clone(), s.times))
+            .collect();
+        assert_eq!(
+            faults,
+            vec![
+                (Fault::InvalidKey, None),
+                (Fault::Block, Some(1)),
+                (Fault::Safety, None),
+                (Fault::Garbage, Some(2)),
+                (Fault::Hang, Some(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn latency_and_fail_key_are_modifiers() {
+        let script =
+            parse("[[mock: latency=300 ]] x [[mock:latency=50]] [[mock:fail-key=AIzax2]]").unwrap();
+        assert!(script.steps.is_empty());
+        assert_eq!(script.extra_latency, Duration::from_millis(350));
+        assert!(script.fails_key("AIzax2"));
+        assert!(!script.fails_key("AIza"));
+    }
+
+    #[test]
+    fn script_plays_in_order() {
+        let script = parse("[[mock:429x1]][[mock:fail=503x2]]").unwrap();
+        let answers: Vec<_> = (0..5).map(|i| script.fault_for_call(i).cloned()).collect();
+        assert_eq!(
+            answers,
+            vec![
+                Some(Fault::Quota {
+                    retry: DEFAULT_RETRY
+                }),
+                Some(Fault::Status(503)),
+                Some(Fault::Status(503)),
+                None,
+                None,
+            ]
+        );
+        let forever = parse("[[mock:fail=503x1]][[mock:fail=500]]").unwrap();
+        assert_eq!(forever.fault_for_call(0), Some(&Fault::Status(503)));
+        assert_eq!(forever.fault_for_call(7), Some(&Fault::Status(500)));
+    }
+
+    #[test]
+    fn malformed_directives_are_errors() {
+        assert_eq!(parse("[[mock:fail=503"), Err(DirectiveError::Unterminated));
+        assert_eq!(
+            parse("[[mock:explode]]"),
+            Err(DirectiveError::Unknown("explode".into()))
+        );
+        assert_eq!(
+            parse("[[mock:blockx9]] [[mock:boomx2]]"),
+            Err(DirectiveError::Unknown("boomx2".into()))
+        );
+        assert_eq!(
+            parse("[[mock:fail=200]]"),
+            Err(DirectiveError::Status("fail=200".into()))
+        );
+        assert_eq!(
+            parse("[[mock:fail=503x0]]"),
+            Err(DirectiveError::Count("fail=503x0".into()))
+        );
+        assert_eq!(
+            parse("[[mock:429=0s]]"),
+            Err(DirectiveError::Delay("429=0s".into()))
+        );
+        assert_eq!(
+            parse("[[mock:429=soon]]"),
+            Err(DirectiveError::Delay("429=soon".into()))
+        );
+        assert_eq!(
+            parse("[[mock:latency=abc]]"),
+            Err(DirectiveError::Value("latency=abc".into()))
+        );
+        assert_eq!(
+            parse("[[mock:fail-key=]]"),
+            Err(DirectiveError::Value("fail-key=".into()))
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Routes: the Gemini endpoints and the `/_stats`, `/_reset`, `/_requests`
+//! control endpoints.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::{generate, google_error::GoogleError, state::MockState};
+
+/// Gemini accepts request bodies up to 20 MB; long chat histories must not
+/// be cut off by axum's 2 MB default.
+const BODY_LIMIT: usize = 20 * 1024 * 1024;
+const GENERATE: &str = "generateContent";
+
+/// Router state: the mock plus a signal that the server is shutting down,
+/// which cuts latency sleeps and hangs short so graceful shutdown does not
+/// wait an hour for a `[[mock:hang]]` call.
+#[derive(Clone)]
+struct App {
+    mock: MockState,
+    closing: watch::Receiver<bool>,
+}
+
+/// The mock's routes, without a shutdown signal (latency sleeps always run
+/// to completion). [`crate::serve`] wires one in.
+pub fn router(state: MockState) -> Router {
+    // The sender is dropped at once: this receiver never reports closing.
+    let (_, closing) = watch::channel(false);
+    app(state, closing)
+}
+
+pub(crate) fn app(mock: MockState, closing: watch::Receiver<bool>) -> Router {
+    // Gemini's `models/{model}:{method}` has a `:` inside the last segment,
+    // which axum cannot route on; take the rest of the path and split it.
+    Router::new()
+        .route("/v1beta/models/{*target}", get(get_model).post(post_model))
+        .route("/_stats", get(stats))
+        .route("/_reset", post(reset))
+        .route("/_requests", get(requests))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(App { mock, closing })
+}
+
+async fn post_model(
+    State(app): State<App>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let Some((model, method)) = target.split_once(':') else {
+        return unknown_target(&target);
+    };
+    if !is_model_name(model) {
+        return unknown_target(&target);
+    }
+    if method != GENERATE {
+        return GoogleError::not_found(&format!(
+            "Method `{method}` is not supported by this mock (only {GENERATE})."
+        ))
+        .into_response();
+    }
+    let key = api_key(&headers, &uri);
+    let decision = generate::decide(&app.mock, model.to_owned(), key.as_deref(), body);
+    if !pause(&app, decision.delay).await {
+        return shutting_down();
+    }
+    decision.into_response()
+}
+
+/// `GET models/{model}`: a cheap probe clients use to check a key.
+async fn get_model(
+    State(app): State<App>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if !pause(&app, app.mock.config().latency()).await {
+        return shutting_down();
+    }
+    if !is_model_name(&target) {
+        return unknown_target(&target);
+    }
+    let Some(key) = api_key(&headers, &uri) else {
+        return GoogleError::missing_key().into_response();
+    };
+    if !app.mock.accepts_key(&key) {
+        return GoogleError::api_key_invalid().into_response();
+    }
+    Json(json!({
+        "name": format!("models/{target}"),
+        "version": "001",
+        "displayName": format!("{target} (mock)"),
+        "description": "A local stand-in for Gemini that answers deterministically.",
+        "inputTokenLimit": 1_048_576,
+        "outputTokenLimit": 8_192,
+        "supportedGenerationMethods": [GENERATE],
+    }))
+    .into_response()
+}
+
+async fn stats(State(app): State<App>) -> Response {
+    Json(app.mock.stats()).into_response()
+}
+
+async fn reset(State(app): State<App>) -> StatusCode {
+    app.mock.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(app): State<App>) -> Response {
+    Json(app.mock.requests()).into_response()
+}
+
+async fn not_found() -> Response {
+    GoogleError::status(404).into_response()
+}
+
+fn unknown_target(target: &str) -> Response {
+    GoogleError::not_found(&format!("models/{target} is not found.")).into_response()
+}
+
+fn shutting_down() -> Response {
+    GoogleError::with_message(503, "The mock is shutting down.").into_response()
+}
+
+fn is_model_name(model: &str) -> bool {
+    !model.is_empty() && !model.contains('/') && !model.contains(':')
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+/// The key from `x-goog-api-key`, else from `?key=`, like Gemini; an empty
+/// key counts as none.
+fn api_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let from_header = headers
+        .get("x-goog-api-key")
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let key = from_header.or_else(|| {
+        Query::<KeyQuery>::try_from_uri(uri)
+            .ok()
+            .and_then(|Query(query)| query.key)
+    })?;
+    (!key.is_empty()).then_some(key)
+}
+
+/// Sleeps `delay`; `false` when the server started shutting down first.
+async fn pause(app: &App, delay: Duration) -> bool {
+    if delay.is_zero() {
+        return true;
+    }
+    let mut closing = app.closing.clone();
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = closed(&mut closing) => false,
+    }
+}
+
+/// Resolves once shutdown starts; never when the sender is gone without
+/// having signalled it (a router served without [`crate::serve`]).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn key_comes_from_header_then_query() {
+        let mut headers = HeaderMap::new();
+        let uri: Uri = "/v1beta/models/m:generateContent?alt=json&key=from-query"
+            .parse()
+            .unwrap_or_default();
+        assert_eq!(api_key(&headers, &uri).as_deref(), Some("from-query"));
+        headers.insert("x-goog-api-key", HeaderValue::from_static("from-header"));
+        assert_eq!(api_key(&headers, &uri).as_deref(), Some("from-header"));
+        headers.insert("x-goog-api-key", HeaderValue::from_static(""));
+        assert_eq!(api_key(&headers, &uri), None);
+        assert_eq!(api_key(&HeaderMap::new(), &Uri::from_static("/x")), None);
+    }
+
+    #[test]
+    fn model_names_are_single_segments() {
+        assert!(is_model_name("gemini-2.0-flash"));
+        assert!(!is_model_name(""));
+        assert!(!is_model_name("a/b"));
+        assert!(!is_model_name("a:b"));
+    }
+}

@@ -1,0 +1,535 @@
+//! The mock driven over real HTTP, the way Sluice's provider client uses it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use mock_gemini::{MockConfig, MockState, RecordedRequest, Stats, serve};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+const MODEL: &str = "gemini-2.0-flash";
+
+struct Mock {
+    base: String,
+    state: MockState,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(config: MockConfig) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = MockState::new(config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Mock {
+        base,
+        state,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        server,
+    }
+}
+
+fn user(text: &str) -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": text}]}]})
+}
+
+/// The first violation's fields and the RetryInfo delay of a 429 body.
+fn quota_of(body: &Value) -> (&Value, &str) {
+    let details = body["error"]["details"].as_array().unwrap();
+    let violation = details
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.QuotaFailure")
+        .map(|d| &d["violations"][0])
+        .unwrap();
+    let delay = details
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+        .and_then(|d| d["retryDelay"].as_str())
+        .unwrap();
+    (violation, delay)
+}
+
+/// "12s" / "0.250s" → Duration.
+fn parse_delay(delay: &str) -> Duration {
+    Duration::from_secs_f64(delay.strip_suffix('s').unwrap().parse().unwrap())
+}
+
+impl Mock {
+    fn generate_url(&self) -> String {
+        format!("{}/v1beta/models/{MODEL}:generateContent", self.base)
+    }
+
+    /// Status and body (JSON, or the raw text as a JSON string).
+    async fn post(&self, key: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut request = self.client.post(self.generate_url()).json(body);
+        if let Some(key) = key {
+            request = request.header("x-goog-api-key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    async fn generate(&self, key: &str, text: &str) -> (u16, Value) {
+        self.post(Some(key), &user(text)).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("graceful shutdown is prompt")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn api_key_invalid_body() -> Value {
+    json!({"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com"}}]}})
+}
+
+#[tokio::test]
+async fn success_has_gemini_shape_and_usage() {
+    let mock = start(MockConfig::default()).await;
+    let body = json!({
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": "Hi"}]},
+            {"role": "model", "parts": [{"text": "Hello!"}]},
+            {"role": "user", "parts": [{"text": "How are you?"}]},
+        ],
+        "generationConfig": {"temperature": 0.7, "maxOutputTokens": 100},
+    });
+    let (status, reply) = mock.post(Some("any-key"), &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let text = "mock reply to: How are you? (turns: 3)";
+    // 9 + 2 + 6 + 12 = 29 characters → 8 tokens; the reply has 39 → 10.
+    assert_eq!(
+        reply,
+        json!({
+            "candidates": [{
+                "content": {"role": "model", "parts": [{"text": text}]},
+                "finishReason": "STOP",
+                "index": 0,
+            }],
+            "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 10, "totalTokenCount": 18},
+            "modelVersion": MODEL,
+        })
+    );
+
+    // The key may also come in the query string; a small maxOutputTokens
+    // truncates.
+    let response = mock
+        .client
+        .post(format!("{}?key=query-key", mock.generate_url()))
+        .json(&json!({"contents": [{"parts": [{"text": "Hi"}]}], "generationConfig": {"maxOutputTokens": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(
+        reply["candidates"][0]["content"]["parts"][0]["text"],
+        "mock rep"
+    );
+    assert_eq!(reply["usageMetadata"]["candidatesTokenCount"], 2);
+    assert_eq!(mock.state.requests()[1].key, "query-key");
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn keys_are_checked_like_gemini() {
+    let mock = start(MockConfig {
+        allowed_keys: vec!["good".into()],
+        ..MockConfig::default()
+    })
+    .await;
+    let (status, body) = mock.generate("bad", "hi").await;
+    assert_eq!((status, body), (400, api_key_invalid_body()));
+
+    let (status, body) = mock.post(None, &user("hi")).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
+
+    assert_eq!(mock.generate("good", "hi").await.0, 200);
+
+    // The model probe checks the key the same way.
+    let probe = |key: &'static str| {
+        mock.client
+            .get(format!("{}/v1beta/models/{MODEL}", mock.base))
+            .header("x-goog-api-key", key)
+            .send()
+    };
+    let response = probe("bad").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        api_key_invalid_body()
+    );
+    let response = probe("good").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["name"],
+        format!("models/{MODEL}")
+    );
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_generic_invalid_argument() {
+    let mock = start(MockConfig::default()).await;
+    for body in [
+        json!({"contents": []}),
+        json!({"contents": [{"role": "user", "parts": [{"text": "[[mock:explode]]"}]}]}),
+        json!({"contentz": []}),
+    ] {
+        let (status, reply) = mock.post(Some("k"), &body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(reply["error"]["status"], "INVALID_ARGUMENT");
+        assert!(reply["error"].get("details").is_none(), "{reply}");
+    }
+    let response = mock
+        .client
+        .post(mock.generate_url())
+        .header("x-goog-api-key", "k")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(mock.state.requests()[3].body, json!("{not json"));
+
+    let response = mock
+        .client
+        .post(format!(
+            "{}/v1beta/models/{MODEL}:streamGenerateContent",
+            mock.base
+        ))
+        .header("x-goog-api-key", "k")
+        .json(&user("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["status"],
+        "NOT_FOUND"
+    );
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_info_and_rejected_calls_take_no_slot() {
+    let mock = start(MockConfig {
+        limit_per_window: Some(2),
+        window_ms: 400,
+        ..MockConfig::default()
+    })
+    .await;
+    assert_eq!(mock.generate("a", "one").await.0, 200);
+    assert_eq!(mock.generate("a", "two").await.0, 200);
+    // Other keys have their own window.
+    assert_eq!(mock.generate("b", "one").await.0, 200);
+
+    let mut rejected = 0;
+    let mut last_delay = Duration::ZERO;
+    for _ in 0..5 {
+        let (status, body) = mock.generate("a", "three").await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+        let (violation, delay) = quota_of(&body);
+        assert_eq!(
+            violation["quotaId"],
+            "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+        );
+        assert_eq!(violation["quotaValue"], "2");
+        assert_eq!(violation["quotaDimensions"]["model"], MODEL);
+        last_delay = parse_delay(delay);
+        assert!(last_delay > Duration::ZERO && last_delay <= Duration::from_millis(400));
+        rejected += 1;
+    }
+    // Had the rejected calls taken slots, the window would still be full
+    // once the oldest accepted call has aged out.
+    tokio::time::sleep(last_delay + Duration::from_millis(30)).await;
+    assert_eq!(mock.generate("a", "four").await.0, 200);
+
+    let stats = mock.state.stats();
+    assert_eq!(stats.rate_limited, rejected);
+    assert_eq!(stats.calls, 3 + rejected + 1);
+    assert_eq!(stats.calls_per_key["a"], 2 + rejected + 1);
+    assert_eq!(stats.accepted_per_key["a"], 3);
+    assert_eq!(stats.max_in_window_per_key["a"], 2);
+    assert_eq!(stats.max_in_window_per_key["b"], 1);
+    assert_eq!(stats.max_in_window, 2);
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn scripted_failures_count_per_prompt_then_succeed() {
+    let mock = start(MockConfig::default()).await;
+    let prompt = "flaky [[mock:fail=503x2]]";
+    for _ in 0..2 {
+        let (status, body) = mock.generate("k", prompt).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["status"], "UNAVAILABLE");
+        assert_eq!(
+            body["error"]["message"],
+            "The model is overloaded. Please try again later."
+        );
+    }
+    let (status, body) = mock.generate("k", prompt).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["candidates"][0]["content"]["parts"][0]["text"],
+        format!("mock reply to: {prompt} (turns: 1)")
+    );
+    // Another text has its own count; a reset restarts them all.
+    assert_eq!(mock.generate("k", "other [[mock:fail=503x2]]").await.0, 503);
+    mock.state.reset();
+    assert_eq!(mock.generate("k", prompt).await.0, 503);
+
+    let (status, body) = mock.generate("k", "[[mock:fail=500]]").await;
+    assert_eq!(
+        (status, &body["error"]["status"]),
+        (500, &json!("INTERNAL"))
+    );
+    assert_eq!(mock.generate("k", "[[mock:fail=500]]").await.0, 500);
+
+    // A script plays in order.
+    let script = "[[mock:429x1]][[mock:fail=504x1]]";
+    let (status, body) = mock.generate("k", script).await;
+    assert_eq!((status, quota_of(&body).1), (429, "1s"));
+    assert_eq!(mock.generate("k", script).await.0, 504);
+    assert_eq!(mock.generate("k", script).await.0, 200);
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn scripted_quota_errors() {
+    let mock = start(MockConfig::default()).await;
+    let (status, body) = mock.generate("k", "[[mock:429=2s]]").await;
+    assert_eq!(status, 429);
+    assert_eq!(quota_of(&body).1, "2s");
+
+    let (status, body) = mock.generate("k", "[[mock:429day]]").await;
+    assert_eq!(status, 429);
+    let (violation, delay) = quota_of(&body);
+    assert_eq!(
+        violation["quotaId"],
+        "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+    );
+    assert_eq!(delay, "3600s");
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn scripted_key_failures() {
+    let mock = start(MockConfig::default()).await;
+    let prompt = "[[mock:fail-key=revoked]] hi";
+    assert_eq!(
+        mock.generate("revoked", prompt).await,
+        (400, api_key_invalid_body())
+    );
+    assert_eq!(mock.generate("fine", prompt).await.0, 200);
+    assert_eq!(
+        mock.generate("fine", "[[mock:invalid-keyx1]]").await,
+        (400, api_key_invalid_body())
+    );
+    assert_eq!(mock.generate("fine", "[[mock:invalid-keyx1]]").await.0, 200);
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn block_safety_and_garbage() {
+    let mock = start(MockConfig::default()).await;
+    let (status, body) = mock.generate("k", "[[mock:block]] abcd").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["promptFeedback"]["blockReason"], "SAFETY");
+    assert!(body.get("candidates").is_none());
+    assert_eq!(body["usageMetadata"]["promptTokenCount"], 5);
+
+    let (status, body) = mock.generate("k", "[[mock:safety]]").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["candidates"][0]["finishReason"], "SAFETY");
+    assert!(body["candidates"][0].get("content").is_none());
+
+    let (status, body) = mock.generate("k", "[[mock:garbagex1]]").await;
+    assert_eq!(status, 200);
+    let Value::String(text) = body else {
+        panic!("garbage parsed as JSON: {body}");
+    };
+    assert!(serde_json::from_str::<Value>(&text).is_err());
+    assert_eq!(mock.generate("k", "[[mock:garbagex1]]").await.0, 200);
+    assert_eq!(mock.state.stats().ok, 4);
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn stats_requests_and_reset_over_http() {
+    let mock = start(MockConfig {
+        allowed_keys: vec!["k1".into(), "k2".into()],
+        ..MockConfig::default()
+    })
+    .await;
+    let body = json!({
+        "systemInstruction": {"parts": [{"text": "You are Sluice."}]},
+        "contents": [{"role": "user", "parts": [{"text": "hello"}]}],
+    });
+    assert_eq!(mock.post(Some("k1"), &body).await.0, 200);
+    assert_eq!(mock.generate("k2", "[[mock:fail=503]]").await.0, 503);
+    assert_eq!(mock.generate("k2", "[[mock:fail=401]]").await.0, 401);
+    assert_eq!(mock.generate("nope", "hi").await.0, 400);
+    assert_eq!(mock.generate("k1", "[[mock:429]]").await.0, 429);
+
+    let stats: Stats = mock.get_json("/_stats").await;
+    assert_eq!(stats, mock.state.stats());
+    assert_eq!(
+        (
+            stats.calls,
+            stats.ok,
+            stats.rate_limited,
+            stats.server_errors,
+            stats.client_errors
+        ),
+        (5, 1, 1, 1, 2)
+    );
+    assert_eq!(stats.calls_per_key["nope"], 1);
+    assert!(!stats.accepted_per_key.contains_key("nope"));
+    assert_eq!(stats.accepted_per_key["k1"], 2);
+    assert_eq!(stats.max_in_window, 2);
+
+    let requests: Vec<RecordedRequest> = mock.get_json("/_requests").await;
+    assert_eq!(requests.len(), 5);
+    assert_eq!(requests[0].model, MODEL);
+    assert_eq!(requests[0].key, "k1");
+    assert_eq!(requests[0].body, body);
+    assert_eq!(requests[3].key, "nope");
+    assert!(requests[0].at_ms <= requests[4].at_ms && requests[0].at_ms > 0);
+
+    let response = mock
+        .client
+        .post(format!("{}/_reset", mock.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    assert_eq!(mock.get_json::<Stats>("/_stats").await, Stats::default());
+    assert!(
+        mock.get_json::<Vec<RecordedRequest>>("/_requests")
+            .await
+            .is_empty()
+    );
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn random_failures_follow_the_seed() {
+    let always = start(MockConfig {
+        fail_rate: 1.0,
+        fail_status: 500,
+        ..MockConfig::default()
+    })
+    .await;
+    let (status, body) = always.generate("k", "hi").await;
+    assert_eq!(
+        (status, &body["error"]["status"]),
+        (500, &json!("INTERNAL"))
+    );
+    always.stop().await;
+
+    let config = MockConfig {
+        fail_rate: 0.5,
+        seed: Some(42),
+        ..MockConfig::default()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mock = start(config.clone()).await;
+        let mut statuses = Vec::new();
+        for n in 0..40 {
+            statuses.push(mock.generate("k", &format!("call {n}")).await.0);
+        }
+        assert!(
+            statuses.contains(&503) && statuses.contains(&200),
+            "{statuses:?}"
+        );
+        // A reset re-seeds: the same calls fail again.
+        mock.state.reset();
+        let mut again = Vec::new();
+        for n in 0..40 {
+            again.push(mock.generate("k", &format!("call {n}")).await.0);
+        }
+        assert_eq!(statuses, again);
+        runs.push(statuses);
+        mock.stop().await;
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[tokio::test]
+async fn latency_is_applied_and_shutdown_cuts_hangs_short() {
+    let mock = start(MockConfig {
+        latency_ms: 100,
+        ..MockConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(mock.generate("k", "hi").await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let started = Instant::now();
+    assert_eq!(mock.generate("k", "[[mock:latency=150]] hi").await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A hung call runs into the client's timeout...
+    let timed_out = mock
+        .client
+        .post(mock.generate_url())
+        .header("x-goog-api-key", "k")
+        .timeout(Duration::from_millis(300))
+        .json(&user("[[mock:hang]]"))
+        .send()
+        .await;
+    assert!(timed_out.unwrap_err().is_timeout());
+
+    // ...and one still waiting does not hold up shutdown (stop() asserts it).
+    let client = mock.client.clone();
+    let url = mock.generate_url();
+    let hung = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("x-goog-api-key", "k")
+            .json(&user("[[mock:hang]]"))
+            .send()
+            .await
+            .map(|response| response.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.stop().await;
+    let status = tokio::time::timeout(Duration::from_secs(5), hung)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(status, Ok(503) | Err(_)), "{status:?}");
+}

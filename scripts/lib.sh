@@ -1,0 +1,52 @@
+# shellcheck shell=bash
+# Reusable helpers for Sluice scripts. Source it, don't run it:
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# It only defines functions; it does not change shell options.
+
+# Logging: everything goes to stderr so stdout stays usable for data.
+info() { printf '%s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# have CMD: true if CMD is on PATH.
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# tcp_open HOST PORT: true if a TCP connection to HOST:PORT succeeds (1 s max).
+tcp_open() {
+    # shellcheck disable=SC2016 # $1/$2 expand in the child shell
+    timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+}
+
+# port_in_use PORT: true if something accepts connections on 127.0.0.1:PORT
+# (also true for wildcard listeners, which accept on loopback too).
+port_in_use() { tcp_open 127.0.0.1 "$1"; }
+
+# wait_until TIMEOUT_SECONDS CMD [ARGS...]: run CMD every 0.5 s until it
+# succeeds (return 0) or the timeout expires (return 1).
+wait_until() {
+    local timeout=$1
+    shift
+    local deadline=$((SECONDS + timeout))
+    while true; do
+        "$@" && return 0
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.5
+    done
+}
+
+# wait_for_port HOST PORT TIMEOUT_SECONDS: wait until HOST:PORT accepts TCP
+# connections; returns 1 on timeout.
+wait_for_port() { wait_until "$3" tcp_open "$1" "$2"; }
+
+# show_log FILE [LINES]: print the tail of a log file to stderr, if readable.
+show_log() {
+    local f=$1 n=${2:-20}
+    if [[ -r $f ]]; then
+        info "---- last $n lines of $f ----"
+        tail -n "$n" "$f" >&2 || true
+        info "----"
+    fi
+}

@@ -1,0 +1,184 @@
+//! The versioned JSON envelopes that travel over RabbitMQ, and the headers beside them.
+//! An envelope with an unknown `v` is poison: it is dead-lettered, never guessed at.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version this build writes and accepts.
+pub const VERSION: u32 = 1;
+
+/// Counted provider calls so far (our own header, not RabbitMQ's `x-death`).
+pub const HEADER_ATTEMPT: &str = "sluice-attempt";
+/// A short history of the errors met so far, newest last.
+pub const HEADER_ERRORS: &str = "sluice-errors";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+}
+
+/// Work for a worker: everything it needs, so workers never touch the database.
+/// `history` ends with the user message being answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub v: u32,
+    pub request_id: Uuid,
+    pub generation: i32,
+    pub chat_id: Uuid,
+    pub user_id: Uuid,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub history: Vec<Turn>,
+    #[serde(default)]
+    pub params: Params,
+    pub enqueued_at: DateTime<Utc>,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseStatus {
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// Why a request failed, in words a user may read (never the provider's raw body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub kind: String,
+    pub message: String,
+}
+
+/// A result travelling back to the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub v: u32,
+    pub request_id: Uuid,
+    pub generation: i32,
+    pub chat_id: Uuid,
+    pub status: ResponseStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub key_alias: Option<String>,
+    pub model: String,
+    pub attempts: u32,
+    pub upstream_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not a JSON envelope: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("unknown envelope version {0} (this build reads {VERSION})")]
+    UnknownVersion(u64),
+    #[error("envelope has no version field")]
+    MissingVersion,
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: Option<u64>,
+}
+
+/// Decodes an envelope of this build's version; anything else is an [`EnvelopeError`].
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(EnvelopeError::Malformed)?;
+    match probe.v {
+        None => Err(EnvelopeError::MissingVersion),
+        Some(v) if v != u64::from(VERSION) => Err(EnvelopeError::UnknownVersion(v)),
+        Some(_) => serde_json::from_slice(bytes).map_err(EnvelopeError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RequestEnvelope {
+        RequestEnvelope {
+            v: VERSION,
+            request_id: Uuid::now_v7(),
+            generation: 0,
+            chat_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            model: "gemini-2.5-flash".into(),
+            system: Some("be brief".into()),
+            history: vec![Turn {
+                role: Role::User,
+                text: "hi".into(),
+            }],
+            params: Params::default(),
+            enqueued_at: Utc::now(),
+            trace_id: "t".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips() -> Result<(), Box<dyn std::error::Error>> {
+        let req = request();
+        let bytes = serde_json::to_vec(&req)?;
+        let back: RequestEnvelope = decode(&bytes)?;
+        assert_eq!(back, req);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_version_and_garbage_are_poison() -> Result<(), Box<dyn std::error::Error>> {
+        let mut value = serde_json::to_value(request())?;
+        value["v"] = 99.into();
+        let bytes = serde_json::to_vec(&value)?;
+        assert!(matches!(
+            decode::<RequestEnvelope>(&bytes),
+            Err(EnvelopeError::UnknownVersion(99))
+        ));
+        assert!(matches!(
+            decode::<RequestEnvelope>(b"{\"request_id\":1}"),
+            Err(EnvelopeError::MissingVersion)
+        ));
+        assert!(matches!(
+            decode::<RequestEnvelope>(b"not json"),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! One typed `Settings`, loaded once at start: documented defaults (`config/default.toml`,
+//! compiled in) → optional `config/local.toml` → environment `SLUICE__SECTION__KEY`, plus the
+//! provider keys from `GEMINI_API_KEYS`. Validated before anything starts.
+
+use crate::Secret;
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub http: HttpSettings,
+    pub worker: WorkerSettings,
+    pub queues: QueueSettings,
+    pub retry: RetrySettings,
+    pub provider: ProviderSettings,
+    pub chat: ChatSettings,
+    pub keys: KeySettings,
+    pub limits: LimitSettings,
+    pub auth: AuthSettings,
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: Secret<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: Secret<String>,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub health_addr: SocketAddr,
+    pub prefetch: u16,
+    pub expected_replicas: u32,
+    pub budget_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueSettings {
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    pub delays_ms: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSettings {
+    pub base_url: String,
+    pub model: String,
+    pub proxy: Secret<String>,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatSettings {
+    pub history_turns: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeySettings {
+    pub file: String,
+    /// From `GEMINI_API_KEYS`, not from the SLUICE__ namespace.
+    #[serde(skip)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// One provider key: a public alias (what logs and the admin API show) and its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub alias: String,
+    pub secret: Secret<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub rpm: u32,
+    pub tpm: u32,
+    pub rpd: u32,
+    pub window_ms: u64,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: Secret<String>,
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub token: Secret<String>,
+}
+
+impl Settings {
+    /// Defaults, then `config/local.toml`, then the environment; validated.
+    pub fn load() -> Result<Self, SettingsError> {
+        let config = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::with_name("config/local").required(false))
+            .add_source(
+                Environment::with_prefix("SLUICE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("retry.delays_ms")
+                    .try_parsing(true),
+            )
+            .build()?;
+        let mut settings: Settings = config.try_deserialize()?;
+        if let Ok(list) = std::env::var("GEMINI_API_KEYS") {
+            settings.keys.api_keys = parse_api_keys(&list)?;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The compiled-in defaults alone, unvalidated: the starting point of tests and tools,
+    /// which then set what they need.
+    pub fn defaults() -> Result<Self, SettingsError> {
+        let config = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()?;
+        Ok(config.try_deserialize()?)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let prefix = &self.queues.prefix;
+        if prefix.is_empty() || prefix.len() > 200 || prefix.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "SLUICE__QUEUES__PREFIX",
+                "1..=200 bytes without spaces",
+            ));
+        }
+        if self.retry.delays_ms.contains(&0) {
+            return Err(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
+        }
+        if self.worker.prefetch == 0 {
+            return Err(invalid("SLUICE__WORKER__PREFETCH", "must be at least 1"));
+        }
+        if self.worker.expected_replicas == 0 {
+            return Err(invalid(
+                "SLUICE__WORKER__EXPECTED_REPLICAS",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.window_ms == 0 {
+            return Err(invalid("SLUICE__LIMITS__WINDOW_MS", "must be > 0"));
+        }
+        if !matches!(self.limits.backend.as_str(), "redis" | "local") {
+            return Err(invalid(
+                "SLUICE__LIMITS__BACKEND",
+                "either \"redis\" or \"local\"",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("SLUICE__DATABASE__MAX_CONNECTIONS", "must be > 0"));
+        }
+        let proxy = self.provider.proxy.expose();
+        if !proxy.is_empty()
+            && !["http://", "https://", "socks5://", "socks5h://"]
+                .iter()
+                .any(|scheme| proxy.starts_with(scheme))
+        {
+            return Err(invalid(
+                "SLUICE__PROVIDER__PROXY",
+                "must start with http://, https:// or socks5h://",
+            ));
+        }
+        if !is_model_name(&self.provider.model) {
+            return Err(invalid(
+                "SLUICE__PROVIDER__MODEL",
+                "letters, digits, '.', '-' and '_' only",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API refuses to start without a real signing secret.
+    pub fn validate_api(&self) -> Result<(), SettingsError> {
+        if self.auth.jwt_secret.expose().len() < 32 {
+            return Err(invalid(
+                "SLUICE__AUTH__JWT_SECRET",
+                "must be set to at least 32 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn keys_file(&self) -> Option<PathBuf> {
+        (!self.keys.file.is_empty()).then(|| PathBuf::from(&self.keys.file))
+    }
+}
+
+/// A model name goes into the provider's URL path, so it is kept to a safe alphabet.
+pub fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Parses `GEMINI_API_KEYS`: a comma list of `key` or `alias=key`; bare keys are named
+/// `key-1`, `key-2`, … by their position.
+pub fn parse_api_keys(list: &str) -> Result<Vec<ApiKey>, SettingsError> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (index, item) in list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        let (alias, secret) = match item.split_once('=') {
+            Some((alias, secret)) => (alias.trim().to_owned(), secret.trim()),
+            None => (format!("key-{}", index + 1), item),
+        };
+        if alias.is_empty() || secret.is_empty() {
+            return Err(invalid(
+                "GEMINI_API_KEYS",
+                format!("entry {} needs both an alias and a key", index + 1),
+            ));
+        }
+        if keys.iter().any(|k| k.alias == alias) {
+            return Err(invalid(
+                "GEMINI_API_KEYS",
+                format!("alias {alias} is used twice"),
+            ));
+        }
+        keys.push(ApiKey {
+            alias,
+            secret: Secret::new(secret.to_owned()),
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() -> Result<(), SettingsError> {
+        let s = Settings::defaults()?;
+        s.validate()?;
+        assert_eq!(s.queues.prefix, "sluice.");
+        assert_eq!(s.retry.delays_ms, vec![60000, 600000, 3600000, 86400000]);
+        assert_eq!(s.provider.model, "gemini-2.5-flash");
+        assert_eq!(s.chat.history_turns, 20);
+        Ok(())
+    }
+
+    #[test]
+    fn api_keys_get_aliases_and_hide_secrets() -> Result<(), SettingsError> {
+        let keys = parse_api_keys("AIzaONE, main=AIzaTWO ,AIzaTHREE")?;
+        let aliases: Vec<_> = keys.iter().map(|k| k.alias.as_str()).collect();
+        assert_eq!(aliases, ["key-1", "main", "key-3"]);
+        assert_eq!(keys[1].secret.expose(), "AIzaTWO");
+        assert!(!format!("{keys:?}").contains("AIza"));
+        assert!(parse_api_keys("a=x,a=y").is_err());
+        assert!(parse_api_keys("=x").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn model_names_are_url_safe() {
+        assert!(is_model_name("gemini-2.5-flash"));
+        assert!(!is_model_name("../admin"));
+        assert!(!is_model_name("a/b"));
+        assert!(!is_model_name(""));
+    }
+}

@@ -1,0 +1,414 @@
+//! The test harness: [`TestApp`] runs a whole Sluice — API, workers and mock-gemini — in the
+//! test process against the real PostgreSQL, RabbitMQ and Redis, isolated by a fresh database,
+//! a unique queue prefix and a unique Redis prefix, and removes all of it afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod forwarder;
+
+use anyhow::{Context, bail};
+use mock_gemini::{MockConfig, MockState};
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+use sluice_shared::settings::ApiKey;
+use sluice_shared::{Secret, Settings, Topology};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use forwarder::Forwarder;
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+pub const AMQP_ADDR: &str = "127.0.0.1:5672";
+
+pub fn admin_url() -> String {
+    std::env::var("SLUICE_TEST_ADMIN_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into())
+}
+
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct TestOptions {
+    pub workers: usize,
+    /// `(alias, secret)` pairs the workers use.
+    pub keys: Vec<(String, String)>,
+    pub mock: MockConfig,
+    /// Put a cuttable TCP forwarder between the API and RabbitMQ.
+    pub api_broker_forwarder: bool,
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            keys: vec![
+                ("key-1".into(), "secret-one".into()),
+                ("key-2".into(), "secret-two".into()),
+            ],
+            mock: MockConfig::default(),
+            api_broker_forwarder: false,
+            retry_delays_ms: vec![50, 100],
+        }
+    }
+}
+
+pub struct TestApp {
+    pub id: String,
+    pub api: String,
+    pub http: reqwest::Client,
+    pub mock: MockState,
+    pub settings: Settings,
+    pub db: DatabaseConnection,
+    pub forwarder: Option<Forwarder>,
+    pub topology: Topology,
+    db_name: String,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Starts a fresh stack, runs `test` against it, and always cleans up, even when it fails.
+pub async fn run<F, Fut>(options: TestOptions, test: F)
+where
+    F: FnOnce(Arc<TestApp>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    init_logs();
+    let app = Arc::new(TestApp::spawn(options).await.expect("test stack starts"));
+    let outcome = tokio::spawn(test(app.clone())).await;
+    app.cleanup().await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("test failed: {e:?}"),
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => panic!("test task: {join}"),
+    }
+}
+
+fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+impl TestApp {
+    pub async fn spawn(options: TestOptions) -> anyhow::Result<Self> {
+        let id = unique_id();
+        let db_name = format!("sluice_t_{id}");
+        let admin = Database::connect(admin_url())
+            .await
+            .context("admin connection")?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+            .await?;
+        admin.close().await?;
+
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let mock = MockState::new(options.mock);
+        let mock_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mock_url = format!("http://{}", mock_listener.local_addr()?);
+        {
+            let (mock, cancel) = (mock.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = mock_gemini::serve(
+                    mock_listener,
+                    mock,
+                    async move { cancel.cancelled().await },
+                )
+                .await;
+            }));
+        }
+
+        let mut settings = Settings::defaults()?;
+        let base = admin_url();
+        let server = base
+            .rsplit_once('/')
+            .map_or(base.as_str(), |(server, _)| server);
+        settings.database.url = Secret::new(format!("{server}/{db_name}"));
+        settings.database.max_connections = 8;
+        settings.queues.prefix = format!("t{id}.");
+        settings.redis.prefix = format!("t{id}:");
+        settings.retry.delays_ms = options.retry_delays_ms;
+        settings.provider.base_url = mock_url;
+        settings.provider.timeout_ms = 5_000;
+        settings.provider.connect_timeout_ms = 1_000;
+        settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}-0123456789abcdefghij"));
+        settings.admin.token = Secret::new(format!("admin-{id}"));
+        settings.worker.prefetch = 16;
+        settings.keys.api_keys = options
+            .keys
+            .iter()
+            .map(|(alias, secret)| ApiKey {
+                alias: alias.clone(),
+                secret: Secret::new(secret.clone()),
+            })
+            .collect();
+        let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+
+        let forwarder = if options.api_broker_forwarder {
+            Some(Forwarder::start(AMQP_ADDR.parse()?).await?)
+        } else {
+            None
+        };
+        let mut api_settings = settings.clone();
+        if let Some(f) = &forwarder {
+            api_settings.amqp.url = Secret::new(format!("amqp://guest:guest@{}/%2f", f.addr()));
+        }
+        let api_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", api_listener.local_addr()?);
+        {
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = sluice_api::run(api_settings, api_listener, cancel).await {
+                    tracing::error!(error = %e, "api stopped with an error");
+                }
+            }));
+        }
+        for _ in 0..options.workers {
+            let health = TcpListener::bind("127.0.0.1:0").await?;
+            let (settings, cancel) = (settings.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = sluice_worker::run(settings, health, cancel).await {
+                    tracing::error!(error = %e, "worker stopped with an error");
+                }
+            }));
+        }
+
+        let db = Database::connect(settings.database.url.expose().as_str()).await?;
+        let app = Self {
+            id,
+            api,
+            http: reqwest::Client::builder().no_proxy().build()?,
+            mock,
+            settings,
+            db,
+            forwarder,
+            topology,
+            db_name,
+            cancel,
+            tasks: Mutex::new(tasks),
+        };
+        app.wait_ready().await?;
+        Ok(app)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        for _ in 0..300 {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/api/ready", self.api))
+                .send()
+                .await
+                && r.status() == StatusCode::OK
+            {
+                let body: Value = r.json().await?;
+                if body["broker"] == "ok" {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the API did not become ready")
+    }
+
+    /// Stops everything, deletes the queues and drops the database.
+    pub async fn cleanup(&self) {
+        self.cancel.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+        if let Some(f) = &self.forwarder {
+            f.stop();
+        }
+        if let Ok(conn) = sluice_shared::broker::connect(
+            &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),
+            "sluice-tests cleanup",
+        )
+        .await
+        {
+            if let Ok(channel) = conn.create_channel().await
+                && let Err(e) = self.topology.delete(&channel).await
+            {
+                eprintln!("could not delete queues of {}: {e}", self.id);
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+        let _ = self.db.clone().close().await;
+        if let Ok(admin) = Database::connect(admin_url()).await {
+            if let Err(e) = admin
+                .execute_unprepared(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.db_name
+                ))
+                .await
+            {
+                eprintln!("could not drop {}: {e}", self.db_name);
+            }
+            let _ = admin.close().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("non-JSON answer: {text}"))?
+        };
+        Ok((status, value))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<(StatusCode, Value)> {
+        self.send(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.send(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Registers a fresh user; returns its token and id.
+    pub async fn register(&self) -> anyhow::Result<(String, String)> {
+        let email = format!("{}@example.com", unique_id());
+        let (status, body) = self
+            .send(
+                reqwest::Method::POST,
+                "/api/auth/register",
+                None,
+                Some(json!({"email": email, "password": "correct horse battery"})),
+            )
+            .await?;
+        anyhow::ensure!(status == StatusCode::CREATED, "register: {status} {body}");
+        Ok((
+            body["token"].as_str().context("token")?.to_owned(),
+            body["user"]["id"].as_str().context("user id")?.to_owned(),
+        ))
+    }
+
+    pub async fn create_chat(&self, token: &str) -> anyhow::Result<String> {
+        let (status, body) = self
+            .post("/api/chats", token, json!({"title": "t"}))
+            .await?;
+        anyhow::ensure!(
+            status == StatusCode::CREATED,
+            "create chat: {status} {body}"
+        );
+        Ok(body["id"].as_str().context("chat id")?.to_owned())
+    }
+
+    /// Posts a message; returns the pending assistant message's id.
+    pub async fn post_message(
+        &self,
+        token: &str,
+        chat: &str,
+        body: Value,
+    ) -> anyhow::Result<String> {
+        let (status, answer) = self
+            .post(&format!("/api/chats/{chat}/messages"), token, body)
+            .await?;
+        anyhow::ensure!(status == StatusCode::ACCEPTED, "post: {status} {answer}");
+        Ok(answer["assistant_message"]["id"]
+            .as_str()
+            .context("assistant id")?
+            .to_owned())
+    }
+
+    /// Polls one message every 20 ms until it is no longer pending.
+    pub async fn wait_reply(
+        &self,
+        token: &str,
+        chat: &str,
+        message: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = self
+                .get(&format!("/api/chats/{chat}/messages/{message}"), token)
+                .await?;
+            anyhow::ensure!(status == StatusCode::OK, "poll: {status} {body}");
+            if body["status"] != "pending" {
+                return Ok(body);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("message {message} still pending after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT count(*) AS n FROM {table}"),
+            ))
+            .await?
+            .context("count row")?;
+        Ok(row.try_get("", "n")?)
+    }
+
+    /// How many messages wait in a queue.
+    pub async fn queue_len(&self, queue: &str) -> anyhow::Result<u32> {
+        let (conn, channel) = self.broker_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        conn.close(200, "done".into()).await?;
+        Ok(declared.message_count())
+    }
+
+    /// A channel of its own on the real broker, for tests that publish or inspect directly.
+    pub async fn broker_channel(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+        let conn = sluice_shared::broker::connect(
+            &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),
+            "sluice-tests",
+        )
+        .await?;
+        let channel = sluice_shared::broker::confirm_channel(&conn).await?;
+        Ok((conn, channel))
+    }
+}

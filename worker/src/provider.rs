@@ -1,0 +1,488 @@
+//! The Gemini REST client: `POST {base}/v1beta/models/{model}:generateContent` with the key
+//! in `x-goog-api-key`, through the configured proxy when there is one. Every way a call can
+//! end is mapped to a [`ProviderError`] that says what should happen next.
+
+use serde::{Deserialize, Serialize};
+use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
+use sluice_shared::settings::{ApiKey, ProviderSettings};
+use std::time::{Duration, Instant};
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    pub upstream_ms: u64,
+}
+
+/// How a call failed, grouped by what happens next.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// 429: this key's project is out of budget for a while; try another key, uncounted.
+    #[error("rate limited (retry after {retry_after:?}, per day: {per_day})")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        per_day: bool,
+    },
+    /// The key itself is bad (401, 403, or 400 `API_KEY_INVALID`); try another key, uncounted.
+    #[error("invalid key: {reason}")]
+    InvalidKey { reason: String },
+    /// Worth trying again later: 5xx, timeouts, cut connections, unreadable answers. Counted.
+    #[error("{kind}: {message}")]
+    Transient { kind: &'static str, message: String },
+    /// Will never work: a bad request, a blocked prompt, a safety stop, a too-long context.
+    #[error("{kind}: {message}")]
+    Permanent { kind: &'static str, message: String },
+}
+
+pub struct Gemini {
+    http: reqwest::Client,
+    base_url: String,
+    /// Whether calls leave through a proxy, so a connect failure can be blamed on it.
+    proxied: bool,
+}
+
+impl Gemini {
+    /// One client, reused for every call. With a proxy configured, no call goes direct.
+    pub fn new(settings: &ProviderSettings) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(60));
+        let proxy = settings.proxy.expose();
+        builder = if proxy.is_empty() {
+            builder.no_proxy()
+        } else {
+            builder.proxy(reqwest::Proxy::all(proxy.as_str())?)
+        };
+        Ok(Self {
+            http: builder.build()?,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            proxied: !proxy.is_empty(),
+        })
+    }
+
+    pub async fn generate(
+        &self,
+        key: &ApiKey,
+        request: &RequestEnvelope,
+    ) -> Result<Generation, ProviderError> {
+        let url = format!(
+            "{}/v1beta/models/{}:generateContent",
+            self.base_url, request.model
+        );
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(url)
+            .header("x-goog-api-key", key.secret.expose().as_str())
+            .json(&GenerateRequest::from_envelope(request))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let upstream_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if status == 200 {
+            parse_success(&body, upstream_ms)
+        } else {
+            Err(classify_error(status, &body))
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
+        let (kind, message) = if e.is_timeout() {
+            ("timeout", "the model provider did not answer in time")
+        } else if e.is_connect() && self.proxied {
+            ("proxy_unreachable", "the egress proxy could not be reached")
+        } else if e.is_connect() {
+            ("connect_failed", "the model provider could not be reached")
+        } else {
+            (
+                "connection_lost",
+                "the connection to the model provider broke",
+            )
+        };
+        tracing::debug!(error = %e, kind, "provider transport error");
+        ProviderError::Transient {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<Content<'a>>,
+    contents: Vec<Content<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation_config: Option<GenerationConfig>,
+}
+
+#[derive(Serialize)]
+struct Content<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    parts: [Part<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Part<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u32>,
+}
+
+impl<'a> GenerateRequest<'a> {
+    fn from_envelope(request: &'a RequestEnvelope) -> Self {
+        let contents = request
+            .history
+            .iter()
+            .map(|turn| Content {
+                role: Some(match turn.role {
+                    Role::User => "user",
+                    Role::Assistant => "model",
+                }),
+                parts: [Part { text: &turn.text }],
+            })
+            .collect();
+        let params = &request.params;
+        Self {
+            system_instruction: request.system.as_deref().map(|text| Content {
+                role: None,
+                parts: [Part { text }],
+            }),
+            contents,
+            generation_config: (params.temperature.is_some() || params.max_output_tokens.is_some())
+                .then_some(GenerationConfig {
+                    temperature: params.temperature,
+                    max_output_tokens: params.max_output_tokens,
+                }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    prompt_feedback: Option<PromptFeedback>,
+    usage_metadata: Option<UsageMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    content: Option<CandidateContent>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CandidateContent {
+    #[serde(default)]
+    parts: Vec<ResponsePart>,
+}
+
+#[derive(Deserialize)]
+struct ResponsePart {
+    text: Option<String>,
+    /// Thinking models return their reasoning as parts marked `thought`; not part of the answer.
+    #[serde(default)]
+    thought: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    block_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u32,
+    #[serde(default)]
+    candidates_token_count: u32,
+    #[serde(default)]
+    thoughts_token_count: u32,
+}
+
+/// Finish reasons that mean the model refused to go on for content reasons.
+const SAFETY_STOPS: &[&str] = &[
+    "SAFETY",
+    "RECITATION",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "IMAGE_SAFETY",
+];
+
+fn parse_success(body: &[u8], upstream_ms: u64) -> Result<Generation, ProviderError> {
+    let garbage = || ProviderError::Transient {
+        kind: "bad_provider_response",
+        message: "the model provider answered with something that is not a valid reply".into(),
+    };
+    let parsed: GenerateResponse = serde_json::from_slice(body).map_err(|_| garbage())?;
+    if let Some(reason) = parsed.prompt_feedback.and_then(|f| f.block_reason) {
+        return Err(ProviderError::Permanent {
+            kind: "prompt_blocked",
+            message: format!(
+                "the provider blocked this message ({})",
+                reason.to_lowercase()
+            ),
+        });
+    }
+    let usage = parsed
+        .usage_metadata
+        .map(|u| Usage {
+            prompt_tokens: u.prompt_token_count,
+            completion_tokens: u
+                .candidates_token_count
+                .saturating_add(u.thoughts_token_count),
+        })
+        .unwrap_or_default();
+    let candidate = parsed.candidates.into_iter().next().ok_or_else(garbage)?;
+    let finish_reason = candidate.finish_reason;
+    if let Some(reason) = finish_reason.as_deref()
+        && SAFETY_STOPS.contains(&reason)
+    {
+        return Err(ProviderError::Permanent {
+            kind: "safety_stop",
+            message: format!(
+                "the provider stopped the answer for safety reasons ({})",
+                reason.to_lowercase()
+            ),
+        });
+    }
+    let text: String = candidate
+        .content
+        .map(|c| {
+            c.parts
+                .into_iter()
+                .filter(|p| !p.thought)
+                .filter_map(|p| p.text)
+                .collect()
+        })
+        .unwrap_or_default();
+    if text.is_empty() && finish_reason.as_deref() != Some("MAX_TOKENS") {
+        return Err(garbage());
+    }
+    Ok(Generation {
+        text,
+        finish_reason,
+        usage,
+        upstream_ms,
+    })
+}
+
+#[derive(Deserialize)]
+struct GoogleErrorBody {
+    error: GoogleError,
+}
+
+#[derive(Deserialize)]
+struct GoogleError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    details: Vec<serde_json::Value>,
+}
+
+/// Maps a non-200 answer to what happens next. Invalid keys are recognised before the generic
+/// 400 rule, because Gemini reports a bad key as 400 `INVALID_ARGUMENT` + `API_KEY_INVALID`.
+pub fn classify_error(status: u16, body: &[u8]) -> ProviderError {
+    let error = serde_json::from_slice::<GoogleErrorBody>(body)
+        .map(|b| b.error)
+        .ok();
+    let details = error
+        .as_ref()
+        .map(|e| e.details.as_slice())
+        .unwrap_or_default();
+    let detail = |type_suffix: &'static str| {
+        details.iter().filter(move |d| {
+            d.get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with(type_suffix))
+        })
+    };
+    let key_invalid = detail("google.rpc.ErrorInfo")
+        .any(|d| d.get("reason").and_then(|r| r.as_str()) == Some("API_KEY_INVALID"));
+    let message = error
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .unwrap_or_default();
+
+    match status {
+        429 => ProviderError::RateLimited {
+            retry_after: detail("google.rpc.RetryInfo")
+                .find_map(|d| d.get("retryDelay").and_then(|v| v.as_str()))
+                .and_then(parse_duration),
+            per_day: detail("google.rpc.QuotaFailure").any(|d| {
+                d.get("violations")
+                    .and_then(|v| v.as_array())
+                    .is_some_and(|vs| {
+                        vs.iter().any(|v| {
+                            v.get("quotaId")
+                                .and_then(|q| q.as_str())
+                                .is_some_and(|q| q.contains("PerDay"))
+                        })
+                    })
+            }),
+        },
+        401 | 403 => ProviderError::InvalidKey {
+            reason: format!("the provider answered {status}"),
+        },
+        400 if key_invalid => ProviderError::InvalidKey {
+            reason: "API_KEY_INVALID".into(),
+        },
+        400 if is_context_too_long(message) => ProviderError::Permanent {
+            kind: "context_too_long",
+            message: "the conversation is too long for the model".into(),
+        },
+        404 => ProviderError::Permanent {
+            kind: "model_not_found",
+            message: "the provider does not know this model".into(),
+        },
+        408 | 500..=599 => ProviderError::Transient {
+            kind: "upstream_unavailable",
+            message: format!("the model provider is unavailable ({status})"),
+        },
+        _ => ProviderError::Permanent {
+            kind: "bad_request",
+            message: format!("the provider could not process this request ({status})"),
+        },
+    }
+}
+
+fn is_context_too_long(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("token") && (m.contains("exceed") || m.contains("too long") || m.contains("maximum"))
+}
+
+/// Parses a protobuf JSON duration such as `"36s"` or `"0.250s"`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let seconds: f64 = raw.trim().strip_suffix('s')?.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_key_400_is_an_invalid_key_not_a_bad_request() {
+        let body = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        assert!(matches!(
+            classify_error(400, body),
+            ProviderError::InvalidKey { .. }
+        ));
+        let plain = br#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#;
+        assert!(matches!(
+            classify_error(400, plain),
+            ProviderError::Permanent {
+                kind: "bad_request",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_delay_and_per_day() {
+        let body = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"36s"}]}}"#;
+        assert_eq!(
+            classify_error(429, body),
+            ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(36)),
+                per_day: true
+            }
+        );
+        assert_eq!(
+            classify_error(429, b"not json"),
+            ProviderError::RateLimited {
+                retry_after: None,
+                per_day: false
+            }
+        );
+    }
+
+    #[test]
+    fn server_errors_are_transient_and_403_is_a_key_problem() {
+        assert!(matches!(
+            classify_error(503, b""),
+            ProviderError::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_error(500, b"{}"),
+            ProviderError::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_error(403, b""),
+            ProviderError::InvalidKey { .. }
+        ));
+    }
+
+    #[test]
+    fn successes_blocks_and_safety_stops() {
+        let ok = br#"{"candidates":[{"content":{"parts":[{"text":"Hel"},{"text":"lo"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}"#;
+        let generation = parse_success(ok, 7);
+        assert_eq!(
+            generation,
+            Ok(Generation {
+                text: "Hello".into(),
+                finish_reason: Some("STOP".into()),
+                usage: Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2
+                },
+                upstream_ms: 7
+            })
+        );
+        let blocked = br#"{"promptFeedback":{"blockReason":"SAFETY"}}"#;
+        assert!(matches!(
+            parse_success(blocked, 1),
+            Err(ProviderError::Permanent {
+                kind: "prompt_blocked",
+                ..
+            })
+        ));
+        let stopped = br#"{"candidates":[{"finishReason":"SAFETY"}]}"#;
+        assert!(matches!(
+            parse_success(stopped, 1),
+            Err(ProviderError::Permanent {
+                kind: "safety_stop",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_success(b"<html>", 1),
+            Err(ProviderError::Transient {
+                kind: "bad_provider_response",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("36s"), Some(Duration::from_secs(36)));
+        assert_eq!(parse_duration("0.250s"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}
