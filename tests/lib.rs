@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod forwarder;
+pub mod proxy;
 
 use anyhow::{Context, bail};
 use mock_gemini::{MockConfig, MockState};
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use forwarder::Forwarder;
+pub use proxy::HttpProxy;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 pub const AMQP_ADDR: &str = "127.0.0.1:5672";
@@ -44,6 +46,8 @@ pub struct TestOptions {
     pub mock: MockConfig,
     /// Put a cuttable TCP forwarder between the API and RabbitMQ.
     pub api_broker_forwarder: bool,
+    /// Send provider calls through a test-owned HTTP proxy.
+    pub proxy: bool,
     pub retry_delays_ms: Vec<u64>,
 }
 
@@ -57,6 +61,7 @@ impl Default for TestOptions {
             ],
             mock: MockConfig::default(),
             api_broker_forwarder: false,
+            proxy: false,
             retry_delays_ms: vec![50, 100],
         }
     }
@@ -70,6 +75,7 @@ pub struct TestApp {
     pub settings: Settings,
     pub db: DatabaseConnection,
     pub forwarder: Option<Forwarder>,
+    pub proxy: Option<HttpProxy>,
     pub topology: Topology,
     db_name: String,
     cancel: CancellationToken,
@@ -153,6 +159,13 @@ impl TestApp {
             })
             .collect();
         let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+        let proxy = if options.proxy {
+            let proxy = HttpProxy::start().await?;
+            settings.provider.proxy = Secret::new(proxy.url());
+            Some(proxy)
+        } else {
+            None
+        };
 
         let forwarder = if options.api_broker_forwarder {
             Some(Forwarder::start(AMQP_ADDR.parse()?).await?)
@@ -173,16 +186,6 @@ impl TestApp {
                 }
             }));
         }
-        for _ in 0..options.workers {
-            let health = TcpListener::bind("127.0.0.1:0").await?;
-            let (settings, cancel) = (settings.clone(), cancel.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = sluice_worker::run(settings, health, cancel).await {
-                    tracing::error!(error = %e, "worker stopped with an error");
-                }
-            }));
-        }
-
         let db = Database::connect(settings.database.url.expose().as_str()).await?;
         let app = Self {
             id,
@@ -192,13 +195,51 @@ impl TestApp {
             settings,
             db,
             forwarder,
+            proxy,
             topology,
             db_name,
             cancel,
             tasks: Mutex::new(tasks),
         };
+        for _ in 0..options.workers {
+            app.add_worker(None).await?;
+        }
         app.wait_ready().await?;
         Ok(app)
+    }
+
+    /// Starts one more worker, optionally connected to RabbitMQ through `amqp_addr` (a
+    /// forwarder); cancelling the returned token stops just this worker.
+    pub async fn add_worker(
+        &self,
+        amqp_addr: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<CancellationToken> {
+        let mut settings = self.settings.clone();
+        if let Some(addr) = amqp_addr {
+            settings.amqp.url = Secret::new(format!("amqp://guest:guest@{addr}/%2f"));
+        }
+        let health = TcpListener::bind("127.0.0.1:0").await?;
+        let cancel = self.cancel.child_token();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = sluice_worker::run(settings, health, cancel).await {
+                tracing::error!(error = %e, "worker stopped with an error");
+            }
+        });
+        self.tasks.lock().unwrap().push(task);
+        Ok(token)
+    }
+
+    /// `GET` with the admin token.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        let token = self.settings.admin.token.expose().clone();
+        self.get(path, &token).await
+    }
+
+    /// `POST` with the admin token.
+    pub async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+        let token = self.settings.admin.token.expose().clone();
+        self.post(path, &token, body).await
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -229,6 +270,9 @@ impl TestApp {
         }
         if let Some(f) = &self.forwarder {
             f.stop();
+        }
+        if let Some(p) = &self.proxy {
+            p.stop();
         }
         if let Ok(conn) = sluice_shared::broker::connect(
             &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),

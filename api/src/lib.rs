@@ -3,11 +3,14 @@
 //! A request to post a message is written to PostgreSQL — user message, pending assistant
 //! message and an outbox row in one transaction — and answered 202. The [`relay`] publishes
 //! outbox rows to RabbitMQ with confirms; workers answer on the `responses` queue, and the
-//! [`responses`] consumer writes each answer onto its pending message. Clients poll the
-//! REST [`routes`].
+//! [`responses`] consumer writes each answer onto its pending message, while the
+//! [`dead_letters`] consumer records what could not be answered. Both run on the shared
+//! [`consume`] loop. Clients poll the REST [`routes`]; operators use its admin part.
 
 pub mod auth;
+pub mod consume;
 pub mod db;
+pub mod dead_letters;
 pub mod entities;
 pub mod error;
 pub mod extract;
@@ -84,12 +87,24 @@ pub async fn run(
         broker_up: state.broker_up.clone(),
     };
     tasks.spawn(relay.run(cancel.clone()));
-    let consumer = responses::ResponseConsumer {
-        db: db.clone(),
+    let responses = consume::QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
-        topology,
+        queue: topology.responses(),
+        topology: topology.clone(),
+        prefetch: responses::BATCH,
+        name: "sluice-api responses",
+        handler: responses::ResponseHandler { db: db.clone() },
     };
-    tasks.spawn(consumer.run(cancel.clone()));
+    tasks.spawn(responses.run(cancel.clone()));
+    let dead_letters = consume::QueueConsumer {
+        amqp_url: state.settings.amqp.url.clone(),
+        queue: topology.dead_letters(),
+        topology,
+        prefetch: dead_letters::PREFETCH,
+        name: "sluice-api dead letters",
+        handler: dead_letters::DeadLetterHandler { db: db.clone() },
+    };
+    tasks.spawn(dead_letters.run(cancel.clone()));
     tasks.close();
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");

@@ -3,87 +3,24 @@
 //! stale answers change nothing — commits, then acks. A poison response is rejected without
 //! requeue, which dead-letters it; a database outage holds the batch (unacked) and retries.
 
-use backon::{ExponentialBuilder, Retryable};
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, message::Delivery};
+use crate::consume::{BatchHandler, with_db_retry};
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
-use sluice_shared::broker::{self, BrokerError};
+use sluice_shared::broker::BrokerError;
 use sluice_shared::envelope::{self, ResponseEnvelope, ResponseStatus};
-use sluice_shared::{Secret, Topology};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Responses applied per statement; the prefetch lets a full batch be in hand at once.
-const BATCH: usize = 256;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Prefetch and largest batch: one statement applies up to this many responses.
+pub const BATCH: u16 = 256;
 
-pub struct ResponseConsumer {
+pub struct ResponseHandler {
     pub db: DatabaseConnection,
-    pub amqp_url: Secret<String>,
-    pub topology: Topology,
 }
 
-impl ResponseConsumer {
-    pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !cancel.is_cancelled() {
-            match self.consume(&cancel).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "response consumer lost the broker");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    }
-
-    /// Consumes until shutdown (`Ok`) or until the channel breaks (`Err`).
-    async fn consume(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {
-        let connection = broker::connect(self.amqp_url.expose(), "sluice-api responses").await?;
-        let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
-        let prefetch = u16::try_from(BATCH * 2).unwrap_or(u16::MAX);
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                self.topology.responses().as_str().into(),
-                "sluice-api-responses".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tracing::info!("response consumer started");
-        // Whatever is already buffered, up to BATCH, without waiting for more.
-        let mut batches = consumer.ready_chunks(BATCH);
-        loop {
-            let batch = tokio::select! {
-                _ = cancel.cancelled() => {
-                    let _ = channel.close(200, "shutting down".into()).await;
-                    return Ok(());
-                }
-                batch = batches.next() => batch,
-            };
-            let Some(batch) = batch else {
-                return Err(BrokerError::ConsumerEnded);
-            };
-            let deliveries = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
-            if !self.handle_batch(&channel, deliveries, cancel).await? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Applies one batch and acks it. Returns `false` when shutdown interrupted the retries
-    /// (the batch stays unacked and will be redelivered).
-    async fn handle_batch(
+impl BatchHandler for ResponseHandler {
+    async fn handle(
         &self,
         channel: &Channel,
         deliveries: Vec<Delivery>,
@@ -109,13 +46,12 @@ impl ResponseConsumer {
         let Some(&last_tag) = tags.last() else {
             return Ok(true);
         };
-        let apply = || apply_responses(&self.db, &valid);
-        let applied = tokio::select! {
-            _ = cancel.cancelled() => return Ok(false),
-            applied = apply
-                .retry(ExponentialBuilder::default().with_max_delay(MAX_BACKOFF).without_max_times())
-                .when(is_transient)
-                .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "cannot store responses yet")) => applied,
+        let Some(applied) = with_db_retry(cancel, "store responses", || {
+            apply_responses(&self.db, &valid)
+        })
+        .await
+        else {
+            return Ok(false);
         };
         match applied {
             Ok(updated) => {
@@ -137,25 +73,6 @@ impl ResponseConsumer {
             }
         }
         Ok(true)
-    }
-}
-
-/// Errors worth waiting out: the database is unreachable or restarting.
-fn is_transient(e: &DbErr) -> bool {
-    match e {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        other => {
-            let text = other.to_string().to_lowercase();
-            [
-                "connection",
-                "timed out",
-                "shutting down",
-                "broken pipe",
-                "terminating",
-            ]
-            .iter()
-            .any(|needle| text.contains(needle))
-        }
     }
 }
 

@@ -10,8 +10,12 @@ pub const VERSION: u32 = 1;
 
 /// Counted provider calls so far (our own header, not RabbitMQ's `x-death`).
 pub const HEADER_ATTEMPT: &str = "sluice-attempt";
-/// A short history of the errors met so far, newest last.
+/// A short history of the errors met so far, newest last (`attempt:kind, …`).
 pub const HEADER_ERRORS: &str = "sluice-errors";
+/// Why a message was dead-lettered (`retries_exhausted`, `poison`, `no_usable_key`).
+pub const HEADER_REASON: &str = "sluice-reason";
+/// The last error of a dead-lettered message, in readable words.
+pub const HEADER_LAST_ERROR: &str = "sluice-last-error";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,4 +6,5 @@ mod api_errors;
 mod broker_outage;
 mod pipeline;
 mod responses;
+mod retries;
 mod topology;

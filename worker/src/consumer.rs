@@ -1,21 +1,22 @@
 //! The consumer loop: decodes each delivery, runs the handler concurrently (bounded by the
-//! prefetch), publishes the response with a confirm and only then acks. It reconnects by
+//! prefetch), carries out the [`Route`] its outcome maps to — response, retry level, dead
+//! letter or requeue — with confirmed publishes, and only then acks. It reconnects by
 //! itself when the broker goes away; unacked work is redelivered by RabbitMQ.
 
-use crate::handler::{self, Context, Outcome};
+use crate::handler::{self, Context};
 use crate::health::Health;
+use crate::routing::{self, Attempts, Route};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
-    self, HEADER_ATTEMPT, RequestEnvelope, ResponseEnvelope, ResponseStatus, Usage,
+    self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_REASON, RequestEnvelope,
+    ResponseEnvelope,
 };
-use sluice_shared::topology::ROUTE_RESPONSE;
+use sluice_shared::topology::{ROUTE_DEAD, ROUTE_REQUEST, ROUTE_RESPONSE};
 use sluice_shared::{Secret, Topology};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ pub struct Consumer {
     pub amqp_url: Secret<String>,
     pub topology: Topology,
     pub prefetch: u16,
+    pub budget_wait: Duration,
     pub context: Arc<Context>,
     pub health: Arc<Health>,
 }
@@ -37,6 +39,8 @@ pub struct Consumer {
 struct Link {
     publisher: Channel,
     exchange: String,
+    retry_delays_ms: Vec<u64>,
+    budget_wait: Duration,
 }
 
 impl Consumer {
@@ -63,6 +67,8 @@ impl Consumer {
         let link = Arc::new(Link {
             publisher: broker::confirm_channel(&connection).await?,
             exchange: self.topology.exchange(),
+            retry_delays_ms: self.topology.retry_delays_ms().to_vec(),
+            budget_wait: self.budget_wait,
         });
         self.topology.declare(&link.publisher).await?;
         let channel = connection.create_channel().await?;
@@ -119,30 +125,91 @@ async fn close(connection: &Connection) {
 
 /// Handles one delivery end to end; an `Err` means it was neither acked nor rejected.
 async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(), BrokerError> {
+    let before = Attempts {
+        counted: broker::header_u32(&delivery.properties, HEADER_ATTEMPT).unwrap_or_default(),
+        errors: broker::header_string(&delivery.properties, HEADER_ERRORS).unwrap_or_default(),
+    };
     let request = match envelope::decode::<RequestEnvelope>(&delivery.data) {
         Ok(request) => request,
         Err(e) => {
-            // Poison: the queue's dead-letter target takes it; it is never redelivered here.
+            // Poison goes straight to the dead-letter queue with its reason; never redelivered.
             tracing::error!(error = %e, "poison request; dead-lettering it");
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await?;
-            return Ok(());
+            let headers = dead_letter_headers("poison", &before, &e.to_string());
+            let settled = publish(
+                link,
+                ROUTE_DEAD,
+                &delivery.data,
+                &message_id(&delivery),
+                headers,
+            )
+            .await;
+            return settle(&delivery, settled).await;
         }
     };
-    let attempts_before =
-        broker::header_u32(&delivery.properties, HEADER_ATTEMPT).unwrap_or_default();
     let outcome = handler::handle(&request, context).await;
-    let response = respond(&request, outcome, attempts_before);
-    let published = publish_response(link, &response).await;
+    let route = routing::route(
+        &request,
+        outcome,
+        &before,
+        &link.retry_delays_ms,
+        link.budget_wait,
+    );
+    let id = request.request_id.to_string();
+    let settled = match route {
+        Route::Respond(response) => publish_response(link, &response).await,
+        Route::Retry {
+            delay_ms,
+            attempts,
+            errors,
+        } => {
+            tracing::info!(request = %id, attempts, delay_ms, "retrying later");
+            let headers = attempt_headers(attempts, &errors);
+            let route = Topology::retry_route(delay_ms);
+            publish(link, &route, &delivery.data, &id, headers).await
+        }
+        Route::DeadLetter {
+            reason,
+            attempts,
+            errors,
+            response,
+        } => {
+            tracing::warn!(request = %id, reason, attempts, "dead-lettering");
+            let last_error = response
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default();
+            let before = Attempts {
+                counted: attempts,
+                errors,
+            };
+            let headers = dead_letter_headers(reason, &before, &last_error);
+            match publish(link, ROUTE_DEAD, &delivery.data, &id, headers).await {
+                Ok(()) => publish_response(link, &response).await,
+                Err(e) => Err(e),
+            }
+        }
+        Route::Requeue { after } => {
+            tracing::info!(request = %id, ?after, "no key has budget; waiting, then requeueing");
+            tokio::time::sleep(after).await;
+            let headers = attempt_headers(before.counted, &before.errors);
+            publish(link, ROUTE_REQUEST, &delivery.data, &id, headers).await
+        }
+    };
+    settle(&delivery, settled).await
+}
+
+/// Acks once whatever had to be published is confirmed; otherwise hands the delivery back.
+async fn settle(
+    delivery: &Delivery,
+    published: Result<(), BrokerError>,
+) -> Result<(), BrokerError> {
     match published {
         Ok(()) => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
             Ok(())
         }
         Err(e) => {
-            // The answer is not safely stored; give the request back to be tried again.
             let _ = delivery
                 .acker
                 .nack(BasicNackOptions {
@@ -155,60 +222,60 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
     }
 }
 
-/// The response an outcome produces. Until retries exist, a retryable failure is final too.
-fn respond(request: &RequestEnvelope, outcome: Outcome, attempts_before: u32) -> ResponseEnvelope {
-    let mut response = ResponseEnvelope {
-        v: envelope::VERSION,
-        request_id: request.request_id,
-        generation: request.generation,
-        chat_id: request.chat_id,
-        status: ResponseStatus::Failed,
-        text: None,
-        finish_reason: None,
-        usage: Usage::default(),
-        key_alias: None,
-        model: request.model.clone(),
-        attempts: attempts_before.saturating_add(1),
-        upstream_ms: 0,
-        error: None,
-    };
-    match outcome {
-        Outcome::Completed {
-            generation,
-            key_alias,
-        } => {
-            response.status = ResponseStatus::Completed;
-            response.text = Some(generation.text);
-            response.finish_reason = generation.finish_reason;
-            response.usage = generation.usage;
-            response.upstream_ms = generation.upstream_ms;
-            response.key_alias = Some(key_alias);
-        }
-        Outcome::Retryable { error, key_alias } | Outcome::Permanent { error, key_alias } => {
-            response.error = Some(error);
-            response.key_alias = Some(key_alias);
-        }
-        Outcome::NoUsableKey { error } => {
-            response.attempts = attempts_before;
-            response.error = Some(error);
-        }
+fn message_id(delivery: &Delivery) -> String {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn attempt_headers(attempts: u32, errors: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    if !errors.is_empty() {
+        headers.insert(HEADER_ERRORS.into(), broker::string_value(errors));
     }
-    response
+    headers
+}
+
+fn dead_letter_headers(reason: &str, before: &Attempts, last_error: &str) -> FieldTable {
+    let mut headers = attempt_headers(before.counted, &before.errors);
+    headers.insert(HEADER_REASON.into(), broker::string_value(reason));
+    headers.insert(HEADER_LAST_ERROR.into(), broker::string_value(last_error));
+    headers
+}
+
+async fn publish(
+    link: &Link,
+    routing_key: &str,
+    body: &[u8],
+    message_id: &str,
+    headers: FieldTable,
+) -> Result<(), BrokerError> {
+    broker::publish_confirmed(
+        &link.publisher,
+        &link.exchange,
+        routing_key,
+        body,
+        broker::json_properties(message_id, headers),
+    )
+    .await
 }
 
 async fn publish_response(link: &Link, response: &ResponseEnvelope) -> Result<(), BrokerError> {
     let body = serde_json::to_vec(response).unwrap_or_default();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        HEADER_ATTEMPT.into(),
-        AMQPValue::LongLongInt(i64::from(response.attempts)),
-    );
-    broker::publish_confirmed(
-        &link.publisher,
-        &link.exchange,
+    let headers = attempt_headers(response.attempts, "");
+    publish(
+        link,
         ROUTE_RESPONSE,
         &body,
-        broker::json_properties(&response.request_id.to_string(), headers),
+        &response.request_id.to_string(),
+        headers,
     )
     .await
 }

@@ -3,13 +3,15 @@
 //! everything they need travels in the request envelope.
 //!
 //! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using
-//! [`keys`] and the [`provider`] client, and [`health`] serves `/health`.
+//! [`keys`] and the [`provider`] client, [`routing`] decides what the outcome means for the
+//! message, and [`health`] serves `/health`.
 
 pub mod consumer;
 pub mod handler;
 pub mod health;
 pub mod keys;
 pub mod provider;
+pub mod routing;
 
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
@@ -59,6 +61,7 @@ pub async fn run(
         amqp_url: settings.amqp.url.clone(),
         topology: Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms),
         prefetch: settings.worker.prefetch,
+        budget_wait: std::time::Duration::from_millis(settings.worker.budget_wait_ms),
         context,
         health,
     };

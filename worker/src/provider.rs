@@ -63,6 +63,10 @@ impl Gemini {
         })
     }
 
+    pub fn proxied(&self) -> bool {
+        self.proxied
+    }
+
     pub async fn generate(
         &self,
         key: &ApiKey,

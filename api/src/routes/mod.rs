@@ -1,5 +1,6 @@
 //! The REST API: each feature module exports its own `router()`, merged here.
 
+mod admin;
 mod auth;
 mod chats;
 mod health;
@@ -15,6 +16,7 @@ use axum::http::StatusCode;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(admin::router())
         .merge(auth::router())
         .merge(chats::router())
         .merge(messages::router())
