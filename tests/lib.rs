@@ -48,6 +48,10 @@ pub struct TestOptions {
     pub api_broker_forwarder: bool,
     /// Send provider calls through a test-owned HTTP proxy.
     pub proxy: bool,
+    /// Per-key calls per window, and the window.
+    pub rpm: u32,
+    pub window_ms: u64,
+    pub budget_wait_ms: u64,
     pub retry_delays_ms: Vec<u64>,
 }
 
@@ -62,6 +66,9 @@ impl Default for TestOptions {
             mock: MockConfig::default(),
             api_broker_forwarder: false,
             proxy: false,
+            rpm: 100_000,
+            window_ms: 1_000,
+            budget_wait_ms: 5_000,
             retry_delays_ms: vec![50, 100],
         }
     }
@@ -150,6 +157,13 @@ impl TestApp {
         settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}-0123456789abcdefghij"));
         settings.admin.token = Secret::new(format!("admin-{id}"));
         settings.worker.prefetch = 16;
+        // Generous budgets unless a test sets its own: most tests are not about limits.
+        settings.limits.rpm = options.rpm;
+        settings.limits.tpm = 100_000_000;
+        settings.limits.rpd = 1_000_000;
+        settings.limits.window_ms = options.window_ms;
+        settings.worker.budget_wait_ms = options.budget_wait_ms;
+        settings.keys.probe_interval_ms = 200;
         settings.keys.api_keys = options
             .keys
             .iter()
@@ -287,6 +301,9 @@ impl TestApp {
             }
             let _ = conn.close(200, "done".into()).await;
         }
+        if let Err(e) = self.clear_redis().await {
+            eprintln!("could not delete Redis keys of {}: {e}", self.id);
+        }
         let _ = self.db.clone().close().await;
         if let Ok(admin) = Database::connect(admin_url()).await {
             if let Err(e) = admin
@@ -300,6 +317,23 @@ impl TestApp {
             }
             let _ = admin.close().await;
         }
+    }
+
+    /// Deletes every Redis key under this test's prefix.
+    pub async fn clear_redis(&self) -> anyhow::Result<()> {
+        let client = redis::Client::open(self.settings.redis.url.expose().as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.settings.redis.prefix))
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

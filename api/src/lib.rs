@@ -20,6 +20,7 @@ pub mod routes;
 
 use axum::extract::DefaultBodyLimit;
 use sea_orm::DatabaseConnection;
+use sluice_shared::keypool::{KeySpec, load_keys};
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub relay_wake: Arc<Notify>,
     pub broker_up: Arc<AtomicBool>,
     pub redis: redis::Client,
+    /// The configured provider keys (for the admin view; workers hold their own copy).
+    pub keys: Arc<Vec<KeySpec>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,8 @@ pub enum RunError {
     Database(#[from] sea_orm::DbErr),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Keys(#[from] sluice_shared::keypool::KeyFileError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -73,6 +78,7 @@ pub async fn run(
     let state = AppState {
         db: db.clone(),
         redis: redis::Client::open(settings.redis.url.expose().as_str())?,
+        keys: Arc::new(load_keys(&settings)?),
         settings: Arc::new(settings),
         relay_wake: Arc::new(Notify::new()),
         broker_up: Arc::new(AtomicBool::new(false)),

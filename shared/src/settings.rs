@@ -99,6 +99,8 @@ pub struct ChatSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct KeySettings {
     pub file: String,
+    pub probe_interval_ms: u64,
+    pub disable_after: u32,
     /// From `GEMINI_API_KEYS`, not from the SLUICE__ namespace.
     #[serde(skip)]
     pub api_keys: Vec<ApiKey>,

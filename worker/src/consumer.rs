@@ -30,7 +30,6 @@ pub struct Consumer {
     pub amqp_url: Secret<String>,
     pub topology: Topology,
     pub prefetch: u16,
-    pub budget_wait: Duration,
     pub context: Arc<Context>,
     pub health: Arc<Health>,
 }
@@ -40,7 +39,6 @@ struct Link {
     publisher: Channel,
     exchange: String,
     retry_delays_ms: Vec<u64>,
-    budget_wait: Duration,
 }
 
 impl Consumer {
@@ -68,7 +66,6 @@ impl Consumer {
             publisher: broker::confirm_channel(&connection).await?,
             exchange: self.topology.exchange(),
             retry_delays_ms: self.topology.retry_delays_ms().to_vec(),
-            budget_wait: self.budget_wait,
         });
         self.topology.declare(&link.publisher).await?;
         let channel = connection.create_channel().await?;
@@ -147,13 +144,7 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
         }
     };
     let outcome = handler::handle(&request, context).await;
-    let route = routing::route(
-        &request,
-        outcome,
-        &before,
-        &link.retry_delays_ms,
-        link.budget_wait,
-    );
+    let route = routing::route(&request, outcome, &before, &link.retry_delays_ms);
     let id = request.request_id.to_string();
     let settled = match route {
         Route::Respond(response) => publish_response(link, &response).await,
@@ -189,9 +180,8 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
                 Err(e) => Err(e),
             }
         }
-        Route::Requeue { after } => {
-            tracing::info!(request = %id, ?after, "no key has budget; waiting, then requeueing");
-            tokio::time::sleep(after).await;
+        Route::Requeue => {
+            tracing::info!(request = %id, "no key had budget in time; requeueing");
             let headers = attempt_headers(before.counted, &before.errors);
             publish(link, ROUTE_REQUEST, &delivery.data, &id, headers).await
         }

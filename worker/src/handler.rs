@@ -1,15 +1,23 @@
-//! The job handler: turns one request into an [`Outcome`] by calling the provider with the
-//! pool's keys. It knows nothing of the broker; the consumer decides what an outcome means
-//! for the message.
+//! The job handler: turns one request into an [`Outcome`]. It reserves budget for a key,
+//! calls the provider, and feeds what happened back into the pool — a 429 cools the key's
+//! project down and hands the call to another key at once, an invalid key is disabled — all
+//! without counting an attempt. It knows nothing of the broker.
 
-use crate::keys::KeyRing;
+use crate::budget::{Budgets, Cooldown, NoBudget};
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A 429 without `retryDelay` cools down this long.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
+/// A waiting worker looks again at least this often (other workers finish calls meanwhile).
+const BUDGET_POLL: Duration = Duration::from_millis(250);
 
 pub struct Context {
     pub provider: Gemini,
-    pub keys: KeyRing,
+    pub budgets: Budgets,
+    pub budget_wait: Duration,
+    pub disable_after: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,82 +30,104 @@ pub enum Outcome {
     Retryable { error: ErrorInfo, key_alias: String },
     /// A counted call that will never succeed; answer `failed` at once.
     Permanent { error: ErrorInfo, key_alias: String },
-    /// Every key was rate-limited or invalid: no counted call was made. `retry_after` is the
-    /// soonest a rate-limited key said it would have budget again.
-    NoUsableKey {
-        error: ErrorInfo,
-        rate_limited: bool,
-        retry_after: Option<Duration>,
-    },
+    /// No key had budget within the wait: no counted call was made.
+    NoBudget,
 }
 
-/// Tries the keys in turn: a rate-limited or invalid key hands the call to the next key at
-/// once, without counting; anything else ends the attempt.
+/// Tokens a request is expected to use, reserved against tpm until the real usage is known.
+pub fn estimate_tokens(request: &RequestEnvelope) -> u32 {
+    let chars: usize = request
+        .history
+        .iter()
+        .map(|t| t.text.chars().count())
+        .sum::<usize>()
+        + request.system.as_ref().map_or(0, |s| s.chars().count());
+    let prompt = u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX);
+    prompt.saturating_add(request.params.max_output_tokens.unwrap_or(0))
+}
+
 pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
-    let mut rate_limited = false;
-    let mut retry_after: Option<Duration> = None;
-    for key in ctx.keys.rotation() {
+    let model = request.model.as_str();
+    let estimate = estimate_tokens(request);
+    let deadline = Instant::now() + ctx.budget_wait;
+    loop {
+        let reservation = match ctx.budgets.reserve(model, estimate).await {
+            Ok(reservation) => reservation,
+            Err(no_budget) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Outcome::NoBudget;
+                }
+                let wait = match no_budget {
+                    NoBudget::RetryIn(wait) => wait.min(BUDGET_POLL),
+                    NoBudget::NoKeys => BUDGET_POLL,
+                };
+                tokio::time::sleep(wait.min(deadline - now)).await;
+                continue;
+            }
+        };
+        let key = &ctx.budgets.keys()[reservation.key];
+        let alias = key.alias.clone();
         match ctx.provider.generate(key, request).await {
             Ok(generation) => {
+                let used = generation
+                    .usage
+                    .prompt_tokens
+                    .saturating_add(generation.usage.completion_tokens);
+                ctx.budgets.complete(model, &reservation, used).await;
+                ctx.budgets.clear_strikes(reservation.key).await;
                 return Outcome::Completed {
                     generation,
-                    key_alias: key.alias.clone(),
+                    key_alias: alias,
                 };
             }
             Err(ProviderError::RateLimited {
-                retry_after: after,
+                retry_after,
                 per_day,
             }) => {
-                tracing::warn!(key = %key.alias, ?after, per_day, "key rate-limited; trying the next");
-                rate_limited = true;
-                if let Some(after) = after {
-                    retry_after = Some(retry_after.map_or(after, |r| r.min(after)));
+                ctx.budgets.release(model, &reservation).await;
+                let cooldown = if per_day {
+                    Cooldown::PerDay
+                } else {
+                    Cooldown::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN))
+                };
+                ctx.budgets
+                    .cool_down(reservation.key, model, cooldown)
+                    .await;
+                if ctx.provider.proxied(key) {
+                    tracing::warn!(key = %alias, "429 behind a proxy: if every key sees this, the egress address is throttled");
                 }
             }
-            Err(ProviderError::InvalidKey { reason }) => {
-                tracing::warn!(key = %key.alias, %reason, "key rejected by the provider; trying the next");
+            Err(ProviderError::InvalidKey { reason, definitive }) => {
+                ctx.budgets.release(model, &reservation).await;
+                if definitive {
+                    ctx.budgets.disable(reservation.key, &reason).await;
+                } else {
+                    ctx.budgets
+                        .strike(reservation.key, &reason, ctx.disable_after)
+                        .await;
+                }
             }
             Err(ProviderError::Transient { kind, message }) => {
+                ctx.budgets.complete(model, &reservation, estimate).await;
                 return Outcome::Retryable {
                     error: ErrorInfo {
                         kind: kind.into(),
                         message,
                     },
-                    key_alias: key.alias.clone(),
+                    key_alias: alias,
                 };
             }
             Err(ProviderError::Permanent { kind, message }) => {
+                ctx.budgets.complete(model, &reservation, estimate).await;
                 return Outcome::Permanent {
                     error: ErrorInfo {
                         kind: kind.into(),
                         message,
                     },
-                    key_alias: key.alias.clone(),
+                    key_alias: alias,
                 };
             }
         }
-    }
-    if rate_limited && ctx.provider.proxied() {
-        // Every key answered 429 at once: the egress address, not the keys, may be throttled.
-        tracing::warn!(
-            keys = ctx.keys.len(),
-            "every key behind the proxy is rate-limited: egress throttling suspected"
-        );
-    }
-    let error = if rate_limited {
-        ErrorInfo {
-            kind: "rate_limited".into(),
-            message: "every provider key is out of budget right now".into(),
-        }
-    } else {
-        ErrorInfo {
-            kind: "no_usable_key".into(),
-            message: "the provider rejected every configured key".into(),
-        }
-    };
-    Outcome::NoUsableKey {
-        error,
-        rate_limited,
-        retry_after,
     }
 }

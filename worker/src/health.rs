@@ -1,5 +1,7 @@
-//! Each worker's `GET /health`: whether it holds a broker connection and how busy it is.
+//! Each worker's `GET /health`: whether it holds a broker connection, where its budgets live
+//! (`redis`, `local`, or `degraded` while Redis is unreachable) and how busy it is.
 
+use crate::handler::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -15,17 +17,22 @@ pub struct Health {
     pub handled: AtomicU64,
 }
 
-pub fn router(health: Arc<Health>) -> Router {
+pub fn router(health: Arc<Health>, context: Arc<Context>) -> Router {
     Router::new()
         .route("/health", get(report))
-        .with_state(health)
+        .with_state((health, context))
 }
 
-async fn report(State(health): State<Arc<Health>>) -> (StatusCode, Json<Value>) {
+async fn report(
+    State((health, context)): State<(Arc<Health>, Arc<Context>)>,
+) -> (StatusCode, Json<Value>) {
     let connected = health.broker_connected.load(Ordering::Relaxed);
+    let budgets = context.budgets.mode();
+    let ok = connected && budgets != "degraded";
     let body = json!({
-        "status": if connected { "ok" } else { "degraded" },
+        "status": if ok { "ok" } else { "degraded" },
         "broker": if connected { "connected" } else { "reconnecting" },
+        "budgets": budgets,
         "in_flight": health.in_flight.load(Ordering::Relaxed),
         "handled": health.handled.load(Ordering::Relaxed),
     });

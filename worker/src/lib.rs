@@ -2,20 +2,24 @@
 //! publishes each result to `responses` before acking. Workers hold no database connection:
 //! everything they need travels in the request envelope.
 //!
-//! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using
-//! [`keys`] and the [`provider`] client, [`routing`] decides what the outcome means for the
-//! message, and [`health`] serves `/health`.
+//! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using the
+//! [`budget`]s of the key pool and the [`provider`] client, [`routing`] decides what the
+//! outcome means for the message, [`probe`] heals disabled keys, and [`health`] serves
+//! `/health`.
 
+pub mod budget;
 pub mod consumer;
 pub mod handler;
 pub mod health;
-pub mod keys;
+pub mod probe;
 pub mod provider;
 pub mod routing;
 
+use sluice_shared::keypool::{RedisLayout, load_keys};
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +29,10 @@ pub enum RunError {
     Settings(#[from] sluice_shared::settings::SettingsError),
     #[error("no provider keys: set GEMINI_API_KEYS (or SLUICE__KEYS__FILE)")]
     NoKeys,
+    #[error(transparent)]
+    Keys(#[from] sluice_shared::keypool::KeyFileError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("provider client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("health server: {0}")]
@@ -38,35 +46,59 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
     settings.validate()?;
-    if settings.keys.api_keys.is_empty() {
+    let keys = Arc::new(load_keys(&settings)?);
+    if keys.is_empty() {
         return Err(RunError::NoKeys);
     }
+    let redis = (settings.limits.backend == "redis")
+        .then(|| redis::Client::open(settings.redis.url.expose().as_str()))
+        .transpose()?
+        .map(|client| {
+            budget::redis::RedisBudgets::new(
+                client,
+                RedisLayout::new(settings.redis.prefix.clone()),
+                keys.clone(),
+                settings.provider.timeout_ms,
+            )
+        });
     let context = Arc::new(handler::Context {
-        provider: provider::Gemini::new(&settings.provider)?,
-        keys: keys::KeyRing::new(settings.keys.api_keys.clone()),
+        provider: provider::Gemini::new(&settings.provider, &keys)?,
+        budgets: budget::Budgets::new(keys.clone(), redis, settings.worker.expected_replicas),
+        budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
+        disable_after: settings.keys.disable_after.max(1),
     });
     let health = Arc::new(health::Health::default());
     tracing::info!(
         addr = %health_listener.local_addr()?,
-        keys = context.keys.len(),
+        keys = keys.len(),
+        budgets = context.budgets.mode(),
         "sluice-worker starting"
     );
+    let prober = tokio::spawn(probe::run(
+        context.clone(),
+        settings.provider.model.clone(),
+        Duration::from_millis(settings.keys.probe_interval_ms.max(100)),
+        cancel.clone(),
+    ));
     let shutdown = cancel.clone();
     let health_server = tokio::spawn(
-        axum::serve(health_listener, health::router(health.clone()))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .into_future(),
+        axum::serve(
+            health_listener,
+            health::router(health.clone(), context.clone()),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .into_future(),
     );
     let consumer = consumer::Consumer {
         amqp_url: settings.amqp.url.clone(),
         topology: Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms),
         prefetch: settings.worker.prefetch,
-        budget_wait: std::time::Duration::from_millis(settings.worker.budget_wait_ms),
         context,
         health,
     };
     consumer.run(cancel.clone()).await;
     cancel.cancel();
+    let _ = prober.await;
     match health_server.await {
         Ok(result) => result?,
         Err(e) => tracing::warn!(error = %e, "health server task failed"),

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
-use sluice_shared::settings::{ApiKey, ProviderSettings};
+use sluice_shared::keypool::KeySpec;
+use sluice_shared::settings::ProviderSettings;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A successful answer.
@@ -26,8 +28,9 @@ pub enum ProviderError {
         per_day: bool,
     },
     /// The key itself is bad (401, 403, or 400 `API_KEY_INVALID`); try another key, uncounted.
+    /// `definitive` unless it could be something else (a 403 may be a missing permission).
     #[error("invalid key: {reason}")]
-    InvalidKey { reason: String },
+    InvalidKey { reason: String, definitive: bool },
     /// Worth trying again later: 5xx, timeouts, cut connections, unreadable answers. Counted.
     #[error("{kind}: {message}")]
     Transient { kind: &'static str, message: String },
@@ -37,39 +40,56 @@ pub enum ProviderError {
 }
 
 pub struct Gemini {
-    http: reqwest::Client,
+    /// One client per egress route, reused: `""` is the default route (the global proxy, or
+    /// direct when none is set); other entries are keys' own proxies.
+    clients: HashMap<String, reqwest::Client>,
+    global_proxy: String,
     base_url: String,
-    /// Whether calls leave through a proxy, so a connect failure can be blamed on it.
-    proxied: bool,
 }
 
 impl Gemini {
-    /// One client, reused for every call. With a proxy configured, no call goes direct.
-    pub fn new(settings: &ProviderSettings) -> Result<Self, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .timeout(Duration::from_millis(settings.timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(60));
-        let proxy = settings.proxy.expose();
-        builder = if proxy.is_empty() {
-            builder.no_proxy()
-        } else {
-            builder.proxy(reqwest::Proxy::all(proxy.as_str())?)
-        };
+    /// Builds every route up front. With a proxy configured, no call goes direct: a key's own
+    /// proxy replaces the global one, and nothing falls back to a direct connection.
+    pub fn new(settings: &ProviderSettings, keys: &[KeySpec]) -> Result<Self, reqwest::Error> {
+        let global_proxy = settings.proxy.expose().clone();
+        let mut clients = HashMap::new();
+        clients.insert(String::new(), client(settings, &global_proxy)?);
+        for key in keys {
+            if let Some(proxy) = &key.proxy
+                && !clients.contains_key(proxy.expose())
+            {
+                clients.insert(proxy.expose().clone(), client(settings, proxy.expose())?);
+            }
+        }
         Ok(Self {
-            http: builder.build()?,
+            clients,
+            global_proxy,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
-            proxied: !proxy.is_empty(),
         })
     }
 
-    pub fn proxied(&self) -> bool {
-        self.proxied
+    fn route<'k>(&self, key: &'k KeySpec) -> &'k str {
+        key.proxy.as_ref().map_or("", |p| p.expose().as_str())
+    }
+
+    /// Whether calls with `key` leave through a proxy.
+    pub fn proxied(&self, key: &KeySpec) -> bool {
+        !self.route(key).is_empty() || !self.global_proxy.is_empty()
+    }
+
+    fn http(&self, key: &KeySpec) -> Result<&reqwest::Client, ProviderError> {
+        self.clients
+            .get(self.route(key))
+            .or_else(|| self.clients.get(""))
+            .ok_or_else(|| ProviderError::Permanent {
+                kind: "no_route",
+                message: "no egress route is configured for this key".into(),
+            })
     }
 
     pub async fn generate(
         &self,
-        key: &ApiKey,
+        key: &KeySpec,
         request: &RequestEnvelope,
     ) -> Result<Generation, ProviderError> {
         let url = format!(
@@ -78,18 +98,18 @@ impl Gemini {
         );
         let started = Instant::now();
         let response = self
-            .http
+            .http(key)?
             .post(url)
             .header("x-goog-api-key", key.secret.expose().as_str())
             .json(&GenerateRequest::from_envelope(request))
             .send()
             .await
-            .map_err(|e| self.transport_error(&e))?;
+            .map_err(|e| self.transport_error(key, &e))?;
         let status = response.status().as_u16();
         let body = response
             .bytes()
             .await
-            .map_err(|e| self.transport_error(&e))?;
+            .map_err(|e| self.transport_error(key, &e))?;
         let upstream_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if status == 200 {
             parse_success(&body, upstream_ms)
@@ -98,10 +118,28 @@ impl Gemini {
         }
     }
 
-    fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
+    /// A cheap call that tells whether a key works: `GET {base}/v1beta/models/{model}`.
+    pub async fn probe(&self, key: &KeySpec, model: &str) -> Result<(), ProviderError> {
+        let url = format!("{}/v1beta/models/{model}", self.base_url);
+        let response = self
+            .http(key)?
+            .get(url)
+            .header("x-goog-api-key", key.secret.expose().as_str())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(key, &e))?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            return Ok(());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(classify_error(status, &body))
+    }
+
+    fn transport_error(&self, key: &KeySpec, e: &reqwest::Error) -> ProviderError {
         let (kind, message) = if e.is_timeout() {
             ("timeout", "the model provider did not answer in time")
-        } else if e.is_connect() && self.proxied {
+        } else if e.is_connect() && self.proxied(key) {
             ("proxy_unreachable", "the egress proxy could not be reached")
         } else if e.is_connect() {
             ("connect_failed", "the model provider could not be reached")
@@ -117,6 +155,20 @@ impl Gemini {
             message: message.into(),
         }
     }
+}
+
+fn client(settings: &ProviderSettings, proxy: &str) -> Result<reqwest::Client, reqwest::Error> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .timeout(Duration::from_millis(settings.timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(60));
+    let builder = if proxy.is_empty() {
+        // `no_proxy` only here: on a proxied client it would clear the proxy itself.
+        builder.no_proxy()
+    } else {
+        builder.proxy(reqwest::Proxy::all(proxy)?)
+    };
+    builder.build()
 }
 
 #[derive(Serialize)]
@@ -348,11 +400,17 @@ pub fn classify_error(status: u16, body: &[u8]) -> ProviderError {
                     })
             }),
         },
-        401 | 403 => ProviderError::InvalidKey {
-            reason: format!("the provider answered {status}"),
+        401 => ProviderError::InvalidKey {
+            reason: "the provider answered 401".into(),
+            definitive: true,
+        },
+        403 => ProviderError::InvalidKey {
+            reason: "the provider answered 403".into(),
+            definitive: false,
         },
         400 if key_invalid => ProviderError::InvalidKey {
             reason: "API_KEY_INVALID".into(),
+            definitive: true,
         },
         400 if is_context_too_long(message) => ProviderError::Permanent {
             kind: "context_too_long",

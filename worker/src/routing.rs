@@ -6,7 +6,6 @@ use crate::handler::Outcome;
 use sluice_shared::envelope::{
     self, ErrorInfo, RequestEnvelope, ResponseEnvelope, ResponseStatus, Usage,
 };
-use std::time::Duration;
 
 /// How many entries `sluice-errors` keeps (newest last), so the header stays short.
 const ERROR_HISTORY: usize = 5;
@@ -29,8 +28,8 @@ pub enum Route {
         errors: String,
         response: ResponseEnvelope,
     },
-    /// No key could take the call: wait `after`, then republish unchanged (not counted).
-    Requeue { after: Duration },
+    /// No key had budget within the wait: republish unchanged (not counted), then ack.
+    Requeue,
 }
 
 /// What the delivery carried in our headers.
@@ -45,7 +44,6 @@ pub fn route(
     outcome: Outcome,
     before: &Attempts,
     retry_delays_ms: &[u64],
-    budget_wait: Duration,
 ) -> Route {
     let counted = before.counted.saturating_add(1);
     match outcome {
@@ -99,21 +97,7 @@ pub fn route(
                 }
             }
         }
-        Outcome::NoUsableKey {
-            rate_limited: true,
-            retry_after,
-            ..
-        } => Route::Requeue {
-            after: retry_after
-                .unwrap_or(Duration::from_secs(1))
-                .min(budget_wait),
-        },
-        Outcome::NoUsableKey { error, .. } => Route::DeadLetter {
-            reason: "no_usable_key",
-            attempts: before.counted,
-            errors: push_error(&before.errors, before.counted, &error.kind),
-            response: failed(request, before.counted, Some(error)),
-        },
+        Outcome::NoBudget => Route::Requeue,
     }
 }
 
@@ -153,7 +137,6 @@ mod tests {
     use uuid::Uuid;
 
     const DELAYS: &[u64] = &[60_000, 600_000, 3_600_000, 86_400_000];
-    const WAIT: Duration = Duration::from_secs(30);
 
     fn request() -> RequestEnvelope {
         RequestEnvelope {
@@ -193,7 +176,7 @@ mod tests {
         let req = request();
         let mut before = Attempts::default();
         for (level, &delay) in DELAYS.iter().enumerate() {
-            match route(&req, retryable(), &before, DELAYS, WAIT) {
+            match route(&req, retryable(), &before, DELAYS) {
                 Route::Retry {
                     delay_ms,
                     attempts,
@@ -209,7 +192,7 @@ mod tests {
                 other => panic!("level {level}: expected a retry, got {other:?}"),
             }
         }
-        match route(&req, retryable(), &before, DELAYS, WAIT) {
+        match route(&req, retryable(), &before, DELAYS) {
             Route::DeadLetter {
                 reason,
                 attempts,
@@ -241,7 +224,7 @@ mod tests {
             error: error("prompt_blocked"),
             key_alias: "k".into(),
         };
-        match route(&req, permanent, &before, DELAYS, WAIT) {
+        match route(&req, permanent, &before, DELAYS) {
             Route::Respond(r) => {
                 assert_eq!(r.status, ResponseStatus::Failed);
                 assert_eq!(r.attempts, 2);
@@ -258,7 +241,7 @@ mod tests {
             },
             key_alias: "k".into(),
         };
-        match route(&req, completed, &before, DELAYS, WAIT) {
+        match route(&req, completed, &before, DELAYS) {
             Route::Respond(r) => {
                 assert_eq!(r.status, ResponseStatus::Completed);
                 assert_eq!(r.text.as_deref(), Some("yes"));
@@ -269,30 +252,10 @@ mod tests {
     }
 
     #[test]
-    fn no_budget_waits_uncounted_and_bad_keys_dead_letter() {
-        let req = request();
-        let limited = Outcome::NoUsableKey {
-            error: error("rate_limited"),
-            rate_limited: true,
-            retry_after: Some(Duration::from_secs(600)),
-        };
+    fn no_budget_is_requeued_uncounted() {
         assert_eq!(
-            route(&req, limited, &Attempts::default(), DELAYS, WAIT),
-            Route::Requeue { after: WAIT }
+            route(&request(), Outcome::NoBudget, &Attempts::default(), DELAYS),
+            Route::Requeue
         );
-        let invalid = Outcome::NoUsableKey {
-            error: error("no_usable_key"),
-            rate_limited: false,
-            retry_after: None,
-        };
-        match route(&req, invalid, &Attempts::default(), DELAYS, WAIT) {
-            Route::DeadLetter {
-                reason, attempts, ..
-            } => {
-                assert_eq!(reason, "no_usable_key");
-                assert_eq!(attempts, 0, "a key problem is not a counted attempt");
-            }
-            other => panic!("{other:?}"),
-        }
     }
 }

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod chats;
 mod health;
+mod keys;
 mod messages;
 mod prompts;
 mod views;
@@ -17,6 +18,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(admin::router())
+        .merge(keys::router())
         .merge(auth::router())
         .merge(chats::router())
         .merge(messages::router())

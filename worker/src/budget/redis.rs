@@ -1,0 +1,274 @@
+//! Fleet-wide budgets in Redis. Choosing a key and reserving its slot is one Lua script on
+//! Redis server time (`reserve.lua`), so two workers never take the same last slot; completing,
+//! releasing and cooling down are small scripts of their own. Every call has a short timeout:
+//! an unreachable Redis must turn into degraded mode, not a stuck worker.
+
+use super::{Cooldown, NoBudget, Reservation};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, Script};
+use sluice_shared::keypool::{KeySpec, RedisLayout, next_pacific_midnight, pacific_day};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+const COMPLETE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[3])
+end
+return 1";
+
+const RELEASE: &str = r"
+if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+end
+return 1";
+
+/// Extends, never shortens: a later, shorter cooldown leaves an earlier, longer one alone.
+const COOL_DOWN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if untl > current then
+  redis.call('HSET', KEYS[1], 'until', untl, 'reason', ARGV[2])
+  redis.call('PEXPIREAT', KEYS[1], untl)
+end
+return 1";
+
+pub struct RedisBudgets {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    layout: RedisLayout,
+    keys: Arc<Vec<KeySpec>>,
+    /// How long an unfinished call holds its slot: the provider's total timeout.
+    inflight_ms: u64,
+    reserve: Script,
+    complete: Script,
+    release: Script,
+    cool_down: Script,
+}
+
+fn timeout_error() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis did not answer in time",
+    ))
+}
+
+impl RedisBudgets {
+    pub fn new(
+        client: redis::Client,
+        layout: RedisLayout,
+        keys: Arc<Vec<KeySpec>>,
+        inflight_ms: u64,
+    ) -> Self {
+        Self {
+            client,
+            connection: Mutex::new(None),
+            layout,
+            keys,
+            inflight_ms,
+            reserve: Script::new(include_str!("reserve.lua")),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+            cool_down: Script::new(COOL_DOWN),
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| timeout_error())??;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs one Redis operation with the timeout.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.connection().await?;
+        tokio::time::timeout(TIMEOUT, op(conn))
+            .await
+            .map_err(|_| timeout_error())?
+    }
+
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn reserve(
+        &self,
+        model: &str,
+        estimate: u32,
+    ) -> Result<Result<Reservation, NoBudget>, RedisError> {
+        let now = chrono::Utc::now();
+        let day = pacific_day(now);
+        let until_midnight = (next_pacific_midnight(now) - now).num_milliseconds().max(1);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
+            .arg(self.keys.len())
+            .arg(estimate)
+            .arg(self.inflight_ms)
+            .arg(&id)
+            .arg(until_midnight);
+        for key in self.keys.iter() {
+            let limits = key.limits(model);
+            invocation
+                .key(self.layout.calls(&key.project, model))
+                .key(self.layout.day(&key.project, model, &day))
+                .key(self.layout.cooldown(&key.project, model))
+                .arg(&key.alias)
+                .arg(limits.rpm.max(1))
+                .arg(limits.tpm.max(1))
+                .arg(limits.rpd.max(1))
+                .arg(key.window_ms.max(1))
+                .arg(key.weight);
+        }
+        invocation.key(self.layout.disabled());
+        let (index, wait): (i64, i64) = self
+            .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(match (usize::try_from(index), wait) {
+            (Ok(i), _) if i >= 1 => Ok(Reservation {
+                key: i - 1,
+                estimate,
+                redis_id: Some(id),
+            }),
+            (_, w) if w < 0 => Err(NoBudget::NoKeys),
+            (_, w) => Err(NoBudget::RetryIn(Duration::from_millis(
+                u64::try_from(w).unwrap_or(1),
+            ))),
+        })
+    }
+
+    pub async fn complete(
+        &self,
+        key: &KeySpec,
+        model: &str,
+        id: &str,
+        estimate: u32,
+        tokens: u32,
+    ) -> Result<(), RedisError> {
+        let mut invocation = self.complete.key(self.layout.calls(&key.project, model));
+        invocation.arg(id).arg(estimate).arg(tokens);
+        self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn release(
+        &self,
+        key: &KeySpec,
+        model: &str,
+        id: &str,
+        estimate: u32,
+    ) -> Result<(), RedisError> {
+        let day = pacific_day(chrono::Utc::now());
+        let mut invocation = self.release.key(self.layout.calls(&key.project, model));
+        invocation
+            .key(self.layout.day(&key.project, model, &day))
+            .arg(id)
+            .arg(estimate);
+        self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn cool_down(
+        &self,
+        key: &KeySpec,
+        model: &str,
+        cooldown: Cooldown,
+    ) -> Result<(), RedisError> {
+        let ms = u64::try_from(cooldown.duration().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut invocation = self
+            .cool_down
+            .key(self.layout.cooldown(&key.project, model));
+        invocation.arg(ms).arg(cooldown.reason());
+        self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn disable(&self, alias: &str, reason: &str) -> Result<(), RedisError> {
+        let (hash, alias, reason) = (self.layout.disabled(), alias.to_owned(), reason.to_owned());
+        self.run(|mut c| async move { c.hset::<_, _, _, i64>(hash, alias, reason).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn enable(&self, alias: &str) -> Result<(), RedisError> {
+        let (disabled, strikes, alias) = (
+            self.layout.disabled(),
+            self.layout.strikes(),
+            alias.to_owned(),
+        );
+        self.run(|mut c| async move {
+            redis::pipe()
+                .hdel(disabled, &alias)
+                .hdel(strikes, &alias)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub async fn disabled(&self) -> Result<Vec<String>, RedisError> {
+        let hash = self.layout.disabled();
+        self.run(|mut c| async move { c.hkeys(hash).await }).await
+    }
+
+    pub async fn strike(&self, alias: &str) -> Result<u32, RedisError> {
+        let (hash, alias) = (self.layout.strikes(), alias.to_owned());
+        self.run(|mut c| async move { c.hincr(hash, alias, 1).await })
+            .await
+    }
+
+    pub async fn clear_strikes(&self, alias: &str) -> Result<(), RedisError> {
+        let (hash, alias) = (self.layout.strikes(), alias.to_owned());
+        self.run(|mut c| async move { c.hdel::<_, _, i64>(hash, alias).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// `SET NX PX`: true for the one worker that gets to probe this key this interval.
+    pub async fn claim_probe(&self, alias: &str, interval: Duration) -> Result<bool, RedisError> {
+        let lock = self.layout.probe_lock(alias);
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(lock)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map(|r| r.is_some())
+        })
+        .await
+    }
+}

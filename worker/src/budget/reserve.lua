@@ -1,0 +1,70 @@
+-- Chooses a key and reserves budget for one call, atomically, on Redis server time.
+-- KEYS: per candidate i: calls zset, day counter, cooldown hash; then the disabled hash.
+-- ARGV: n, estimate, inflight_ms, reservation id, ms until Pacific midnight,
+--       then per candidate: alias, rpm, tpm, rpd, window_ms, weight.
+-- Returns {index, 0} on success, {0, wait_ms} when no key has budget (wait_ms = -1 when
+-- every key is disabled).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[1])
+local estimate = tonumber(ARGV[2])
+local inflight = tonumber(ARGV[3])
+local rid = ARGV[4]
+local until_midnight = tonumber(ARGV[5])
+local disabled = KEYS[#KEYS]
+
+local best, best_headroom, best_weight = nil, -1, -1
+local earliest = nil
+local function wait_at_least(ms)
+  if ms < 1 then ms = 1 end
+  if earliest == nil or ms < earliest then earliest = ms end
+end
+
+for i = 1, n do
+  local a = 5 + (i - 1) * 6
+  local alias = ARGV[a + 1]
+  local rpm, tpm, rpd = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local window, weight = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local calls, day, cool = KEYS[(i - 1) * 3 + 1], KEYS[(i - 1) * 3 + 2], KEYS[(i - 1) * 3 + 3]
+  if redis.call('HEXISTS', disabled, alias) == 0 then
+    local cool_until = tonumber(redis.call('HGET', cool, 'until') or '0')
+    if cool_until > now then
+      wait_at_least(cool_until - now)
+    else
+      -- A slot frees one window after its call completed (in-flight calls score in the future).
+      redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - window)
+      local entries = redis.call('ZRANGE', calls, 0, -1, 'WITHSCORES')
+      local used = #entries / 2
+      local tokens = 0
+      for j = 1, #entries, 2 do
+        tokens = tokens + tonumber(string.match(entries[j], ':(%d+)$') or '0')
+      end
+      local today = tonumber(redis.call('GET', day) or '0')
+      -- A call larger than the whole tpm may still go alone.
+      local need = math.min(estimate, tpm)
+      if used < rpm and tokens + need <= tpm and today < rpd then
+        local headroom = math.min((rpm - used) / rpm, (tpm - tokens - need + 1) / tpm, (rpd - today) / rpd)
+        if headroom > best_headroom or (headroom == best_headroom and weight > best_weight) then
+          best, best_headroom, best_weight = i, headroom, weight
+        end
+      elseif today >= rpd then
+        wait_at_least(until_midnight)
+      elseif used > 0 then
+        wait_at_least(tonumber(entries[2]) + window - now)
+      else
+        wait_at_least(window)
+      end
+    end
+  end
+end
+
+if best == nil then
+  return {0, earliest or -1}
+end
+local a = 5 + (best - 1) * 6
+local calls, day = KEYS[(best - 1) * 3 + 1], KEYS[(best - 1) * 3 + 2]
+redis.call('ZADD', calls, now + inflight, rid .. ':' .. estimate)
+redis.call('PEXPIRE', calls, inflight + 2 * tonumber(ARGV[a + 5]))
+redis.call('INCR', day)
+redis.call('PEXPIRE', day, until_midnight + 3600000)
+return {best, 0}

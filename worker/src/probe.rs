@@ -1,0 +1,36 @@
+//! Self-healing keys: every interval, each disabled key is probed with a cheap request by one
+//! worker of the fleet, and re-enabled when it works again.
+
+use crate::handler::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(
+    context: Arc<Context>,
+    model: String,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        for key in context.budgets.disabled().await {
+            if !context.budgets.claim_probe(key, interval).await {
+                continue;
+            }
+            let spec = &context.budgets.keys()[key];
+            match context.provider.probe(spec, &model).await {
+                Ok(()) => {
+                    tracing::info!(key = %spec.alias, "probe succeeded: key re-enabled");
+                    context.budgets.enable(key).await;
+                }
+                Err(e) => {
+                    tracing::info!(key = %spec.alias, error = %e, "probe failed: key stays disabled")
+                }
+            }
+        }
+    }
+}
