@@ -25,6 +25,14 @@ pub use proxy::HttpProxy;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 pub const AMQP_ADDR: &str = "127.0.0.1:5672";
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
+/// One running worker: cancel it to stop just this one.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub cancel: CancellationToken,
+    pub health: String,
+}
 
 pub fn admin_url() -> String {
     std::env::var("SLUICE_TEST_ADMIN_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into())
@@ -52,6 +60,11 @@ pub struct TestOptions {
     pub rpm: u32,
     pub window_ms: u64,
     pub budget_wait_ms: u64,
+    pub probe_interval_ms: u64,
+    /// Contents of a keys file (TOML) given to every component.
+    pub keys_file: Option<String>,
+    /// Put a cuttable TCP forwarder between the workers and Redis.
+    pub worker_redis_forwarder: bool,
     pub retry_delays_ms: Vec<u64>,
 }
 
@@ -69,6 +82,9 @@ impl Default for TestOptions {
             rpm: 100_000,
             window_ms: 1_000,
             budget_wait_ms: 5_000,
+            probe_interval_ms: 200,
+            keys_file: None,
+            worker_redis_forwarder: false,
             retry_delays_ms: vec![50, 100],
         }
     }
@@ -82,8 +98,12 @@ pub struct TestApp {
     pub settings: Settings,
     pub db: DatabaseConnection,
     pub forwarder: Option<Forwarder>,
+    /// Between the workers and Redis, when asked for.
+    pub redis_forwarder: Option<Forwarder>,
     pub proxy: Option<HttpProxy>,
     pub topology: Topology,
+    /// The workers started with the stack.
+    pub workers: Mutex<Vec<Worker>>,
     db_name: String,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -163,7 +183,12 @@ impl TestApp {
         settings.limits.rpd = 1_000_000;
         settings.limits.window_ms = options.window_ms;
         settings.worker.budget_wait_ms = options.budget_wait_ms;
-        settings.keys.probe_interval_ms = 200;
+        settings.keys.probe_interval_ms = options.probe_interval_ms;
+        if let Some(contents) = &options.keys_file {
+            let path = std::env::temp_dir().join(format!("sluice-test-keys-{id}.toml"));
+            std::fs::write(&path, contents)?;
+            settings.keys.file = path.display().to_string();
+        }
         settings.keys.api_keys = options
             .keys
             .iter()
@@ -183,6 +208,11 @@ impl TestApp {
 
         let forwarder = if options.api_broker_forwarder {
             Some(Forwarder::start(AMQP_ADDR.parse()?).await?)
+        } else {
+            None
+        };
+        let redis_forwarder = if options.worker_redis_forwarder {
+            Some(Forwarder::start(REDIS_ADDR.parse()?).await?)
         } else {
             None
         };
@@ -209,15 +239,19 @@ impl TestApp {
             settings,
             db,
             forwarder,
+            redis_forwarder,
             proxy,
             topology,
+            workers: Mutex::default(),
             db_name,
             cancel,
             tasks: Mutex::new(tasks),
         };
+        let mut workers = Vec::new();
         for _ in 0..options.workers {
-            app.add_worker(None).await?;
+            workers.push(app.add_worker(None).await?);
         }
+        *app.workers.lock().unwrap() = workers;
         app.wait_ready().await?;
         Ok(app)
     }
@@ -227,21 +261,32 @@ impl TestApp {
     pub async fn add_worker(
         &self,
         amqp_addr: Option<std::net::SocketAddr>,
-    ) -> anyhow::Result<CancellationToken> {
+    ) -> anyhow::Result<Worker> {
         let mut settings = self.settings.clone();
         if let Some(addr) = amqp_addr {
             settings.amqp.url = Secret::new(format!("amqp://guest:guest@{addr}/%2f"));
         }
+        if let Some(f) = &self.redis_forwarder {
+            settings.redis.url = Secret::new(format!("redis://{}", f.addr()));
+        }
         let health = TcpListener::bind("127.0.0.1:0").await?;
-        let cancel = self.cancel.child_token();
-        let token = cancel.clone();
+        let worker = Worker {
+            cancel: self.cancel.child_token(),
+            health: format!("http://{}/health", health.local_addr()?),
+        };
+        let cancel = worker.cancel.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = sluice_worker::run(settings, health, cancel).await {
                 tracing::error!(error = %e, "worker stopped with an error");
             }
         });
         self.tasks.lock().unwrap().push(task);
-        Ok(token)
+        Ok(worker)
+    }
+
+    /// Every worker's `/health` body, as JSON.
+    pub async fn worker_health(&self, worker: &Worker) -> anyhow::Result<Value> {
+        Ok(self.http.get(&worker.health).send().await?.json().await?)
     }
 
     /// `GET` with the admin token.
@@ -282,8 +327,14 @@ impl TestApp {
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
-        if let Some(f) = &self.forwarder {
+        for f in [&self.forwarder, &self.redis_forwarder]
+            .into_iter()
+            .flatten()
+        {
             f.stop();
+        }
+        if !self.settings.keys.file.is_empty() {
+            let _ = std::fs::remove_file(&self.settings.keys.file);
         }
         if let Some(p) = &self.proxy {
             p.stop();

@@ -293,7 +293,7 @@ async fn a_worker_dying_mid_call_loses_nothing_and_answers_once() {
         }
         assert_eq!(app.mock.stats().calls, 1, "the call is in flight");
         link.cut();
-        doomed.cancel();
+        doomed.cancel.cancel();
         app.add_worker(None).await?;
 
         let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;

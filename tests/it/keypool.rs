@@ -1,0 +1,367 @@
+//! The key pool against real Redis and RabbitMQ, with mock-gemini enforcing per-key limits:
+//! exact fleet-wide budgets, shared project budgets, cooldowns, parking, disabling and
+//! healing keys, waiting for budget, and degraded mode while Redis is cut.
+
+use serde_json::{Value, json};
+use sluice_tests::{TestApp, TestOptions, run};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Posts `n` messages in one chat and waits for every reply; returns the replies.
+async fn post_many(app: &TestApp, n: usize, prefix: &str) -> anyhow::Result<Vec<Value>> {
+    let (token, _) = app.register().await?;
+    let chat = app.create_chat(&token).await?;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            app.post_message(&token, &chat, json!({"content": format!("{prefix} {i}")}))
+                .await?,
+        );
+    }
+    let mut replies = Vec::new();
+    for id in &ids {
+        replies.push(app.wait_reply(&token, &chat, id, WAIT).await?);
+    }
+    Ok(replies)
+}
+
+/// The most arrivals within any `window_ms` (arrival times in ms, any order).
+fn max_in_window(mut times: Vec<u64>, window_ms: u64) -> usize {
+    times.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window_ms {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+async fn key_states(app: &TestApp) -> anyhow::Result<Vec<Value>> {
+    let (status, body) = app.admin_get("/api/admin/keys").await?;
+    anyhow::ensure!(status == 200, "keys: {status} {body}");
+    Ok(body["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn state_of<'a>(keys: &'a [Value], alias: &str) -> &'a Value {
+    keys.iter()
+        .find(|k| k["alias"] == alias)
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_never_exceed_a_keys_limit() {
+    let options = TestOptions {
+        workers: 3,
+        rpm: 5,
+        window_ms: 1_000,
+        mock: mock_gemini::MockConfig {
+            limit_per_window: Some(5),
+            window_ms: 1_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let replies = post_many(&app, 30, "budget").await?;
+        assert!(
+            replies
+                .iter()
+                .all(|r| r["status"] == "completed" && r["attempts"] == 1)
+        );
+        let stats = app.mock.stats();
+        assert_eq!(stats.rate_limited, 0, "no 429 at all");
+        assert!(
+            stats.max_in_window <= 5,
+            "at most the limit in any window: {stats:?}"
+        );
+        assert_eq!(stats.calls, 30);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_one_project_share_its_budget() {
+    let options = TestOptions {
+        workers: 2,
+        keys: vec![],
+        keys_file: Some(
+            r#"
+[[keys]]
+alias = "a"
+secret = "secret-a"
+project = "one-project"
+rpm = 3
+window_ms = 1000
+
+[[keys]]
+alias = "b"
+secret = "secret-b"
+project = "one-project"
+rpm = 3
+window_ms = 1000
+"#
+            .into(),
+        ),
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let replies = post_many(&app, 12, "shared").await?;
+        assert!(replies.iter().all(|r| r["status"] == "completed"));
+        let arrivals: Vec<u64> = app.mock.requests().iter().map(|r| r.at_ms).collect();
+        assert_eq!(arrivals.len(), 12);
+        let most = max_in_window(arrivals, 1_000);
+        assert!(
+            most <= 3,
+            "two keys of one project share rpm 3: {most} in one window"
+        );
+        let keys = key_states(&app).await?;
+        assert_eq!(state_of(&keys, "a")["project"], "one-project");
+        let text = serde_json::to_string(&keys)?;
+        assert!(
+            !text.contains("secret-a") && !text.contains("secret-b"),
+            "{text}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_delay_cools_the_key_down_for_every_worker() {
+    let options = TestOptions {
+        workers: 2,
+        keys: vec![("only".into(), "secret-only".into())],
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, _) = app.register().await?;
+        let chat = app.create_chat(&token).await?;
+        let limited = app
+            .post_message(
+                &token,
+                &chat,
+                json!({"content": "[[mock:429=1sx1]] cool down"}),
+            )
+            .await?;
+        // Wait for the 429, then keep both workers busy while the cooldown lasts.
+        for _ in 0..200 {
+            if app.mock.stats().rate_limited > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut others = Vec::new();
+        for i in 0..6 {
+            others.push(
+                app.post_message(&token, &chat, json!({"content": format!("during {i}")}))
+                    .await?,
+            );
+        }
+        let reply = app.wait_reply(&token, &chat, &limited, WAIT).await?;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        assert_eq!(reply["attempts"], 1, "a 429 is not a counted attempt");
+        for id in &others {
+            app.wait_reply(&token, &chat, id, WAIT).await?;
+        }
+        let requests = app.mock.requests();
+        let limited_at = requests
+            .iter()
+            .find(|r| r.body.to_string().contains("cool down"))
+            .map(|r| r.at_ms)
+            .unwrap();
+        let too_early: Vec<u64> = requests
+            .iter()
+            .map(|r| r.at_ms)
+            .filter(|&t| t > limited_at && t < limited_at + 950)
+            .collect();
+        assert!(
+            too_early.is_empty(),
+            "calls during the cooldown: {too_early:?}"
+        );
+        assert_eq!(app.mock.stats().rate_limited, 1);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_day_quota_parks_the_key_until_midnight_pacific() {
+    run(TestOptions::default(), |app| async move {
+        let (token, _) = app.register().await?;
+        let chat = app.create_chat(&token).await?;
+        let id = app
+            .post_message(&token, &chat, json!({"content": "[[mock:429dayx1]] daily"}))
+            .await?;
+        let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+        assert_eq!(reply["status"], "completed", "another key answers at once");
+        let keys = key_states(&app).await?;
+        let parked: Vec<&Value> = keys.iter().filter(|k| k["state"] == "parked").collect();
+        assert_eq!(parked.len(), 1, "{keys:?}");
+        let until = parked[0]["models"][0]["until"].as_str().unwrap();
+        let until = chrono::DateTime::parse_from_rfc3339(until)?;
+        let hours =
+            (until.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_minutes() as f64 / 60.0;
+        assert!(
+            (0.0..=25.0).contains(&hours),
+            "parked until midnight Pacific: {until}"
+        );
+        let parked_alias = parked[0]["alias"].as_str().unwrap().to_owned();
+        let before = app.mock.stats();
+        let replies = post_many(&app, 4, "after").await?;
+        assert!(replies.iter().all(|r| r["status"] == "completed"));
+        let parked_secret = if parked_alias == "key-1" {
+            "secret-one"
+        } else {
+            "secret-two"
+        };
+        assert_eq!(
+            app.mock.stats().calls_per_key.get(parked_secret),
+            before.calls_per_key.get(parked_secret),
+            "the parked key is not used"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_key_is_disabled_then_healed_by_the_probe() {
+    let options = TestOptions {
+        keys: vec![("first".into(), "secret-first".into())],
+        probe_interval_ms: 1_500,
+        keys_file: Some("[[keys]]\nalias = \"second\"\nsecret = \"secret-second\"\n".into()),
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, _) = app.register().await?;
+        let chat = app.create_chat(&token).await?;
+        let mut disabled_seen = false;
+        // Both keys take turns; the one the directive rejects is disabled, the other answers.
+        for i in 0..2 {
+            let id = app
+                .post_message(
+                    &token,
+                    &chat,
+                    json!({"content": format!("[[mock:fail-key=secret-first]] try {i}")}),
+                )
+                .await?;
+            let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+            assert_eq!(reply["status"], "completed", "{reply}");
+            assert_eq!(reply["attempts"], 1);
+            let keys = key_states(&app).await?;
+            if state_of(&keys, "first")["state"] == "disabled" {
+                assert_eq!(
+                    state_of(&keys, "first")["disabled_reason"],
+                    "API_KEY_INVALID"
+                );
+                disabled_seen = true;
+                break;
+            }
+        }
+        assert!(disabled_seen, "the rejected key was disabled");
+        // The probe's cheap call works for this key, so it comes back by itself.
+        let mut healed = false;
+        for _ in 0..100 {
+            if state_of(&key_states(&app).await?, "first")["state"] == "ok" {
+                healed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(healed, "the probe re-enabled the key");
+
+        let (status, body) = app
+            .admin_post("/api/admin/keys/nobody/enable", json!({}))
+            .await?;
+        assert_eq!(
+            (status.as_u16(), body["error"]["code"].as_str()),
+            (404, Some("key_not_found"))
+        );
+        let (status, body) = app
+            .admin_post("/api/admin/keys/second/enable", json!({}))
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_key_exhausted_messages_wait_and_complete() {
+    let options = TestOptions {
+        workers: 2,
+        keys: vec![("only".into(), "secret-only".into())],
+        rpm: 2,
+        window_ms: 1_000,
+        // Short enough that some messages are requeued rather than held.
+        budget_wait_ms: 400,
+        mock: mock_gemini::MockConfig {
+            limit_per_window: Some(2),
+            window_ms: 1_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let replies = post_many(&app, 8, "patient").await?;
+        for r in &replies {
+            assert_eq!(r["status"], "completed", "{r}");
+            assert_eq!(r["attempts"], 1, "waiting is never a counted attempt");
+        }
+        let stats = app.mock.stats();
+        assert_eq!(stats.rate_limited, 0);
+        assert_eq!(stats.calls, 8);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_degrades_to_local_budgets_and_recovers() {
+    let options = TestOptions {
+        worker_redis_forwarder: true,
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let worker = app.workers.lock().unwrap()[0].clone();
+        let replies = post_many(&app, 2, "before").await?;
+        assert!(replies.iter().all(|r| r["status"] == "completed"));
+        assert_eq!(app.worker_health(&worker).await?["budgets"], "redis");
+
+        let link = app.redis_forwarder.as_ref().unwrap();
+        link.cut();
+        let replies = post_many(&app, 3, "during").await?;
+        assert!(
+            replies.iter().all(|r| r["status"] == "completed"),
+            "{replies:?}"
+        );
+        let health = app.worker_health(&worker).await?;
+        assert_eq!(health["budgets"], "degraded", "{health}");
+        assert_eq!(health["status"], "degraded");
+
+        link.restore();
+        let mut back = false;
+        for _ in 0..50 {
+            post_many(&app, 1, "after").await?;
+            if app.worker_health(&worker).await?["budgets"] == "redis" {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "the worker went back to Redis by itself");
+        Ok(())
+    })
+    .await;
+}
+
+#[test]
+fn the_window_counter_counts() {
+    assert_eq!(max_in_window(vec![0, 100, 999, 1000, 1500], 1000), 3);
+    assert_eq!(max_in_window(vec![], 1000), 0);
+}
