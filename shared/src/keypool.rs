@@ -249,6 +249,11 @@ impl RedisLayout {
         format!("{}strikes", self.prefix)
     }
 
+    /// Hash route label → until (ms) it looked throttled: 429s on every key behind it.
+    pub fn egress(&self) -> String {
+        format!("{}egress", self.prefix)
+    }
+
     /// Lock so that one worker probes a disabled key per interval.
     pub fn probe_lock(&self, alias: &str) -> String {
         format!("{}probe:{alias}", self.prefix)
@@ -258,6 +263,20 @@ impl RedisLayout {
     pub fn pattern(&self) -> String {
         format!("{}*", self.prefix)
     }
+}
+
+/// A proxy's name for logs and the admin view: scheme and host:port, never credentials.
+/// `""` (no proxy) is `direct`.
+pub fn route_label(proxy: &str) -> String {
+    if proxy.is_empty() {
+        return "direct".into();
+    }
+    let (scheme, rest) = proxy.split_once("://").unwrap_or(("proxy", proxy));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}")
 }
 
 /// The Pacific calendar day of `now` (Gemini's daily quotas reset at midnight Pacific).
@@ -362,6 +381,19 @@ project = "shared"
         assert!(entry("[[keys]]\nsecret = \"x\"\nproxy = \"ftp://x\"").is_err());
         assert!(entry("[[keys]]\nsecret = \"x\"\nsurprise = 1").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn route_labels_hide_credentials() {
+        assert_eq!(route_label(""), "direct");
+        assert_eq!(
+            route_label("socks5h://user:pw@10.0.0.1:1080"),
+            "socks5h://10.0.0.1:1080"
+        );
+        assert_eq!(
+            route_label("http://proxy.local:3128/"),
+            "http://proxy.local:3128"
+        );
     }
 
     #[test]

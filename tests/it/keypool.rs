@@ -365,3 +365,32 @@ fn the_window_counter_counts() {
     assert_eq!(max_in_window(vec![0, 100, 999, 1000, 1500], 1000), 3);
     assert_eq!(max_in_window(vec![], 1000), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_on_every_key_behind_a_proxy_are_reported_as_egress_throttling() {
+    let options = TestOptions {
+        proxy: true,
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, _) = app.register().await?;
+        let chat = app.create_chat(&token).await?;
+        let id = app
+            .post_message(&token, &chat, json!({"content": "[[mock:429x2]] everyone"}))
+            .await?;
+        let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+        assert_eq!(
+            reply["status"], "completed",
+            "answered once the cooldown passed"
+        );
+        assert_eq!(reply["attempts"], 1);
+        let keys = key_states(&app).await?;
+        let label = app.proxy.as_ref().unwrap().url();
+        for key in &keys {
+            assert_eq!(key["egress"], label.as_str(), "{key}");
+            assert!(key["egress_throttled_until"].is_string(), "{key}");
+        }
+        Ok(())
+    })
+    .await;
+}

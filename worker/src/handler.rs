@@ -94,8 +94,9 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 ctx.budgets
                     .cool_down(reservation.key, model, cooldown)
                     .await;
-                if ctx.provider.proxied(key) {
-                    tracing::warn!(key = %alias, "429 behind a proxy: if every key sees this, the egress address is throttled");
+                if let Some(route) = ctx.provider.note_rate_limited(key, ctx.budgets.keys()) {
+                    tracing::warn!(%route, "every key behind this egress route got a 429: egress throttling suspected");
+                    ctx.budgets.mark_egress_throttled(&route).await;
                 }
             }
             Err(ProviderError::InvalidKey { reason, definitive }) => {

@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod consumer;
+pub mod egress;
 pub mod handler;
 pub mod health;
 pub mod probe;

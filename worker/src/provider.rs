@@ -2,9 +2,10 @@
 //! in `x-goog-api-key`, through the configured proxy when there is one. Every way a call can
 //! end is mapped to a [`ProviderError`] that says what should happen next.
 
+use crate::egress::EgressHealth;
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
-use sluice_shared::keypool::KeySpec;
+use sluice_shared::keypool::{KeySpec, route_label};
 use sluice_shared::settings::ProviderSettings;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ pub struct Gemini {
     clients: HashMap<String, reqwest::Client>,
     global_proxy: String,
     base_url: String,
+    egress: EgressHealth,
 }
 
 impl Gemini {
@@ -65,19 +67,45 @@ impl Gemini {
             clients,
             global_proxy,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            egress: EgressHealth::default(),
         })
     }
 
+    /// The client key of `key`'s route: its own proxy, or `""` for the default route.
     fn route<'k>(&self, key: &'k KeySpec) -> &'k str {
         key.proxy.as_ref().map_or("", |p| p.expose().as_str())
     }
 
+    /// The proxy `key`'s calls go through (`""`: direct).
+    fn egress_of<'a>(&'a self, key: &'a KeySpec) -> &'a str {
+        match self.route(key) {
+            "" => &self.global_proxy,
+            own => own,
+        }
+    }
+
     /// Whether calls with `key` leave through a proxy.
     pub fn proxied(&self, key: &KeySpec) -> bool {
-        !self.route(key).is_empty() || !self.global_proxy.is_empty()
+        !self.egress_of(key).is_empty()
+    }
+
+    /// Records a 429 of `key`; returns the route's label when every key behind the same
+    /// route was rate-limited lately (the egress address, not the keys, is throttled).
+    pub fn note_rate_limited(&self, key: &KeySpec, keys: &[KeySpec]) -> Option<String> {
+        let egress = self.egress_of(key);
+        let on_route = keys.iter().filter(|k| self.egress_of(k) == egress).count();
+        self.egress
+            .rate_limited(egress, &key.alias, on_route)
+            .then(|| route_label(egress))
     }
 
     fn http(&self, key: &KeySpec) -> Result<&reqwest::Client, ProviderError> {
+        if self.proxied(key) && self.egress.cooling(self.egress_of(key)) {
+            return Err(ProviderError::Transient {
+                kind: "proxy_unreachable",
+                message: "the egress proxy refused connections and is cooling down".into(),
+            });
+        }
         self.clients
             .get(self.route(key))
             .or_else(|| self.clients.get(""))
@@ -140,6 +168,8 @@ impl Gemini {
         let (kind, message) = if e.is_timeout() {
             ("timeout", "the model provider did not answer in time")
         } else if e.is_connect() && self.proxied(key) {
+            self.egress.refused(self.egress_of(key));
+            tracing::warn!(proxy = %route_label(self.egress_of(key)), "egress proxy refused a connection; cooling it down");
             ("proxy_unreachable", "the egress proxy could not be reached")
         } else if e.is_connect() {
             ("connect_failed", "the model provider could not be reached")

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::Serialize;
-use sluice_shared::keypool::{KeySpec, Limits, RedisLayout, pacific_day};
+use sluice_shared::keypool::{KeySpec, Limits, RedisLayout, pacific_day, route_label};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -63,10 +63,13 @@ struct KeyView {
     alias: String,
     project: String,
     weight: u32,
-    proxied: bool,
     window_ms: u64,
     /// `ok`, `disabled`, or the worst state among its models (`cooling`, `parked`).
     state: &'static str,
+    /// The proxy its calls leave through (`direct` without one), never with credentials.
+    egress: String,
+    /// Set while every key behind this egress route was lately rate-limited at once.
+    egress_throttled_until: Option<DateTime<Utc>>,
     disabled_reason: Option<String>,
     models: Vec<ModelView>,
 }
@@ -114,6 +117,7 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
         let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
         let day = pacific_day(now);
         let disabled: HashMap<String, String> = conn.hgetall(layout.disabled()).await?;
+        let throttled: HashMap<String, i64> = conn.hgetall(layout.egress()).await?;
         let mut items = Vec::with_capacity(state.keys.len());
         for key in state.keys.iter() {
             let mut models = Vec::new();
@@ -167,11 +171,23 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
             } else {
                 "ok"
             };
+            let proxy = key
+                .proxy
+                .as_ref()
+                .map_or(state.settings.provider.proxy.expose().as_str(), |p| {
+                    p.expose().as_str()
+                });
+            let egress = route_label(proxy);
+            let egress_throttled_until = throttled
+                .get(&egress)
+                .filter(|until| **until > now_ms)
+                .and_then(|until| DateTime::from_timestamp_millis(*until));
             items.push(KeyView {
+                egress,
+                egress_throttled_until,
                 alias: key.alias.clone(),
                 project: key.project.clone(),
                 weight: key.weight,
-                proxied: key.proxy.is_some() || !state.settings.provider.proxy.expose().is_empty(),
                 window_ms: key.window_ms,
                 state: key_state,
                 disabled_reason,

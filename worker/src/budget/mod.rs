@@ -243,6 +243,17 @@ impl Budgets {
         self.local.enable(key);
     }
 
+    /// Records fleet-wide that `route` looks throttled (shown by `GET /api/admin/keys`).
+    pub async fn mark_egress_throttled(&self, route: &str) {
+        if let Some(redis) = self.redis().await
+            && let Err(e) = redis
+                .mark_egress_throttled(route, crate::egress::THROTTLE_WINDOW)
+                .await
+        {
+            self.degrade(&e);
+        }
+    }
+
     /// Whether this worker should probe `key` now (one worker per interval fleet-wide).
     pub async fn claim_probe(&self, key: usize, interval: Duration) -> bool {
         match self.redis().await {

@@ -254,6 +254,20 @@ impl RedisBudgets {
             .map(|_| ())
     }
 
+    /// Remembers until when `route` looked throttled.
+    pub async fn mark_egress_throttled(
+        &self,
+        route: &str,
+        for_how_long: Duration,
+    ) -> Result<(), RedisError> {
+        let until = chrono::Utc::now().timestamp_millis()
+            + i64::try_from(for_how_long.as_millis()).unwrap_or(i64::MAX);
+        let (hash, route) = (self.layout.egress(), route.to_owned());
+        self.run(|mut c| async move { c.hset::<_, _, _, i64>(hash, route, until).await })
+            .await
+            .map(|_| ())
+    }
+
     /// `SET NX PX`: true for the one worker that gets to probe this key this interval.
     pub async fn claim_probe(&self, alias: &str, interval: Duration) -> Result<bool, RedisError> {
         let lock = self.layout.probe_lock(alias);

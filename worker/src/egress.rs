@@ -1,0 +1,82 @@
+//! Egress health, kept apart from key health: a proxy that refuses connections cools down (its
+//! calls fail fast as retryable, and no key is blamed), and 429s on every key behind one route
+//! within a short window are reported as the egress address being throttled.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a route that refused a connection is left alone.
+pub const PROXY_COOLDOWN: Duration = Duration::from_secs(5);
+/// 429s on every key of a route within this long look like egress throttling.
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct RouteState {
+    cooling_until: Option<Instant>,
+    rate_limited: HashMap<String, Instant>,
+}
+
+#[derive(Default)]
+pub struct EgressHealth {
+    routes: Mutex<HashMap<String, RouteState>>,
+}
+
+impl EgressHealth {
+    fn with<T>(&self, route: &str, f: impl FnOnce(&mut RouteState) -> T) -> T {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        f(routes.entry(route.to_owned()).or_default())
+    }
+
+    /// Whether `route` is cooling down after refusing connections.
+    pub fn cooling(&self, route: &str) -> bool {
+        self.with(route, |s| {
+            s.cooling_until.is_some_and(|t| t > Instant::now())
+        })
+    }
+
+    pub fn refused(&self, route: &str) {
+        self.with(route, |s| {
+            s.cooling_until = Some(Instant::now() + PROXY_COOLDOWN)
+        });
+    }
+
+    /// Records a 429 for `alias` behind `route`; true when every one of the route's
+    /// `keys_on_route` keys has had one within [`THROTTLE_WINDOW`].
+    pub fn rate_limited(&self, route: &str, alias: &str, keys_on_route: usize) -> bool {
+        let now = Instant::now();
+        self.with(route, |s| {
+            s.rate_limited
+                .retain(|_, at| now.duration_since(*at) < THROTTLE_WINDOW);
+            s.rate_limited.insert(alias.to_owned(), now);
+            keys_on_route > 1 && s.rate_limited.len() >= keys_on_route
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_routes_cool_down() {
+        let health = EgressHealth::default();
+        assert!(!health.cooling("http://p:1"));
+        health.refused("http://p:1");
+        assert!(health.cooling("http://p:1"));
+        assert!(!health.cooling(""));
+    }
+
+    #[test]
+    fn throttling_needs_every_key_of_the_route() {
+        let health = EgressHealth::default();
+        assert!(!health.rate_limited("r", "a", 3));
+        assert!(!health.rate_limited("r", "b", 3));
+        assert!(!health.rate_limited("r", "b", 3));
+        assert!(health.rate_limited("r", "c", 3));
+        assert!(
+            !health.rate_limited("r", "solo", 1),
+            "one key alone says nothing of the route"
+        );
+    }
+}
