@@ -65,6 +65,9 @@ pub struct TestOptions {
     pub keys_file: Option<String>,
     /// Put a cuttable TCP forwarder between the workers and Redis.
     pub worker_redis_forwarder: bool,
+    /// `redis` or `local` budgets, and the replicas local budgets divide by.
+    pub limits_backend: String,
+    pub expected_replicas: u32,
     pub retry_delays_ms: Vec<u64>,
 }
 
@@ -85,6 +88,8 @@ impl Default for TestOptions {
             probe_interval_ms: 200,
             keys_file: None,
             worker_redis_forwarder: false,
+            limits_backend: "redis".into(),
+            expected_replicas: 1,
             retry_delays_ms: vec![50, 100],
         }
     }
@@ -184,6 +189,8 @@ impl TestApp {
         settings.limits.window_ms = options.window_ms;
         settings.worker.budget_wait_ms = options.budget_wait_ms;
         settings.keys.probe_interval_ms = options.probe_interval_ms;
+        settings.limits.backend = options.limits_backend.clone();
+        settings.worker.expected_replicas = options.expected_replicas;
         if let Some(contents) = &options.keys_file {
             let path = std::env::temp_dir().join(format!("sluice-test-keys-{id}.toml"));
             std::fs::write(&path, contents)?;

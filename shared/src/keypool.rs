@@ -229,6 +229,11 @@ impl RedisLayout {
         format!("{}calls:{project}:{model}", self.prefix)
     }
 
+    /// Tokens held by the calls in `calls` (kept beside it so no script has to scan).
+    pub fn tokens(&self, project: &str, model: &str) -> String {
+        format!("{}tokens:{project}:{model}", self.prefix)
+    }
+
     /// Calls counted today (Pacific), for rpd.
     pub fn day(&self, project: &str, model: &str, day: &str) -> String {
         format!("{}day:{project}:{model}:{day}", self.prefix)

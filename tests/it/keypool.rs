@@ -394,3 +394,29 @@ async fn rate_limits_on_every_key_behind_a_proxy_are_reported_as_egress_throttli
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reserved_then_reconciled_with_the_real_usage() {
+    let options = TestOptions {
+        keys: vec![("only".into(), "secret-only".into())],
+        window_ms: 30_000,
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let replies = post_many(&app, 1, "count my tokens, please").await?;
+        let usage = &replies[0]["usage"];
+        let used =
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
+        let keys = key_states(&app).await?;
+        let model = &state_of(&keys, "only")["models"][0];
+        assert_eq!(model["usage"]["calls_in_window"], 1, "{model}");
+        assert_eq!(model["usage"]["calls_today"], 1);
+        assert_eq!(
+            model["usage"]["tokens_in_window"].as_u64().unwrap(),
+            used,
+            "the estimate was replaced by usageMetadata"
+        );
+        Ok(())
+    })
+    .await;
+}

@@ -123,17 +123,15 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
             let mut models = Vec::new();
             for model in models_of(key, &state.settings.provider.model) {
                 let since = now_ms - i64::try_from(key.window_ms).unwrap_or(i64::MAX);
-                let live: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(layout.calls(&key.project, &model))
-                    .arg(format!("({since}"))
-                    .arg("+inf")
-                    .arg("BYSCORE")
-                    .query_async(&mut conn)
+                let live: u64 = conn
+                    .zcount(
+                        layout.calls(&key.project, &model),
+                        format!("({since}"),
+                        "+inf",
+                    )
                     .await?;
-                let tokens = live
-                    .iter()
-                    .filter_map(|m| m.rsplit_once(':').and_then(|(_, t)| t.parse::<u64>().ok()))
-                    .sum();
+                // Includes calls of the last window not yet swept by a reservation.
+                let tokens: Option<i64> = conn.get(layout.tokens(&key.project, &model)).await?;
                 let today: Option<u64> = conn.get(layout.day(&key.project, &model, &day)).await?;
                 let cool: HashMap<String, String> =
                     conn.hgetall(layout.cooldown(&key.project, &model)).await?;
@@ -153,8 +151,8 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
                     limits: key.limits(&model).into(),
                     model,
                     usage: Usage {
-                        calls_in_window: u64::try_from(live.len()).unwrap_or(u64::MAX),
-                        tokens_in_window: tokens,
+                        calls_in_window: live,
+                        tokens_in_window: u64::try_from(tokens.unwrap_or(0)).unwrap_or(0),
                         calls_today: today.unwrap_or(0),
                     },
                     state: model_state,

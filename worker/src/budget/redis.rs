@@ -13,17 +13,21 @@ use tokio::sync::Mutex;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The call finished: its slot now frees one window from now, holding the real token count.
 const COMPLETE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
   redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[3])
+  redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
 end
 return 1";
 
+/// The provider did not count the call (429): its slot, tokens and daily count go back.
 const RELEASE: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
-  if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+  redis.call('DECRBY', KEYS[2], ARGV[2])
+  if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
 end
 return 1";
 
@@ -136,6 +140,7 @@ impl RedisBudgets {
             let limits = key.limits(model);
             invocation
                 .key(self.layout.calls(&key.project, model))
+                .key(self.layout.tokens(&key.project, model))
                 .key(self.layout.day(&key.project, model, &day))
                 .key(self.layout.cooldown(&key.project, model))
                 .arg(&key.alias)
@@ -171,7 +176,11 @@ impl RedisBudgets {
         tokens: u32,
     ) -> Result<(), RedisError> {
         let mut invocation = self.complete.key(self.layout.calls(&key.project, model));
-        invocation.arg(id).arg(estimate).arg(tokens);
+        invocation
+            .key(self.layout.tokens(&key.project, model))
+            .arg(id)
+            .arg(estimate)
+            .arg(tokens);
         self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())
@@ -187,6 +196,7 @@ impl RedisBudgets {
         let day = pacific_day(chrono::Utc::now());
         let mut invocation = self.release.key(self.layout.calls(&key.project, model));
         invocation
+            .key(self.layout.tokens(&key.project, model))
             .key(self.layout.day(&key.project, model, &day))
             .arg(id)
             .arg(estimate);

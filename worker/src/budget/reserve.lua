@@ -1,5 +1,6 @@
 -- Chooses a key and reserves budget for one call, atomically, on Redis server time.
--- KEYS: per candidate i: calls zset, day counter, cooldown hash; then the disabled hash.
+-- KEYS: per candidate i: calls zset, tokens counter, day counter, cooldown hash; then the
+--       disabled hash.
 -- ARGV: n, estimate, inflight_ms, reservation id, ms until Pacific midnight,
 --       then per candidate: alias, rpm, tpm, rpd, window_ms, weight.
 -- Returns {index, 0} on success, {0, wait_ms} when no key has budget (wait_ms = -1 when
@@ -25,20 +26,26 @@ for i = 1, n do
   local alias = ARGV[a + 1]
   local rpm, tpm, rpd = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local window, weight = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local calls, day, cool = KEYS[(i - 1) * 3 + 1], KEYS[(i - 1) * 3 + 2], KEYS[(i - 1) * 3 + 3]
+  local k = (i - 1) * 4
+  local calls, tokens_key, day, cool = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   if redis.call('HEXISTS', disabled, alias) == 0 then
     local cool_until = tonumber(redis.call('HGET', cool, 'until') or '0')
     if cool_until > now then
       wait_at_least(cool_until - now)
     else
-      -- A slot frees one window after its call completed (in-flight calls score in the future).
-      redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - window)
-      local entries = redis.call('ZRANGE', calls, 0, -1, 'WITHSCORES')
-      local used = #entries / 2
-      local tokens = 0
-      for j = 1, #entries, 2 do
-        tokens = tokens + tonumber(string.match(entries[j], ':(%d+)$') or '0')
+      -- A slot frees one window after its call completed (in-flight calls score in the
+      -- future). Expired entries take their tokens with them; the rest is counted, not scanned.
+      local expired = redis.call('ZRANGEBYSCORE', calls, '-inf', now - window)
+      if #expired > 0 then
+        local gone = 0
+        for j = 1, #expired do
+          gone = gone + tonumber(string.match(expired[j], ':(%d+)$') or '0')
+        end
+        redis.call('DECRBY', tokens_key, gone)
+        redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - window)
       end
+      local used = redis.call('ZCARD', calls)
+      local tokens = math.max(0, tonumber(redis.call('GET', tokens_key) or '0'))
       local today = tonumber(redis.call('GET', day) or '0')
       -- A call larger than the whole tpm may still go alone.
       local need = math.min(estimate, tpm)
@@ -50,7 +57,8 @@ for i = 1, n do
       elseif today >= rpd then
         wait_at_least(until_midnight)
       elseif used > 0 then
-        wait_at_least(tonumber(entries[2]) + window - now)
+        local oldest = redis.call('ZRANGE', calls, 0, 0, 'WITHSCORES')
+        wait_at_least(tonumber(oldest[2]) + window - now)
       else
         wait_at_least(window)
       end
@@ -62,9 +70,13 @@ if best == nil then
   return {0, earliest or -1}
 end
 local a = 5 + (best - 1) * 6
-local calls, day = KEYS[(best - 1) * 3 + 1], KEYS[(best - 1) * 3 + 2]
+local k = (best - 1) * 4
+local calls, tokens_key, day = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+local ttl = inflight + 2 * tonumber(ARGV[a + 5])
 redis.call('ZADD', calls, now + inflight, rid .. ':' .. estimate)
-redis.call('PEXPIRE', calls, inflight + 2 * tonumber(ARGV[a + 5]))
+redis.call('PEXPIRE', calls, ttl)
+redis.call('INCRBY', tokens_key, estimate)
+redis.call('PEXPIRE', tokens_key, ttl)
 redis.call('INCR', day)
 redis.call('PEXPIRE', day, until_midnight + 3600000)
 return {best, 0}
