@@ -10,6 +10,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::sync::OnceLock;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -80,8 +81,20 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Uuid, ApiError> {
     Ok(claims.sub)
 }
 
+/// Argon2 with the default parameters takes 19 MiB and tens of milliseconds per hash; a few
+/// at a time keep a burst of sign-ups from costing hundreds of megabytes of memory.
+static HASHING: Semaphore = Semaphore::const_new(2);
+
+async fn hashing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    HASHING
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing permit: {e}")))
+}
+
 /// Hashes a password with argon2id on the blocking pool (it is deliberately slow).
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
@@ -96,6 +109,7 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 /// Verifies a password; `None` (no such user) still spends the time of a real check, so
 /// response times do not reveal which emails exist.
 pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
         let Ok(parsed) = PasswordHash::new(hash) else {

@@ -4,8 +4,29 @@ use anyhow::Context;
 use sluice_shared::Settings;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Argon2 allocates 19 MiB per hash. glibc's dynamic mmap threshold soon serves blocks that
+/// size from per-thread heaps it never hands back; a fixed threshold keeps them mmapped, so
+/// the memory returns to the system after each hash.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_allocations() {
+    // SAFETY: mallopt only tunes the allocator; it is called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_allocations() {}
+
+fn main() -> anyhow::Result<()> {
+    return_large_allocations();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     sluice_shared::telemetry::init("info,sqlx=warn");
     let settings = Settings::load().context("loading settings")?;
     match std::env::args().nth(1).as_deref() {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-const TIMEOUT: Duration = Duration::from_millis(500);
+/// Long enough for a saturated machine (the benchmark saw 500 ms exceeded while Redis was
+/// fine), short enough that a dead Redis turns into degraded mode quickly.
+const TIMEOUT: Duration = Duration::from_millis(1_500);
 
 /// The call finished: its slot now frees one window from now, holding the real token count.
 const COMPLETE: &str = r"
