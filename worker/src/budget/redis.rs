@@ -16,9 +16,11 @@ use tokio::sync::Mutex;
 const TIMEOUT: Duration = Duration::from_millis(1_500);
 
 /// The call finished: its slot now frees one window from now, holding the real token count.
+/// `now` is rounded up: a millisecond floor could date the completion before the provider saw
+/// the call arrive, and free the slot a fraction of a millisecond too early.
 const COMPLETE: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1
 if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
   redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[3])
   redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
