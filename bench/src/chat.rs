@@ -41,6 +41,7 @@ pub struct ChatArgs {
 struct ClientResult {
     rounds: u64,
     completed: u64,
+    polls: u64,
     post: Histogram<u64>,
     reply: Histogram<u64>,
     post_errors: Tally,
@@ -79,7 +80,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     }
     let mut post = report::histogram()?;
     let mut reply = report::histogram()?;
-    let (mut rounds, mut completed, mut timeouts) = (0u64, 0u64, 0u64);
+    let (mut rounds, mut completed, mut timeouts, mut polls) = (0u64, 0u64, 0u64, 0u64);
     let (mut post_errors, mut failed_replies, mut poll_errors) =
         (Tally::default(), Tally::default(), Tally::default());
     while let Some(res) = tasks.join_next().await {
@@ -87,6 +88,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         rounds += r.rounds;
         completed += r.completed;
         timeouts += r.timeouts;
+        polls += r.polls;
         post.add(r.post)?;
         reply.add(r.reply)?;
         post_errors.merge(r.post_errors);
@@ -110,6 +112,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "post_errors": post_errors.to_json(),
         "failed_replies": failed_replies.to_json(),
         "reply_timeouts": timeouts,
+        "polls": polls,
+        "polls_per_s": polls as f64 / elapsed.max(f64::EPSILON),
         "poll_errors": poll_errors.to_json(),
         "poll_ms": args.poll_ms,
         "post_latency": report::latency_json(&post),
@@ -124,7 +128,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
          \x20   POSTs not 202     {}\n\
          \x20   failed replies    {}\n\
          \x20   reply timeouts    {timeouts} (still pending after {} s)\n\
-         \x20 poll errors         {}\n\
+         \x20 polls (GETs)        {polls} ({:.0}/s), errors: {}\n\
          \x20 processes           {}",
         args.clients,
         elapsed,
@@ -135,6 +139,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         post_errors.describe("      "),
         failed_replies.describe("      "),
         args.reply_timeout_secs,
+        polls as f64 / elapsed.max(f64::EPSILON),
         poll_errors.describe("    "),
         if samples.is_empty() {
             "not sampled (no --pids)".into()
@@ -157,6 +162,7 @@ async fn converse(
     let mut out = ClientResult {
         rounds: 0,
         completed: 0,
+        polls: 0,
         post: report::histogram()?,
         reply: report::histogram()?,
         post_errors: Tally::default(),
@@ -192,6 +198,7 @@ async fn converse(
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            out.polls += 1;
             match api.get_message(&client.user, chat, reply_id).await {
                 Ok(m) if m.is_pending() => {}
                 Ok(m) if m.status == "completed" => {

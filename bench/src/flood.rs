@@ -282,9 +282,13 @@ async fn post_loop(
 
 /// Pages through one chat until every expected reply is final or the deadline passes.
 ///
-/// The API's `next` is null on the last page, so the poller remembers the cursor that led
-/// to the page holding the oldest still-pending reply and starts each pass there: every
-/// message before it is final already, and a pass costs a page or two, not the whole chat.
+/// Replies complete roughly in posting order, so a pass starts at the page holding the
+/// oldest reply still pending (the API's `next` is null on the last page, so the poller keeps
+/// the cursor that led to that page) and stops at the first page that still has one: a pass
+/// costs about one GET, however long the chat. Replies further on are counted when a later
+/// pass gets there. The pause between passes doubles (up to `MAX_PAUSE`) while nothing
+/// changes, so a slow stack is not slowed further by the bench's own reads; it drops back at
+/// once on progress. At the deadline one full pass counts what is still pending.
 async fn wait_chat(
     api: Api,
     work: ChatWork,
@@ -292,12 +296,17 @@ async fn wait_chat(
     pause: Duration,
     deadline: Instant,
 ) -> WaitResult {
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
     let mut out = WaitResult::default();
     let mut done: HashSet<Uuid> = HashSet::with_capacity(work.expected.len());
     let mut listed: HashSet<Uuid> = HashSet::with_capacity(work.expected.len());
     let mut resume: Option<String> = None;
+    let mut wait = pause;
     loop {
-        let mut first_pending: Option<Option<String>> = None;
+        let last_pass = Instant::now() >= deadline;
+        let before = done.len();
+        let mut found_pending = false;
+        let mut failed_pass = false;
         {
             let Ok(_permit) = gate.acquire().await else {
                 break;
@@ -312,21 +321,19 @@ async fn wait_chat(
                     Ok(page) => page,
                     Err(e) => {
                         out.get_errors.add_error(&e);
-                        // Try the whole pass again later.
-                        first_pending = Some(resume.clone());
+                        failed_pass = true;
                         break;
                     }
                 };
                 let seen_at = Instant::now();
+                let mut pending_here = false;
                 for m in &page.items {
                     if m.role != "assistant" || !work.expected.contains(&m.id) {
                         continue;
                     }
                     listed.insert(m.id);
                     if m.is_pending() {
-                        if first_pending.is_none() {
-                            first_pending = Some(after.clone());
-                        }
+                        pending_here = true;
                     } else if done.insert(m.id) {
                         if m.status == "completed" {
                             out.completed += 1;
@@ -342,23 +349,35 @@ async fn wait_chat(
                         out.last_final_seen = Some(seen_at);
                     }
                 }
+                if pending_here && !found_pending {
+                    found_pending = true;
+                    resume = after.clone();
+                    if !last_pass {
+                        break;
+                    }
+                }
                 match page.next {
                     Some(next) => after = Some(next),
                     None => break,
                 }
             }
         }
-        match first_pending {
-            Some(cursor) => resume = cursor,
-            // Nothing pending: either everything is final, or some replies are missing from
-            // the listing altogether (then look again from the start until the deadline).
-            None if done.len() == work.expected.len() => break,
-            None => resume = None,
+        if !failed_pass && !found_pending {
+            if done.len() == work.expected.len() {
+                break;
+            }
+            // Nothing pending, yet replies missing from the listing: look from the start.
+            resume = None;
         }
-        if Instant::now() >= deadline {
+        if last_pass {
             break;
         }
-        tokio::time::sleep(pause).await;
+        wait = if done.len() > before {
+            pause
+        } else {
+            (wait * 2).min(MAX_PAUSE)
+        };
+        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     // Whatever is not final at the end: pending if it was listed as such, else unseen.
     out.pending = listed.difference(&done).count() as u64;

@@ -14,6 +14,7 @@
 mod api;
 mod chat;
 mod flood;
+mod inprocess;
 mod report;
 mod setup;
 
@@ -32,6 +33,11 @@ struct Cli {
 enum Command {
     /// Post N messages from C closed-loop clients, then wait for every reply.
     Flood(flood::FloodArgs),
+    /// Budget fidelity: an in-process stack per backend and worker count, offered far more
+    /// than its keys allow; accepted calls ÷ budget, 429s, most calls in a window.
+    Fidelity(inprocess::FidelityArgs),
+    /// Retries under injected 503s: an in-process stack; completed, failed, duplicate answers.
+    Faults(inprocess::FaultsArgs),
     /// C clients each post, wait for the reply (polling), and post again.
     Chat(chat::ChatArgs),
     /// Print the peak RSS (VmHWM) of processes.
@@ -109,6 +115,8 @@ fn main() -> anyhow::Result<()> {
             .block_on(async move {
                 match command {
                     Command::Flood(args) => flood::run(args).await,
+                    Command::Fidelity(args) => inprocess::fidelity(args).await,
+                    Command::Faults(args) => inprocess::faults(args).await,
                     Command::Chat(args) => chat::run(args).await,
                     Command::Rss(_) => Ok(()),
                 }
