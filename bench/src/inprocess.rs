@@ -63,7 +63,11 @@ fn keys(n: usize) -> Vec<(String, String)> {
 }
 
 /// Posts `n` messages from `clients` users at once; returns (token, chat, reply id) of each.
-async fn post_all(app: &Arc<TestApp>, n: usize, clients: usize) -> anyhow::Result<Vec<(String, String, String)>> {
+async fn post_all(
+    app: &Arc<TestApp>,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<Vec<(String, String, String)>> {
     let mut set = JoinSet::new();
     for c in 0..clients {
         let app = app.clone();
@@ -74,7 +78,11 @@ async fn post_all(app: &Arc<TestApp>, n: usize, clients: usize) -> anyhow::Resul
             let mut posted = Vec::with_capacity(share);
             for i in 0..share {
                 let id = app
-                    .post_message(&token, &chat, json!({"content": format!("client {c} message {i}")}))
+                    .post_message(
+                        &token,
+                        &chat,
+                        json!({"content": format!("client {c} message {i}")}),
+                    )
                     .await?;
                 posted.push((token.clone(), chat.clone(), id));
             }
@@ -120,15 +128,22 @@ async fn fidelity_run(args: &FidelityArgs, backend: &str, workers: usize) -> any
         post_all(&app, offered, 16).await?;
         let started = Instant::now();
         while app.mock.stats().calls == 0 {
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no call reached the provider");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "no call reached the provider"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(args.window_ms)).await;
         let (t1, a1) = (Instant::now(), accepted(&app));
-        tokio::time::sleep(Duration::from_millis(args.window_ms * u64::from(args.windows))).await;
+        tokio::time::sleep(Duration::from_millis(
+            args.window_ms * u64::from(args.windows),
+        ))
+        .await;
         let (t2, a2) = (Instant::now(), accepted(&app));
         let stats = app.mock.stats();
-        let budget = budget_per_window as f64 * (t2 - t1).as_secs_f64() * 1000.0 / args.window_ms as f64;
+        let budget =
+            budget_per_window as f64 * (t2 - t1).as_secs_f64() * 1000.0 / args.window_ms as f64;
         anyhow::Ok(json!({
             "backend": backend,
             "workers": workers,
@@ -152,7 +167,10 @@ pub async fn fidelity(args: FidelityArgs) -> anyhow::Result<()> {
         "budget fidelity: {} keys x {} calls per {} ms window, measured over {} windows after the first",
         args.keys, args.per_window, args.window_ms, args.windows
     );
-    println!("backend  workers  accepted/budget  429s  most in a window (limit {})", args.per_window);
+    println!(
+        "backend  workers  accepted/budget  429s  most in a window (limit {})",
+        args.per_window
+    );
     for backend in &args.backends {
         for &workers in &args.workers {
             let row = fidelity_run(&args, backend, workers).await?;
@@ -218,9 +236,16 @@ pub async fn faults(args: FaultsArgs) -> anyhow::Result<()> {
     let row = result?;
     println!(
         "faults: {} messages, {:.0} % injected 503s, delays {:?} ms: {} completed, {} failed, {} duplicate answers, {} calls ({} 503s), mean attempts {:.3}, {:.1} s",
-        row["messages"], args.fail_rate * 100.0, args.delays_ms, row["completed"], row["failed"],
-        row["duplicate_answers"], row["provider_calls"], row["injected_503s"],
-        row["mean_attempts"].as_f64().unwrap_or_default(), row["seconds"].as_f64().unwrap_or_default()
+        row["messages"],
+        args.fail_rate * 100.0,
+        args.delays_ms,
+        row["completed"],
+        row["failed"],
+        row["duplicate_answers"],
+        row["provider_calls"],
+        row["injected_503s"],
+        row["mean_attempts"].as_f64().unwrap_or_default(),
+        row["seconds"].as_f64().unwrap_or_default()
     );
     if args.json {
         println!("{row}");
