@@ -13,6 +13,7 @@ use sluice_shared::{Secret, Topology};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The longest wait between database retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub trait BatchHandler: Send + Sync {
@@ -38,20 +39,7 @@ pub struct QueueConsumer<H> {
 
 impl<H: BatchHandler> QueueConsumer<H> {
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !cancel.is_cancelled() {
-            match self.consume(&cancel).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(consumer = self.name, error = %e, retry_in = ?backoff, "consumer lost the broker");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        broker::reconnect_forever(self.name, &cancel, || self.consume(&cancel)).await;
     }
 
     async fn consume(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {

@@ -24,7 +24,6 @@ const BATCH: usize = 256;
 /// Rows committed by another replica, or left by a failed batch, are picked up at least this
 /// often even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -45,28 +44,18 @@ pub struct Relay {
 
 impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !cancel.is_cancelled() {
-            let channel = match self.open_channel().await {
-                Ok(channel) => channel,
-                Err(e) => {
-                    self.broker_up.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "relay cannot reach the broker");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
-            self.broker_up.store(true, Ordering::Relaxed);
-            backoff = Duration::from_millis(100);
-            tracing::info!("relay connected to the broker");
-            self.pump(&channel, &cancel).await;
-            self.broker_up.store(false, Ordering::Relaxed);
-            let _ = channel.close(200, "relay restarting".into()).await;
-        }
+        broker::reconnect_forever("relay", &cancel, || self.session(&cancel)).await;
+    }
+
+    /// One connection's worth of relaying: `Ok` on shutdown, `Err` when the broker is lost.
+    async fn session(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {
+        let channel = self.open_channel().await?;
+        self.broker_up.store(true, Ordering::Relaxed);
+        tracing::info!("relay connected to the broker");
+        let result = self.pump(&channel, cancel).await;
+        self.broker_up.store(false, Ordering::Relaxed);
+        let _ = channel.close(200, "relay stopping".into()).await;
+        result
     }
 
     async fn open_channel(&self) -> Result<Channel, BrokerError> {
@@ -76,17 +65,14 @@ impl Relay {
         Ok(channel)
     }
 
-    /// Drains the outbox whenever woken; returns when the channel is broken or on shutdown.
-    async fn pump(&self, channel: &Channel, cancel: &CancellationToken) {
+    /// Drains the outbox whenever woken, until shutdown (`Ok`) or a broken channel (`Err`).
+    async fn pump(&self, channel: &Channel, cancel: &CancellationToken) -> Result<(), BrokerError> {
         loop {
             loop {
                 match self.relay_batch(channel).await {
                     Ok(n) if n == BATCH => continue,
                     Ok(_) => break,
-                    Err(RelayError::Broker(e)) => {
-                        tracing::warn!(error = %e, "relay lost the broker; reconnecting");
-                        return;
-                    }
+                    Err(RelayError::Broker(e)) => return Err(e),
                     Err(RelayError::Database(e)) => {
                         tracing::warn!(error = %e, "relay cannot read the outbox");
                         break;
@@ -94,10 +80,10 @@ impl Relay {
                 }
             }
             if !channel.status().connected() {
-                return;
+                return Err(BrokerError::ChannelClosed);
             }
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }

@@ -6,6 +6,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use lapin::{Confirmation, PublisherConfirm};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// How long a publish may wait for its confirm before the channel is presumed broken.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +25,40 @@ pub enum BrokerError {
     NotConfirmed,
     #[error("the broker ended the consumer")]
     ConsumerEnded,
+    #[error("the channel closed")]
+    ChannelClosed,
+}
+
+/// Runs `session` — connect, work, and return when the link breaks (`Err`) or on shutdown
+/// (`Ok`) — again and again until `cancel` fires, waiting between attempts with a backoff
+/// that starts over once a session has lasted a while. Every long-lived broker user (the
+/// relay, the consumers) reconnects through this one loop.
+pub async fn reconnect_forever<F, Fut>(what: &str, cancel: &CancellationToken, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), BrokerError>>,
+{
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    const STABLE: Duration = Duration::from_secs(10);
+    let mut backoff = FIRST;
+    while !cancel.is_cancelled() {
+        let started = std::time::Instant::now();
+        match session().await {
+            Ok(()) => return,
+            Err(e) => {
+                if started.elapsed() > STABLE {
+                    backoff = FIRST;
+                }
+                tracing::warn!(%what, error = %e, retry_in = ?backoff, "lost the broker; reconnecting");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX);
+            }
+        }
+    }
 }
 
 /// Opens a named connection (the name shows in the management UI).

@@ -20,11 +20,8 @@ use sluice_shared::topology::{ROUTE_DEAD, ROUTE_REQUEST, ROUTE_RESPONSE};
 use sluice_shared::{Secret, Topology};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Consumer {
     pub amqp_url: Secret<String>,
@@ -43,21 +40,12 @@ struct Link {
 
 impl Consumer {
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !cancel.is_cancelled() {
-            match self.consume(&cancel).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.health.broker_connected.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "worker lost the broker");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        broker::reconnect_forever("worker", &cancel, || async {
+            let result = self.consume(&cancel).await;
+            self.health.broker_connected.store(false, Ordering::Relaxed);
+            result
+        })
+        .await;
     }
 
     async fn consume(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {

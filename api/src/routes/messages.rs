@@ -4,7 +4,7 @@
 use super::chats::{owned_chat, page_end};
 use super::views::{Cursor, MessageView, Page, PageQuery, now_micros};
 use crate::AppState;
-use crate::entities::{messages, outbox, prompt_templates};
+use crate::entities::{messages, prompt_templates};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AuthUser, parse_id};
 use axum::extract::{Path, Query, State};
@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
 };
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{self, Params, RequestEnvelope, Role, Turn};
@@ -58,7 +58,7 @@ async fn create(
     Path(chat_id): Path<String>,
     AppJson(input): AppJson<NewMessage>,
 ) -> Result<(StatusCode, Json<Posted>), ApiError> {
-    let chat = owned_chat(&state.db, user, &chat_id).await?;
+    let chat_id = parse_id(&chat_id, "chat")?;
     validate_content(&input.content)?;
     let model = match input.model {
         Some(m) if !is_model_name(&m) => {
@@ -82,29 +82,7 @@ async fn create(
         }
         None => None,
     };
-
-    // The chat's last completed turns, newest first from the index, then put back in order.
-    let turns = u64::from(state.settings.chat.history_turns) * 2;
-    let mut earlier = messages::Entity::find()
-        .filter(messages::Column::ChatId.eq(chat.id))
-        .filter(messages::Column::Status.eq("completed"))
-        .order_by_desc(messages::Column::CreatedAt)
-        .order_by_desc(messages::Column::Id)
-        .limit(turns)
-        .all(&state.db)
-        .await?;
-    earlier.reverse();
-    let mut history: Vec<Turn> = earlier
-        .into_iter()
-        .map(|m| Turn {
-            role: if m.role == "assistant" {
-                Role::Assistant
-            } else {
-                Role::User
-            },
-            text: m.content,
-        })
-        .collect();
+    let mut history = owned_history(&state, user, chat_id).await?;
     history.push(Turn {
         role: Role::User,
         text: input.content.clone(),
@@ -115,7 +93,7 @@ async fn create(
     let now = now_micros();
     let question = messages::Model {
         id: Uuid::now_v7(),
-        chat_id: chat.id,
+        chat_id,
         role: "user".into(),
         content: input.content,
         status: "completed".into(),
@@ -143,7 +121,7 @@ async fn create(
         v: envelope::VERSION,
         request_id: answer.id,
         generation: answer.generation,
-        chat_id: chat.id,
+        chat_id,
         user_id: user,
         model,
         system,
@@ -155,18 +133,30 @@ async fn create(
     let payload = serde_json::to_value(&request)
         .map_err(|e| ApiError::Internal(format!("encode envelope: {e}")))?;
 
-    let txn = state.db.begin().await?;
-    messages::Entity::insert_many([active(&question), active(&answer)])
-        .exec_without_returning(&txn)
+    // One statement, so one round trip and one commit: the outbox row and both messages
+    // are written together or not at all. (The hot path of the API; see docs/BENCHMARKS.md.)
+    state
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH outbox_row AS (INSERT INTO outbox (id, payload, created_at) VALUES ($1, $2, $3)) \
+             INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
+             created_at, completed_at) VALUES \
+             ($4, $5, 'user', $6, 'completed', 0, NULL, 0, $3, $3), \
+             ($7, $5, 'assistant', '', 'pending', $8, $9, 0, $3, NULL)",
+            [
+                Uuid::now_v7().into(),
+                payload.into(),
+                now.into(),
+                question.id.into(),
+                chat_id.into(),
+                question.content.clone().into(),
+                answer.id.into(),
+                answer.generation.into(),
+                answer.model.clone().into(),
+            ],
+        ))
         .await?;
-    outbox::Entity::insert(outbox::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        payload: Set(payload),
-        created_at: Set(now),
-    })
-    .exec_without_returning(&txn)
-    .await?;
-    txn.commit().await?;
     state.relay_wake.notify_one();
 
     Ok((
@@ -178,24 +168,42 @@ async fn create(
     ))
 }
 
-fn active(m: &messages::Model) -> messages::ActiveModel {
-    messages::ActiveModel {
-        id: Set(m.id),
-        chat_id: Set(m.chat_id),
-        role: Set(m.role.clone()),
-        content: Set(m.content.clone()),
-        status: Set(m.status.clone()),
-        generation: Set(m.generation),
-        model: Set(m.model.clone()),
-        prompt_tokens: Set(m.prompt_tokens),
-        completion_tokens: Set(m.completion_tokens),
-        key_alias: Set(m.key_alias.clone()),
-        attempts: Set(m.attempts),
-        error_kind: Set(m.error_kind.clone()),
-        error_message: Set(m.error_message.clone()),
-        created_at: Set(m.created_at),
-        completed_at: Set(m.completed_at),
+/// The chat's last completed turns (oldest first), in the same query that proves `user` owns
+/// the chat: no row at all means not found; one row of NULLs means no history yet.
+async fn owned_history(state: &AppState, user: Uuid, chat: Uuid) -> Result<Vec<Turn>, ApiError> {
+    let turns = i64::from(state.settings.chat.history_turns) * 2;
+    let rows = state
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT m.role, m.content FROM chats c LEFT JOIN LATERAL ( \
+                 SELECT role, content, created_at, id FROM messages \
+                 WHERE chat_id = c.id AND status = 'completed' \
+                 ORDER BY created_at DESC, id DESC LIMIT $3) m ON true \
+             WHERE c.id = $1 AND c.user_id = $2 \
+             ORDER BY m.created_at, m.id",
+            [chat.into(), user.into(), turns.into()],
+        ))
+        .await?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found("chat"));
     }
+    let mut history = Vec::with_capacity(rows.len() + 1);
+    for row in rows {
+        let role: Option<String> = row.try_get("", "role")?;
+        let content: Option<String> = row.try_get("", "content")?;
+        if let (Some(role), Some(text)) = (role, content) {
+            history.push(Turn {
+                role: if role == "assistant" {
+                    Role::Assistant
+                } else {
+                    Role::User
+                },
+                text,
+            });
+        }
+    }
+    Ok(history)
 }
 
 async fn list(
