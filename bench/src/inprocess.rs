@@ -153,7 +153,8 @@ async fn fidelity_run(args: &FidelityArgs, backend: &str, workers: usize) -> any
             "rate_limited": stats.rate_limited,
             "max_in_window": stats.max_in_window,
             "limit_per_window": args.per_window,
-            "still_queued": offered as u64 > stats.calls,
+            // Whether work was still waiting at the end, so the budget, not the load, capped it.
+            "still_queued": offered as u64 > accepted(&app),
         }))
     }
     .await;
