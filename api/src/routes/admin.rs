@@ -1,7 +1,6 @@
 //! Operators' endpoints (admin token): list dead letters and replay them.
 
-use super::chats::page_end;
-use super::views::{Cursor, Page, PageQuery};
+use super::views::{Cursor, Page, PageQuery, paged};
 use crate::AppState;
 use crate::entities::dead_letters;
 use crate::error::ApiError;
@@ -11,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, QueryFilter, QueryOrder,
     QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
@@ -111,27 +110,19 @@ async fn list(
         }
         None => {}
     }
-    if let Some(c) = page.cursor()? {
-        select = select.filter(
-            Condition::any()
-                .add(dead_letters::Column::CreatedAt.gt(c.created_at))
-                .add(
-                    Condition::all()
-                        .add(dead_letters::Column::CreatedAt.eq(c.created_at))
-                        .add(dead_letters::Column::Id.gt(c.id)),
-                ),
-        );
-    }
-    let mut rows = select
-        .order_by_asc(dead_letters::Column::CreatedAt)
-        .order_by_asc(dead_letters::Column::Id)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    let next = page_end(&mut rows, limit, |d| Cursor {
-        created_at: d.created_at,
-        id: d.id,
-    });
+    let (rows, next) = paged(
+        &state.db,
+        select,
+        (dead_letters::Column::CreatedAt, dead_letters::Column::Id),
+        Order::Asc,
+        page.cursor()?,
+        limit,
+        |d| Cursor {
+            created_at: d.created_at,
+            id: d.id,
+        },
+    )
+    .await?;
     Ok(Json(Page {
         items: rows.into_iter().map(DeadLetterView::from).collect(),
         next,

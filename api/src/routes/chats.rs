@@ -1,6 +1,6 @@
 //! `POST /api/chats`, `GET /api/chats` (newest first, paged) and `GET /api/chats/{id}`.
 
-use super::views::{ChatView, Cursor, Page, PageQuery, now_micros};
+use super::views::{ChatView, Cursor, Page, PageQuery, now_micros, paged};
 use crate::AppState;
 use crate::entities::chats;
 use crate::error::ApiError;
@@ -9,10 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, Order, QueryFilter};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -84,44 +81,23 @@ async fn list(
     AuthUser(user): AuthUser,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<ChatView>>, ApiError> {
-    let limit = query.limit()?;
-    let mut select = chats::Entity::find().filter(chats::Column::UserId.eq(user));
-    if let Some(c) = query.cursor()? {
-        select = select.filter(
-            Condition::any()
-                .add(chats::Column::CreatedAt.lt(c.created_at))
-                .add(
-                    Condition::all()
-                        .add(chats::Column::CreatedAt.eq(c.created_at))
-                        .add(chats::Column::Id.lt(c.id)),
-                ),
-        );
-    }
-    let mut rows = select
-        .order_by_desc(chats::Column::CreatedAt)
-        .order_by_desc(chats::Column::Id)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    let next = page_end(&mut rows, limit, |c| Cursor {
-        created_at: c.created_at,
-        id: c.id,
-    });
+    let (rows, next) = paged(
+        &state.db,
+        chats::Entity::find().filter(chats::Column::UserId.eq(user)),
+        (chats::Column::CreatedAt, chats::Column::Id),
+        Order::Desc,
+        query.cursor()?,
+        query.limit()?,
+        |c| Cursor {
+            created_at: c.created_at,
+            id: c.id,
+        },
+    )
+    .await?;
     Ok(Json(Page {
         items: rows.into_iter().map(ChatView::from).collect(),
         next,
     }))
-}
-
-/// Trims the one extra row fetched to learn whether another page exists.
-pub fn page_end<T>(rows: &mut Vec<T>, limit: u64, cursor: impl Fn(&T) -> Cursor) -> Option<String> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|r| cursor(r).encode())
-    } else {
-        None
-    }
 }
 
 async fn show(

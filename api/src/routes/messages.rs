@@ -1,8 +1,8 @@
 //! Posting a message (user message + pending reply + outbox row in one transaction, then 202)
 //! and reading a chat's messages, oldest first, a user message always before its reply.
 
-use super::chats::{owned_chat, page_end};
-use super::views::{Cursor, MessageView, Page, PageQuery, now_micros};
+use super::chats::owned_chat;
+use super::views::{Cursor, MessageView, Page, PageQuery, now_micros, paged};
 use crate::AppState;
 use crate::entities::{messages, prompt_templates};
 use crate::error::ApiError;
@@ -12,8 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, QueryFilter, Statement,
 };
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{self, Params, RequestEnvelope, Role, Turn};
@@ -212,31 +211,21 @@ async fn list(
     Path(chat_id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<MessageView>>, ApiError> {
-    let limit = query.limit()?;
-    let cursor = query.cursor()?;
+    let (limit, cursor) = (query.limit()?, query.cursor()?);
     let chat = owned_chat(&state.db, user, &chat_id).await?;
-    let mut select = messages::Entity::find().filter(messages::Column::ChatId.eq(chat.id));
-    if let Some(c) = cursor {
-        select = select.filter(
-            Condition::any()
-                .add(messages::Column::CreatedAt.gt(c.created_at))
-                .add(
-                    Condition::all()
-                        .add(messages::Column::CreatedAt.eq(c.created_at))
-                        .add(messages::Column::Id.gt(c.id)),
-                ),
-        );
-    }
-    let mut rows = select
-        .order_by_asc(messages::Column::CreatedAt)
-        .order_by_asc(messages::Column::Id)
-        .limit(limit + 1)
-        .all(&state.db)
-        .await?;
-    let next = page_end(&mut rows, limit, |m| Cursor {
-        created_at: m.created_at,
-        id: m.id,
-    });
+    let (rows, next) = paged(
+        &state.db,
+        messages::Entity::find().filter(messages::Column::ChatId.eq(chat.id)),
+        (messages::Column::CreatedAt, messages::Column::Id),
+        Order::Asc,
+        cursor,
+        limit,
+        |m| Cursor {
+            created_at: m.created_at,
+            id: m.id,
+        },
+    )
+    .await?;
     Ok(Json(Page {
         items: rows.into_iter().map(MessageView::from).collect(),
         next,

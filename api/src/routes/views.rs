@@ -5,6 +5,10 @@ use crate::error::ApiError;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, Select,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -170,6 +174,45 @@ impl PageQuery {
     pub fn cursor(&self) -> Result<Option<Cursor>, ApiError> {
         self.after.as_deref().map(Cursor::decode).transpose()
     }
+}
+
+/// One page of `select` in `(created_at, id)` order, after `cursor`; returns the rows and the
+/// cursor of the next page (`None` on the last). One row more than `limit` is fetched to know.
+pub async fn paged<E: EntityTrait>(
+    db: &DatabaseConnection,
+    mut select: Select<E>,
+    (created_at, id): (E::Column, E::Column),
+    order: Order,
+    cursor: Option<Cursor>,
+    limit: u64,
+    key: impl Fn(&E::Model) -> Cursor,
+) -> Result<(Vec<E::Model>, Option<String>), DbErr> {
+    if let Some(c) = cursor {
+        let (later, later_id) = match order {
+            Order::Desc => (created_at.lt(c.created_at), id.lt(c.id)),
+            _ => (created_at.gt(c.created_at), id.gt(c.id)),
+        };
+        select = select.filter(
+            Condition::any().add(later).add(
+                Condition::all()
+                    .add(created_at.eq(c.created_at))
+                    .add(later_id),
+            ),
+        );
+    }
+    let mut rows = select
+        .order_by(created_at, order.clone())
+        .order_by(id, order)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
+    let next = if rows.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|r| key(r).encode())
+    } else {
+        None
+    };
+    Ok((rows, next))
 }
 
 /// The current time at the database's precision (microseconds), so cursors round-trip.
