@@ -49,20 +49,15 @@ impl Relay {
 
     /// One connection's worth of relaying: `Ok` on shutdown, `Err` when the broker is lost.
     async fn session(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {
-        let channel = self.open_channel().await?;
+        let connection = broker::connect(self.amqp_url.expose(), "sluice-api relay").await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        self.topology.declare(&channel).await?;
         self.broker_up.store(true, Ordering::Relaxed);
         tracing::info!("relay connected to the broker");
         let result = self.pump(&channel, cancel).await;
         self.broker_up.store(false, Ordering::Relaxed);
-        let _ = channel.close(200, "relay stopping".into()).await;
+        let _ = connection.close(200, "relay stopping".into()).await;
         result
-    }
-
-    async fn open_channel(&self) -> Result<Channel, BrokerError> {
-        let connection = broker::connect(self.amqp_url.expose(), "sluice-api relay").await?;
-        let channel = broker::confirm_channel(&connection).await?;
-        self.topology.declare(&channel).await?;
-        Ok(channel)
     }
 
     /// Drains the outbox whenever woken, until shutdown (`Ok`) or a broken channel (`Err`).

@@ -7,10 +7,10 @@ use crate::handler::{self, Context};
 use crate::health::Health;
 use crate::routing::{self, Attempts, Route};
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
     self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_REASON, RequestEnvelope,
@@ -96,16 +96,15 @@ impl Consumer {
                 health.handled.fetch_add(1, Ordering::Relaxed);
             });
         };
-        // Stop taking work, let what is in hand finish, then leave.
+        // On shutdown, let what is in hand finish before leaving. On a lost connection there
+        // is no waiting: RabbitMQ has already taken those deliveries back, so reconnect now.
         tasks.close();
-        tasks.wait().await;
-        close(&connection).await;
+        if result.is_ok() {
+            tasks.wait().await;
+            let _ = connection.close(200, "worker stopping".into()).await;
+        }
         result
     }
-}
-
-async fn close(connection: &Connection) {
-    let _ = connection.close(200, "worker stopping".into()).await;
 }
 
 /// Handles one delivery end to end; an `Err` means it was neither acked nor rejected.
