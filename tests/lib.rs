@@ -456,6 +456,13 @@ impl TestApp {
         ))
     }
 
+    /// A fresh user and one chat of theirs: `(token, chat id)`.
+    pub async fn user_with_chat(&self) -> anyhow::Result<(String, String)> {
+        let (token, _) = self.register().await?;
+        let chat = self.create_chat(&token).await?;
+        Ok((token, chat))
+    }
+
     pub async fn create_chat(&self, token: &str) -> anyhow::Result<String> {
         let (status, body) = self
             .post("/api/chats", token, json!({"title": "t"}))

@@ -12,8 +12,7 @@ async fn posts_survive_a_broker_outage() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let before = app
             .post_message(&token, &chat, json!({"content": "before"}))
             .await?;

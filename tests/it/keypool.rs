@@ -10,8 +10,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Posts `n` messages in one chat and waits for every reply; returns the replies.
 async fn post_many(app: &TestApp, n: usize, prefix: &str) -> anyhow::Result<Vec<Value>> {
-    let (token, _) = app.register().await?;
-    let chat = app.create_chat(&token).await?;
+    let (token, chat) = app.user_with_chat().await?;
     let mut ids = Vec::new();
     for i in 0..n {
         ids.push(
@@ -139,8 +138,7 @@ async fn a_retry_delay_cools_the_key_down_for_every_worker() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let limited = app
             .post_message(
                 &token,
@@ -192,8 +190,7 @@ async fn a_retry_delay_cools_the_key_down_for_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_day_quota_parks_the_key_until_midnight_pacific() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let id = app
             .post_message(&token, &chat, json!({"content": "[[mock:429dayx1]] daily"}))
             .await?;
@@ -238,8 +235,7 @@ async fn an_invalid_key_is_disabled_then_healed_by_the_probe() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let mut disabled_seen = false;
         // Both keys take turns; the one the directive rejects is disabled, the other answers.
         for i in 0..2 {
@@ -373,8 +369,7 @@ async fn rate_limits_on_every_key_behind_a_proxy_are_reported_as_egress_throttli
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let id = app
             .post_message(&token, &chat, json!({"content": "[[mock:429x2]] everyone"}))
             .await?;

@@ -9,8 +9,7 @@ const WAIT: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_gets_a_persisted_reply() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let (status, posted) = app
             .post(
                 &format!("/api/chats/{chat}/messages"),
@@ -58,8 +57,7 @@ async fn a_message_gets_a_persisted_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_and_template_reach_the_provider() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let (status, template) = app
             .post(
                 "/api/prompts",
@@ -116,8 +114,7 @@ async fn history_and_template_reach_the_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_oldest_first_with_each_question_before_its_answer() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         for text in ["one", "two", "three"] {
             let id = app
                 .post_message(&token, &chat, json!({"content": text}))
@@ -162,8 +159,7 @@ async fn pages_are_oldest_first_with_each_question_before_its_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_failures_become_failed_replies_with_readable_reasons() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let cases = [
             ("[[mock:fail=400]] bad", "bad_request"),
             ("[[mock:block]] blocked", "prompt_blocked"),
@@ -201,8 +197,7 @@ async fn an_invalid_key_hands_the_call_to_the_next_key() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         for i in 0..4 {
             let id = app
                 .post_message(&token, &chat, json!({"content": format!("m{i}")}))
@@ -225,8 +220,7 @@ async fn two_workers_share_the_queue_and_answer_each_message_once() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let mut ids = Vec::new();
         for i in 0..30 {
             ids.push(

@@ -38,8 +38,7 @@ async fn duplicate_and_stale_responses_leave_one_correct_reply() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let first = app
             .post_message(&token, &chat, json!({"content": "a"}))
             .await?;

@@ -47,8 +47,7 @@ async fn wait_dead_letters(app: &TestApp, n: usize) -> anyhow::Result<Vec<Value>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_prompt_visits_every_level_in_order_then_is_dead_lettered() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let prompt = "[[mock:fail=503]] always down";
         let id = app
             .post_message(&token, &chat, json!({"content": prompt}))
@@ -84,8 +83,7 @@ async fn a_failing_prompt_visits_every_level_in_order_then_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_failures_then_success_take_three_calls() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let prompt = "[[mock:fail=503x2]] flaky";
         let id = app
             .post_message(&token, &chat, json!({"content": prompt}))
@@ -103,8 +101,7 @@ async fn two_failures_then_success_take_three_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failures_take_one_call_and_no_dead_letter() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         for (prompt, kind) in [
             ("[[mock:fail=400]] bad request", "bad_request"),
             ("[[mock:block]] blocked", "prompt_blocked"),
@@ -178,8 +175,7 @@ async fn a_poison_request_is_recorded_once_and_never_loops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_brings_a_dead_letter_to_completed_once() {
     run(TestOptions::default(), |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let prompt = "[[mock:fail=503x3]] try again later";
         let id = app.post_message(&token, &chat, json!({"content": prompt})).await?;
         let failed = app.wait_reply(&token, &chat, &id, WAIT).await?;
@@ -243,8 +239,7 @@ async fn egress_goes_through_the_proxy_and_never_direct() {
         ..Default::default()
     };
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let id = app
             .post_message(&token, &chat, json!({"content": "via proxy"}))
             .await?;
@@ -279,8 +274,7 @@ async fn a_worker_dying_mid_call_loses_nothing_and_answers_once() {
         // worker is what the broker sees of a SIGKILL: the connection vanishes mid-delivery.
         let link = Forwarder::start(sluice_tests::AMQP_ADDR.parse()?).await?;
         let doomed = app.add_worker(Some(link.addr())).await?;
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let prompt = "[[mock:latency=1500]] slow";
         let id = app
             .post_message(&token, &chat, json!({"content": prompt}))

@@ -58,8 +58,7 @@ async fn no_secret_appears_in_logs_errors_or_responses() {
     let seen = Arc::new(Mutex::new(String::new()));
     let seen_in_test = seen.clone();
     run(options, |app| async move {
-        let (token, _) = app.register().await?;
-        let chat = app.create_chat(&token).await?;
+        let (token, chat) = app.user_with_chat().await?;
         let mut texts = Vec::new();
         for content in [
             "hello".to_owned(),
