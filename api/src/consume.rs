@@ -78,7 +78,8 @@ impl<H: BatchHandler> QueueConsumer<H> {
     }
 }
 
-/// Database errors worth waiting out: the database is unreachable or restarting.
+/// Database errors worth waiting out: the database is unreachable or restarting. Consumers
+/// retry them; the HTTP side answers them with 503 instead of 500.
 pub fn is_transient(e: &DbErr) -> bool {
     match e {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
@@ -90,6 +91,7 @@ pub fn is_transient(e: &DbErr) -> bool {
                 "shutting down",
                 "broken pipe",
                 "terminating",
+                "pool timed out",
             ]
             .iter()
             .any(|needle| text.contains(needle))

@@ -82,7 +82,7 @@ impl IntoResponse for ApiError {
             } => body(status, code, &message),
             ApiError::Database(
                 e @ (DbErr::ConnectionAcquire(_) | DbErr::Conn(_) | DbErr::Exec(_)),
-            ) if is_unavailable(&e) => {
+            ) if crate::consume::is_transient(&e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 body(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -106,16 +106,6 @@ impl IntoResponse for ApiError {
                     "internal error",
                 )
             }
-        }
-    }
-}
-
-fn is_unavailable(e: &DbErr) -> bool {
-    match e {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        other => {
-            let text = other.to_string();
-            text.contains("connection") || text.contains("pool timed out")
         }
     }
 }
