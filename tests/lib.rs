@@ -180,7 +180,13 @@ impl TestApp {
         settings.provider.timeout_ms = 5_000;
         settings.provider.connect_timeout_ms = 1_000;
         settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}-0123456789abcdefghij"));
-        settings.admin.token = Secret::new(format!("admin-{id}"));
+        settings.admin.token = Secret::new(format!("admin-token-{id}-0123456789abcdefghij"));
+        // Per-user limits are off unless a test is about them.
+        settings.users.messages_per_minute = 0;
+        settings.users.messages_per_day = 0;
+        settings.users.max_pending = 0;
+        settings.users.logins_per_minute_per_email = 0;
+        settings.users.logins_per_minute_per_address = 0;
         settings.worker.prefetch = 16;
         // Generous budgets unless a test sets its own: most tests are not about limits.
         settings.limits.rpm = options.rpm;

@@ -40,6 +40,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub auth: AuthSettings,
     pub admin: AdminSettings,
+    pub users: UserSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +63,11 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<String>,
+    pub header_read_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,11 +81,18 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct QueueSettings {
     pub prefix: String,
+    /// Largest request envelope the API will publish.
+    pub max_message_bytes: u64,
+    /// `x-max-length` of `requests` (overflow rejects publishes, so the outbox holds the rest).
+    pub requests_max_length: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetrySettings {
     pub delays_ms: Vec<u64>,
+    /// Added to the sum of the delays: a reply still pending past both is timed out.
+    pub reaper_grace_ms: u64,
+    pub reaper_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,11 +102,15 @@ pub struct ProviderSettings {
     pub proxy: Secret<String>,
     pub connect_timeout_ms: u64,
     pub timeout_ms: u64,
+    /// What users may ask for besides `model`.
+    pub models: Vec<String>,
+    pub max_reply_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatSettings {
     pub history_turns: u32,
+    pub history_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +118,7 @@ pub struct KeySettings {
     pub file: String,
     pub probe_interval_ms: u64,
     pub disable_after: u32,
+    pub no_key_max_wait_ms: u64,
     /// From `GEMINI_API_KEYS`, not from the SLUICE__ namespace.
     #[serde(skip)]
     pub api_keys: Vec<ApiKey>,
@@ -126,11 +144,23 @@ pub struct LimitSettings {
 pub struct AuthSettings {
     pub jwt_secret: Secret<String>,
     pub token_ttl_secs: u64,
+    /// Password hashes that may wait for a hashing slot before new ones are refused (503).
+    pub max_waiting_hashes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
     pub token: Secret<String>,
+}
+
+/// Per-user limits, shared by every API replica through Redis; `0` turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserSettings {
+    pub messages_per_minute: u32,
+    pub messages_per_day: u32,
+    pub max_pending: u32,
+    pub logins_per_minute_per_email: u32,
+    pub logins_per_minute_per_address: u32,
 }
 
 impl Settings {
@@ -145,6 +175,8 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("retry.delays_ms")
+                    .with_list_parse_key("provider.models")
+                    .with_list_parse_key("http.trusted_proxies")
                     .try_parsing(true),
             )
             .build()?;
@@ -214,6 +246,21 @@ impl Settings {
                 "letters, digits, '.', '-' and '_' only",
             ));
         }
+        if let Some(bad) = self.provider.models.iter().find(|m| !is_model_name(m)) {
+            return Err(invalid(
+                "SLUICE__PROVIDER__MODELS",
+                format!("{bad:?}: letters, digits, '.', '-' and '_' only"),
+            ));
+        }
+        if self.provider.max_reply_bytes == 0 {
+            return Err(invalid("SLUICE__PROVIDER__MAX_REPLY_BYTES", "must be > 0"));
+        }
+        if self.queues.max_message_bytes == 0 {
+            return Err(invalid("SLUICE__QUEUES__MAX_MESSAGE_BYTES", "must be > 0"));
+        }
+        if self.chat.history_bytes == 0 {
+            return Err(invalid("SLUICE__CHAT__HISTORY_BYTES", "must be > 0"));
+        }
         Ok(())
     }
 
@@ -225,7 +272,19 @@ impl Settings {
                 "must be set to at least 32 characters",
             ));
         }
+        let admin = self.admin.token.expose();
+        if !admin.is_empty() && admin.len() < 32 {
+            return Err(invalid(
+                "SLUICE__ADMIN__TOKEN",
+                "must be empty (admin endpoints off) or at least 32 characters",
+            ));
+        }
         Ok(())
+    }
+
+    /// Every model users may ask for: `provider.model` and `provider.models`.
+    pub fn allowed_model(&self, name: &str) -> bool {
+        name == self.provider.model || self.provider.models.iter().any(|m| m == name)
     }
 
     pub fn keys_file(&self) -> Option<PathBuf> {

@@ -20,6 +20,10 @@ pub struct Model {
     pub error_message: Option<String>,
     pub created_at: DateTimeUtc,
     pub completed_at: Option<DateTimeUtc>,
+    /// The prompt template the reply was asked with, if any.
+    pub template_id: Option<Uuid>,
+    /// When the reply last became pending (post, replay or retry): the reaper's clock.
+    pub pending_since: DateTimeUtc,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

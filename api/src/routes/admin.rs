@@ -204,7 +204,8 @@ async fn replay_one(state: &AppState, id: Uuid) -> Result<Option<&'static str>, 
             DbBackend::Postgres,
             "UPDATE messages SET status = 'pending', generation = generation + 1, content = '', \
              error_kind = NULL, error_message = NULL, attempts = 0, prompt_tokens = NULL, \
-             completion_tokens = NULL, key_alias = NULL, completed_at = NULL \
+             completion_tokens = NULL, key_alias = NULL, completed_at = NULL, \
+             pending_since = now() \
              WHERE id = $1 AND chat_id = $2 AND role = 'assistant' AND status = 'failed' \
              RETURNING generation",
             [request.request_id.into(), request.chat_id.into()],

@@ -69,7 +69,7 @@ async fn create(
         Some(m) => m,
         None => state.settings.provider.model.clone(),
     };
-    let system = match input.template_id {
+    let (template_id, system) = match input.template_id {
         Some(raw) => {
             let id = parse_id(&raw, "template")?;
             let template = prompt_templates::Entity::find_by_id(id)
@@ -77,9 +77,9 @@ async fn create(
                 .one(&state.db)
                 .await?
                 .ok_or_else(|| ApiError::not_found("template"))?;
-            Some(template.body)
+            (Some(id), Some(template.body))
         }
-        None => None,
+        None => (None, None),
     };
     let mut history = owned_history(&state, user, chat_id).await?;
     history.push(Turn {
@@ -106,6 +106,8 @@ async fn create(
         error_message: None,
         created_at: now,
         completed_at: Some(now),
+        template_id: None,
+        pending_since: now,
     };
     let answer = messages::Model {
         id: Uuid::now_v7(),
@@ -114,6 +116,7 @@ async fn create(
         status: "pending".into(),
         model: Some(model.clone()),
         completed_at: None,
+        template_id,
         ..question.clone()
     };
     let request = RequestEnvelope {
@@ -140,9 +143,9 @@ async fn create(
             DbBackend::Postgres,
             "WITH outbox_row AS (INSERT INTO outbox (id, payload, created_at) VALUES ($1, $2, $3)) \
              INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
-             created_at, completed_at) VALUES \
-             ($4, $5, 'user', $6, 'completed', 0, NULL, 0, $3, $3), \
-             ($7, $5, 'assistant', '', 'pending', $8, $9, 0, $3, NULL)",
+             created_at, completed_at, template_id, pending_since) VALUES \
+             ($4, $5, 'user', $6, 'completed', 0, NULL, 0, $3, $3, NULL, $3), \
+             ($7, $5, 'assistant', '', 'pending', $8, $9, 0, $3, NULL, $10, $3)",
             [
                 Uuid::now_v7().into(),
                 payload.into(),
@@ -153,6 +156,7 @@ async fn create(
                 answer.id.into(),
                 answer.generation.into(),
                 answer.model.clone().into(),
+                answer.template_id.into(),
             ],
         ))
         .await?;
