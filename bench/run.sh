@@ -168,6 +168,9 @@ export GEMINI_API_KEYS=bench-1,bench-2
 # hundreds of calls per second a one-minute window would measure that scan, not the pipeline.
 export SLUICE__LIMITS__RPM=1000000000 SLUICE__LIMITS__TPM=4000000000 SLUICE__LIMITS__RPD=4000000000
 export SLUICE__LIMITS__WINDOW_MS="${BENCH_WINDOW_MS:-1000}"
+# The bench measures the pipeline, not the per-user limits: turn them off (0).
+export SLUICE__USERS__MESSAGES_PER_MINUTE=0 SLUICE__USERS__MESSAGES_PER_DAY=0 SLUICE__USERS__MAX_PENDING=0
+export SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=0
 
 info "run $RUN_ID: API :$API_PORT, workers :${WORKER_PORTS[*]}, mock-gemini :$MOCK_PORT, queues $PREFIX*, logs $LOGS"
 start mock-gemini "$BIN/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --latency-ms "${BENCH_MOCK_LATENCY_MS:-0}"
