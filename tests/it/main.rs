@@ -8,4 +8,5 @@ mod keypool;
 mod pipeline;
 mod responses;
 mod retries;
+mod row_isolation;
 mod topology;
