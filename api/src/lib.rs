@@ -105,10 +105,13 @@ pub async fn run(
     let dead_letters = consume::QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.dead_letters(),
-        topology,
+        topology: topology.clone(),
         prefetch: dead_letters::PREFETCH,
         name: "sluice-api dead letters",
-        handler: dead_letters::DeadLetterHandler { db: db.clone() },
+        handler: dead_letters::DeadLetterHandler {
+            db: db.clone(),
+            topology,
+        },
     };
     tasks.spawn(dead_letters.run(cancel.clone()));
     tasks.close();

@@ -4,6 +4,7 @@
 
 mod api_errors;
 mod broker_outage;
+mod dead_letter_consumer;
 mod keypool;
 mod pipeline;
 mod responses;
