@@ -208,6 +208,9 @@ impl Settings {
         if self.retry.delays_ms.contains(&0) {
             return Err(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
         }
+        if self.retry.reaper_interval_ms == 0 {
+            return Err(invalid("SLUICE__RETRY__REAPER_INTERVAL_MS", "must be > 0"));
+        }
         if self.worker.prefetch == 0 {
             return Err(invalid("SLUICE__WORKER__PREFETCH", "must be at least 1"));
         }

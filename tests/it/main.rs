@@ -7,6 +7,7 @@ mod broker_outage;
 mod dead_letter_consumer;
 mod keypool;
 mod pipeline;
+mod reaper;
 mod responses;
 mod retries;
 mod row_isolation;
