@@ -110,3 +110,27 @@ impl IntoResponse for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::RuntimeErr;
+
+    fn status(e: DbErr) -> StatusCode {
+        ApiError::Database(e).into_response().status()
+    }
+
+    #[test]
+    fn an_outage_is_503_and_a_refusal_500_whatever_the_text() {
+        assert_eq!(
+            status(DbErr::Conn(RuntimeErr::Internal("Disconnected".into()))),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(DbErr::Exec(RuntimeErr::Internal(
+                "connection timed out, says the trigger".into()
+            ))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

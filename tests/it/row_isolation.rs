@@ -146,6 +146,50 @@ async fn one_refused_reply_fails_alone_and_its_batch_completes() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_take_connections_is_waited_out() {
+    let options = TestOptions {
+        workers: 0,
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        // SQLSTATE 57P03 (cannot_connect_now) is what a restarting PostgreSQL answers: an
+        // outage, waited out however long it lasts, never a refusal.
+        app.db
+            .execute_unprepared(
+                "CREATE SEQUENCE outages; \
+                 CREATE FUNCTION starting_up() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF nextval('outages') <= 2 THEN \
+                 RAISE EXCEPTION 'simulated restart' USING ERRCODE = 'cannot_connect_now'; \
+                 END IF; RETURN NEW; END $$; \
+                 CREATE TRIGGER starting_up BEFORE UPDATE ON messages FOR EACH ROW \
+                 WHEN (NEW.content LIKE '%RESTART%') EXECUTE FUNCTION starting_up();",
+            )
+            .await?;
+        let (token, chat) = app.user_with_chat().await?;
+        let id = app
+            .post_message(&token, &chat, json!({"content": "q"}))
+            .await?;
+        let (conn, channel) = app.broker_channel().await?;
+        publish(
+            &app,
+            &channel,
+            sluice_shared::topology::ROUTE_RESPONSE,
+            &response(id.parse()?, chat.parse()?, 0, "after the RESTART"),
+        )
+        .await?;
+        conn.close(200, "done".into()).await?;
+        let reply = app
+            .wait_reply(&token, &chat, &id, Duration::from_secs(20))
+            .await?;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        assert_eq!(reply["content"], "after the RESTART");
+        assert_eq!(scalar(&app, "SELECT last_value FROM outages").await?, 3);
+        Ok(())
+    })
+    .await;
+}
+
 /// The same through the consumer's storing step alone, so the 51 are surely one batch (the
 /// broker may hand the test above its deliveries in more than one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
