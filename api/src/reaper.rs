@@ -24,14 +24,9 @@ pub struct Reaper {
 
 impl Reaper {
     pub fn new(db: DatabaseConnection, retry: &RetrySettings) -> Self {
-        let horizon_ms = retry
-            .delays_ms
-            .iter()
-            .fold(retry.reaper_grace_ms, |sum, d| sum.saturating_add(*d))
-            .min(MAX_HORIZON_MS);
         Self {
             db,
-            horizon: Duration::from_millis(horizon_ms),
+            horizon: horizon(retry),
             // Zero would make `tokio::time::interval` panic; settings refuse it, this is belt
             // and braces.
             interval: Duration::from_millis(retry.reaper_interval_ms.max(1)),
@@ -75,6 +70,16 @@ impl Reaper {
     }
 }
 
+/// How long a reply may stay pending: every retry delay plus the grace, within reason.
+pub fn horizon(retry: &RetrySettings) -> Duration {
+    let ms = retry
+        .delays_ms
+        .iter()
+        .fold(retry.reaper_grace_ms, |sum, d| sum.saturating_add(*d))
+        .min(MAX_HORIZON_MS);
+    Duration::from_millis(ms)
+}
+
 /// Fails up to [`BATCH`] replies pending for longer than `horizon` (by the database's clock,
 /// which also set `pending_since`).
 pub async fn reap_batch(db: &impl ConnectionTrait, horizon: Duration) -> Result<u64, DbErr> {
@@ -94,4 +99,26 @@ pub async fn reap_batch(db: &impl ConnectionTrait, horizon: Duration) -> Result<
         ))
         .await?;
     Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_is_the_delays_plus_the_grace_and_never_overflows() {
+        let retry = |delays_ms: Vec<u64>, reaper_grace_ms| RetrySettings {
+            delays_ms,
+            reaper_grace_ms,
+            reaper_interval_ms: 1,
+        };
+        assert_eq!(
+            horizon(&retry(vec![60_000, 600_000], 1_000)),
+            Duration::from_millis(661_000)
+        );
+        assert_eq!(
+            horizon(&retry(vec![u64::MAX, u64::MAX], u64::MAX)),
+            Duration::from_millis(MAX_HORIZON_MS)
+        );
+    }
 }

@@ -354,6 +354,14 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_reaper_interval_is_refused() -> Result<(), SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.retry.reaper_interval_ms = 0;
+        assert!(s.validate().is_err());
+        Ok(())
+    }
+
+    #[test]
     fn api_keys_get_aliases_and_hide_secrets() -> Result<(), SettingsError> {
         let keys = parse_api_keys("AIzaONE, main=AIzaTWO ,AIzaTHREE")?;
         let aliases: Vec<_> = keys.iter().map(|k| k.alias.as_str()).collect();
