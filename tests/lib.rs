@@ -69,6 +69,8 @@ pub struct TestOptions {
     pub limits_backend: String,
     pub expected_replicas: u32,
     pub retry_delays_ms: Vec<u64>,
+    /// How often the API's reaper looks for overdue replies.
+    pub reaper_interval_ms: u64,
 }
 
 impl Default for TestOptions {
@@ -91,6 +93,7 @@ impl Default for TestOptions {
             limits_backend: "redis".into(),
             expected_replicas: 1,
             retry_delays_ms: vec![50, 100],
+            reaper_interval_ms: 60_000,
         }
     }
 }
@@ -176,6 +179,7 @@ impl TestApp {
         settings.queues.prefix = format!("t{id}.");
         settings.redis.prefix = format!("t{id}:");
         settings.retry.delays_ms = options.retry_delays_ms;
+        settings.retry.reaper_interval_ms = options.reaper_interval_ms;
         settings.provider.base_url = mock_url;
         settings.provider.timeout_ms = 5_000;
         settings.provider.connect_timeout_ms = 1_000;

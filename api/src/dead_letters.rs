@@ -1,35 +1,61 @@
 //! The dead-letter consumer: records every message of `requests.dlq` in `dead_letters`
-//! (once per request and generation; poison is kept raw) and marks its reply `failed` if it is
-//! still pending, in one transaction, then acks. Nothing is lost and operators can search and
-//! replay what landed here.
+//! (once per request and generation; poison is kept raw, without U+0000) and settles its reply:
+//! a dead request fails its pending reply, a dead response is applied with the same row
+//! isolation as the response consumer. A letter the database keeps refusing is retried a few
+//! times, then parked in `requests.parked` (confirmed) and acked, so the queue never loops on
+//! it. Nothing is lost and operators can search, replay or inspect what landed here.
 
 use crate::consume::{BatchHandler, with_db_retry};
+use crate::responses::{self, Stored};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 use serde_json::{Map, Value};
+use sluice_shared::Topology;
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
     self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_REASON, RequestEnvelope,
+    ResponseEnvelope,
 };
+use sluice_shared::text::strip_nul_owned;
+use sluice_shared::topology::ROUTE_PARKED;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Dead letters are rare; a small prefetch is plenty.
 pub const PREFETCH: u16 = 32;
-/// How long a dead letter the database refused waits before it is tried again.
-const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Tries at recording a letter the database refuses before it is parked. A refusal is not an
+/// outage (those are waited out without limit), so a few tries only cover a passing cause.
+const RECORD_TRIES: u32 = 3;
+/// The pause between those tries.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
+/// Why a parked letter could not be recorded (the database's words).
+pub const HEADER_PARK_ERROR: &str = "sluice-park-error";
 
 pub struct DeadLetterHandler {
     pub db: DatabaseConnection,
+    /// Where the parking queue is.
+    pub topology: Topology,
+}
+
+/// What a dead letter carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A request a worker gave up on (or that crashed workers until its delivery limit).
+    Request(RequestEnvelope),
+    /// A result the response consumer could not settle (or that reached its delivery limit).
+    Response(ResponseEnvelope),
+    /// Neither: kept raw.
+    Poison,
 }
 
 /// One dead letter as it will be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
-    pub request: Option<RequestEnvelope>,
+    pub payload: Payload,
     pub reason: String,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -38,37 +64,61 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Reads a delivery. Every text is kept without U+0000, which PostgreSQL's `text` and
+    /// `jsonb` cannot hold: a header holding one must not make the letter unrecordable.
     pub fn from_delivery(data: &[u8], properties: &BasicProperties) -> Self {
-        let request = envelope::decode::<RequestEnvelope>(data).ok();
+        let payload = if let Ok(request) = envelope::decode::<RequestEnvelope>(data) {
+            Payload::Request(request)
+        } else if let Ok(response) = envelope::decode::<ResponseEnvelope>(data) {
+            Payload::Response(response)
+        } else {
+            Payload::Poison
+        };
         // Our own reason when a worker put it here; otherwise RabbitMQ's (e.g. the delivery
         // limit was reached while workers kept crashing on it).
         let reason = broker::header_string(properties, HEADER_REASON)
+            .map(strip_nul_owned)
             .or_else(|| x_death_reason(properties))
             .unwrap_or_else(|| "unknown".into());
-        let last_error =
-            broker::header_string(properties, HEADER_LAST_ERROR).filter(|e| !e.is_empty());
+        let last_error = broker::header_string(properties, HEADER_LAST_ERROR)
+            .map(strip_nul_owned)
+            .filter(|e| !e.is_empty());
         let mut headers = Map::new();
         if let Some(table) = properties.headers() {
             for (key, value) in table.inner() {
                 if let Some(text) = header_text(value) {
-                    headers.insert(key.as_str().to_owned(), Value::String(text));
+                    headers.insert(
+                        strip_nul_owned(key.as_str().to_owned()),
+                        Value::String(text),
+                    );
                 }
             }
         }
+        let reason = match &payload {
+            Payload::Request(_) => reason,
+            Payload::Response(_) => format!("response ({reason})"),
+            Payload::Poison if reason == "poison" => reason,
+            Payload::Poison => format!("poison ({reason})"),
+        };
         Self {
-            reason: if request.is_none() && reason != "poison" {
-                format!("poison ({reason})")
-            } else {
-                reason
-            },
-            request,
+            payload,
+            reason,
             attempts: broker::header_u32(properties, HEADER_ATTEMPT)
                 .and_then(|a| i32::try_from(a).ok())
                 .unwrap_or_default(),
             last_error,
             headers: Value::Object(headers),
-            // Kept as text for searching; PostgreSQL text cannot hold NUL.
-            body: String::from_utf8_lossy(data).replace('\0', "\u{FFFD}"),
+            // Kept as text for searching.
+            body: strip_nul_owned(String::from_utf8_lossy(data).into_owned()),
+        }
+    }
+
+    /// The request, generation and chat the letter is about, when it says.
+    fn ids(&self) -> Option<(Uuid, i32, Uuid)> {
+        match &self.payload {
+            Payload::Request(r) => Some((r.request_id, r.generation, r.chat_id)),
+            Payload::Response(r) => Some((r.request_id, r.generation, r.chat_id)),
+            Payload::Poison => None,
         }
     }
 
@@ -106,6 +156,10 @@ fn x_death_reason(properties: &BasicProperties) -> Option<String> {
 }
 
 fn header_text(value: &AMQPValue) -> Option<String> {
+    header_text_raw(value).map(strip_nul_owned)
+}
+
+fn header_text_raw(value: &AMQPValue) -> Option<String> {
     match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -129,13 +183,10 @@ fn header_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// Stores one dead letter and fails its pending reply; idempotent.
+/// Stores one dead letter and, for a dead request, fails its pending reply; idempotent.
 pub async fn record(db: &DatabaseConnection, letter: &DeadLetter) -> Result<(), DbErr> {
     let txn = db.begin().await?;
-    let (request_id, generation, chat_id) = match &letter.request {
-        Some(r) => (Some(r.request_id), Some(r.generation), Some(r.chat_id)),
-        None => (None, None, None),
-    };
+    let ids = letter.ids();
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO dead_letters (id, request_id, generation, chat_id, reason, attempts, \
@@ -143,9 +194,9 @@ pub async fn record(db: &DatabaseConnection, letter: &DeadLetter) -> Result<(), 
          ON CONFLICT (request_id, generation) WHERE request_id IS NOT NULL DO NOTHING",
         [
             Uuid::now_v7().into(),
-            request_id.into(),
-            generation.into(),
-            chat_id.into(),
+            ids.map(|(request, _, _)| request).into(),
+            ids.map(|(_, generation, _)| generation).into(),
+            ids.map(|(_, _, chat)| chat).into(),
             letter.reason.clone().into(),
             letter.attempts.into(),
             letter.last_error.clone().into(),
@@ -154,7 +205,7 @@ pub async fn record(db: &DatabaseConnection, letter: &DeadLetter) -> Result<(), 
         ],
     ))
     .await?;
-    if let Some(request) = &letter.request {
+    if let Payload::Request(request) = &letter.payload {
         let (kind, message) = letter.user_error();
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -176,10 +227,81 @@ pub async fn record(db: &DatabaseConnection, letter: &DeadLetter) -> Result<(), 
     txn.commit().await
 }
 
+impl DeadLetterHandler {
+    /// Settles a dead response's reply, then records the letter. `None` on shutdown; `Err`
+    /// when the database refused it (a few times, for the record), so it must be parked.
+    async fn settle(
+        &self,
+        letter: &DeadLetter,
+        cancel: &CancellationToken,
+    ) -> Option<Result<(), DbErr>> {
+        if let Payload::Response(response) = &letter.payload {
+            let stored = responses::store(&self.db, std::slice::from_ref(response), cancel).await?;
+            if let Some(Stored::Unsettled(e)) = stored.into_iter().next() {
+                return Some(Err(e));
+            }
+        }
+        let mut tries = 1;
+        loop {
+            match with_db_retry(cancel, "record a dead letter", || record(&self.db, letter)).await?
+            {
+                Ok(()) => return Some(Ok(())),
+                Err(e) if tries >= RECORD_TRIES => return Some(Err(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, tries, "the database refused a dead letter; trying again");
+                    tries += 1;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(RECORD_RETRY) => {}
+            }
+        }
+    }
+
+    /// Sets a letter aside in the parking queue, whole, with the database's refusal in a
+    /// header; returns once the broker has confirmed it.
+    async fn park(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        letter: &DeadLetter,
+        error: &DbErr,
+    ) -> Result<(), BrokerError> {
+        tracing::error!(
+            error = %error,
+            reason = %letter.reason,
+            request = ?letter.ids().map(|(request, _, _)| request),
+            queue = %self.topology.parked(),
+            "the database refuses a dead letter; parking it"
+        );
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            HEADER_PARK_ERROR.into(),
+            broker::string_value(&error.to_string()),
+        );
+        let properties = delivery
+            .properties
+            .clone()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        broker::publish_confirmed(
+            channel,
+            &self.topology.exchange(),
+            ROUTE_PARKED,
+            &delivery.data,
+            properties,
+        )
+        .await?;
+        metrics::counter!("sluice_dead_letters_parked_total").increment(1);
+        Ok(())
+    }
+}
+
 impl BatchHandler for DeadLetterHandler {
     async fn handle(
         &self,
-        _channel: &Channel,
+        channel: &Channel,
         deliveries: Vec<Delivery>,
         cancel: &CancellationToken,
     ) -> Result<bool, BrokerError> {
@@ -187,32 +309,16 @@ impl BatchHandler for DeadLetterHandler {
             let letter = DeadLetter::from_delivery(&delivery.data, &delivery.properties);
             tracing::warn!(
                 reason = %letter.reason,
-                request = ?letter.request.as_ref().map(|r| r.request_id),
+                request = ?letter.ids().map(|(request, _, _)| request),
                 "dead letter received"
             );
-            match with_db_retry(cancel, "record a dead letter", || record(&self.db, &letter)).await
-            {
+            match self.settle(&letter, cancel).await {
                 None => return Ok(false),
-                Some(Ok(())) => {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-                Some(Err(e)) => {
-                    // The DLQ is the last stop: keep the message there rather than lose it,
-                    // and come back to it later instead of spinning.
-                    tracing::error!(error = %e, "cannot record a dead letter; leaving it queued");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(false),
-                        _ = tokio::time::sleep(RECORD_RETRY) => {}
-                    }
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await?;
-                }
+                Some(Ok(())) => {}
+                // Never requeued: a refusal would come back at once, in a loop.
+                Some(Err(e)) => self.park(channel, &delivery, &letter, &e).await?,
             }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
         }
         Ok(true)
     }

@@ -1,6 +1,8 @@
 //! The one API error type. Client errors say what was wrong; everything else is logged with
-//! its detail and answered as an opaque 500 (or 503 while the database is unreachable).
+//! its detail and answered as an opaque 500 (or 503 while the database is unreachable or a
+//! statement lost a deadlock: [`DbFailure`] decides by SQLSTATE).
 
+use crate::consume::DbFailure;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -80,9 +82,8 @@ impl IntoResponse for ApiError {
                 code,
                 message,
             } => body(status, code, &message),
-            ApiError::Database(
-                e @ (DbErr::ConnectionAcquire(_) | DbErr::Conn(_) | DbErr::Exec(_)),
-            ) if crate::consume::is_transient(&e) => {
+            // An outage, or a deadlock the client may simply retry.
+            ApiError::Database(e) if DbFailure::of(&e).is_transient() => {
                 tracing::warn!(error = %e, "database unavailable");
                 body(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -107,5 +108,29 @@ impl IntoResponse for ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::RuntimeErr;
+
+    fn status(e: DbErr) -> StatusCode {
+        ApiError::Database(e).into_response().status()
+    }
+
+    #[test]
+    fn an_outage_is_503_and_a_refusal_500_whatever_the_text() {
+        assert_eq!(
+            status(DbErr::Conn(RuntimeErr::Internal("Disconnected".into()))),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(DbErr::Exec(RuntimeErr::Internal(
+                "connection timed out, says the trigger".into()
+            ))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

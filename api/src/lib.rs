@@ -5,7 +5,8 @@
 //! outbox rows to RabbitMQ with confirms; workers answer on the `responses` queue, and the
 //! [`responses`] consumer writes each answer onto its pending message, while the
 //! [`dead_letters`] consumer records what could not be answered. Both run on the shared
-//! [`consume`] loop. Clients poll the REST [`routes`]; operators use its admin part.
+//! [`consume`] loop; the [`reaper`] fails what stays pending past the retry horizon. Clients
+//! poll the REST [`routes`]; operators use its admin part.
 
 pub mod auth;
 pub mod consume;
@@ -14,6 +15,7 @@ pub mod dead_letters;
 pub mod entities;
 pub mod error;
 pub mod extract;
+pub mod reaper;
 pub mod relay;
 pub mod responses;
 pub mod routes;
@@ -93,6 +95,8 @@ pub async fn run(
         broker_up: state.broker_up.clone(),
     };
     tasks.spawn(relay.run(cancel.clone()));
+    let reaper = reaper::Reaper::new(db.clone(), &state.settings.retry);
+    tasks.spawn(reaper.run(cancel.clone()));
     let responses = consume::QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.responses(),
@@ -105,10 +109,13 @@ pub async fn run(
     let dead_letters = consume::QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.dead_letters(),
-        topology,
+        topology: topology.clone(),
         prefetch: dead_letters::PREFETCH,
         name: "sluice-api dead letters",
-        handler: dead_letters::DeadLetterHandler { db: db.clone() },
+        handler: dead_letters::DeadLetterHandler {
+            db: db.clone(),
+            topology,
+        },
     };
     tasks.spawn(dead_letters.run(cancel.clone()));
     tasks.close();

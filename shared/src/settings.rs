@@ -208,6 +208,9 @@ impl Settings {
         if self.retry.delays_ms.contains(&0) {
             return Err(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
         }
+        if self.retry.reaper_interval_ms == 0 {
+            return Err(invalid("SLUICE__RETRY__REAPER_INTERVAL_MS", "must be > 0"));
+        }
         if self.worker.prefetch == 0 {
             return Err(invalid("SLUICE__WORKER__PREFETCH", "must be at least 1"));
         }
@@ -347,6 +350,14 @@ mod tests {
         assert_eq!(s.retry.delays_ms, vec![60000, 600000, 3600000, 86400000]);
         assert_eq!(s.provider.model, "gemini-2.5-flash");
         assert_eq!(s.chat.history_turns, 20);
+        Ok(())
+    }
+
+    #[test]
+    fn a_zero_reaper_interval_is_refused() -> Result<(), SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.retry.reaper_interval_ms = 0;
+        assert!(s.validate().is_err());
         Ok(())
     }
 

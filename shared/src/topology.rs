@@ -16,6 +16,8 @@ pub const ROUTE_REQUEST: &str = "request";
 pub const ROUTE_RESPONSE: &str = "response";
 /// Routing key of the dead-letter queue.
 pub const ROUTE_DEAD: &str = "dead";
+/// Routing key of the parking queue: dead letters the database refused, kept for an operator.
+pub const ROUTE_PARKED: &str = "parked";
 
 /// Redeliveries (crashes, requeues) before RabbitMQ dead-letters a message. Explicit because
 /// RabbitMQ 4 defaults quorum queues to 20 and 3.10 to unlimited; never -1, which 3.10 treats
@@ -77,6 +79,11 @@ impl Topology {
         format!("{}requests.dlq", self.prefix)
     }
 
+    /// Where dead letters go that could not be recorded; nothing consumes it.
+    pub fn parked(&self) -> String {
+        format!("{}requests.parked", self.prefix)
+    }
+
     pub fn retry_delays_ms(&self) -> &[u64] {
         &self.retry_delays_ms
     }
@@ -120,9 +127,16 @@ impl Topology {
                 routing_key: ROUTE_RESPONSE.into(),
                 arguments: limited(ROUTE_DEAD),
             },
+            // Its consumer parks what it cannot record; the delivery limit ends a crash loop
+            // in the same place.
             QueueSpec {
                 name: self.dead_letters(),
                 routing_key: ROUTE_DEAD.into(),
+                arguments: limited(ROUTE_PARKED),
+            },
+            QueueSpec {
+                name: self.parked(),
+                routing_key: ROUTE_PARKED.into(),
                 arguments: vec![quorum()],
             },
         ];
@@ -270,8 +284,9 @@ mod tests {
         assert_eq!(t.exchange(), "t3f9a.work");
         assert_eq!(t.requests(), "t3f9a.requests");
         assert_eq!(t.dead_letters(), "t3f9a.requests.dlq");
+        assert_eq!(t.parked(), "t3f9a.requests.parked");
         assert_eq!(t.retry_queue(100), "t3f9a.retry.100");
-        assert_eq!(t.queues().len(), 5);
+        assert_eq!(t.queues().len(), 6);
     }
 
     #[test]

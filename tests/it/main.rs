@@ -4,8 +4,11 @@
 
 mod api_errors;
 mod broker_outage;
+mod dead_letter_consumer;
 mod keypool;
 mod pipeline;
+mod reaper;
 mod responses;
 mod retries;
+mod row_isolation;
 mod topology;

@@ -10,7 +10,12 @@ use sluice_tests::{TestOptions, run};
 use std::time::Duration;
 use uuid::Uuid;
 
-fn response(request_id: Uuid, chat_id: Uuid, generation: i32, text: &str) -> ResponseEnvelope {
+pub(crate) fn response(
+    request_id: Uuid,
+    chat_id: Uuid,
+    generation: i32,
+    text: &str,
+) -> ResponseEnvelope {
     ResponseEnvelope {
         v: envelope::VERSION,
         request_id,

@@ -1,0 +1,124 @@
+//! The reaper, the last line of defence for "every accepted message gets one answer": a task
+//! in every API replica that fails replies still `pending` past the retry horizon (the sum of
+//! the retry delays plus a grace), kind `timed_out`. Replicas share the work through
+//! `FOR UPDATE SKIP LOCKED`; a late answer for a reaped reply changes nothing.
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use sluice_shared::settings::RetrySettings;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Replies failed per statement: one short transaction each, however many are overdue.
+const BATCH: i64 = 500;
+/// No horizon beyond this (a century) is needed, and PostgreSQL's interval arithmetic has a
+/// range: the sum of configured delays is clamped to it.
+const MAX_HORIZON_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+const TIMED_OUT_MESSAGE: &str = "no answer arrived in time; the request was given up";
+
+pub struct Reaper {
+    pub db: DatabaseConnection,
+    /// How long a reply may stay pending.
+    pub horizon: Duration,
+    pub interval: Duration,
+}
+
+impl Reaper {
+    pub fn new(db: DatabaseConnection, retry: &RetrySettings) -> Self {
+        Self {
+            db,
+            horizon: horizon(retry),
+            // Zero would make `tokio::time::interval` panic; settings refuse it, this is belt
+            // and braces.
+            interval: Duration::from_millis(retry.reaper_interval_ms.max(1)),
+        }
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            // A database outage just skips a round; the next one catches up.
+            if let Err(e) = self.sweep(&cancel).await {
+                tracing::warn!(error = %e, "the reaper cannot read pending replies");
+            }
+        }
+    }
+
+    /// Fails every overdue reply, a batch at a time; returns how many.
+    pub async fn sweep(&self, cancel: &CancellationToken) -> Result<u64, DbErr> {
+        let mut total = 0;
+        while !cancel.is_cancelled() {
+            let n = reap_batch(&self.db, self.horizon).await?;
+            total += n;
+            if n > 0 {
+                metrics::counter!("sluice_replies_timed_out_total").increment(n);
+                tracing::warn!(
+                    replies = n,
+                    horizon = ?self.horizon,
+                    "replies still pending past the retry horizon failed as timed_out"
+                );
+            }
+            if n < BATCH.unsigned_abs() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// How long a reply may stay pending: every retry delay plus the grace, within reason.
+pub fn horizon(retry: &RetrySettings) -> Duration {
+    let ms = retry
+        .delays_ms
+        .iter()
+        .fold(retry.reaper_grace_ms, |sum, d| sum.saturating_add(*d))
+        .min(MAX_HORIZON_MS);
+    Duration::from_millis(ms)
+}
+
+/// Fails up to [`BATCH`] replies pending for longer than `horizon` (by the database's clock,
+/// which also set `pending_since`).
+pub async fn reap_batch(db: &impl ConnectionTrait, horizon: Duration) -> Result<u64, DbErr> {
+    let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH overdue AS ( \
+                 SELECT id FROM messages \
+                 WHERE status = 'pending' AND pending_since < now() - $1 * interval '1 millisecond' \
+                 ORDER BY pending_since LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE messages AS m SET status = 'failed', content = '', error_kind = 'timed_out', \
+             error_message = $3, completed_at = now() \
+             FROM overdue WHERE m.id = overdue.id AND m.role = 'assistant' \
+             AND m.status = 'pending'",
+            [horizon_ms.into(), BATCH.into(), TIMED_OUT_MESSAGE.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_is_the_delays_plus_the_grace_and_never_overflows() {
+        let retry = |delays_ms: Vec<u64>, reaper_grace_ms| RetrySettings {
+            delays_ms,
+            reaper_grace_ms,
+            reaper_interval_ms: 1,
+        };
+        assert_eq!(
+            horizon(&retry(vec![60_000, 600_000], 1_000)),
+            Duration::from_millis(661_000)
+        );
+        assert_eq!(
+            horizon(&retry(vec![u64::MAX, u64::MAX], u64::MAX)),
+            Duration::from_millis(MAX_HORIZON_MS)
+        );
+    }
+}
