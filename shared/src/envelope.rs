@@ -16,6 +16,9 @@ pub const HEADER_ERRORS: &str = "sluice-errors";
 pub const HEADER_REASON: &str = "sluice-reason";
 /// The last error of a dead-lettered message, in readable words.
 pub const HEADER_LAST_ERROR: &str = "sluice-last-error";
+/// When (ms since the Unix epoch) a worker first found every key disabled for this message;
+/// set on its first republish, cleared once a key is usable again.
+pub const HEADER_NO_KEY_SINCE: &str = "sluice-no-key-since";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
