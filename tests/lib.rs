@@ -69,6 +69,8 @@ pub struct TestOptions {
     pub limits_backend: String,
     pub expected_replicas: u32,
     pub retry_delays_ms: Vec<u64>,
+    /// `keys.no_key_max_wait_ms`: how long messages wait while every key is disabled.
+    pub no_key_max_wait_ms: u64,
 }
 
 impl Default for TestOptions {
@@ -91,6 +93,7 @@ impl Default for TestOptions {
             limits_backend: "redis".into(),
             expected_replicas: 1,
             retry_delays_ms: vec![50, 100],
+            no_key_max_wait_ms: 600_000,
         }
     }
 }
@@ -195,6 +198,7 @@ impl TestApp {
         settings.limits.window_ms = options.window_ms;
         settings.worker.budget_wait_ms = options.budget_wait_ms;
         settings.keys.probe_interval_ms = options.probe_interval_ms;
+        settings.keys.no_key_max_wait_ms = options.no_key_max_wait_ms;
         settings.limits.backend = options.limits_backend.clone();
         settings.worker.expected_replicas = options.expected_replicas;
         if let Some(contents) = &options.keys_file {

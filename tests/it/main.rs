@@ -4,6 +4,7 @@
 
 mod api_errors;
 mod broker_outage;
+mod hostile_provider;
 mod keypool;
 mod pipeline;
 mod responses;
