@@ -735,6 +735,125 @@ mod tests {
         assert_eq!(model_text("plain".into()), "plain");
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 0..512)
+        }
+
+        /// Text where NUL and JSON-ish characters are common.
+        fn text() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![Just('\0'), Just('"'), Just('\\'), any::<char>()],
+                0..24,
+            )
+            .prop_map(String::from_iter)
+        }
+
+        /// What a duration field might hold: numbers of every shape, with or without `s`.
+        fn delay() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<f64>().prop_map(|x| format!("{x}s")),
+                any::<f64>().prop_map(|x| format!("{x:e}s")),
+                any::<u64>().prop_map(|x| format!("{x}s")),
+                any::<i64>().prop_map(|x| format!("{x}.{x}s")),
+                any::<String>(),
+                text(),
+            ]
+        }
+
+        /// A 200 is never a rate limit or a key problem: it is retried or answered.
+        fn what_a_reply_can_fail_with(error: &ProviderError) -> bool {
+            matches!(
+                error,
+                ProviderError::Transient { .. } | ProviderError::Permanent { .. }
+            )
+        }
+
+        fn within_bounds(error: &ProviderError) -> bool {
+            match error {
+                ProviderError::RateLimited { retry_after, .. } => {
+                    retry_after.is_none_or(|d| d <= MAX_PROVIDER_DELAY)
+                }
+                ProviderError::EgressCooling => false,
+                _ => true,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_success_body_parses_or_is_a_provider_error(body in bytes()) {
+                match parse_success(&body, 0) {
+                    Ok(generation) => prop_assert!(!generation.text.contains('\0')),
+                    Err(error) => prop_assert!(what_a_reply_can_fail_with(&error), "{error:?}"),
+                }
+            }
+
+            #[test]
+            fn reply_shaped_bodies_never_carry_nul_inward(
+                parts in proptest::collection::vec((text(), any::<bool>()), 0..4),
+                finish in proptest::option::of(text()),
+                block in proptest::option::of(text()),
+                usage in (any::<i64>(), any::<u64>(), any::<f64>()),
+            ) {
+                let parts: Vec<_> = parts
+                    .into_iter()
+                    .map(|(text, thought)| json!({"text": text, "thought": thought}))
+                    .collect();
+                let body = json!({
+                    "candidates": [{"content": {"parts": parts}, "finishReason": finish}],
+                    "promptFeedback": {"blockReason": block},
+                    "usageMetadata": {
+                        "promptTokenCount": usage.0,
+                        "candidatesTokenCount": usage.1,
+                        "thoughtsTokenCount": usage.2,
+                    },
+                });
+                let bytes = serde_json::to_vec(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match parse_success(&bytes, 0) {
+                    Ok(generation) => {
+                        prop_assert!(!generation.text.contains('\0'));
+                        prop_assert!(!generation.finish_reason.unwrap_or_default().contains('\0'));
+                    }
+                    Err(error) => prop_assert!(what_a_reply_can_fail_with(&error), "{error:?}"),
+                }
+            }
+
+            #[test]
+            fn any_error_body_is_classified(status in any::<u16>(), body in bytes()) {
+                let error = classify_error(status, &body);
+                prop_assert!(within_bounds(&error), "{error:?}");
+            }
+
+            #[test]
+            fn any_retry_delay_is_bounded(delay in delay(), per_day in any::<bool>()) {
+                let quota = if per_day { "GenerateRequestsPerDayPerProjectPerModel" } else { "PerMinute" };
+                let body = json!({"error": {"code": 429, "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": quota}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+                ]}});
+                let bytes = serde_json::to_vec(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match classify_error(429, &bytes) {
+                    ProviderError::RateLimited { retry_after, per_day: got } => {
+                        prop_assert_eq!(got, per_day);
+                        prop_assert!(retry_after.is_none_or(|d| d <= MAX_PROVIDER_DELAY));
+                    }
+                    other => prop_assert!(false, "a 429 is a rate limit: {other:?}"),
+                }
+            }
+
+            #[test]
+            fn any_duration_string_parses_within_a_day(raw in delay()) {
+                if let Some(d) = parse_duration(&raw) {
+                    prop_assert!(d <= MAX_PROVIDER_DELAY, "{raw}: {d:?}");
+                }
+            }
+        }
+    }
+
     /// Hostile HTTP servers on a local port, for what only a real connection can show.
     mod wire {
         use super::super::*;
