@@ -5,8 +5,7 @@
 //! reserving, so a message waits for them as it waits for budget. It knows nothing of the
 //! broker.
 
-use crate::budget::Reservation;
-use crate::budget::{Budgets, Cooldown, NoBudget, instant_after};
+use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use std::time::{Duration, Instant};
