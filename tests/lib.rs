@@ -71,6 +71,8 @@ pub struct TestOptions {
     pub retry_delays_ms: Vec<u64>,
     /// How often the API's reaper looks for overdue replies.
     pub reaper_interval_ms: u64,
+    /// `keys.no_key_max_wait_ms`: how long messages wait while every key is disabled.
+    pub no_key_max_wait_ms: u64,
 }
 
 impl Default for TestOptions {
@@ -94,6 +96,7 @@ impl Default for TestOptions {
             expected_replicas: 1,
             retry_delays_ms: vec![50, 100],
             reaper_interval_ms: 60_000,
+            no_key_max_wait_ms: 600_000,
         }
     }
 }
@@ -199,6 +202,7 @@ impl TestApp {
         settings.limits.window_ms = options.window_ms;
         settings.worker.budget_wait_ms = options.budget_wait_ms;
         settings.keys.probe_interval_ms = options.probe_interval_ms;
+        settings.keys.no_key_max_wait_ms = options.no_key_max_wait_ms;
         settings.limits.backend = options.limits_backend.clone();
         settings.worker.expected_replicas = options.expected_replicas;
         if let Some(contents) = &options.keys_file {

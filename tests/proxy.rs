@@ -1,9 +1,11 @@
 //! A minimal HTTP forward proxy the test owns: it proves egress went through it (it counts
-//! what it forwarded) and can be stopped to play an unreachable proxy. One request per
-//! connection (`Connection: close`), plain `http://` targets only.
+//! what it forwarded) and can be stopped to play an unreachable proxy, then restarted on the
+//! same address. One request per connection (`Connection: close`), plain `http://` targets
+//! only.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -11,7 +13,20 @@ use tokio::task::JoinHandle;
 pub struct HttpProxy {
     addr: std::net::SocketAddr,
     forwarded: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    accept: Mutex<JoinHandle<()>>,
+}
+
+fn serve(listener: TcpListener, forwarded: Arc<AtomicU64>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let forwarded = forwarded.clone();
+            tokio::spawn(async move {
+                if forward(client).await.is_ok() {
+                    forwarded.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    })
 }
 
 impl HttpProxy {
@@ -19,24 +34,35 @@ impl HttpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let forwarded = Arc::new(AtomicU64::new(0));
-        let accept = {
-            let forwarded = forwarded.clone();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let forwarded = forwarded.clone();
-                    tokio::spawn(async move {
-                        if forward(client).await.is_ok() {
-                            forwarded.fetch_add(1, Ordering::SeqCst);
-                        }
-                    });
-                }
-            })
-        };
+        let accept = Mutex::new(serve(listener, forwarded.clone()));
         Ok(Self {
             addr,
             forwarded,
             accept,
         })
+    }
+
+    /// Listens again on the same address after [`HttpProxy::stop`].
+    pub async fn restart(&self) -> std::io::Result<()> {
+        // The stopped listener is dropped asynchronously: wait for the port to be free.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let task = serve(listener, self.forwarded.clone());
+        let old = std::mem::replace(
+            &mut *self.accept.lock().unwrap_or_else(PoisonError::into_inner),
+            task,
+        );
+        old.abort();
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -50,7 +76,10 @@ impl HttpProxy {
 
     /// Stops listening: new connections are refused.
     pub fn stop(&self) {
-        self.accept.abort();
+        self.accept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort();
     }
 }
 

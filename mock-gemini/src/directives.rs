@@ -18,7 +18,14 @@
 //!            | "safety"               200, one candidate with finishReason SAFETY, no content
 //!            | "garbage"              200 with a body that is not JSON
 //!            | "hang"                 never answer (the client's timeout ends the call)
+//!            | "nul"                  200, a normal reply whose text holds U+0000
+//!                                     (`mock\0 reply to: …`)
+//!            | "oversize=" BYTES      200, a well-formed reply whose body is larger than
+//!                                     BYTES (1..=268435456), sent with its Content-Length
+//!            | "429-raw=" RAW         per-minute quota 429 whose retryDelay is the string
+//!                                     RAW verbatim, e.g. 1e20s, -5s or soon
 //! DELAY     := SECONDS "s" | MILLIS "ms"     e.g. 2s, 0.5s, 250ms
+//! RAW       := any text without "]]"; a trailing xN is always read as the count
 //! ```
 //!
 //! Faults form a script played in order, counted per exact last-user-text:
@@ -36,6 +43,8 @@ use std::time::Duration;
 const OPEN: &str = "[[mock:";
 const CLOSE: &str = "]]";
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+/// The largest `oversize=` reply, so a typo cannot make the mock allocate gigabytes.
+const MAX_OVERSIZE: usize = 256 * 1024 * 1024;
 pub(crate) const DAILY_RETRY: Duration = Duration::from_secs(3600);
 
 /// What a scripted call answers instead of a normal reply.
@@ -49,6 +58,14 @@ pub(crate) enum Fault {
     },
     /// A per-day quota 429.
     DailyQuota,
+    /// A per-minute quota 429 whose `retryDelay` is this string, verbatim.
+    RawQuota {
+        retry_delay: String,
+    },
+    /// A normal reply with U+0000 inside its text.
+    Nul,
+    /// A normal reply padded to more than this many body bytes.
+    Oversize(usize),
     InvalidKey,
     Block,
     Safety,
@@ -180,8 +197,21 @@ fn parse_fault(name: &str) -> Result<Fault, DirectiveError> {
         "safety" => Fault::Safety,
         "garbage" => Fault::Garbage,
         "hang" => Fault::Hang,
+        "nul" => Fault::Nul,
         _ => {
-            if let Some(delay) = name.strip_prefix("429=") {
+            if let Some(raw) = name.strip_prefix("429-raw=") {
+                if raw.is_empty() {
+                    return Err(DirectiveError::Value(name.to_owned()));
+                }
+                Fault::RawQuota {
+                    retry_delay: raw.to_owned(),
+                }
+            } else if let Some(bytes) = name.strip_prefix("oversize=") {
+                match bytes.parse::<usize>() {
+                    Ok(n @ 1..=MAX_OVERSIZE) => Fault::Oversize(n),
+                    _ => return Err(DirectiveError::Value(name.to_owned())),
+                }
+            } else if let Some(delay) = name.strip_prefix("429=") {
                 Fault::Quota {
                     retry: parse_delay(delay)
                         .ok_or_else(|| DirectiveError::Delay(name.to_owned()))?,
@@ -344,6 +374,44 @@ mod tests {
         let forever = parse("[[mock:fail=503x1]][[mock:fail=500]]").unwrap();
         assert_eq!(forever.fault_for_call(0), Some(&Fault::Status(503)));
         assert_eq!(forever.fault_for_call(7), Some(&Fault::Status(500)));
+    }
+
+    #[test]
+    fn hostile_answer_directives() {
+        let script =
+            parse("[[mock:nul]] [[mock:oversize=5000000x1]] [[mock:429-raw=1e20sx1]] [[mock:429-raw=-5s]]")
+                .unwrap();
+        assert_eq!(
+            script.steps,
+            vec![
+                step(Fault::Nul, None),
+                step(Fault::Oversize(5_000_000), Some(1)),
+                step(
+                    Fault::RawQuota {
+                        retry_delay: "1e20s".into()
+                    },
+                    Some(1)
+                ),
+                step(
+                    Fault::RawQuota {
+                        retry_delay: "-5s".into()
+                    },
+                    None
+                ),
+            ]
+        );
+        assert_eq!(
+            parse("[[mock:oversize=0]]"),
+            Err(DirectiveError::Value("oversize=0".into()))
+        );
+        assert_eq!(
+            parse("[[mock:oversize=999999999999]]"),
+            Err(DirectiveError::Value("oversize=999999999999".into()))
+        );
+        assert_eq!(
+            parse("[[mock:429-raw=]]"),
+            Err(DirectiveError::Value("429-raw=".into()))
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ enum Answer {
     Safety(Prompt),
     Garbage,
     Hang,
+    WithNul(Prompt),
+    Oversize(Prompt, usize),
 }
 
 impl Answer {
@@ -192,6 +194,14 @@ fn scripted(fault: &Fault, prompt: Prompt, model: &str, limit: Option<u32>) -> A
             None,
             DAILY_RETRY,
         )),
+        Fault::RawQuota { retry_delay } => Answer::Error(GoogleError::quota_with_delay(
+            model,
+            QuotaScope::PerMinute,
+            limit,
+            retry_delay,
+        )),
+        Fault::Nul => Answer::WithNul(prompt),
+        Fault::Oversize(bytes) => Answer::Oversize(prompt, *bytes),
         Fault::InvalidKey => Answer::Error(GoogleError::api_key_invalid()),
         Fault::Block => Answer::Blocked(prompt),
         Fault::Safety => Answer::Safety(prompt),
@@ -208,6 +218,10 @@ impl IntoResponse for Decision {
             Answer::Reply(prompt) => Json(reply::success(&prompt, model)).into_response(),
             Answer::Blocked(prompt) => Json(reply::blocked(&prompt, model)).into_response(),
             Answer::Safety(prompt) => Json(reply::safety(&prompt, model)).into_response(),
+            Answer::WithNul(prompt) => Json(reply::with_nul(&prompt, model)).into_response(),
+            Answer::Oversize(prompt, bytes) => {
+                Json(reply::oversize(&prompt, model, bytes)).into_response()
+            }
             Answer::Garbage => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],

@@ -92,6 +92,17 @@ impl GoogleError {
     /// A 429 naming the exhausted quota and when to retry. `limit` is the
     /// quota value shown; `None` falls back to Gemini's free-tier numbers.
     pub fn quota(model: &str, scope: QuotaScope, limit: Option<u32>, retry: Duration) -> Self {
+        Self::quota_with_delay(model, scope, limit, &protobuf_duration(retry))
+    }
+
+    /// [`GoogleError::quota`] with `retryDelay` given verbatim, however absurd: what a
+    /// hostile or broken provider may send.
+    pub fn quota_with_delay(
+        model: &str,
+        scope: QuotaScope,
+        limit: Option<u32>,
+        delay: &str,
+    ) -> Self {
         let (quota_id, limit) = match scope {
             QuotaScope::PerMinute => (
                 "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
@@ -102,7 +113,6 @@ impl GoogleError {
                 FREE_TIER_REQUESTS_PER_DAY,
             ),
         };
-        let delay = protobuf_duration(retry);
         let message = format!(
             "You exceeded your current quota, please check your plan and billing details. \
              For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n\

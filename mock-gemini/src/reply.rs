@@ -53,6 +53,26 @@ pub(crate) fn success(prompt: &Prompt, model: &str) -> Value {
     })
 }
 
+/// [`success`] with U+0000 inside the text (after `mock`), as a broken model may send.
+pub(crate) fn with_nul(prompt: &Prompt, model: &str) -> Value {
+    let mut body = success(prompt, model);
+    if let Some(text) = body["candidates"][0]["content"]["parts"][0]["text"].as_str() {
+        let with_nul = text.replacen("mock", "mock\0", 1);
+        body["candidates"][0]["content"]["parts"][0]["text"] = Value::String(with_nul);
+    }
+    body
+}
+
+/// [`success`] with its text padded so the JSON body is larger than `bytes`.
+pub(crate) fn oversize(prompt: &Prompt, model: &str, bytes: usize) -> Value {
+    let mut body = success(prompt, model);
+    if let Some(text) = body["candidates"][0]["content"]["parts"][0]["text"].as_str() {
+        let padded = format!("{text} {}", "x".repeat(bytes));
+        body["candidates"][0]["content"]["parts"][0]["text"] = Value::String(padded);
+    }
+    body
+}
+
 /// The prompt itself was blocked: no candidates at all. Like Gemini, the
 /// usage has no `candidatesTokenCount`.
 pub(crate) fn blocked(prompt: &Prompt, model: &str) -> Value {
@@ -121,6 +141,18 @@ mod tests {
         assert_eq!(body["usageMetadata"]["candidatesTokenCount"], 2);
         // A limit the reply fits in changes nothing.
         let body = success(&prompt("hello", Some(8)), "m");
+        assert_eq!(body["candidates"][0]["finishReason"], "STOP");
+    }
+
+    #[test]
+    fn nul_and_oversize_replies() {
+        let body = with_nul(&prompt("hello", None), "m");
+        let text = body["candidates"][0]["content"]["parts"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(text, "mock\0 reply to: hello (turns: 1)");
+        let body = oversize(&prompt("hello", None), "m", 1000);
+        assert!(body.to_string().len() > 1000);
         assert_eq!(body["candidates"][0]["finishReason"], "STOP");
     }
 

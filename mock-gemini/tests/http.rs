@@ -387,6 +387,40 @@ async fn block_safety_and_garbage() {
 }
 
 #[tokio::test]
+async fn hostile_answers_nul_oversize_and_a_raw_retry_delay() {
+    let mock = start(MockConfig::default()).await;
+    let (status, body) = mock.generate("k", "[[mock:nul]] hi").await;
+    assert_eq!(status, 200);
+    let text = body["candidates"][0]["content"]["parts"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert_eq!(text, "mock\0 reply to: [[mock:nul]] hi (turns: 1)");
+
+    let response = mock
+        .client
+        .post(mock.generate_url())
+        .header("x-goog-api-key", "k")
+        .json(&user("[[mock:oversize=100000]]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let length = response.content_length().unwrap();
+    assert!(length > 100_000, "{length}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["candidates"][0]["finishReason"], "STOP");
+
+    let (status, body) = mock.generate("k", "[[mock:429-raw=1e20sx1]] huge").await;
+    assert_eq!(status, 429);
+    assert_eq!(quota_of(&body).1, "1e20s");
+    assert_eq!(
+        mock.generate("k", "[[mock:429-raw=1e20sx1]] huge").await.0,
+        200
+    );
+    mock.stop().await;
+}
+
+#[tokio::test]
 async fn stats_requests_and_reset_over_http() {
     let mock = start(MockConfig {
         allowed_keys: vec!["k1".into(), "k2".into()],

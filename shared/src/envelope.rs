@@ -16,6 +16,9 @@ pub const HEADER_ERRORS: &str = "sluice-errors";
 pub const HEADER_REASON: &str = "sluice-reason";
 /// The last error of a dead-lettered message, in readable words.
 pub const HEADER_LAST_ERROR: &str = "sluice-last-error";
+/// When (ms since the Unix epoch) a worker first found every key disabled for this message;
+/// set on its first republish, cleared once a key is usable again.
+pub const HEADER_NO_KEY_SINCE: &str = "sluice-no-key-since";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -184,5 +187,133 @@ mod tests {
             Err(EnvelopeError::Malformed(_))
         ));
         Ok(())
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use serde_json::Value;
+
+        fn fail(e: impl std::fmt::Display) -> TestCaseError {
+            TestCaseError::fail(e.to_string())
+        }
+
+        /// Decodes `bytes` as both envelopes: whatever happens is an `Ok` or a typed error.
+        fn decode_both(bytes: &[u8]) -> Result<(), TestCaseError> {
+            for error in [
+                decode::<RequestEnvelope>(bytes).err(),
+                decode::<ResponseEnvelope>(bytes).err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                prop_assert!(matches!(
+                    error,
+                    EnvelopeError::Malformed(_)
+                        | EnvelopeError::UnknownVersion(_)
+                        | EnvelopeError::MissingVersion
+                ));
+                prop_assert!(!error.to_string().is_empty());
+            }
+            Ok(())
+        }
+
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    proptest::collection::btree_map(any::<String>(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: &[&str] = &[
+            "v",
+            "request_id",
+            "generation",
+            "chat_id",
+            "user_id",
+            "model",
+            "system",
+            "history",
+            "params",
+            "enqueued_at",
+            "trace_id",
+            "status",
+            "text",
+            "usage",
+            "attempts",
+        ];
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                decode_both(&bytes)?;
+            }
+
+            #[test]
+            fn byte_mutations_of_a_valid_envelope_never_panic(
+                edits in proptest::collection::vec((any::<Index>(), any::<u8>()), 1..8),
+                cut in proptest::option::of(any::<Index>()),
+            ) {
+                let mut bytes = serde_json::to_vec(&request()).map_err(fail)?;
+                for (at, byte) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                if let Some(cut) = cut {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                decode_both(&bytes)?;
+            }
+
+            #[test]
+            fn any_value_in_any_field_is_decoded_or_refused(
+                field in proptest::sample::select(FIELDS),
+                value in any_json(),
+            ) {
+                let mut envelope = serde_json::to_value(request()).map_err(fail)?;
+                envelope[field] = value.clone();
+                let bytes = serde_json::to_vec(&envelope).map_err(fail)?;
+                decode_both(&bytes)?;
+                if field == "v" && value != VERSION {
+                    prop_assert!(decode::<RequestEnvelope>(&bytes).is_err());
+                }
+            }
+
+            #[test]
+            fn every_other_version_is_unknown(v in any::<u64>().prop_filter("not ours", |v| *v != u64::from(VERSION))) {
+                let mut envelope = serde_json::to_value(request()).map_err(fail)?;
+                envelope["v"] = v.into();
+                let bytes = serde_json::to_vec(&envelope).map_err(fail)?;
+                prop_assert!(matches!(
+                    decode::<RequestEnvelope>(&bytes),
+                    Err(EnvelopeError::UnknownVersion(got)) if got == v
+                ));
+            }
+
+            #[test]
+            fn any_text_round_trips(texts in proptest::collection::vec(any::<String>(), 1..4), system in proptest::option::of(any::<String>())) {
+                let mut req = request();
+                req.system = system;
+                req.history = texts
+                    .into_iter()
+                    .map(|text| Turn { role: Role::User, text })
+                    .collect();
+                let bytes = serde_json::to_vec(&req).map_err(fail)?;
+                let back: RequestEnvelope = decode(&bytes).map_err(fail)?;
+                prop_assert_eq!(back, req);
+            }
+        }
     }
 }

@@ -42,4 +42,40 @@ mod tests {
         assert!(is_storable("plain"));
         assert!(!is_storable("x\0"));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Strings where NUL is common, among any other character.
+        fn nul_heavy() -> impl Strategy<Value = String> {
+            proptest::collection::vec(prop_oneof![Just(NUL), any::<char>()], 0..64)
+                .prop_map(String::from_iter)
+        }
+
+        proptest! {
+            #[test]
+            fn stripped_text_never_holds_nul(text in nul_heavy()) {
+                let stripped = strip_nul(&text);
+                prop_assert!(!stripped.contains(NUL));
+                prop_assert!(is_storable(&stripped));
+                prop_assert_eq!(stripped.as_ref(), strip_nul_owned(text.clone()));
+            }
+
+            #[test]
+            fn exactly_the_nuls_are_removed(text in nul_heavy()) {
+                let kept: String = text.chars().filter(|&c| c != NUL).collect();
+                let stripped = strip_nul(&text);
+                prop_assert_eq!(stripped.as_ref(), kept.as_str());
+                let removed = text.chars().count() - strip_nul(&text).chars().count();
+                prop_assert_eq!(removed, text.matches(NUL).count());
+            }
+
+            #[test]
+            fn nul_free_text_is_left_alone(text in any::<String>().prop_filter("no NUL", |t| !t.contains(NUL))) {
+                prop_assert!(matches!(strip_nul(&text), Cow::Borrowed(t) if t == text));
+                prop_assert_eq!(strip_nul_owned(text.clone()), text);
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod api_errors;
 mod broker_outage;
 mod dead_letter_consumer;
+mod hostile_provider;
 mod keypool;
 mod pipeline;
 mod reaper;

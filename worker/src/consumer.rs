@@ -13,8 +13,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
-    self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_REASON, RequestEnvelope,
-    ResponseEnvelope,
+    self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_NO_KEY_SINCE, HEADER_REASON,
+    RequestEnvelope, ResponseEnvelope,
 };
 use sluice_shared::topology::{ROUTE_DEAD, ROUTE_REQUEST, ROUTE_RESPONSE};
 use sluice_shared::{Secret, Topology};
@@ -27,6 +27,8 @@ pub struct Consumer {
     pub amqp_url: Secret<String>,
     pub topology: Topology,
     pub prefetch: u16,
+    /// `keys.no_key_max_wait_ms`: how long a message waits while every key is disabled.
+    pub no_key_max_wait_ms: u64,
     pub context: Arc<Context>,
     pub health: Arc<Health>,
 }
@@ -36,6 +38,7 @@ struct Link {
     publisher: Channel,
     exchange: String,
     retry_delays_ms: Vec<u64>,
+    no_key_max_wait_ms: u64,
 }
 
 impl Consumer {
@@ -54,6 +57,7 @@ impl Consumer {
             publisher: broker::confirm_channel(&connection).await?,
             exchange: self.topology.exchange(),
             retry_delays_ms: self.topology.retry_delays_ms().to_vec(),
+            no_key_max_wait_ms: self.no_key_max_wait_ms,
         });
         self.topology.declare(&link.publisher).await?;
         let channel = connection.create_channel().await?;
@@ -112,6 +116,7 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
     let before = Attempts {
         counted: broker::header_u32(&delivery.properties, HEADER_ATTEMPT).unwrap_or_default(),
         errors: broker::header_string(&delivery.properties, HEADER_ERRORS).unwrap_or_default(),
+        no_key_since_ms: header_u64(&delivery, HEADER_NO_KEY_SINCE),
     };
     let request = match envelope::decode::<RequestEnvelope>(&delivery.data) {
         Ok(request) => request,
@@ -131,7 +136,12 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
         }
     };
     let outcome = handler::handle(&request, context).await;
-    let route = routing::route(&request, outcome, &before, &link.retry_delays_ms);
+    let rules = routing::Rules {
+        retry_delays_ms: &link.retry_delays_ms,
+        no_key_max_wait_ms: link.no_key_max_wait_ms,
+    };
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+    let route = routing::route(&request, outcome, &before, &rules, now_ms);
     let id = request.request_id.to_string();
     let settled = match route {
         Route::Respond(response) => publish_response(link, &response).await,
@@ -152,6 +162,9 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
             response,
         } => {
             tracing::warn!(request = %id, reason, attempts, "dead-lettering");
+            if reason == "no_usable_key" {
+                metrics::counter!("sluice_no_usable_key_total").increment(1);
+            }
             let last_error = response
                 .error
                 .as_ref()
@@ -160,6 +173,7 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
             let before = Attempts {
                 counted: attempts,
                 errors,
+                no_key_since_ms: before.no_key_since_ms,
             };
             let headers = dead_letter_headers(reason, &before, &last_error);
             match publish(link, ROUTE_DEAD, &delivery.data, &id, headers).await {
@@ -167,9 +181,17 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
                 Err(e) => Err(e),
             }
         }
-        Route::Requeue => {
-            tracing::info!(request = %id, "no key had budget in time; requeueing");
-            let headers = attempt_headers(before.counted, &before.errors);
+        Route::Requeue { no_key_since_ms } => {
+            let mut headers = attempt_headers(before.counted, &before.errors);
+            if let Some(since) = no_key_since_ms {
+                tracing::warn!(request = %id, no_key_since_ms = since, "every key is disabled; requeueing");
+                headers.insert(
+                    HEADER_NO_KEY_SINCE.into(),
+                    AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
+                );
+            } else {
+                tracing::info!(request = %id, "no key had budget in time; requeueing");
+            }
             publish(link, ROUTE_REQUEST, &delivery.data, &id, headers).await
         }
     };
@@ -220,8 +242,24 @@ fn attempt_headers(attempts: u32, errors: &str) -> FieldTable {
     headers
 }
 
+/// Reads a non-negative integer header of any integer width (ms timestamps need 64 bits).
+fn header_u64(delivery: &Delivery, name: &str) -> Option<u64> {
+    let value = delivery.properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => broker::header_u32(&delivery.properties, name).map(u64::from),
+    }
+}
+
 fn dead_letter_headers(reason: &str, before: &Attempts, last_error: &str) -> FieldTable {
     let mut headers = attempt_headers(before.counted, &before.errors);
+    if let Some(since) = before.no_key_since_ms {
+        headers.insert(
+            HEADER_NO_KEY_SINCE.into(),
+            AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
+        );
+    }
     headers.insert(HEADER_REASON.into(), broker::string_value(reason));
     headers.insert(HEADER_LAST_ERROR.into(), broker::string_value(last_error));
     headers

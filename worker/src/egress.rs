@@ -1,6 +1,7 @@
 //! Egress health, kept apart from key health: a proxy that refuses connections cools down (its
-//! calls fail fast as retryable, and no key is blamed), and 429s on every key behind one route
-//! within a short window are reported as the egress address being throttled.
+//! keys are skipped before reserving, so messages wait instead of failing, and no key is
+//! blamed), and 429s on every key behind one route within a short window are reported as the
+//! egress address being throttled.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -30,15 +31,35 @@ impl EgressHealth {
 
     /// Whether `route` is cooling down after refusing connections.
     pub fn cooling(&self, route: &str) -> bool {
+        self.cooling_for(route).is_some()
+    }
+
+    /// How long `route` still cools down, if it does.
+    pub fn cooling_for(&self, route: &str) -> Option<Duration> {
+        let now = Instant::now();
         self.with(route, |s| {
-            s.cooling_until.is_some_and(|t| t > Instant::now())
+            s.cooling_until
+                .and_then(|until| until.checked_duration_since(now))
+                .filter(|left| !left.is_zero())
         })
     }
 
+    /// Every route cooling down now.
+    pub fn cooling_routes(&self) -> Vec<String> {
+        let now = Instant::now();
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cooling: Vec<String> = routes
+            .iter()
+            .filter(|(_, s)| s.cooling_until.is_some_and(|t| t > now))
+            .map(|(route, _)| route.clone())
+            .collect();
+        cooling.sort();
+        cooling
+    }
+
     pub fn refused(&self, route: &str) {
-        self.with(route, |s| {
-            s.cooling_until = Some(Instant::now() + PROXY_COOLDOWN)
-        });
+        let until = crate::budget::instant_after(Instant::now(), PROXY_COOLDOWN);
+        self.with(route, |s| s.cooling_until = Some(until));
     }
 
     /// Records a 429 for `alias` behind `route`; true when every one of the route's
@@ -65,6 +86,10 @@ mod tests {
         health.refused("http://p:1");
         assert!(health.cooling("http://p:1"));
         assert!(!health.cooling(""));
+        let left = health.cooling_for("http://p:1");
+        assert!(left.is_some_and(|l| l <= PROXY_COOLDOWN), "{left:?}");
+        assert_eq!(health.cooling_for("http://other:2"), None);
+        assert_eq!(health.cooling_routes(), ["http://p:1"]);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The job handler: turns one request into an [`Outcome`]. It reserves budget for a key,
 //! calls the provider, and feeds what happened back into the pool — a 429 cools the key's
 //! project down and hands the call to another key at once, an invalid key is disabled — all
-//! without counting an attempt. It knows nothing of the broker.
+//! without counting an attempt. Keys behind a cooling egress route are skipped before
+//! reserving, so a message waits for them as it waits for budget. It knows nothing of the
+//! broker.
 
-use crate::budget::{Budgets, Cooldown, NoBudget};
+use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use std::time::{Duration, Instant};
@@ -30,8 +32,12 @@ pub enum Outcome {
     Retryable { error: ErrorInfo, key_alias: String },
     /// A counted call that will never succeed; answer `failed` at once.
     Permanent { error: ErrorInfo, key_alias: String },
-    /// No key had budget within the wait: no counted call was made.
+    /// No key had budget within the wait (some were busy, cooling, parked, or behind a cooling
+    /// egress route): no counted call was made.
     NoBudget,
+    /// At the end of the wait every key was disabled: no counted call was made, and none will
+    /// be until an operator or the probe re-enables a key.
+    NoUsableKey,
 }
 
 /// Tokens a request is expected to use, reserved against tpm until the real usage is known.
@@ -46,23 +52,42 @@ pub fn estimate_tokens(request: &RequestEnvelope) -> u32 {
     prompt.saturating_add(request.params.max_output_tokens.unwrap_or(0))
 }
 
+/// Reserves a slot on a key whose egress route is usable. Keys behind a cooling route are left
+/// out of the reservation; when they are all that is left, the wait is for the route.
+async fn reserve(ctx: &Context, model: &str, estimate: u32) -> Result<Reservation, NoBudget> {
+    let keys = ctx.budgets.keys();
+    let (cooling, route_opens_in) = ctx.provider.cooling_keys(keys);
+    let egress_wait = NoBudget::RetryIn(route_opens_in.unwrap_or(BUDGET_POLL));
+    if !cooling.is_empty() && cooling.len() == keys.len() {
+        return Err(egress_wait);
+    }
+    match ctx.budgets.reserve(model, estimate, &cooling).await {
+        // The other keys are disabled, but these are only waiting for their route.
+        Err(NoBudget::NoKeys) if !cooling.is_empty() => Err(egress_wait),
+        other => other,
+    }
+}
+
 pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
     let model = request.model.as_str();
     let estimate = estimate_tokens(request);
-    let deadline = Instant::now() + ctx.budget_wait;
+    let deadline = instant_after(Instant::now(), ctx.budget_wait);
     loop {
-        let reservation = match ctx.budgets.reserve(model, estimate).await {
+        let reservation = match reserve(ctx, model, estimate).await {
             Ok(reservation) => reservation,
             Err(no_budget) => {
                 let now = Instant::now();
                 if now >= deadline {
-                    return Outcome::NoBudget;
+                    return match no_budget {
+                        NoBudget::NoKeys => Outcome::NoUsableKey,
+                        NoBudget::RetryIn(_) => Outcome::NoBudget,
+                    };
                 }
                 let wait = match no_budget {
                     NoBudget::RetryIn(wait) => wait.min(BUDGET_POLL),
                     NoBudget::NoKeys => BUDGET_POLL,
                 };
-                tokio::time::sleep(wait.min(deadline - now)).await;
+                tokio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
                 continue;
             }
         };
@@ -109,6 +134,10 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                         .await;
                 }
             }
+            Err(ProviderError::EgressCooling) => {
+                // Nothing was sent: give the slot back and wait for the route like for budget.
+                ctx.budgets.release(model, &reservation).await;
+            }
             Err(ProviderError::Transient { kind, message }) => {
                 ctx.budgets.complete(model, &reservation, estimate).await;
                 return Outcome::Retryable {
@@ -130,5 +159,112 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_shared::envelope::{Params, Role, Turn, VERSION};
+    use sluice_shared::keypool::{KeySpec, Limits};
+    use sluice_shared::{Secret, Settings};
+    use std::sync::Arc;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn keys(n: usize, rpm: u32) -> Arc<Vec<KeySpec>> {
+        Arc::new(
+            (0..n)
+                .map(|i| KeySpec {
+                    alias: format!("k{i}"),
+                    secret: Secret::from("s"),
+                    project: format!("p{i}"),
+                    default_limits: Limits {
+                        rpm,
+                        tpm: 1_000_000,
+                        rpd: 1000,
+                    },
+                    model_limits: Default::default(),
+                    window_ms: 60_000,
+                    proxy: None,
+                    weight: 1,
+                })
+                .collect(),
+        )
+    }
+
+    fn request() -> RequestEnvelope {
+        RequestEnvelope {
+            v: VERSION,
+            request_id: uuid::Uuid::now_v7(),
+            generation: 0,
+            chat_id: uuid::Uuid::now_v7(),
+            user_id: uuid::Uuid::now_v7(),
+            model: "m".into(),
+            system: None,
+            history: vec![Turn {
+                role: Role::User,
+                text: "hi".into(),
+            }],
+            params: Params::default(),
+            enqueued_at: chrono::Utc::now(),
+            trace_id: "t".into(),
+        }
+    }
+
+    /// Local budgets, and every call through `proxy`.
+    async fn context(
+        keys: Arc<Vec<KeySpec>>,
+        proxy: &str,
+    ) -> Result<Context, Box<dyn std::error::Error>> {
+        let mut settings = Settings::defaults()?.provider;
+        settings.proxy = Secret::new(proxy.to_owned());
+        settings.connect_timeout_ms = 2_000;
+        Ok(Context {
+            provider: Gemini::new(&settings, &keys)?,
+            budgets: Budgets::new(keys, None, 1),
+            budget_wait: Duration::from_millis(100),
+            disable_after: 3,
+        })
+    }
+
+    /// A local address nobody listens on: connections to it are refused.
+    async fn refusing_address() -> Result<String, std::io::Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        drop(listener);
+        Ok(format!("http://{addr}"))
+    }
+
+    #[tokio::test]
+    async fn a_refused_proxy_costs_one_attempt_then_messages_wait_without_spending() -> TestResult {
+        // Two calls per window on the only key.
+        let ctx = context(keys(1, 2), &refusing_address().await?).await?;
+        match handle(&request(), &ctx).await {
+            Outcome::Retryable { error, .. } => assert_eq!(error.kind, "proxy_unreachable"),
+            other => panic!("the call that met the refusal counts: {other:?}"),
+        }
+        assert_eq!(
+            handle(&request(), &ctx).await,
+            Outcome::NoBudget,
+            "during the route's cooldown a message waits, it does not fail"
+        );
+        // The wait reserved nothing: the second slot of the window is still there.
+        assert!(ctx.budgets.reserve("m", 1, &[]).await.is_ok());
+        assert!(ctx.budgets.reserve("m", 1, &[]).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_key_disabled_is_no_usable_key_but_cooling_is_not() -> TestResult {
+        let ctx = context(keys(2, 100), "").await?;
+        ctx.budgets
+            .cool_down(0, "m", Cooldown::RateLimited(Duration::from_secs(60)))
+            .await;
+        ctx.budgets.disable(1, "test").await;
+        assert_eq!(handle(&request(), &ctx).await, Outcome::NoBudget);
+        ctx.budgets.disable(0, "test").await;
+        assert_eq!(handle(&request(), &ctx).await, Outcome::NoUsableKey);
+        Ok(())
     }
 }

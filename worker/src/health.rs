@@ -1,5 +1,6 @@
 //! Each worker's `GET /health`: whether it holds a broker connection, where its budgets live
-//! (`redis`, `local`, or `degraded` while Redis is unreachable) and how busy it is.
+//! (`redis`, `local`, or `degraded` while Redis is unreachable), which egress routes are
+//! cooling down after refusing connections, and how busy it is.
 
 use crate::handler::Context;
 use axum::extract::State;
@@ -33,6 +34,7 @@ async fn report(
         "status": if ok { "ok" } else { "degraded" },
         "broker": if connected { "connected" } else { "reconnecting" },
         "budgets": budgets,
+        "egress_cooling": context.provider.cooling_routes(),
         "in_flight": health.in_flight.load(Ordering::Relaxed),
         "handled": health.handled.load(Ordering::Relaxed),
     });

@@ -94,6 +94,7 @@ pub async fn run(
         amqp_url: settings.amqp.url.clone(),
         topology: Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms),
         prefetch: settings.worker.prefetch,
+        no_key_max_wait_ms: settings.keys.no_key_max_wait_ms,
         context,
         health,
     };

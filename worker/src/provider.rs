@@ -1,16 +1,23 @@
 //! The Gemini REST client: `POST {base}/v1beta/models/{model}:generateContent` with the key
 //! in `x-goog-api-key`, through the configured proxy when there is one. Every way a call can
-//! end is mapped to a [`ProviderError`] that says what should happen next.
+//! end is mapped to a [`ProviderError`] that says what should happen next. Whatever the provider
+//! says is bounded here: bodies by `provider.max_reply_bytes`, delays by [`MAX_PROVIDER_DELAY`],
+//! and model text goes through [`model_text`] (the text rules) before anything else sees it.
 
 use crate::egress::EgressHealth;
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
 use sluice_shared::keypool::{KeySpec, route_label};
 use sluice_shared::settings::ProviderSettings;
+use sluice_shared::text;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// A successful answer.
+/// The longest wait a provider's `retryDelay` may impose; anything longer (or absurd, such as
+/// `1e20s`) is clamped to it. A per-day quota parks until midnight Pacific instead.
+pub const MAX_PROVIDER_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A successful answer; its texts have been through [`model_text`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub text: String,
@@ -35,9 +42,24 @@ pub enum ProviderError {
     /// Worth trying again later: 5xx, timeouts, cut connections, unreadable answers. Counted.
     #[error("{kind}: {message}")]
     Transient { kind: &'static str, message: String },
-    /// Will never work: a bad request, a blocked prompt, a safety stop, a too-long context.
+    /// Will never work: a bad request, a blocked prompt, a safety stop, a too-long context, a
+    /// reply over `provider.max_reply_bytes`.
     #[error("{kind}: {message}")]
     Permanent { kind: &'static str, message: String },
+    /// The key's egress route is cooling down after refusing connections: nothing was sent.
+    /// Not a failure of the message; wait for the route, uncounted.
+    #[error("the egress route is cooling down")]
+    EgressCooling,
+}
+
+/// Text the model produced, made storable: the ONE place the worker applies the text rules
+/// (`sluice_shared::text`), so history, stored replies and streamed text agree.
+pub fn model_text(raw: String) -> String {
+    if text::is_storable(&raw) {
+        return raw;
+    }
+    metrics::counter!("sluice_provider_nul_stripped_total").increment(1);
+    text::strip_nul_owned(raw)
 }
 
 pub struct Gemini {
@@ -46,6 +68,7 @@ pub struct Gemini {
     clients: HashMap<String, reqwest::Client>,
     global_proxy: String,
     base_url: String,
+    max_reply_bytes: u64,
     egress: EgressHealth,
 }
 
@@ -67,6 +90,7 @@ impl Gemini {
             clients,
             global_proxy,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            max_reply_bytes: settings.max_reply_bytes,
             egress: EgressHealth::default(),
         })
     }
@@ -99,12 +123,44 @@ impl Gemini {
             .then(|| route_label(egress))
     }
 
+    /// The keys whose egress route is cooling down (they must not be reserved, see
+    /// [`crate::budget::Budgets::reserve`]) and how soon the first of those routes opens again.
+    pub fn cooling_keys(&self, keys: &[KeySpec]) -> (Vec<usize>, Option<Duration>) {
+        let mut soonest: Option<Duration> = None;
+        let cooling = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| {
+                let left = self.cooling_for(key)?;
+                soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                Some(i)
+            })
+            .collect();
+        (cooling, soonest)
+    }
+
+    /// The labels of the egress routes cooling down now (for `/health`).
+    pub fn cooling_routes(&self) -> Vec<String> {
+        self.egress
+            .cooling_routes()
+            .iter()
+            .map(|r| route_label(r))
+            .collect()
+    }
+
+    fn cooling_for(&self, key: &KeySpec) -> Option<Duration> {
+        if self.proxied(key) {
+            self.egress.cooling_for(self.egress_of(key))
+        } else {
+            None
+        }
+    }
+
     fn http(&self, key: &KeySpec) -> Result<&reqwest::Client, ProviderError> {
-        if self.proxied(key) && self.egress.cooling(self.egress_of(key)) {
-            return Err(ProviderError::Transient {
-                kind: "proxy_unreachable",
-                message: "the egress proxy refused connections and is cooling down".into(),
-            });
+        // Callers skip cooling routes before reserving; this catches a route that started
+        // cooling in between, without calling anyone or counting anything.
+        if self.cooling_for(key).is_some() {
+            return Err(ProviderError::EgressCooling);
         }
         self.clients
             .get(self.route(key))
@@ -134,15 +190,29 @@ impl Gemini {
             .await
             .map_err(|e| self.transport_error(key, &e))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
+        let body = read_body(response, self.max_reply_bytes)
             .await
             .map_err(|e| self.transport_error(key, &e))?;
         let upstream_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if status == 200 {
-            parse_success(&body, upstream_ms)
-        } else {
-            Err(classify_error(status, &body))
+        match (status, body) {
+            (200, Body::Whole(body)) => parse_success(&body, upstream_ms),
+            (200, Body::TooLarge) => {
+                metrics::counter!("sluice_provider_replies_too_large_total").increment(1);
+                tracing::warn!(
+                    max_bytes = self.max_reply_bytes,
+                    "reply body over provider.max_reply_bytes; failing it"
+                );
+                Err(ProviderError::Permanent {
+                    kind: "reply_too_large",
+                    message: format!(
+                        "the model's reply was larger than {} bytes",
+                        self.max_reply_bytes
+                    ),
+                })
+            }
+            (_, Body::Whole(body)) => Err(classify_error(status, &body)),
+            // An error body that large carries nothing we need: the status decides.
+            (_, Body::TooLarge) => Err(classify_error(status, b"")),
         }
     }
 
@@ -160,7 +230,10 @@ impl Gemini {
         if status == 200 {
             return Ok(());
         }
-        let body = response.bytes().await.unwrap_or_default();
+        let body = match read_body(response, self.max_reply_bytes).await {
+            Ok(Body::Whole(body)) => body,
+            Ok(Body::TooLarge) | Err(_) => Vec::new(),
+        };
         Err(classify_error(status, &body))
     }
 
@@ -185,6 +258,32 @@ impl Gemini {
             message: message.into(),
         }
     }
+}
+
+/// A response body read within a size cap.
+#[derive(Debug, PartialEq)]
+enum Body {
+    Whole(Vec<u8>),
+    /// Over the cap: by its `Content-Length`, or as soon as the chunks read passed it.
+    TooLarge,
+}
+
+/// Reads the body chunk by chunk, stopping as soon as it exceeds `max` bytes (or at once when
+/// `Content-Length` says it will), so a hostile answer never sits whole in memory.
+async fn read_body(mut response: reqwest::Response, max: u64) -> Result<Body, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > max) {
+        return Ok(Body::TooLarge);
+    }
+    let capacity = response.content_length().unwrap_or(0).min(max);
+    let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await? {
+        let total = u64::try_from(body.len().saturating_add(chunk.len())).unwrap_or(u64::MAX);
+        if total > max {
+            return Ok(Body::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Body::Whole(body))
 }
 
 fn client(settings: &ProviderSettings, proxy: &str) -> Result<reqwest::Client, reqwest::Error> {
@@ -343,7 +442,7 @@ fn parse_success(body: &[u8], upstream_ms: u64) -> Result<Generation, ProviderEr
         })
         .unwrap_or_default();
     let candidate = parsed.candidates.into_iter().next().ok_or_else(garbage)?;
-    let finish_reason = candidate.finish_reason;
+    let finish_reason = candidate.finish_reason.map(model_text);
     if let Some(reason) = finish_reason.as_deref()
         && SAFETY_STOPS.contains(&reason)
     {
@@ -369,7 +468,7 @@ fn parse_success(body: &[u8], upstream_ms: u64) -> Result<Generation, ProviderEr
         return Err(garbage());
     }
     Ok(Generation {
-        text,
+        text: model_text(text),
         finish_reason,
         usage,
         upstream_ms,
@@ -466,10 +565,18 @@ fn is_context_too_long(message: &str) -> bool {
     m.contains("token") && (m.contains("exceed") || m.contains("too long") || m.contains("maximum"))
 }
 
-/// Parses a protobuf JSON duration such as `"36s"` or `"0.250s"`.
+/// Parses a protobuf JSON duration such as `"36s"` or `"0.250s"`, clamped to
+/// [`MAX_PROVIDER_DELAY`] (`"1e20s"` is a day, not a panic); `None` when it is not a duration.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let seconds: f64 = raw.trim().strip_suffix('s')?.parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    if seconds >= MAX_PROVIDER_DELAY.as_secs_f64() {
+        metrics::counter!("sluice_provider_delays_clamped_total").increment(1);
+        return Some(MAX_PROVIDER_DELAY);
+    }
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 #[cfg(test)]
@@ -576,5 +683,364 @@ mod tests {
         assert_eq!(parse_duration("36s"), Some(Duration::from_secs(36)));
         assert_eq!(parse_duration("0.250s"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn absurd_delays_are_clamped_to_a_day_not_a_panic() {
+        for huge in ["1e20s", "1e19s", "86400s", "1e400s", "infs", "inf s"] {
+            let parsed = parse_duration(huge);
+            assert!(
+                parsed.is_none() || parsed == Some(MAX_PROVIDER_DELAY),
+                "{huge}: {parsed:?}"
+            );
+        }
+        assert_eq!(parse_duration("1e20s"), Some(MAX_PROVIDER_DELAY));
+        assert_eq!(parse_duration("1e400s"), Some(MAX_PROVIDER_DELAY), "inf");
+        assert_eq!(
+            parse_duration("86399.5s"),
+            Some(Duration::from_millis(86_399_500))
+        );
+        for nonsense in ["NaNs", "-1s", "-1e20s", "s", "", "1e20"] {
+            assert_eq!(parse_duration(nonsense), None, "{nonsense}");
+        }
+        let body = br#"{"error":{"code":429,"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1e20s"}]}}"#;
+        assert_eq!(
+            classify_error(429, body),
+            ProviderError::RateLimited {
+                retry_after: Some(MAX_PROVIDER_DELAY),
+                per_day: false
+            }
+        );
+    }
+
+    #[test]
+    fn model_text_loses_nul_and_nothing_else() {
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"a\u0000b"},{"text":"\u0000c"}]},"finishReason":"ST\u0000OP"}]}"#;
+        let generation = parse_success(body, 1);
+        assert_eq!(
+            generation
+                .as_ref()
+                .map(|g| (g.text.as_str(), g.finish_reason.as_deref())),
+            Ok(("abc", Some("STOP")))
+        );
+        // A safety stop hidden behind a NUL is still a safety stop.
+        let stopped = br#"{"candidates":[{"finishReason":"SAF\u0000ETY"}]}"#;
+        assert!(matches!(
+            parse_success(stopped, 1),
+            Err(ProviderError::Permanent {
+                kind: "safety_stop",
+                ..
+            })
+        ));
+        assert_eq!(model_text("plain".into()), "plain");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 0..512)
+        }
+
+        /// Text where NUL and JSON-ish characters are common.
+        fn text() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![Just('\0'), Just('"'), Just('\\'), any::<char>()],
+                0..24,
+            )
+            .prop_map(String::from_iter)
+        }
+
+        /// What a duration field might hold: numbers of every shape, with or without `s`.
+        fn delay() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<f64>().prop_map(|x| format!("{x}s")),
+                any::<f64>().prop_map(|x| format!("{x:e}s")),
+                any::<u64>().prop_map(|x| format!("{x}s")),
+                any::<i64>().prop_map(|x| format!("{x}.{x}s")),
+                any::<String>(),
+                text(),
+            ]
+        }
+
+        /// A 200 is never a rate limit or a key problem: it is retried or answered.
+        fn what_a_reply_can_fail_with(error: &ProviderError) -> bool {
+            matches!(
+                error,
+                ProviderError::Transient { .. } | ProviderError::Permanent { .. }
+            )
+        }
+
+        fn within_bounds(error: &ProviderError) -> bool {
+            match error {
+                ProviderError::RateLimited { retry_after, .. } => {
+                    retry_after.is_none_or(|d| d <= MAX_PROVIDER_DELAY)
+                }
+                ProviderError::EgressCooling => false,
+                _ => true,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_success_body_parses_or_is_a_provider_error(body in bytes()) {
+                match parse_success(&body, 0) {
+                    Ok(generation) => prop_assert!(!generation.text.contains('\0')),
+                    Err(error) => prop_assert!(what_a_reply_can_fail_with(&error), "{error:?}"),
+                }
+            }
+
+            #[test]
+            fn reply_shaped_bodies_never_carry_nul_inward(
+                parts in proptest::collection::vec((text(), any::<bool>()), 0..4),
+                finish in proptest::option::of(text()),
+                block in proptest::option::of(text()),
+                usage in (any::<i64>(), any::<u64>(), any::<f64>()),
+            ) {
+                let parts: Vec<_> = parts
+                    .into_iter()
+                    .map(|(text, thought)| json!({"text": text, "thought": thought}))
+                    .collect();
+                let body = json!({
+                    "candidates": [{"content": {"parts": parts}, "finishReason": finish}],
+                    "promptFeedback": {"blockReason": block},
+                    "usageMetadata": {
+                        "promptTokenCount": usage.0,
+                        "candidatesTokenCount": usage.1,
+                        "thoughtsTokenCount": usage.2,
+                    },
+                });
+                let bytes = serde_json::to_vec(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match parse_success(&bytes, 0) {
+                    Ok(generation) => {
+                        prop_assert!(!generation.text.contains('\0'));
+                        prop_assert!(!generation.finish_reason.unwrap_or_default().contains('\0'));
+                    }
+                    Err(error) => prop_assert!(what_a_reply_can_fail_with(&error), "{error:?}"),
+                }
+            }
+
+            #[test]
+            fn any_error_body_is_classified(status in any::<u16>(), body in bytes()) {
+                let error = classify_error(status, &body);
+                prop_assert!(within_bounds(&error), "{error:?}");
+            }
+
+            #[test]
+            fn any_retry_delay_is_bounded(delay in delay(), per_day in any::<bool>()) {
+                let quota = if per_day { "GenerateRequestsPerDayPerProjectPerModel" } else { "PerMinute" };
+                let body = json!({"error": {"code": 429, "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": quota}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+                ]}});
+                let bytes = serde_json::to_vec(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match classify_error(429, &bytes) {
+                    ProviderError::RateLimited { retry_after, per_day: got } => {
+                        prop_assert_eq!(got, per_day);
+                        prop_assert!(retry_after.is_none_or(|d| d <= MAX_PROVIDER_DELAY));
+                    }
+                    other => prop_assert!(false, "a 429 is a rate limit: {other:?}"),
+                }
+            }
+
+            #[test]
+            fn any_duration_string_parses_within_a_day(raw in delay()) {
+                if let Some(d) = parse_duration(&raw) {
+                    prop_assert!(d <= MAX_PROVIDER_DELAY, "{raw}: {d:?}");
+                }
+            }
+        }
+    }
+
+    /// Hostile HTTP servers on a local port, for what only a real connection can show.
+    mod wire {
+        use super::super::*;
+        use sluice_shared::Settings;
+        use sluice_shared::envelope::{Params, Turn};
+        use sluice_shared::keypool::Limits;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        const MAX: u64 = 4096;
+
+        /// What the server sends after reading a request.
+        #[derive(Clone, Copy)]
+        enum Answer {
+            /// `Content-Length` claims far more than the cap; a short body follows.
+            LyingLength,
+            /// Chunked, without a length, and never ending.
+            EndlessChunks(u16),
+            /// A chunked 200 that fits under the cap.
+            SmallChunked,
+        }
+
+        async fn read_request(socket: &mut TcpStream) -> std::io::Result<()> {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+
+        async fn answer(mut socket: TcpStream, answer: Answer) -> std::io::Result<()> {
+            read_request(&mut socket).await?;
+            let json = "application/json";
+            match answer {
+                Answer::LyingLength => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {json}\r\ncontent-length: 100000000\r\n\r\n"
+                    );
+                    socket.write_all(head.as_bytes()).await?;
+                    socket.write_all(b"{\"candidates\":").await?;
+                }
+                Answer::EndlessChunks(status) => {
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: {json}\r\ntransfer-encoding: chunked\r\n\r\n"
+                    );
+                    socket.write_all(head.as_bytes()).await?;
+                    let chunk = format!("400\r\n{}\r\n", "x".repeat(0x400));
+                    // Until the client hangs up: it must, once past the cap.
+                    loop {
+                        socket.write_all(chunk.as_bytes()).await?;
+                    }
+                }
+                Answer::SmallChunked => {
+                    let body = r#"{"candidates":[{"content":{"parts":[{"text":"fits"}]},"finishReason":"STOP"}]}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {json}\r\ntransfer-encoding: chunked\r\n\r\n"
+                    );
+                    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+                    socket.write_all(head.as_bytes()).await?;
+                    socket.write_all(chunked.as_bytes()).await?;
+                }
+            }
+            socket.shutdown().await
+        }
+
+        async fn server(kind: Answer) -> std::io::Result<String> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    tokio::spawn(answer(socket, kind));
+                }
+            });
+            Ok(format!("http://{addr}"))
+        }
+
+        fn gemini(base_url: String) -> Result<(Gemini, KeySpec), Box<dyn std::error::Error>> {
+            let mut settings = Settings::defaults()?.provider;
+            settings.base_url = base_url;
+            settings.max_reply_bytes = MAX;
+            settings.timeout_ms = 10_000;
+            let key = KeySpec {
+                alias: "k".into(),
+                secret: sluice_shared::Secret::from("s"),
+                project: "p".into(),
+                default_limits: Limits {
+                    rpm: 10,
+                    tpm: 1_000,
+                    rpd: 10,
+                },
+                model_limits: Default::default(),
+                window_ms: 60_000,
+                proxy: None,
+                weight: 1,
+            };
+            Ok((Gemini::new(&settings, std::slice::from_ref(&key))?, key))
+        }
+
+        fn request() -> RequestEnvelope {
+            RequestEnvelope {
+                v: sluice_shared::envelope::VERSION,
+                request_id: uuid::Uuid::now_v7(),
+                generation: 0,
+                chat_id: uuid::Uuid::now_v7(),
+                user_id: uuid::Uuid::now_v7(),
+                model: "m".into(),
+                system: None,
+                history: vec![Turn {
+                    role: Role::User,
+                    text: "hi".into(),
+                }],
+                params: Params::default(),
+                enqueued_at: chrono::Utc::now(),
+                trace_id: "t".into(),
+            }
+        }
+
+        async fn call(
+            answer: Answer,
+        ) -> Result<Result<Generation, ProviderError>, Box<dyn std::error::Error>> {
+            let (gemini, key) = gemini(server(answer).await?)?;
+            Ok(gemini.generate(&key, &request()).await)
+        }
+
+        fn too_large(result: &Result<Generation, ProviderError>) -> bool {
+            matches!(
+                result,
+                Err(ProviderError::Permanent {
+                    kind: "reply_too_large",
+                    ..
+                })
+            )
+        }
+
+        #[tokio::test]
+        async fn a_length_over_the_cap_fails_before_reading()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let result = call(Answer::LyingLength).await?;
+            assert!(too_large(&result), "{result:?}");
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn an_endless_chunked_reply_is_cut_at_the_cap()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let result = call(Answer::EndlessChunks(200)).await?;
+            assert!(too_large(&result), "{result:?}");
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn an_endless_error_body_is_judged_by_its_status()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let result = call(Answer::EndlessChunks(503)).await?;
+            assert!(
+                matches!(
+                    result,
+                    Err(ProviderError::Transient {
+                        kind: "upstream_unavailable",
+                        ..
+                    })
+                ),
+                "{result:?}"
+            );
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_chunked_reply_under_the_cap_is_read() -> Result<(), Box<dyn std::error::Error>> {
+            let result = call(Answer::SmallChunked).await?;
+            assert_eq!(result.map(|g| g.text), Ok("fits".to_owned()));
+            Ok(())
+        }
     }
 }

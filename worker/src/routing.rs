@@ -1,6 +1,6 @@
 //! The one place that decides what an [`Outcome`] means for its message: answer it, send it
-//! to the next retry level, dead-letter it, or put it back to wait for budget. Pure, so every
-//! rule of DESIGN.md's failure table is tested here without a broker.
+//! to the next retry level, dead-letter it, or put it back to wait for budget. Pure (the clock
+//! is an argument), so every rule of DESIGN.md's failure table is tested here without a broker.
 
 use crate::handler::Outcome;
 use sluice_shared::envelope::{
@@ -28,8 +28,9 @@ pub enum Route {
         errors: String,
         response: ResponseEnvelope,
     },
-    /// No key had budget within the wait: republish unchanged (not counted), then ack.
-    Requeue,
+    /// No call could be made within the wait: republish unchanged (not counted), with
+    /// `sluice-no-key-since` set to `no_key_since_ms` (or without it when `None`), then ack.
+    Requeue { no_key_since_ms: Option<u64> },
 }
 
 /// What the delivery carried in our headers.
@@ -37,14 +38,28 @@ pub enum Route {
 pub struct Attempts {
     pub counted: u32,
     pub errors: String,
+    /// `sluice-no-key-since`: since when (ms since the epoch) every key has been disabled.
+    pub no_key_since_ms: Option<u64>,
 }
 
+/// The settings routing depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub retry_delays_ms: &'a [u64],
+    /// How long a message may wait while every key is disabled (`keys.no_key_max_wait_ms`).
+    pub no_key_max_wait_ms: u64,
+}
+
+/// Decides the route of `outcome`; `now_ms` is the wall clock (ms since the epoch), the same
+/// clock as `sluice-no-key-since`, since the header travels between workers.
 pub fn route(
     request: &RequestEnvelope,
     outcome: Outcome,
     before: &Attempts,
-    retry_delays_ms: &[u64],
+    rules: &Rules<'_>,
+    now_ms: u64,
 ) -> Route {
+    let retry_delays_ms = rules.retry_delays_ms;
     let counted = before.counted.saturating_add(1);
     match outcome {
         Outcome::Completed {
@@ -97,8 +112,52 @@ pub fn route(
                 }
             }
         }
-        Outcome::NoBudget => Route::Requeue,
+        // Busy, cooling or parked keys come back by themselves: keep waiting, and restart the
+        // no-key clock, since a key was usable (or about to be) meanwhile.
+        Outcome::NoBudget => Route::Requeue {
+            no_key_since_ms: None,
+        },
+        Outcome::NoUsableKey => match before.no_key_since_ms {
+            None => Route::Requeue {
+                no_key_since_ms: Some(now_ms),
+            },
+            Some(since) if now_ms.saturating_sub(since) < rules.no_key_max_wait_ms => {
+                Route::Requeue {
+                    no_key_since_ms: Some(since),
+                }
+            }
+            Some(_) => {
+                let message = format!(
+                    "no provider key could be used: every key has been disabled for {} or more; \
+                     an operator must re-enable or replace them",
+                    readable_wait(rules.no_key_max_wait_ms)
+                );
+                Route::DeadLetter {
+                    reason: "no_usable_key",
+                    attempts: before.counted,
+                    errors: before.errors.clone(),
+                    response: failed(
+                        request,
+                        before.counted,
+                        Some(ErrorInfo {
+                            kind: "no_usable_key".into(),
+                            message,
+                        }),
+                    ),
+                }
+            }
+        },
     }
+}
+
+/// `600000` → "10 minutes", `1500` → "1 second" (rounded down; it reads "or more").
+fn readable_wait(ms: u64) -> String {
+    let (n, unit) = match ms {
+        0..=999 => (ms, "millisecond"),
+        1_000..=59_999 => (ms / 1_000, "second"),
+        _ => (ms / 60_000, "minute"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 fn failed(request: &RequestEnvelope, attempts: u32, error: Option<ErrorInfo>) -> ResponseEnvelope {
@@ -137,6 +196,11 @@ mod tests {
     use uuid::Uuid;
 
     const DELAYS: &[u64] = &[60_000, 600_000, 3_600_000, 86_400_000];
+    const RULES: Rules<'static> = Rules {
+        retry_delays_ms: DELAYS,
+        no_key_max_wait_ms: 600_000,
+    };
+    const NOW: u64 = 1_800_000_000_000;
 
     fn request() -> RequestEnvelope {
         RequestEnvelope {
@@ -176,7 +240,7 @@ mod tests {
         let req = request();
         let mut before = Attempts::default();
         for (level, &delay) in DELAYS.iter().enumerate() {
-            match route(&req, retryable(), &before, DELAYS) {
+            match route(&req, retryable(), &before, &RULES, NOW) {
                 Route::Retry {
                     delay_ms,
                     attempts,
@@ -187,12 +251,13 @@ mod tests {
                     before = Attempts {
                         counted: attempts,
                         errors,
+                        no_key_since_ms: None,
                     };
                 }
                 other => panic!("level {level}: expected a retry, got {other:?}"),
             }
         }
-        match route(&req, retryable(), &before, DELAYS) {
+        match route(&req, retryable(), &before, &RULES, NOW) {
             Route::DeadLetter {
                 reason,
                 attempts,
@@ -219,12 +284,13 @@ mod tests {
         let before = Attempts {
             counted: 1,
             errors: "1:timeout".into(),
+            no_key_since_ms: None,
         };
         let permanent = Outcome::Permanent {
             error: error("prompt_blocked"),
             key_alias: "k".into(),
         };
-        match route(&req, permanent, &before, DELAYS) {
+        match route(&req, permanent, &before, &RULES, NOW) {
             Route::Respond(r) => {
                 assert_eq!(r.status, ResponseStatus::Failed);
                 assert_eq!(r.attempts, 2);
@@ -241,7 +307,7 @@ mod tests {
             },
             key_alias: "k".into(),
         };
-        match route(&req, completed, &before, DELAYS) {
+        match route(&req, completed, &before, &RULES, NOW) {
             Route::Respond(r) => {
                 assert_eq!(r.status, ResponseStatus::Completed);
                 assert_eq!(r.text.as_deref(), Some("yes"));
@@ -252,10 +318,82 @@ mod tests {
     }
 
     #[test]
-    fn no_budget_is_requeued_uncounted() {
+    fn no_budget_is_requeued_uncounted_and_clears_the_no_key_clock() {
+        let waiting = Attempts {
+            counted: 1,
+            errors: "1:timeout".into(),
+            no_key_since_ms: Some(NOW - 1_000_000),
+        };
+        for before in [Attempts::default(), waiting] {
+            assert_eq!(
+                route(&request(), Outcome::NoBudget, &before, &RULES, NOW),
+                Route::Requeue {
+                    no_key_since_ms: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn every_key_disabled_waits_from_the_first_republish_then_dead_letters() {
+        let req = request();
+        let first = Attempts {
+            counted: 2,
+            errors: "1:timeout, 2:timeout".into(),
+            no_key_since_ms: None,
+        };
         assert_eq!(
-            route(&request(), Outcome::NoBudget, &Attempts::default(), DELAYS),
-            Route::Requeue
+            route(&req, Outcome::NoUsableKey, &first, &RULES, NOW),
+            Route::Requeue {
+                no_key_since_ms: Some(NOW)
+            },
+            "the first republish starts the clock"
         );
+        let waiting = Attempts {
+            no_key_since_ms: Some(NOW),
+            ..first.clone()
+        };
+        let just_before = NOW + RULES.no_key_max_wait_ms - 1;
+        assert_eq!(
+            route(&req, Outcome::NoUsableKey, &waiting, &RULES, just_before),
+            Route::Requeue {
+                no_key_since_ms: Some(NOW)
+            },
+            "the clock is kept, not restarted"
+        );
+        // A header from a worker whose clock is ahead must not underflow.
+        assert_eq!(
+            route(&req, Outcome::NoUsableKey, &waiting, &RULES, NOW - 5),
+            Route::Requeue {
+                no_key_since_ms: Some(NOW)
+            }
+        );
+        let over = NOW + RULES.no_key_max_wait_ms;
+        match route(&req, Outcome::NoUsableKey, &waiting, &RULES, over) {
+            Route::DeadLetter {
+                reason,
+                attempts,
+                errors,
+                response,
+            } => {
+                assert_eq!(reason, "no_usable_key");
+                assert_eq!(attempts, 2, "waiting made no counted call");
+                assert_eq!(errors, first.errors);
+                assert_eq!(response.status, ResponseStatus::Failed);
+                assert_eq!(response.attempts, 2);
+                let error = response.error.unwrap_or_else(|| panic!("an error"));
+                assert_eq!(error.kind, "no_usable_key");
+                assert!(error.message.contains("10 minutes"), "{}", error.message);
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn waits_read_well() {
+        assert_eq!(readable_wait(600_000), "10 minutes");
+        assert_eq!(readable_wait(60_000), "1 minute");
+        assert_eq!(readable_wait(1_500), "1 second");
+        assert_eq!(readable_wait(250), "250 milliseconds");
     }
 }

@@ -45,7 +45,13 @@ impl LocalBudgets {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn reserve(&self, model: &str, estimate: u32) -> Result<Reservation, NoBudget> {
+    /// Keys in `skip` are not considered at all.
+    pub fn reserve(
+        &self,
+        model: &str,
+        estimate: u32,
+        skip: &[usize],
+    ) -> Result<Reservation, NoBudget> {
         let mut state = self.state();
         let now = Instant::now();
         let today = pacific_day(chrono::Utc::now());
@@ -55,7 +61,7 @@ impl LocalBudgets {
         let mut wait: Option<Duration> = None;
         let mut any_enabled = false;
         for i in (0..n).map(|i| (start + i) % n) {
-            if state.disabled.contains(&i) {
+            if skip.contains(&i) || state.disabled.contains(&i) {
                 continue;
             }
             any_enabled = true;
@@ -109,7 +115,7 @@ impl LocalBudgets {
     }
 
     pub fn cool_down(&self, key: &KeySpec, model: &str, duration: Duration) {
-        let until = Instant::now() + duration;
+        let until = super::instant_after(Instant::now(), duration);
         let mut state = self.state();
         let entry = state
             .cooldowns
@@ -186,11 +192,11 @@ mod tests {
     fn spends_each_keys_share_then_says_when_to_come_back() {
         let budgets = LocalBudgets::new(keys(2, 4), 2);
         let mut used = [0; 2];
-        while let Ok(r) = budgets.reserve("m", 1) {
+        while let Ok(r) = budgets.reserve("m", 1, &[]) {
             used[r.key] += 1;
         }
         assert_eq!(used, [2, 2], "rpm 4 over 2 replicas is 2 per key here");
-        match budgets.reserve("m", 1) {
+        match budgets.reserve("m", 1, &[]) {
             Err(NoBudget::RetryIn(wait)) => assert!(wait <= Duration::from_secs(30)),
             other => panic!("{other:?}"),
         }
@@ -202,13 +208,38 @@ mod tests {
         let budgets = LocalBudgets::new(ks.clone(), 1);
         budgets.cool_down(&ks[0], "m", Duration::from_secs(60));
         for _ in 0..5 {
-            assert_eq!(budgets.reserve("m", 1).map(|r| r.key), Ok(1));
+            assert_eq!(budgets.reserve("m", 1, &[]).map(|r| r.key), Ok(1));
         }
         budgets.disable(1);
-        assert!(matches!(budgets.reserve("m", 1), Err(NoBudget::RetryIn(_))));
+        assert!(matches!(
+            budgets.reserve("m", 1, &[]),
+            Err(NoBudget::RetryIn(_))
+        ));
         budgets.disable(0);
-        assert_eq!(budgets.reserve("m", 1), Err(NoBudget::NoKeys));
+        assert_eq!(budgets.reserve("m", 1, &[]), Err(NoBudget::NoKeys));
         budgets.enable(1);
-        assert_eq!(budgets.reserve("m", 1).map(|r| r.key), Ok(1));
+        assert_eq!(budgets.reserve("m", 1, &[]).map(|r| r.key), Ok(1));
+    }
+
+    #[test]
+    fn skipped_keys_are_never_reserved() {
+        let budgets = LocalBudgets::new(keys(3, 100), 1);
+        for _ in 0..6 {
+            assert_eq!(budgets.reserve("m", 1, &[0, 2]).map(|r| r.key), Ok(1));
+        }
+        assert_eq!(budgets.reserve("m", 1, &[0, 1, 2]), Err(NoBudget::NoKeys));
+    }
+
+    #[test]
+    fn absurd_cooldowns_neither_panic_nor_wrap() {
+        let ks = keys(1, 100);
+        let budgets = LocalBudgets::new(ks.clone(), 1);
+        // `1e19s` used to overflow `Instant` here.
+        budgets.cool_down(&ks[0], "m", Duration::from_secs_f64(1e19));
+        budgets.cool_down(&ks[0], "m", Duration::MAX);
+        match budgets.reserve("m", 1, &[]) {
+            Err(NoBudget::RetryIn(wait)) => assert!(wait <= super::super::LONGEST_WAIT),
+            other => panic!("{other:?}"),
+        }
     }
 }

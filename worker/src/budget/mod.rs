@@ -7,6 +7,7 @@
 pub mod local;
 pub mod redis;
 
+use crate::provider::MAX_PROVIDER_DELAY;
 use sluice_shared::keypool::{KeySpec, next_pacific_midnight};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,16 @@ use tokio::sync::Mutex;
 
 /// How often a degraded worker asks whether Redis is back.
 const REDIS_RECHECK: Duration = Duration::from_secs(1);
+
+/// The furthest ahead any deadline of the worker is set: beyond every cooldown (at most a day)
+/// and every per-day park (at most 25 hours, across a DST change).
+pub const LONGEST_WAIT: Duration = Duration::from_secs(2 * 24 * 60 * 60);
+
+/// `now + wait` without overflow: a wait over [`LONGEST_WAIT`] is cut to it, and in the
+/// impossible case that even that is not representable, `now` is returned.
+pub fn instant_after(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(LONGEST_WAIT)).unwrap_or(now)
+}
 
 /// A reserved slot for one call with `keys[key]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,14 +40,14 @@ pub struct Reservation {
 pub enum NoBudget {
     /// Some key should have budget again after about this long.
     RetryIn(Duration),
-    /// Every key is disabled.
+    /// Every candidate key is disabled.
     NoKeys,
 }
 
 /// Why a (project, model) stops being used for a while.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cooldown {
-    /// A 429 with its `retryDelay`.
+    /// A 429 with its `retryDelay` (clamped to [`MAX_PROVIDER_DELAY`]).
     RateLimited(Duration),
     /// A per-day quota: until midnight Pacific.
     PerDay,
@@ -45,8 +56,9 @@ pub enum Cooldown {
 impl Cooldown {
     pub fn duration(self) -> Duration {
         match self {
-            Cooldown::RateLimited(d) => d,
+            Cooldown::RateLimited(d) => d.min(MAX_PROVIDER_DELAY),
             Cooldown::PerDay => {
+                // Never more than LONGEST_WAIT by construction (the next midnight is < 25 h off).
                 let now = chrono::Utc::now();
                 (next_pacific_midnight(now) - now)
                     .to_std()
@@ -126,14 +138,22 @@ impl Budgets {
         }
     }
 
-    pub async fn reserve(&self, model: &str, estimate: u32) -> Result<Reservation, NoBudget> {
+    /// Reserves a slot on one of the keys not in `skip` (keys the caller cannot use now, such
+    /// as those behind a cooling egress route: they are never looked at, so waiting for them
+    /// spends nothing).
+    pub async fn reserve(
+        &self,
+        model: &str,
+        estimate: u32,
+        skip: &[usize],
+    ) -> Result<Reservation, NoBudget> {
         if let Some(redis) = self.redis().await {
-            match redis.reserve(model, estimate).await {
+            match redis.reserve(model, estimate, skip).await {
                 Ok(outcome) => return outcome,
                 Err(e) => self.degrade(&e),
             }
         }
-        self.local.reserve(model, estimate)
+        self.local.reserve(model, estimate, skip)
     }
 
     /// The call finished (whatever its answer): its slot frees one window from now, holding

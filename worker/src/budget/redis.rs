@@ -124,23 +124,26 @@ impl RedisBudgets {
             .map(|_| ())
     }
 
+    /// The script only sees the keys not in `skip`; its answer is mapped back to `keys`.
     pub async fn reserve(
         &self,
         model: &str,
         estimate: u32,
+        skip: &[usize],
     ) -> Result<Result<Reservation, NoBudget>, RedisError> {
         let now = chrono::Utc::now();
         let day = pacific_day(now);
         let until_midnight = (next_pacific_midnight(now) - now).num_milliseconds().max(1);
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let candidates: Vec<usize> = (0..self.keys.len()).filter(|i| !skip.contains(i)).collect();
         let mut invocation = self.reserve.prepare_invoke();
         invocation
-            .arg(self.keys.len())
+            .arg(candidates.len())
             .arg(estimate)
             .arg(self.inflight_ms)
             .arg(&id)
             .arg(until_midnight);
-        for key in self.keys.iter() {
+        for key in candidates.iter().map(|&i| &self.keys[i]) {
             let limits = key.limits(model);
             invocation
                 .key(self.layout.calls(&key.project, model))
@@ -158,9 +161,13 @@ impl RedisBudgets {
         let (index, wait): (i64, i64) = self
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
-        Ok(match (usize::try_from(index), wait) {
-            (Ok(i), _) if i >= 1 => Ok(Reservation {
-                key: i - 1,
+        let chosen = usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| candidates.get(i).copied());
+        Ok(match (chosen, wait) {
+            (Some(key), _) => Ok(Reservation {
+                key,
                 estimate,
                 redis_id: Some(id),
             }),
@@ -274,8 +281,9 @@ impl RedisBudgets {
         route: &str,
         for_how_long: Duration,
     ) -> Result<(), RedisError> {
-        let until = chrono::Utc::now().timestamp_millis()
-            + i64::try_from(for_how_long.as_millis()).unwrap_or(i64::MAX);
+        let until = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(i64::try_from(for_how_long.as_millis()).unwrap_or(i64::MAX));
         let (hash, route) = (self.layout.egress(), route.to_owned());
         self.run(|mut c| async move { c.hset::<_, _, _, i64>(hash, route, until).await })
             .await

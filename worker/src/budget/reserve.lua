@@ -3,8 +3,9 @@
 --       disabled hash.
 -- ARGV: n, estimate, inflight_ms, reservation id, ms until Pacific midnight,
 --       then per candidate: alias, rpm, tpm, rpd, window_ms, weight.
--- Returns {index, 0} on success, {0, wait_ms} when no key has budget (wait_ms = -1 when
--- every key is disabled).
+-- Returns {index, 0} on success (index among the candidates passed), {0, wait_ms} when no
+-- candidate has budget (wait_ms = -1 when every candidate is disabled, or there is none).
+-- The caller leaves out keys it cannot use now (a cooling egress route), so they cost nothing.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
