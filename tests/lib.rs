@@ -69,6 +69,8 @@ pub struct TestOptions {
     pub limits_backend: String,
     pub expected_replicas: u32,
     pub retry_delays_ms: Vec<u64>,
+    /// Runs last on the settings every component gets, for what no other option covers.
+    pub configure: Option<fn(&mut Settings)>,
 }
 
 impl Default for TestOptions {
@@ -91,6 +93,7 @@ impl Default for TestOptions {
             limits_backend: "redis".into(),
             expected_replicas: 1,
             retry_delays_ms: vec![50, 100],
+            configure: None,
         }
     }
 }
@@ -210,6 +213,9 @@ impl TestApp {
                 secret: Secret::new(secret.clone()),
             })
             .collect();
+        if let Some(configure) = options.configure {
+            configure(&mut settings);
+        }
         let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
         let proxy = if options.proxy {
             let proxy = HttpProxy::start().await?;

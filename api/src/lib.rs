@@ -15,6 +15,7 @@ pub mod entities;
 pub mod error;
 pub mod extract;
 pub mod relay;
+pub mod request;
 pub mod responses;
 pub mod routes;
 

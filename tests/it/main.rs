@@ -4,8 +4,10 @@
 
 mod api_errors;
 mod broker_outage;
+mod hostile_input;
 mod keypool;
 mod pipeline;
+mod replay_rebuild;
 mod responses;
 mod retries;
 mod topology;
