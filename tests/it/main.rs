@@ -5,6 +5,7 @@
 mod api_errors;
 mod broker_outage;
 mod hostile_input;
+mod http_timeouts;
 mod keypool;
 mod pipeline;
 mod replay_rebuild;
