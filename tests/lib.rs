@@ -216,7 +216,7 @@ impl TestApp {
         if let Some(configure) = options.configure {
             configure(&mut settings);
         }
-        let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+        let topology = Topology::from_settings(&settings);
         let proxy = if options.proxy {
             let proxy = HttpProxy::start().await?;
             settings.provider.proxy = Secret::new(proxy.url());

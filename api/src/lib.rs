@@ -106,7 +106,7 @@ pub async fn run(
     let database_url = settings.database.url.expose().clone();
     db::migrate(&database_url).await?;
     let db = db::connect(&database_url, settings.database.max_connections).await?;
-    let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+    let topology = Topology::from_settings(&settings);
     let state = AppState {
         db: db.clone(),
         redis: redis::Client::open(settings.redis.url.expose().as_str())?,

@@ -11,4 +11,5 @@ mod pipeline;
 mod replay_rebuild;
 mod responses;
 mod retries;
+mod sizes;
 mod topology;
