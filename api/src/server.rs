@@ -82,3 +82,45 @@ fn is_connection_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionReset
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Handlers see the peer's address, and cancelling stops the server.
+    #[tokio::test]
+    async fn handlers_get_the_peer_address_and_cancel_stops_serving()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let app = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            cancel.clone(),
+        ));
+
+        let mut client = tokio::net::TcpStream::connect(addr).await?;
+        let me = client.local_addr()?;
+        client
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await?;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&me.to_string()), "{answer}");
+
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server).await??;
+        Ok(())
+    }
+}
