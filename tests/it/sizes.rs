@@ -2,6 +2,7 @@
 //! the `requests` queue by `x-max-length`, which pushes a backlog back into the outbox.
 
 use reqwest::StatusCode;
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use sluice_shared::Settings;
 use sluice_tests::{TestApp, TestOptions, run};
@@ -211,6 +212,41 @@ async fn a_full_requests_queue_pushes_the_backlog_back_into_the_outbox() {
         }
         assert_eq!(app.count("outbox").await?, 0);
         Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_batches_bounded_by_bytes_still_publish_every_row() {
+    let options = TestOptions {
+        workers: 0,
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        // One row over the relay's byte budget per batch (8 MiB) goes alone; the rows behind
+        // it, left out of that batch, follow in the next one.
+        for pad in [9 * 1024 * 1024, 1024, 1024] {
+            app.db
+                .execute_raw(sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "INSERT INTO outbox (id, payload, created_at) \
+                     VALUES (gen_random_uuid(), jsonb_build_object('pad', repeat('x', $1)), now())",
+                    [pad.into()],
+                ))
+                .await?;
+        }
+        let requests = app.topology.requests();
+        for _ in 0..1000 {
+            if app.count("outbox").await? == 0 && app.queue_len(&requests).await? == 3 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!(
+            "outbox {} queued {}",
+            app.count("outbox").await?,
+            app.queue_len(&requests).await?
+        )
     })
     .await;
 }
