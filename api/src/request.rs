@@ -132,14 +132,14 @@ pub async fn build(
         enqueued_at: ask.enqueued_at,
         trace_id: Uuid::new_v4().simple().to_string(),
     };
-    let size = encoded_len(&envelope)?;
+    let payload = serde_json::to_value(&envelope)?;
+    let size = published_len(&payload)?;
     if u64::try_from(size).unwrap_or(u64::MAX) > settings.queues.max_message_bytes {
         return Err(BuildError::TooLarge {
             size,
             max: settings.queues.max_message_bytes,
         });
     }
-    let payload = serde_json::to_value(&envelope)?;
     Ok(Built { envelope, payload })
 }
 
@@ -158,8 +158,9 @@ pub fn newest_that_fit(newest_first: impl IntoIterator<Item = Turn>, budget: u64
     kept
 }
 
-/// The size of the envelope's JSON encoding, without building it.
-fn encoded_len(envelope: &RequestEnvelope) -> Result<usize, serde_json::Error> {
+/// The size of the message the relay publishes for `payload`: the outbox keeps it as `jsonb`,
+/// whose text form is the compact encoding plus one space after every `:` and `,`.
+fn published_len(payload: &serde_json::Value) -> Result<usize, serde_json::Error> {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -170,9 +171,20 @@ fn encoded_len(envelope: &RequestEnvelope) -> Result<usize, serde_json::Error> {
             Ok(())
         }
     }
+    fn spaces(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.len() + map.len().saturating_sub(1) + map.values().map(spaces).sum::<usize>()
+            }
+            serde_json::Value::Array(items) => {
+                items.len().saturating_sub(1) + items.iter().map(spaces).sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
     let mut count = Count(0);
-    serde_json::to_writer(&mut count, envelope)?;
-    Ok(count.0)
+    serde_json::to_writer(&mut count, payload)?;
+    Ok(count.0 + spaces(payload))
 }
 
 #[cfg(test)]
@@ -215,24 +227,11 @@ mod tests {
     }
 
     #[test]
-    fn encoded_len_matches_the_encoding() -> Result<(), serde_json::Error> {
-        let envelope = RequestEnvelope {
-            v: envelope::VERSION,
-            request_id: Uuid::nil(),
-            generation: 0,
-            chat_id: Uuid::nil(),
-            user_id: Uuid::nil(),
-            model: "m".into(),
-            system: Some("é\"".into()),
-            history: vec![turn("hi")],
-            params: Params::default(),
-            enqueued_at: DateTime::<Utc>::UNIX_EPOCH,
-            trace_id: "t".into(),
-        };
-        assert_eq!(
-            encoded_len(&envelope)?,
-            serde_json::to_vec(&envelope)?.len()
-        );
+    fn published_len_is_the_jsonb_text_length() -> Result<(), serde_json::Error> {
+        // PostgreSQL renders this jsonb as {"a": [1, 2, {}], "b": {"c": "é\""}}.
+        let value = serde_json::json!({"a": [1, 2, {}], "b": {"c": "é\""}});
+        let rendered = r#"{"a": [1, 2, {}], "b": {"c": "é\""}}"#;
+        assert_eq!(published_len(&value)?, rendered.len());
         Ok(())
     }
 }
