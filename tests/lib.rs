@@ -73,6 +73,8 @@ pub struct TestOptions {
     pub reaper_interval_ms: u64,
     /// `keys.no_key_max_wait_ms`: how long messages wait while every key is disabled.
     pub no_key_max_wait_ms: u64,
+    /// Runs last on the settings every component gets, for what no other option covers.
+    pub configure: Option<fn(&mut Settings)>,
 }
 
 impl Default for TestOptions {
@@ -97,6 +99,7 @@ impl Default for TestOptions {
             retry_delays_ms: vec![50, 100],
             reaper_interval_ms: 60_000,
             no_key_max_wait_ms: 600_000,
+            configure: None,
         }
     }
 }
@@ -218,7 +221,10 @@ impl TestApp {
                 secret: Secret::new(secret.clone()),
             })
             .collect();
-        let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+        if let Some(configure) = options.configure {
+            configure(&mut settings);
+        }
+        let topology = Topology::from_settings(&settings);
         let proxy = if options.proxy {
             let proxy = HttpProxy::start().await?;
             settings.provider.proxy = Secret::new(proxy.url());

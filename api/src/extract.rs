@@ -1,5 +1,6 @@
-//! Request extractors that answer in the API's error shape: JSON bodies, the signed-in user,
-//! the admin token, and path ids (a malformed id is a 404 like an unknown one).
+//! Request extractors that answer in the API's error shape: JSON bodies and query strings
+//! (both refuse text PostgreSQL cannot store), the signed-in user, the admin token, and path
+//! ids (a malformed id is a 404 like an unknown one).
 
 use crate::AppState;
 use crate::auth;
@@ -9,9 +10,13 @@ use axum::extract::{FromRef, FromRequest, FromRequestParts, OptionalFromRequest,
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sluice_shared::text::is_storable;
 use uuid::Uuid;
 
-/// `axum::Json`, but a bad body comes back as `{"error": …}`.
+/// `axum::Json`, but a bad body comes back as `{"error": …}`, and a body holding text that
+/// cannot be stored (U+0000 in any key or string) is refused before any handler sees it.
 pub struct AppJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for AppJson<T>
@@ -22,10 +27,56 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match <axum::Json<T> as FromRequest<S>>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let value = match <axum::Json<Value> as FromRequest<S>>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        if !storable_json(&value) {
+            return Err(invalid_text("the body"));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string().replace('\n', " ")))
+    }
+}
+
+/// Whether every key and string in `value` can be stored as text.
+fn storable_json(value: &Value) -> bool {
+    match value {
+        Value::String(s) => is_storable(s),
+        Value::Array(items) => items.iter().all(storable_json),
+        Value::Object(map) => map.iter().all(|(k, v)| is_storable(k) && storable_json(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
+fn invalid_text(place: &str) -> ApiError {
+    ApiError::unprocessable(
+        "invalid_text",
+        format!("{place} holds the character U+0000, which text may not contain"),
+    )
+}
+
+/// `axum::extract::Query`, but a bad query string comes back as `{"error": …}`, and one
+/// holding U+0000 (`%00`) is refused before it can reach the database.
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+        if !pairs.iter().all(|(k, v)| is_storable(k) && is_storable(v)) {
+            return Err(invalid_text("the query string"));
+        }
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
     }
 }
 
@@ -49,6 +100,9 @@ where
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if caused_by_timeout(&rejection) {
+        return request_timeout();
+    }
     match rejection {
         JsonRejection::JsonDataError(e) => {
             ApiError::unprocessable("invalid_body", e.body_text().replace('\n', " "))
@@ -70,6 +124,27 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         ),
         other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
     }
+}
+
+/// The answer when a request took longer than the API allows (body or whole request).
+pub fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request took too long to arrive or to answer",
+    )
+}
+
+/// Whether reading the body failed because the body timeout (`http.body_timeout_ms`) fired.
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -116,9 +191,8 @@ where
         let state = AppState::from_ref(state);
         let expected = state.settings.admin.token.expose();
         match bearer(parts) {
-            Some(token) if !expected.is_empty() && auth::constant_time_eq(token, expected) => {
-                Ok(Admin)
-            }
+            // An empty configured token turns the admin endpoints off.
+            Some(token) if !expected.is_empty() && tokens_match(token, expected) => Ok(Admin),
             _ => Err(ApiError::unauthorized(
                 "unauthorized",
                 "admin endpoints need the admin token",
@@ -127,7 +201,45 @@ where
     }
 }
 
+/// Compares the SHA-256 digests of two tokens in constant time: both digests are 32 bytes
+/// whatever the tokens' lengths, so neither a length mismatch nor the first differing byte
+/// ends the comparison early.
+fn tokens_match(presented: &str, expected: &str) -> bool {
+    let (a, b) = (
+        Sha256::digest(presented.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// Parses a path id; anything that is not a UUID is simply not found.
 pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        let token = "0123456789abcdef0123456789abcdef";
+        assert!(tokens_match(token, token));
+        assert!(!tokens_match("0123456789abcdef0123456789abcdeX", token));
+        assert!(!tokens_match("0123", token), "a prefix is not the token");
+        assert!(!tokens_match("", token));
+        assert!(!tokens_match(&format!("{token}0"), token));
+    }
+
+    #[test]
+    fn nul_anywhere_in_json_is_unstorable() {
+        assert!(storable_json(&json!({"a": ["b", {"c": 1, "d": null}]})));
+        assert!(!storable_json(&json!({"content": "a\u{0}b"})));
+        assert!(!storable_json(&json!({"k\u{0}": "v"})));
+        assert!(!storable_json(&json!({"ids": [["x\u{0}"]]})));
+    }
 }

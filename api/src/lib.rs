@@ -17,20 +17,25 @@ pub mod error;
 pub mod extract;
 pub mod reaper;
 pub mod relay;
+pub mod request;
 pub mod responses;
 pub mod routes;
+pub mod server;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use sea_orm::DatabaseConnection;
 use sluice_shared::keypool::{KeySpec, load_keys};
 use sluice_shared::{Settings, Topology};
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
@@ -60,8 +65,35 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
+/// The whole HTTP surface. Every REST route gets the body limit and two timeouts: the body
+/// must arrive within `http.body_timeout_ms` and the answer within `http.request_timeout_ms`
+/// (both 408 `request_timeout`). Streaming routes (the SSE event stream) must not get the
+/// whole-request timeout: merge their router into the result here, after the layers.
 pub fn app(state: AppState) -> axum::Router {
-    routes::router(state).layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+    let http = &state.settings.http;
+    let (body_timeout, request_timeout) = (
+        Duration::from_millis(http.body_timeout_ms),
+        Duration::from_millis(http.request_timeout_ms),
+    );
+    routes::router(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(axum::middleware::map_response(timeout_in_json))
+}
+
+/// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already
+/// has a body (a body timeout noticed by an extractor) is left alone.
+async fn timeout_in_json(response: axum::response::Response) -> axum::response::Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return extract::request_timeout().into_response();
+    }
+    response
 }
 
 /// Migrates, then serves on `listener` with the relay and the response consumer running
@@ -76,7 +108,7 @@ pub async fn run(
     let database_url = settings.database.url.expose().clone();
     db::migrate(&database_url).await?;
     let db = db::connect(&database_url, settings.database.max_connections).await?;
-    let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+    let topology = Topology::from_settings(&settings);
     let state = AppState {
         db: db.clone(),
         redis: redis::Client::open(settings.redis.url.expose().as_str())?,
@@ -121,15 +153,20 @@ pub async fn run(
     tasks.close();
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
-    let shutdown = cancel.clone();
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .into_future()
-        .await;
-    // If the server stopped on its own, take the background tasks down with it.
+    let http = &state.settings.http;
+    let header_read_timeout = Duration::from_millis(http.header_read_timeout_ms);
+    // In-flight requests end within the request timeout; give them that long to finish.
+    let drain = Duration::from_millis(http.request_timeout_ms);
+    server::serve(
+        listener,
+        app(state),
+        header_read_timeout,
+        drain,
+        cancel.clone(),
+    )
+    .await;
     cancel.cancel();
     tasks.wait().await;
     db.close().await?;
-    served?;
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct QueueSpec {
 pub struct Topology {
     prefix: String,
     retry_delays_ms: Vec<u64>,
+    /// `x-max-length` of `requests`; past it the broker refuses publishes (reject-publish),
+    /// so a runaway backlog stays in the API's outbox.
+    requests_max_length: Option<u64>,
 }
 
 impl Topology {
@@ -50,6 +53,17 @@ impl Topology {
         Self {
             prefix: prefix.into(),
             retry_delays_ms,
+            requests_max_length: None,
+        }
+    }
+
+    /// The topology every process declares: prefix, delays and the `requests` length cap from
+    /// the settings. Every declarer must use this, or RabbitMQ refuses the second declaration
+    /// (PRECONDITION_FAILED on an inequivalent argument).
+    pub fn from_settings(settings: &crate::Settings) -> Self {
+        Self {
+            requests_max_length: Some(settings.queues.requests_max_length),
+            ..Self::new(settings.queues.prefix.clone(), &settings.retry.delays_ms)
         }
     }
 
@@ -116,11 +130,19 @@ impl Topology {
             args
         };
 
+        let mut requests = limited(ROUTE_DEAD);
+        if let Some(max) = self.requests_max_length {
+            // reject-publish overflow is already set (at-least-once dead-lettering needs it).
+            requests.push((
+                "x-max-length",
+                Arg::Int(i64::try_from(max).unwrap_or(i64::MAX)),
+            ));
+        }
         let mut queues = vec![
             QueueSpec {
                 name: self.requests(),
                 routing_key: ROUTE_REQUEST.into(),
-                arguments: limited(ROUTE_DEAD),
+                arguments: requests,
             },
             QueueSpec {
                 name: self.responses(),
@@ -313,12 +335,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn requests_are_capped_with_reject_publish() -> Result<(), crate::settings::SettingsError> {
+        let mut settings = crate::Settings::defaults()?;
+        settings.queues.requests_max_length = 7;
+        let queues = Topology::from_settings(&settings).queues();
+        let requests = &queues[0];
+        assert_eq!(requests.name, "sluice.requests");
+        assert!(requests.arguments.contains(&("x-max-length", Arg::Int(7))));
+        assert!(
+            requests
+                .arguments
+                .contains(&("x-overflow", Arg::Str("reject-publish".into())))
+        );
+        assert!(
+            queues[1..]
+                .iter()
+                .all(|q| q.arguments.iter().all(|(k, _)| *k != "x-max-length")),
+            "only requests is capped"
+        );
+        Ok(())
+    }
+
     /// `rabbitmq/definitions.json` must say exactly what the code declares for the default
     /// prefix and delays.
     #[test]
     fn definitions_file_mirrors_the_code() -> Result<(), Box<dyn std::error::Error>> {
         let settings = crate::Settings::defaults()?;
-        let topology = Topology::new(settings.queues.prefix, &settings.retry.delays_ms);
+        let topology = Topology::from_settings(&settings);
         let expected = topology.definitions();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../rabbitmq/definitions.json");
         let file: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;

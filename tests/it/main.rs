@@ -5,11 +5,15 @@
 mod api_errors;
 mod broker_outage;
 mod dead_letter_consumer;
+mod hostile_input;
 mod hostile_provider;
+mod http_timeouts;
 mod keypool;
 mod pipeline;
 mod reaper;
+mod replay_rebuild;
 mod responses;
 mod retries;
 mod row_isolation;
+mod sizes;
 mod topology;

@@ -92,7 +92,7 @@ pub async fn run(
     );
     let consumer = consumer::Consumer {
         amqp_url: settings.amqp.url.clone(),
-        topology: Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms),
+        topology: Topology::from_settings(&settings),
         prefetch: settings.worker.prefetch,
         no_key_max_wait_ms: settings.keys.no_key_max_wait_ms,
         context,

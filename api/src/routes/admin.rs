@@ -2,10 +2,11 @@
 
 use super::views::{Cursor, Page, PageQuery, paged};
 use crate::AppState;
-use crate::entities::dead_letters;
+use crate::entities::{dead_letters, prompt_templates};
 use crate::error::ApiError;
-use crate::extract::{Admin, AppJson};
-use axum::extract::{Query, State};
+use crate::extract::{Admin, AppJson, AppQuery};
+use crate::request::{self, Ask, BuildError, Question};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -14,7 +15,6 @@ use sea_orm::{
     QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
-use sluice_shared::envelope::{self, RequestEnvelope};
 use uuid::Uuid;
 
 /// At most this many dead letters are replayed by one call without `ids`.
@@ -81,7 +81,7 @@ fn uuid_filter(raw: &Option<String>, name: &str) -> Result<Option<Uuid>, ApiErro
 async fn list(
     State(state): State<AppState>,
     _: Admin,
-    Query(query): Query<DlqQuery>,
+    AppQuery(query): AppQuery<DlqQuery>,
 ) -> Result<Json<Page<DeadLetterView>>, ApiError> {
     // Taken apart by hand: serde's `flatten` turns every query value into a string.
     let page = PageQuery {
@@ -183,7 +183,9 @@ async fn replay(
     Ok(Json(report))
 }
 
-/// Replays one dead letter in one transaction; `Some(reason)` when it was skipped.
+/// Replays one dead letter in one transaction; `Some(reason)` when it was skipped. The request
+/// is rebuilt from the database (history, template, model, owner), never from the stored
+/// body, which came back from the broker and is only kept for inspection.
 async fn replay_one(state: &AppState, id: Uuid) -> Result<Option<&'static str>, ApiError> {
     let txn = state.db.begin().await?;
     let Some(letter) = dead_letters::Entity::find_by_id(id)
@@ -196,9 +198,10 @@ async fn replay_one(state: &AppState, id: Uuid) -> Result<Option<&'static str>, 
     if letter.replayed_at.is_some() {
         return Ok(Some("already_replayed"));
     }
-    let Ok(mut request) = envelope::decode::<RequestEnvelope>(letter.body.as_bytes()) else {
+    let Some(request_id) = letter.request_id else {
         return Ok(Some("poison_cannot_be_replayed"));
     };
+    // Dropping `txn` without a commit (any skip below) undoes this.
     let bumped = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -206,19 +209,53 @@ async fn replay_one(state: &AppState, id: Uuid) -> Result<Option<&'static str>, 
              error_kind = NULL, error_message = NULL, attempts = 0, prompt_tokens = NULL, \
              completion_tokens = NULL, key_alias = NULL, completed_at = NULL, \
              pending_since = now() \
-             WHERE id = $1 AND chat_id = $2 AND role = 'assistant' AND status = 'failed' \
-             RETURNING generation",
-            [request.request_id.into(), request.chat_id.into()],
+             WHERE id = $1 AND role = 'assistant' AND status = 'failed' \
+             RETURNING chat_id, generation, created_at, model, template_id",
+            [request_id.into()],
         ))
         .await?;
     let Some(row) = bumped else {
         return Ok(Some("message_not_failed"));
     };
-    request.generation = row.try_get("", "generation")?;
-    request.enqueued_at = super::views::now_micros();
-    request.trace_id = Uuid::new_v4().simple().to_string();
-    let payload = serde_json::to_value(&request)
-        .map_err(|e| ApiError::Internal(format!("encode envelope: {e}")))?;
+    let chat_id: Uuid = row.try_get("", "chat_id")?;
+    let generation: i32 = row.try_get("", "generation")?;
+    let created_at: DateTime<Utc> = row.try_get("", "created_at")?;
+    let model = row
+        .try_get::<Option<String>>("", "model")?
+        .unwrap_or_else(|| state.settings.provider.model.clone());
+    let template_id: Option<Uuid> = row.try_get("", "template_id")?;
+    if !state.settings.allowed_model(&model) {
+        return Ok(Some("unknown_model"));
+    }
+    // The template's current body; a deleted one (template_id set to NULL) means none.
+    let system = match template_id {
+        Some(template) => prompt_templates::Entity::find_by_id(template)
+            .one(&txn)
+            .await?
+            .map(|t| t.body),
+        None => None,
+    };
+    let ask = Ask {
+        chat_id,
+        owner: None,
+        request_id,
+        generation,
+        model,
+        system,
+        question: Question::Stored {
+            reply_created_at: created_at,
+            reply_id: request_id,
+        },
+        enqueued_at: super::views::now_micros(),
+    };
+    let payload = match request::build(&txn, &state.settings, ask).await {
+        Ok(built) => built.payload,
+        Err(BuildError::ChatNotFound) => return Ok(Some("chat_not_found")),
+        Err(BuildError::NoQuestion) => return Ok(Some("question_not_found")),
+        Err(BuildError::TooLarge { .. }) => return Ok(Some("message_too_large")),
+        Err(BuildError::Database(e)) => return Err(e.into()),
+        Err(e @ BuildError::Encode(_)) => return Err(ApiError::Internal(e.to_string())),
+    };
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO outbox (id, payload, created_at) VALUES ($1, $2, now())",
@@ -232,6 +269,6 @@ async fn replay_one(state: &AppState, id: Uuid) -> Result<Option<&'static str>, 
     ))
     .await?;
     txn.commit().await?;
-    tracing::info!(dead_letter = %id, request = %request.request_id, generation = request.generation, "replayed");
+    tracing::info!(dead_letter = %id, request = %request_id, generation, "replayed");
     Ok(None)
 }

@@ -4,8 +4,8 @@ use super::views::{ChatView, Cursor, Page, PageQuery, now_micros, paged};
 use crate::AppState;
 use crate::entities::chats;
 use crate::error::ApiError;
-use crate::extract::{AppJson, AuthUser, parse_id};
-use axum::extract::{Path, Query, State};
+use crate::extract::{AppJson, AppQuery, AuthUser, parse_id};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -79,7 +79,7 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Query(query): Query<PageQuery>,
+    AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<Page<ChatView>>, ApiError> {
     let (rows, next) = paged(
         &state.db,

@@ -6,8 +6,9 @@ use super::views::{Cursor, MessageView, Page, PageQuery, now_micros, paged};
 use crate::AppState;
 use crate::entities::{messages, prompt_templates};
 use crate::error::ApiError;
-use crate::extract::{AppJson, AuthUser, parse_id};
-use axum::extract::{Path, Query, State};
+use crate::extract::{AppJson, AppQuery, AuthUser, parse_id};
+use crate::request::{self, Ask, BuildError, Question};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,7 +16,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Order, QueryFilter, Statement,
 };
 use serde::{Deserialize, Serialize};
-use sluice_shared::envelope::{self, Params, RequestEnvelope, Role, Turn};
+use sluice_shared::Settings;
 use sluice_shared::settings::is_model_name;
 use uuid::Uuid;
 
@@ -69,6 +70,10 @@ async fn create(
         Some(m) => m,
         None => state.settings.provider.model.clone(),
     };
+    // Budgets are keyed by model, so only the configured ones may be asked for.
+    if !state.settings.allowed_model(&model) {
+        return Err(unknown_model(&state.settings));
+    }
     let (template_id, system) = match input.template_id {
         Some(raw) => {
             let id = parse_id(&raw, "template")?;
@@ -81,11 +86,6 @@ async fn create(
         }
         None => (None, None),
     };
-    let mut history = owned_history(&state, user, chat_id).await?;
-    history.push(Turn {
-        role: Role::User,
-        text: input.content.clone(),
-    });
 
     // Both ids come from one process-monotonic UUIDv7 source and share a timestamp, so
     // ordering by (created_at, id) always puts the question before its answer.
@@ -119,21 +119,34 @@ async fn create(
         template_id,
         ..question.clone()
     };
-    let request = RequestEnvelope {
-        v: envelope::VERSION,
+    let ask = Ask {
+        chat_id,
+        owner: Some(user),
         request_id: answer.id,
         generation: answer.generation,
-        chat_id,
-        user_id: user,
         model,
         system,
-        history,
-        params: Params::default(),
+        question: Question::New(question.content.clone()),
         enqueued_at: now,
-        trace_id: Uuid::new_v4().simple().to_string(),
     };
-    let payload = serde_json::to_value(&request)
-        .map_err(|e| ApiError::Internal(format!("encode envelope: {e}")))?;
+    let payload = match request::build(&state.db, &state.settings, ask).await {
+        Ok(built) => built.payload,
+        Err(BuildError::ChatNotFound) => return Err(ApiError::not_found("chat")),
+        Err(BuildError::TooLarge { size, max }) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_large",
+                format!(
+                    "with its template and history the request would be {size} bytes; \
+                     at most {max} are allowed"
+                ),
+            ));
+        }
+        Err(BuildError::Database(e)) => return Err(e.into()),
+        Err(e @ (BuildError::NoQuestion | BuildError::Encode(_))) => {
+            return Err(ApiError::Internal(e.to_string()));
+        }
+    };
 
     // One statement, so one round trip and one commit: the outbox row and both messages
     // are written together or not at all. (The hot path of the API; see docs/BENCHMARKS.md.)
@@ -171,49 +184,28 @@ async fn create(
     ))
 }
 
-/// The chat's last completed turns (oldest first), in the same query that proves `user` owns
-/// the chat: no row at all means not found; one row of NULLs means no history yet.
-async fn owned_history(state: &AppState, user: Uuid, chat: Uuid) -> Result<Vec<Turn>, ApiError> {
-    let turns = i64::from(state.settings.chat.history_turns) * 2;
-    let rows = state
-        .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT m.role, m.content FROM chats c LEFT JOIN LATERAL ( \
-                 SELECT role, content, created_at, id FROM messages \
-                 WHERE chat_id = c.id AND status = 'completed' \
-                 ORDER BY created_at DESC, id DESC LIMIT $3) m ON true \
-             WHERE c.id = $1 AND c.user_id = $2 \
-             ORDER BY m.created_at, m.id",
-            [chat.into(), user.into(), turns.into()],
-        ))
-        .await?;
-    if rows.is_empty() {
-        return Err(ApiError::not_found("chat"));
-    }
-    let mut history = Vec::with_capacity(rows.len() + 1);
-    for row in rows {
-        let role: Option<String> = row.try_get("", "role")?;
-        let content: Option<String> = row.try_get("", "content")?;
-        if let (Some(role), Some(text)) = (role, content) {
-            history.push(Turn {
-                role: if role == "assistant" {
-                    Role::Assistant
-                } else {
-                    Role::User
-                },
-                text,
-            });
-        }
-    }
-    Ok(history)
+/// 422 naming every model users may ask for.
+pub(crate) fn unknown_model(settings: &Settings) -> ApiError {
+    let mut allowed = vec![settings.provider.model.as_str()];
+    allowed.extend(
+        settings
+            .provider
+            .models
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != settings.provider.model),
+    );
+    ApiError::unprocessable(
+        "unknown_model",
+        format!("`model` must be one of: {}", allowed.join(", ")),
+    )
 }
 
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(chat_id): Path<String>,
-    Query(query): Query<PageQuery>,
+    AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<Page<MessageView>>, ApiError> {
     let (limit, cursor) = (query.limit()?, query.cursor()?);
     let chat = owned_chat(&state.db, user, &chat_id).await?;

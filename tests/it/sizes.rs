@@ -1,0 +1,252 @@
+//! Bounded sizes: history by bytes, the request envelope by `queues.max_message_bytes`, and
+//! the `requests` queue by `x-max-length`, which pushes a backlog back into the outbox.
+
+use reqwest::StatusCode;
+use sea_orm::ConnectionTrait;
+use serde_json::json;
+use sluice_shared::Settings;
+use sluice_tests::{TestApp, TestOptions, run};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The texts of the turns of the provider call whose last turn is `last`.
+fn sent_turns(app: &TestApp, last: &str) -> Vec<String> {
+    let calls: Vec<Vec<String>> = app
+        .mock
+        .requests()
+        .into_iter()
+        .map(|r| {
+            r.body["contents"]
+                .as_array()
+                .map(|turns| {
+                    turns
+                        .iter()
+                        .filter_map(|t| t["parts"][0]["text"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .filter(|turns: &Vec<String>| turns.last().map(String::as_str) == Some(last))
+        .collect();
+    assert_eq!(calls.len(), 1, "one call asked {last:?}");
+    calls.into_iter().next().unwrap_or_default()
+}
+
+/// Posts `content`, waits for its reply, and returns the reply's text.
+async fn ask(app: &TestApp, token: &str, chat: &str, content: &str) -> anyhow::Result<String> {
+    let id = app
+        .post_message(token, chat, json!({"content": content}))
+        .await?;
+    let reply = app.wait_reply(token, chat, &id, WAIT).await?;
+    anyhow::ensure!(reply["status"] == "completed", "{reply}");
+    Ok(reply["content"].as_str().unwrap_or_default().to_owned())
+}
+
+const HISTORY_BYTES: u64 = 80;
+
+fn small_history(settings: &mut Settings) {
+    settings.chat.history_bytes = HISTORY_BYTES;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_the_newest_turns_that_fit_in_history_bytes() {
+    let options = TestOptions {
+        configure: Some(small_history),
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let first = ask(&app, &token, &chat, "one").await?;
+        let second = ask(&app, &token, &chat, "two").await?;
+        let third = ask(&app, &token, &chat, "three").await?;
+        // The mock's replies are about 30 bytes each: the four newest turns before "four"
+        // ("two", its reply, "three", its reply) fit in 80 bytes; with "one"'s reply they
+        // would not.
+        let fits = |turns: &[&str]| turns.iter().map(|t| t.len() as u64).sum::<u64>();
+        let kept = ["two", second.as_str(), "three", third.as_str()];
+        assert!(fits(&kept) <= HISTORY_BYTES);
+        assert!(fits(&kept) + first.len() as u64 > HISTORY_BYTES);
+        ask(&app, &token, &chat, "four").await?;
+        assert_eq!(
+            sent_turns(&app, "four"),
+            ["two", second.as_str(), "three", third.as_str(), "four"]
+        );
+
+        // The new message always goes, even when it alone is over the budget; the turns
+        // before it are still the newest that fit.
+        let big = "x".repeat(1000);
+        let big_reply = ask(&app, &token, &chat, &big).await?;
+        let sent = sent_turns(&app, &big);
+        assert_eq!(sent.last(), Some(&big));
+        assert!(
+            fits(
+                &sent[..sent.len() - 1]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            ) <= HISTORY_BYTES
+        );
+        // A turn that does not fit ends the history: nothing older is sent around it.
+        assert!(big_reply.len() as u64 > HISTORY_BYTES);
+        ask(&app, &token, &chat, "after").await?;
+        assert_eq!(sent_turns(&app, "after"), ["after"]);
+        Ok(())
+    })
+    .await;
+}
+
+const MAX_MESSAGE_BYTES: u64 = 40_000;
+
+fn small_envelopes(settings: &mut Settings) {
+    settings.queues.max_message_bytes = MAX_MESSAGE_BYTES;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_max_message_bytes_is_413_and_writes_nothing() {
+    let options = TestOptions {
+        workers: 0,
+        configure: Some(small_envelopes),
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let (status, template) = app
+            .post(
+                "/api/prompts",
+                &token,
+                json!({"name": "long", "body": "t".repeat(30_000)}),
+            )
+            .await?;
+        assert_eq!(status, StatusCode::CREATED, "{template}");
+        let path = format!("/api/chats/{chat}/messages");
+        let content = "c".repeat(20_000);
+
+        let (status, body) = app
+            .post(
+                &path,
+                &token,
+                json!({"content": content, "template_id": template["id"]}),
+            )
+            .await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(body["error"]["code"], "message_too_large");
+        assert_eq!(app.count("messages").await?, 0);
+        assert_eq!(app.count("outbox").await?, 0);
+
+        // Either part alone fits.
+        app.post_message(
+            &token,
+            &chat,
+            json!({"content": "short", "template_id": template["id"]}),
+        )
+        .await?;
+        app.post_message(&token, &chat, json!({"content": content}))
+            .await?;
+        assert_eq!(app.count("messages").await?, 4);
+        Ok(())
+    })
+    .await;
+}
+
+const REQUESTS_MAX_LENGTH: u64 = 2;
+/// Quorum queues apply `x-max-length` asynchronously: the queue accepts the message that
+/// takes it over the limit and tells publishers to stop, so publishes already on their way
+/// are still accepted. The cap is a bound with this much slack, not an exact count.
+const OVERSHOOT: u64 = 3;
+const POSTS: u64 = 10;
+
+fn short_requests_queue(settings: &mut Settings) {
+    settings.queues.requests_max_length = REQUESTS_MAX_LENGTH;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_requests_queue_pushes_the_backlog_back_into_the_outbox() {
+    let options = TestOptions {
+        workers: 0,
+        configure: Some(short_requests_queue),
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let mut ids = Vec::new();
+        for n in 0..POSTS {
+            ids.push(
+                app.post_message(&token, &chat, json!({"content": format!("backlog {n}")}))
+                    .await?,
+            );
+        }
+        // Wait until the relay has done what it can: every request is either in the queue
+        // or still in the outbox, and the queue is full. Every post was still a 202.
+        let requests = app.topology.requests();
+        let (mut queued, mut outbox) = (0, 0);
+        for _ in 0..500 {
+            queued = u64::from(app.queue_len(&requests).await?);
+            outbox = u64::try_from(app.count("outbox").await?)?;
+            if queued >= REQUESTS_MAX_LENGTH && queued + outbox == POSTS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(queued + outbox, POSTS, "queued {queued}, outbox {outbox}");
+        assert!(
+            queued <= REQUESTS_MAX_LENGTH + OVERSHOOT,
+            "the queue stops near its limit: {queued}"
+        );
+        assert!(outbox > 0, "the outbox holds the rest");
+        // Refusals are back pressure, not an outage: the relay keeps its connection (a
+        // reconnect would show the broker as down) and keeps retrying, every few seconds at most.
+        for _ in 0..10 {
+            let (_, ready) = app
+                .send(reqwest::Method::GET, "/api/ready", None, None)
+                .await?;
+            assert_eq!(ready["broker"], "ok", "{ready}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Once a worker drains the queue, the relay publishes the rest and all complete.
+        app.add_worker(None).await?;
+        for id in &ids {
+            let reply = app.wait_reply(&token, &chat, id, WAIT).await?;
+            assert_eq!(reply["status"], "completed", "{reply}");
+        }
+        assert_eq!(app.count("outbox").await?, 0);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_batches_bounded_by_bytes_still_publish_every_row() {
+    let options = TestOptions {
+        workers: 0,
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        // One row over the relay's byte budget per batch (8 MiB) goes alone; the rows behind
+        // it, left out of that batch, follow in the next one.
+        for pad in [9 * 1024 * 1024, 1024, 1024] {
+            app.db
+                .execute_raw(sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "INSERT INTO outbox (id, payload, created_at) \
+                     VALUES (gen_random_uuid(), jsonb_build_object('pad', repeat('x', $1)), now())",
+                    [pad.into()],
+                ))
+                .await?;
+        }
+        let requests = app.topology.requests();
+        for _ in 0..1000 {
+            if app.count("outbox").await? == 0 && app.queue_len(&requests).await? == 3 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!(
+            "outbox {} queued {}",
+            app.count("outbox").await?,
+            app.queue_len(&requests).await?
+        )
+    })
+    .await;
+}
