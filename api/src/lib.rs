@@ -14,6 +14,7 @@ pub mod dead_letters;
 pub mod entities;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod relay;
 pub mod responses;
 pub mod routes;
@@ -42,6 +43,9 @@ pub struct AppState {
     pub redis: redis::Client,
     /// The configured provider keys (for the admin view; workers hold their own copy).
     pub keys: Arc<Vec<KeySpec>>,
+    pub limits: Arc<limits::Limits>,
+    pub hashing: Arc<auth::HashQueue>,
+    pub trusted_proxies: Arc<limits::address::TrustedProxies>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +75,18 @@ pub async fn run(
 ) -> Result<(), RunError> {
     settings.validate()?;
     settings.validate_api()?;
+    let trusted_proxies = limits::address::TrustedProxies::parse(&settings.http.trusted_proxies)?;
     let database_url = settings.database.url.expose().clone();
     db::migrate(&database_url).await?;
     let db = db::connect(&database_url, settings.database.max_connections).await?;
     let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+    let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
     let state = AppState {
         db: db.clone(),
-        redis: redis::Client::open(settings.redis.url.expose().as_str())?,
+        limits: Arc::new(limits::Limits::new(&settings, redis.clone(), db.clone())),
+        hashing: Arc::new(auth::HashQueue::new(settings.auth.max_waiting_hashes)),
+        trusted_proxies: Arc::new(trusted_proxies),
+        redis,
         keys: Arc::new(load_keys(&settings)?),
         settings: Arc::new(settings),
         relay_wake: Arc::new(Notify::new()),
@@ -115,10 +124,14 @@ pub async fn run(
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
     let shutdown = cancel.clone();
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .into_future()
-        .await;
+    // Connect info gives handlers the TCP peer (the client address, or a trusted proxy's).
+    let served = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .into_future()
+    .await;
     // If the server stopped on its own, take the background tasks down with it.
     cancel.cancel();
     tasks.wait().await;

@@ -1,10 +1,11 @@
-//! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`.
+//! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`. Both
+//! are throttled per client address (logins per email too) before any password is hashed.
 
 use crate::AppState;
-use crate::auth::{hash_password, issue_token, verify_password};
+use crate::auth::issue_token;
 use crate::entities::users;
 use crate::error::{ApiError, OnConflict};
-use crate::extract::AppJson;
+use crate::extract::{AppJson, ClientAddr};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -37,7 +38,14 @@ struct Session {
     user: UserView,
 }
 
-const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=1024;
+const PASSWORD_MIN_CHARS: usize = 8;
+/// Longer passwords are refused before hashing: argon2's cost grows with the input, and
+/// nobody types more. Bytes, not characters, so login and register agree on what fits.
+const PASSWORD_MAX_BYTES: usize = 1024;
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthorized("invalid_credentials", "wrong email or password")
+}
 
 /// Emails are compared case-insensitively, so they are stored lower-cased.
 fn normalize_email(raw: &str) -> Result<String, ApiError> {
@@ -74,19 +82,26 @@ fn session(state: &AppState, user: users::Model) -> Result<Session, ApiError> {
 
 async fn register(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
+    state.limits.admit_register(client).await?;
     let email = normalize_email(&body.email)?;
-    if !PASSWORD_CHARS.contains(&body.password.chars().count()) {
+    if body.password.chars().count() < PASSWORD_MIN_CHARS
+        || body.password.len() > PASSWORD_MAX_BYTES
+    {
         return Err(ApiError::unprocessable(
             "invalid_password",
-            "`password` must be 8 to 1024 characters",
+            format!(
+                "`password` must be at least {PASSWORD_MIN_CHARS} characters and at most \
+                 {PASSWORD_MAX_BYTES} bytes"
+            ),
         ));
     }
     let user = users::Model {
         id: Uuid::now_v7(),
         email,
-        password_hash: hash_password(body.password).await?,
+        password_hash: state.hashing.hash(body.password).await?,
         created_at: crate::routes::views::now_micros(),
     };
     users::Entity::insert(users::ActiveModel {
@@ -107,19 +122,22 @@ async fn register(
 
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Json<Session>, ApiError> {
     let email = body.email.trim().to_lowercase();
+    state.limits.admit_login(&email, client).await?;
+    if body.password.len() > PASSWORD_MAX_BYTES {
+        // No account can have it (register refuses it too), so no hash is spent on it.
+        return Err(invalid_credentials());
+    }
     let user = users::Entity::find()
         .filter(users::Column::Email.eq(email))
         .one(&state.db)
         .await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    match (verify_password(body.password, hash).await?, user) {
+    match (state.hashing.verify(body.password, hash).await?, user) {
         (true, Some(user)) => Ok(Json(session(&state, user)?)),
-        _ => Err(ApiError::unauthorized(
-            "invalid_credentials",
-            "wrong email or password",
-        )),
+        _ => Err(invalid_credentials()),
     }
 }
