@@ -2,6 +2,7 @@
 //! stood in for, by mock-gemini over real HTTP. Each test owns its database and prefixes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod api_errors;
 mod broker_outage;
 mod keypool;
@@ -9,3 +10,4 @@ mod pipeline;
 mod responses;
 mod retries;
 mod topology;
+mod user_limits;
