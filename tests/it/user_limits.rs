@@ -308,6 +308,17 @@ async fn limits_fail_open_while_redis_is_down() {
         let refused = last.ok_or_else(|| anyhow::anyhow!("the limit never came back"))?;
         assert_eq!(refused.limit(), "messages_per_minute");
         redis.stop();
+
+        // A replica that has never reached Redis (nothing listens there) lets posts through too.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut settings = limited(&app, 1, 1, 0);
+        settings.redis.url = Secret::new(format!("redis://{}", closed.local_addr()?));
+        drop(closed);
+        let api = app.add_api(settings).await?;
+        for _ in 0..3 {
+            let answer = post(&app, &api, &token, &chat).await?;
+            assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+        }
         Ok(())
     })
     .await;

@@ -49,6 +49,11 @@ pub struct Limits {
     last_warning: Mutex<Option<Instant>>,
 }
 
+fn refused(limit: &'static str, wait: Duration) -> ApiError {
+    metrics::counter!("sluice_user_limits_refused_total", "limit" => limit).increment(1);
+    ApiError::rate_limited(limit, wait)
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -103,7 +108,7 @@ impl Limits {
             // fine for a cap on work in flight; the rate limits below are exact.
             let pending = self.pending(user).await?;
             if pending >= u64::from(self.users.max_pending) {
-                return Err(ApiError::rate_limited("max_pending", PENDING_RETRY_AFTER));
+                return Err(refused("max_pending", PENDING_RETRY_AFTER));
             }
         }
         self.take(self.message_quotas(user)).await
@@ -142,7 +147,7 @@ impl Limits {
             Ok(checked) => {
                 let (index, wait) = checked.binding().unwrap_or((0, Duration::from_secs(1)));
                 let name = quotas.get(index).map_or("rate", |q| q.name);
-                Err(ApiError::rate_limited(name, wait))
+                Err(refused(name, wait))
             }
             Err(e) => {
                 self.unavailable(&e);
