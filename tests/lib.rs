@@ -328,13 +328,29 @@ impl TestApp {
         self.post(path, &token, body).await
     }
 
+    /// Starts one more API replica with `settings` (usually this stack's, changed a little:
+    /// same database and prefixes); stopped with the stack. Returns its base URL.
+    pub async fn add_api(&self, settings: Settings) -> anyhow::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let cancel = self.cancel.child_token();
+        let task = tokio::spawn(async move {
+            if let Err(e) = sluice_api::run(settings, listener, cancel).await {
+                tracing::error!(error = %e, "extra api stopped with an error");
+            }
+        });
+        self.tasks.lock().unwrap().push(task);
+        self.wait_ready_at(&base).await?;
+        Ok(base)
+    }
+
     async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.wait_ready_at(&self.api).await
+    }
+
+    async fn wait_ready_at(&self, base: &str) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/api/ready", self.api))
-                .send()
-                .await
+            if let Ok(r) = self.http.get(format!("{base}/api/ready")).send().await
                 && r.status() == StatusCode::OK
             {
                 let body: Value = r.json().await?;

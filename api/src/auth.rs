@@ -10,7 +10,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::sync::OnceLock;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use uuid::Uuid;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -81,46 +82,95 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Uuid, ApiError> {
     Ok(claims.sub)
 }
 
-/// Argon2 with the default parameters takes 19 MiB and tens of milliseconds per hash; a few
-/// at a time keep a burst of sign-ups from costing hundreds of megabytes of memory.
-static HASHING: Semaphore = Semaphore::const_new(2);
+/// The bounded queue in front of argon2. With the default parameters a hash takes 19 MiB and
+/// tens of milliseconds, so only [`HashQueue::SLOTS`] run at once (a burst of sign-ups must not
+/// cost hundreds of megabytes), and only `max_waiting` more may wait: past that a login flood
+/// is answered 503 at once instead of delaying everyone behind it.
+#[derive(Debug)]
+pub struct HashQueue {
+    running: Semaphore,
+    /// Running plus waiting.
+    admitted: Semaphore,
+    started: AtomicU64,
+}
 
-async fn hashing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
-    HASHING
-        .acquire()
+/// Held for the duration of one hash.
+pub struct HashSlot<'a> {
+    _admitted: SemaphorePermit<'a>,
+    _running: SemaphorePermit<'a>,
+}
+
+/// How long a client refused by a full queue should wait: a couple of hashes' time.
+const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
+impl HashQueue {
+    pub const SLOTS: usize = 2;
+
+    pub fn new(max_waiting: u32) -> Self {
+        let waiting = usize::try_from(max_waiting).unwrap_or(usize::MAX);
+        Self {
+            running: Semaphore::new(Self::SLOTS),
+            admitted: Semaphore::new(Self::SLOTS.saturating_add(waiting)),
+            started: AtomicU64::new(0),
+        }
+    }
+
+    /// A hashing slot, waiting for one if the queue has room, else `busy` at once.
+    pub async fn slot(&self) -> Result<HashSlot<'_>, ApiError> {
+        let admitted = self.admitted.try_acquire().map_err(|_| {
+            metrics::counter!("sluice_password_hashes_refused_total").increment(1);
+            ApiError::busy(
+                "too many sign-ins at once, try again shortly",
+                BUSY_RETRY_AFTER_SECS,
+            )
+        })?;
+        let running = self
+            .running
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing permit: {e}")))?;
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Ok(HashSlot {
+            _admitted: admitted,
+            _running: running,
+        })
+    }
+
+    /// Hashes begun so far (each took a slot).
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Hashes a password with argon2id on the blocking pool (it is deliberately slow).
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let _slot = self.slot().await?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
         .await
-        .map_err(|e| ApiError::Internal(format!("hashing permit: {e}")))
-}
+        .map_err(|e| ApiError::Internal(format!("hash task: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("hash: {e}")))
+    }
 
-/// Hashes a password with argon2id on the blocking pool (it is deliberately slow).
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    let _permit = hashing_permit().await?;
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("hash task: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("hash: {e}")))
-}
-
-/// Verifies a password; `None` (no such user) still spends the time of a real check, so
-/// response times do not reveal which emails exist.
-pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    let _permit = hashing_permit().await?;
-    tokio::task::spawn_blocking(move || {
-        let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
-        let Ok(parsed) = PasswordHash::new(hash) else {
-            return false;
-        };
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("verify task: {e}")))
+    /// Verifies a password; `None` (no such user) still spends the time of a real check, so
+    /// response times do not reveal which emails exist.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        let _slot = self.slot().await?;
+        tokio::task::spawn_blocking(move || {
+            let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
+            let Ok(parsed) = PasswordHash::new(hash) else {
+                return false;
+            };
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("verify task: {e}")))
+    }
 }
 
 /// The hash of a random password nobody knows, made once with the default parameters.
@@ -175,10 +225,49 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_hash_and_verify() -> Result<(), ApiError> {
-        let hash = hash_password("correct horse".into()).await?;
-        assert!(verify_password("correct horse".into(), Some(hash.clone())).await?);
-        assert!(!verify_password("wrong".into(), Some(hash)).await?);
-        assert!(!verify_password("anything".into(), None).await?);
+        let queue = HashQueue::new(4);
+        let hash = queue.hash("correct horse".into()).await?;
+        assert!(
+            queue
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await?
+        );
+        assert!(!queue.verify("wrong".into(), Some(hash)).await?);
+        assert!(!queue.verify("anything".into(), None).await?);
+        assert_eq!(queue.started(), 4);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_hashing_queue_answers_busy_at_once() -> Result<(), ApiError> {
+        let queue = HashQueue::new(1);
+        let first = queue.slot().await?;
+        let _second = queue.slot().await?;
+        // The third waits for a slot: it is admitted (the one place to wait) but not running.
+        let mut waiting = Box::pin(queue.slot());
+        assert!(futures_util::poll!(&mut waiting).is_pending());
+        // The fourth finds the queue full and is refused without waiting.
+        match queue.slot().await {
+            Err(ApiError::Client {
+                status,
+                code,
+                retry_after_secs,
+                ..
+            }) => {
+                assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(code, "busy");
+                assert!(retry_after_secs.is_some());
+            }
+            Err(other) => panic!("expected busy, got {other:?}"),
+            Ok(_) => panic!("expected busy, got a slot"),
+        }
+        assert_eq!(queue.started(), 2);
+        // A slot frees: the waiting one runs, and the queue has room again.
+        drop(first);
+        let third = waiting.await?;
+        assert_eq!(queue.started(), 3);
+        drop(third);
+        let _again = queue.slot().await?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::consume::DbFailure;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sea_orm::{DbErr, SqlErr};
 use serde_json::json;
@@ -16,6 +16,10 @@ pub enum ApiError {
         status: StatusCode,
         code: &'static str,
         message: String,
+        /// Sent as `Retry-After` (whole seconds): when trying again makes sense.
+        retry_after_secs: Option<u64>,
+        /// Which per-user or per-client limit refused the request (`rate_limited` only).
+        limit: Option<&'static str>,
     },
     #[error("database: {0}")]
     Database(#[from] DbErr),
@@ -29,6 +33,32 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
+            limit: None,
+        }
+    }
+
+    /// 429 `rate_limited`, naming the limit; `Retry-After` is the wait rounded up to a whole
+    /// second (at least one, so a client never retries at once).
+    pub fn rate_limited(limit: &'static str, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self::Client {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: format!("over the {limit} limit, try again in {} s", secs.max(1)),
+            retry_after_secs: Some(secs.max(1)),
+            limit: Some(limit),
+        }
+    }
+
+    /// 503 `busy`: the server is saturated (not the client's fault); try again shortly.
+    pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::Client {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "busy",
+            message: message.into(),
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            limit: None,
         }
     }
 
@@ -74,6 +104,26 @@ fn body(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+fn client_body(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after_secs: Option<u64>,
+    limit: Option<&str>,
+) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(limit) = limit {
+        error["limit"] = json!(limit);
+    }
+    let mut response = (status, Json(json!({ "error": error }))).into_response();
+    if let Some(secs) = retry_after_secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
@@ -81,7 +131,9 @@ impl IntoResponse for ApiError {
                 status,
                 code,
                 message,
-            } => body(status, code, &message),
+                retry_after_secs,
+                limit,
+            } => client_body(status, code, &message, retry_after_secs, limit),
             // An outage, or a deadlock the client may simply retry.
             ApiError::Database(e) if DbFailure::of(&e).is_transient() => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -115,6 +167,7 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
     use sea_orm::RuntimeErr;
+    use std::time::Duration;
 
     fn status(e: DbErr) -> StatusCode {
         ApiError::Database(e).into_response().status()
@@ -132,5 +185,26 @@ mod tests {
             ))),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[tokio::test]
+    async fn rate_limited_names_the_limit_and_rounds_retry_after_up()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let response = ApiError::rate_limited("messages_per_minute", Duration::from_millis(2_001))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let bytes = axum::body::to_bytes(response.into_body(), 4096).await?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)?;
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert_eq!(body["error"]["limit"], "messages_per_minute");
+        let zero = ApiError::rate_limited("max_pending", Duration::ZERO).into_response();
+        assert_eq!(zero.headers()[header::RETRY_AFTER], "1");
+        let busy = ApiError::busy("full", 1).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let plain = ApiError::not_found("chat").into_response();
+        assert!(plain.headers().get(header::RETRY_AFTER).is_none());
+        Ok(())
     }
 }

@@ -1,18 +1,21 @@
 //! Request extractors that answer in the API's error shape: JSON bodies and query strings
-//! (both refuse text PostgreSQL cannot store), the signed-in user, the admin token, and path
-//! ids (a malformed id is a 404 like an unknown one).
+//! (both refuse text PostgreSQL cannot store), the signed-in user, the admin token, the
+//! client's address, and path ids (a malformed id is a 404 like an unknown one).
 
 use crate::AppState;
 use crate::auth;
 use crate::error::ApiError;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRef, FromRequest, FromRequestParts, OptionalFromRequest, Request};
+use axum::extract::{
+    ConnectInfo, FromRef, FromRequest, FromRequestParts, OptionalFromRequest, Request,
+};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_shared::text::is_storable;
+use std::net::SocketAddr;
 use uuid::Uuid;
 
 /// `axum::Json`, but a bad body comes back as `{"error": …}`, and a body holding text that
@@ -213,6 +216,35 @@ fn tokens_match(presented: &str, expected: &str) -> bool {
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`
+/// (see [`crate::limits::address`]). Needs the server to record connect info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .ok_or_else(|| ApiError::Internal("no peer address: serve with connect info".into()))?
+            .0
+            .ip();
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(Self(state.trusted_proxies.client(peer, forwarded)))
+    }
 }
 
 /// Parses a path id; anything that is not a UUID is simply not found.

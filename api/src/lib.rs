@@ -15,6 +15,7 @@ pub mod dead_letters;
 pub mod entities;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod reaper;
 pub mod relay;
 pub mod request;
@@ -49,6 +50,9 @@ pub struct AppState {
     pub redis: redis::Client,
     /// The configured provider keys (for the admin view; workers hold their own copy).
     pub keys: Arc<Vec<KeySpec>>,
+    pub limits: Arc<limits::Limits>,
+    pub hashing: Arc<auth::HashQueue>,
+    pub trusted_proxies: Arc<limits::address::TrustedProxies>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +109,18 @@ pub async fn run(
 ) -> Result<(), RunError> {
     settings.validate()?;
     settings.validate_api()?;
+    let trusted_proxies = limits::address::TrustedProxies::parse(&settings.http.trusted_proxies)?;
     let database_url = settings.database.url.expose().clone();
     db::migrate(&database_url).await?;
     let db = db::connect(&database_url, settings.database.max_connections).await?;
     let topology = Topology::from_settings(&settings);
+    let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
     let state = AppState {
         db: db.clone(),
-        redis: redis::Client::open(settings.redis.url.expose().as_str())?,
+        limits: Arc::new(limits::Limits::new(&settings, redis.clone(), db.clone())),
+        hashing: Arc::new(auth::HashQueue::new(settings.auth.max_waiting_hashes)),
+        trusted_proxies: Arc::new(trusted_proxies),
+        redis,
         keys: Arc::new(load_keys(&settings)?),
         settings: Arc::new(settings),
         relay_wake: Arc::new(Notify::new()),

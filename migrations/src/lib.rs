@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_initial;
 mod m20261202_000001_reply_origin;
+mod m20261202_000100_pending_by_chat;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261202_000001_reply_origin::Migration),
+            Box::new(m20261202_000100_pending_by_chat::Migration),
         ]
     }
 }

@@ -2,6 +2,7 @@
 //! stood in for, by mock-gemini over real HTTP. Each test owns its database and prefixes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod api_errors;
 mod broker_outage;
 mod dead_letter_consumer;
@@ -17,3 +18,4 @@ mod retries;
 mod row_isolation;
 mod sizes;
 mod topology;
+mod user_limits;

@@ -1,10 +1,11 @@
-//! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`.
+//! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`. Both
+//! are throttled per client address (logins per email too) before any password is hashed.
 
 use crate::AppState;
-use crate::auth::{hash_password, issue_token, verify_password};
+use crate::auth::issue_token;
 use crate::entities::users;
 use crate::error::{ApiError, OnConflict};
-use crate::extract::AppJson;
+use crate::extract::{AppJson, ClientAddr};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -37,7 +38,14 @@ struct Session {
     user: UserView,
 }
 
-const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=1024;
+const PASSWORD_MIN_CHARS: usize = 8;
+/// Longer passwords are refused before hashing: argon2's cost grows with the input, and
+/// nobody types more. Bytes, not characters, so login and register agree on what fits.
+const PASSWORD_MAX_BYTES: usize = 1024;
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthorized("invalid_credentials", "wrong email or password")
+}
 
 /// Emails are compared case-insensitively, so they are stored lower-cased.
 fn normalize_email(raw: &str) -> Result<String, ApiError> {
@@ -74,19 +82,26 @@ fn session(state: &AppState, user: users::Model) -> Result<Session, ApiError> {
 
 async fn register(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
+    state.limits.admit_register(client).await?;
     let email = normalize_email(&body.email)?;
-    if !PASSWORD_CHARS.contains(&body.password.chars().count()) {
+    if body.password.chars().count() < PASSWORD_MIN_CHARS
+        || body.password.len() > PASSWORD_MAX_BYTES
+    {
         return Err(ApiError::unprocessable(
             "invalid_password",
-            "`password` must be 8 to 1024 characters",
+            format!(
+                "`password` must be at least {PASSWORD_MIN_CHARS} characters and at most \
+                 {PASSWORD_MAX_BYTES} bytes"
+            ),
         ));
     }
     let user = users::Model {
         id: Uuid::now_v7(),
         email,
-        password_hash: hash_password(body.password).await?,
+        password_hash: state.hashing.hash(body.password).await?,
         created_at: crate::routes::views::now_micros(),
     };
     users::Entity::insert(users::ActiveModel {
@@ -107,19 +122,162 @@ async fn register(
 
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Json<Session>, ApiError> {
     let email = body.email.trim().to_lowercase();
+    state.limits.admit_login(&email, client).await?;
+    if body.password.len() > PASSWORD_MAX_BYTES {
+        // No account can have it (register refuses it too), so no hash is spent on it.
+        return Err(invalid_credentials());
+    }
     let user = users::Entity::find()
         .filter(users::Column::Email.eq(email))
         .one(&state.db)
         .await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    match (verify_password(body.password, hash).await?, user) {
+    match (state.hashing.verify(body.password, hash).await?, user) {
         (true, Some(user)) => Ok(Json(session(&state, user)?)),
-        _ => Err(ApiError::unauthorized(
-            "invalid_credentials",
-            "wrong email or password",
-        )),
+        _ => Err(invalid_credentials()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::HashQueue;
+    use crate::limits::Limits;
+    use crate::limits::address::TrustedProxies;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use sea_orm::{ConnectionTrait, Database};
+    use serde_json::{Value, json};
+    use sluice_shared::{Secret, Settings};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tower::ServiceExt;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    fn admin_url() -> String {
+        std::env::var("SLUICE_TEST_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    async fn call(state: &AppState, path: &str, body: Value) -> Result<(u16, Value), ApiError> {
+        let mut request = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
+        let response = crate::app(state.clone())
+            .oneshot(request)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// Against a fresh database of its own: the hash counter tells whether a hash was spent.
+    async fn long_passwords_spend_no_hash(url: String) -> TestResult {
+        crate::db::migrate(&url).await?;
+        let db = crate::db::connect(&url, 2).await?;
+        let mut settings = Settings::defaults()?;
+        settings.auth.jwt_secret = Secret::new("unit-test-secret-0123456789abcdefghij".into());
+        // Limits off: only the password rules are under test.
+        settings.users.logins_per_minute_per_email = 0;
+        settings.users.logins_per_minute_per_address = 0;
+        let redis = redis::Client::open("redis://127.0.0.1:6379")?;
+        let state = AppState {
+            limits: Arc::new(Limits::new(&settings, redis.clone(), db.clone())),
+            hashing: Arc::new(HashQueue::new(8)),
+            trusted_proxies: Arc::new(TrustedProxies::default()),
+            db: db.clone(),
+            settings: Arc::new(settings),
+            relay_wake: Arc::default(),
+            broker_up: Arc::new(AtomicBool::new(true)),
+            redis,
+            keys: Arc::default(),
+        };
+        let email = "long@example.com";
+        let (status, body) = call(
+            &state,
+            "/api/auth/register",
+            json!({"email": email, "password": "correct horse"}),
+        )
+        .await?;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(state.hashing.started(), 1);
+
+        let long = "a".repeat(PASSWORD_MAX_BYTES + 1);
+        let (status, body) = call(
+            &state,
+            "/api/auth/login",
+            json!({"email": email, "password": long}),
+        )
+        .await?;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("invalid_credentials"))
+        );
+        assert_eq!(
+            state.hashing.started(),
+            1,
+            "a long password must not be hashed"
+        );
+
+        // At the limit it is an ordinary (wrong) password, checked like any other.
+        let (status, _) = call(
+            &state,
+            "/api/auth/login",
+            json!({"email": email, "password": "a".repeat(PASSWORD_MAX_BYTES)}),
+        )
+        .await?;
+        assert_eq!(status, 401);
+        assert_eq!(state.hashing.started(), 2);
+
+        // Register counts bytes too: 513 'é' are 513 characters but 1 026 bytes.
+        let (status, body) = call(
+            &state,
+            "/api/auth/register",
+            json!({"email": "other@example.com", "password": "é".repeat(513)}),
+        )
+        .await?;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (422, &json!("invalid_password"))
+        );
+        assert_eq!(state.hashing.started(), 2);
+        db.close().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_password_over_1024_bytes_is_refused_without_hashing() -> TestResult {
+        let name = format!(
+            "sluice_u_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let admin_url = admin_url();
+        let admin = Database::connect(admin_url.as_str()).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let server = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(s, _)| s);
+        let outcome = long_passwords_spend_no_hash(format!("{server}/{name}")).await;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        admin.close().await?;
+        outcome
     }
 }

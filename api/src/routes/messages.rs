@@ -58,6 +58,7 @@ async fn create(
     Path(chat_id): Path<String>,
     AppJson(input): AppJson<NewMessage>,
 ) -> Result<(StatusCode, Json<Posted>), ApiError> {
+    state.limits.admit_message(user).await?;
     let chat_id = parse_id(&chat_id, "chat")?;
     validate_content(&input.content)?;
     let model = match input.model {

@@ -5,6 +5,7 @@ mod auth;
 mod chats;
 mod health;
 mod keys;
+mod me;
 mod messages;
 mod prompts;
 mod views;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(chats::router())
         .merge(messages::router())
+        .merge(me::router())
         .merge(prompts::router())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
