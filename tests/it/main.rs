@@ -5,6 +5,7 @@
 mod api_errors;
 mod broker_outage;
 mod keypool;
+mod least_privilege;
 mod pipeline;
 mod responses;
 mod retries;
