@@ -74,8 +74,14 @@ async fn create_user(app: &TestApp, user: &str, prefix: &str) -> anyhow::Result<
         "creating {name}: {}",
         answer.status()
     );
+    // Every right is scoped to the default prefix (or none at all), so moving the patterns onto
+    // the test's prefix tests exactly what the file grants.
     let pattern = |key: &str| -> anyhow::Result<String> {
         let value = permissions[key].as_str().context("permission pattern")?;
+        ensure!(
+            value == "^$" || value.starts_with(DEFAULT_PREFIX_PATTERN),
+            "{user}'s {key} pattern {value:?} reaches beyond the prefix"
+        );
         Ok(for_prefix(value, prefix))
     };
     let answer = http
