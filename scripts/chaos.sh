@@ -78,6 +78,8 @@ have psql || die "psql (postgresql-client) is needed to check the database"
 have curl || die "curl is needed to watch the stack"
 id postgres >/dev/null 2>&1 || die "no 'postgres' OS user to run PostgreSQL as"
 id rabbitmq >/dev/null 2>&1 || die "no 'rabbitmq' OS user to run RabbitMQ as"
+# Where the rabbitmq user's Erlang cookie lives, which rabbitmqctl also reads.
+RABBIT_HOME=$(getent passwd rabbitmq | cut -d: -f6)
 
 # as_user USER CMD...: run CMD as USER, keeping the environment (root, or passwordless sudo).
 as_user() {
@@ -139,12 +141,29 @@ NODE="chaos$RUN_ID@localhost"
 declare -A PID=() # name -> pid of processes started in the background
 STARTED_AT=$SECONDS
 
+# descendants PID: every process below PID (children first found, then theirs).
+descendants() {
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+# Stops our node however far it got: politely, then by the PIDs we know (the pid file, and
+# everything below the runuser we started, for a node that died before writing it).
 stop_rabbit() {
     timeout 60 rabbitmqctl -q -n "$NODE" stop >/dev/null 2>&1 || true
-    local beam
-    beam=$(cat "$WORK/rabbit/pid" 2>/dev/null || true)
-    [[ -n $beam ]] && kill -9 "$beam" 2>/dev/null || true
-    [[ -n ${PID[rabbit]:-} ]] && { kill -9 "${PID[rabbit]}" 2>/dev/null || true; }
+    local pids=()
+    [[ -s $WORK/rabbit/pid ]] && pids+=("$(cat "$WORK/rabbit/pid")")
+    if [[ -n ${PID[rabbit]:-} ]]; then
+        mapfile -t -O "${#pids[@]}" pids < <(descendants "${PID[rabbit]}")
+        pids+=("${PID[rabbit]}")
+    fi
+    ((${#pids[@]} == 0)) || kill -9 "${pids[@]}" 2>/dev/null || true
+    if [[ -n ${PID[rabbit]:-} ]]; then
+        { wait "${PID[rabbit]}"; } 2>/dev/null || true
+    fi
 }
 
 cleanup() {
@@ -212,7 +231,11 @@ start_postgres() {
     wait_until 30 pg_up || fail postgres "PostgreSQL does not answer on :$PG_PORT"
 }
 
-redis_up() { [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_up() {
+    # shellcheck disable=SC2016 # $1 expands in the child shell
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "PING\r\n" >&3 &&
+        IFS= read -r l <&3 && [[ $l == "+PONG"* ]]' _ "$REDIS_PORT" 2>/dev/null
+}
 start_redis() {
     start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
         --dir "$WORK/redis"
@@ -221,7 +244,7 @@ start_redis() {
 
 start_rabbit() {
     # runuser keeps the environment: these name the node, its ports and its directories.
-    start rabbit as_user rabbitmq env HOME=/var/lib/rabbitmq \
+    start rabbit as_user rabbitmq env HOME="$RABBIT_HOME" \
         RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
         RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_DIST_PORT="$DIST_PORT" \
         RABBITMQ_MNESIA_BASE="$WORK/rabbit/mnesia" RABBITMQ_LOG_BASE="$WORK/rabbit/log" \
@@ -291,7 +314,7 @@ API_AMQP="amqp://sluice-api:sluice-api@127.0.0.1:$AMQP_PORT/%2f"
 WORKER_AMQP="amqp://sluice-worker:sluice-worker@127.0.0.1:$AMQP_PORT/%2f"
 
 api_ready() {
-    [[ $(curl -fsS --max-time 2 "http://127.0.0.1:$API_PORT/api/ready" 2>/dev/null) == *'"broker":"ok"'* ]]
+    [[ $(curl --noproxy '*' -fsS --max-time 2 "http://127.0.0.1:$API_PORT/api/ready" 2>/dev/null) == *'"broker":"ok"'* ]]
 }
 start_api() {
     SLUICE__AMQP__URL=$API_AMQP start api "$BIN/sluice-api"
@@ -300,7 +323,7 @@ start_api() {
 
 WORKERS=0
 declare -A WORKER_PORT=()
-worker_ready() { [[ $(curl -fsS --max-time 2 "http://127.0.0.1:$1/health" 2>/dev/null) == *'"broker":"connected"'* ]]; }
+worker_ready() { [[ $(curl --noproxy '*' -fsS --max-time 2 "http://127.0.0.1:$1/health" 2>/dev/null) == *'"broker":"connected"'* ]]; }
 # start_worker: one more worker, named worker-N.
 start_worker() {
     WORKERS=$((WORKERS + 1))
@@ -435,7 +458,7 @@ DUPLICATED=$((ACCEPTED_N - DISTINCT + DUP_CHATS + REISSUED))
 FAILED_KINDS=$(sql "SELECT coalesce(string_agg(kind || ' ' || n, ', '), 'none') FROM (
     SELECT error_kind AS kind, count(*) AS n FROM messages
     WHERE role = 'assistant' AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC) k")
-CALLS=$(curl -fsS --max-time 5 "http://127.0.0.1:$MOCK_PORT/_stats" 2>/dev/null |
+CALLS=$(curl --noproxy '*' -fsS --max-time 5 "http://127.0.0.1:$MOCK_PORT/_stats" 2>/dev/null |
     sed -nE 's/.*"calls":([0-9]+).*/\1/p')
 REPLIES=$(sql "SELECT count(*) FROM messages WHERE role = 'assistant' AND status <> 'pending'")
 NOT_ACCEPTED=$(sed -nE 's/^ *not accepted +([0-9]+).*/\1/p' "$LOGS/bench.log" | tail -n 1)
