@@ -23,7 +23,8 @@
 #   completed   accepted ids whose assistant message is `completed`
 #   failed      accepted ids whose assistant message is `failed` with a reason (error_kind)
 #   lost        accepted ids with no assistant message, still `pending`, or `failed`
-#               without a reason
+#               without a reason; plus replies stored without a 202 (the API died between
+#               its commit and its answer) that are still `pending`: committed is promised too
 #   duplicated  an id answered 202 more than once, plus, per chat, assistant messages beyond
 #               its user messages (one post answered by two replies), plus replies whose
 #               generation moved past 1 (nobody retries or replays here, so only a reply issued
@@ -426,7 +427,7 @@ DRAIN_START=$SECONDS
 wait_until "$DRAIN_SECS" drained || warn "still pending after $DRAIN_SECS s: $(sql "SELECT count(*) FROM messages WHERE status = 'pending'") replies, $(sql 'SELECT count(*) FROM outbox') outbox rows"
 DRAIN=$((SECONDS - DRAIN_START))
 
-read -r ACCEPTED_N DISTINCT COMPLETED FAILED_N LOST DUP_CHATS REISSUED UNACKED < <(
+read -r ACCEPTED_N DISTINCT COMPLETED FAILED_N LOST DUP_CHATS REISSUED UNACKED STRANDED < <(
     "${PSQL[@]}" -d sluice -F ' ' <<SQL
 CREATE TEMP TABLE accepted (id uuid, chat uuid, n bigint);
 \copy accepted FROM '$ACCEPTED'
@@ -451,9 +452,14 @@ SELECT
     (SELECT coalesce(sum(greatest(replies - posts, 0)), 0) FROM per_chat),
     (SELECT count(*) FROM messages WHERE role = 'assistant' AND generation > 1),
     (SELECT count(*) FROM messages m
-        WHERE m.role = 'assistant' AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.id = m.id));
+        WHERE m.role = 'assistant' AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.id = m.id)),
+    (SELECT count(*) FROM messages m
+        WHERE m.role = 'assistant' AND m.status = 'pending'
+          AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.id = m.id));
 SQL
 )
+[[ $STRANDED =~ ^[0-9]+$ ]] || die "chaos: could not read the results from the database"
+LOST=$((LOST + STRANDED))
 DUPLICATED=$((ACCEPTED_N - DISTINCT + DUP_CHATS + REISSUED))
 FAILED_KINDS=$(sql "SELECT coalesce(string_agg(kind || ' ' || n, ', '), 'none') FROM (
     SELECT error_kind AS kind, count(*) AS n FROM messages
@@ -466,7 +472,7 @@ NOT_ACCEPTED=$(sed -nE 's/^ *not accepted +([0-9]+).*/\1/p' "$LOGS/bench.log" | 
 cat <<REPORT
 chaos: $COUNT POSTs at $RATE/s over $USERS users × $CHATS chats; load ${LOAD_SECS} s, drain ${DRAIN} s, whole run $((SECONDS - STARTED_AT)) s
 chaos: 3 worker SIGKILLs, 1 API SIGKILL, Redis, PostgreSQL and RabbitMQ restarted once each
-chaos: not accepted (API down, 5xx, timeouts) ${NOT_ACCEPTED:-?}; stored though unanswered (not counted) $UNACKED
+chaos: not accepted (API down, 5xx, timeouts) ${NOT_ACCEPTED:-?}; stored without a 202 $UNACKED ($STRANDED of them still pending, counted as lost)
 chaos: failed by kind: $FAILED_KINDS
 chaos: provider calls ${CALLS:-?} for $REPLIES stored replies (redeliveries after kills; not duplicates)
 chaos: accepted $ACCEPTED_N / completed $COMPLETED / failed $FAILED_N / lost $LOST / duplicated $DUPLICATED
