@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real PostgreSQL, RabbitMQ and Redis on
 # 127.0.0.1 (started, or installed from Debian's packages, when missing). Each test makes its
-# own database, queue prefix and Redis prefix and removes them afterwards.
+# own database, queue prefix and Redis prefix and removes them afterwards. Then the chaos run
+# (scripts/chaos.sh, about four minutes) on private instances of the three services.
 #
-# Usage: scripts/test.sh [extra cargo test arguments]
+# Usage: scripts/test.sh [extra cargo test arguments]     (SLUICE_CHAOS=0: no chaos run)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -15,3 +16,10 @@ scripts/ensure-services.sh
 export SLUICE_TEST_ADMIN_URL="${SLUICE_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --all-targets --locked "$@"
+
+# Then the chaos run: its own PostgreSQL, Redis and RabbitMQ, processes killed and services
+# restarted under load; it fails unless every accepted message got exactly one reply.
+# SLUICE_CHAOS=0 skips it (e.g. while iterating on one test).
+if [[ ${SLUICE_CHAOS:-1} != 0 ]]; then
+    scripts/chaos.sh
+fi

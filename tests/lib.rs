@@ -296,6 +296,12 @@ impl TestApp {
         if let Some(f) = &self.redis_forwarder {
             settings.redis.url = Secret::new(format!("redis://{}", f.addr()));
         }
+        self.start_worker(settings).await
+    }
+
+    /// Starts one more worker with settings of the test's choosing (another broker user or
+    /// queue prefix); it stops with the stack or when its token is cancelled.
+    pub async fn start_worker(&self, settings: Settings) -> anyhow::Result<Worker> {
         let health = TcpListener::bind("127.0.0.1:0").await?;
         let worker = Worker {
             cancel: self.cancel.child_token(),

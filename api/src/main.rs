@@ -1,7 +1,10 @@
-//! `sluice-api` serves the API; `sluice-api migrate` applies pending migrations and exits.
+//! `sluice-api` serves the API; `sluice-api migrate` applies pending migrations, declares the
+//! broker topology and exits. The API and `migrate` are its only declarers: workers need no
+//! configure right on the broker.
 
 use anyhow::Context;
-use sluice_shared::Settings;
+use sluice_shared::{Settings, Topology};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Argon2 allocates 19 MiB per hash. glibc's dynamic mmap threshold soon serves blocks that
@@ -35,6 +38,7 @@ async fn serve() -> anyhow::Result<()> {
                 .await
                 .context("applying migrations")?;
             tracing::info!("migrations applied");
+            declare_topology(&settings).await?;
             Ok(())
         }
         Some(other) => {
@@ -55,4 +59,25 @@ async fn serve() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Declares the queues and exchanges once, so workers started before any API find them.
+async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
+    const LIMIT: Duration = Duration::from_secs(30);
+    let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+    let declare = async {
+        let connection =
+            sluice_shared::broker::connect(settings.amqp.url.expose(), "sluice-api migrate")
+                .await?;
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        connection.close(200, "topology declared".into()).await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(LIMIT, declare)
+        .await
+        .with_context(|| format!("the broker did not answer within {LIMIT:?}"))?
+        .context("declaring the broker topology (SLUICE__AMQP__URL)")?;
+    tracing::info!(prefix = %topology.prefix(), "broker topology declared");
+    Ok(())
 }

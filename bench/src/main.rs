@@ -4,6 +4,8 @@
 //!   chat) until no reply is pending: accepted POSTs/s and completed replies/s end to end.
 //! - `chat`: C conversations post, poll the reply every 20 ms, post again: POST and
 //!   POST→reply latency percentiles.
+//! - `paced`: an open-loop load at a fixed rate over many users and chats, writing every
+//!   accepted reply id to a file; the chaos run (`scripts/chaos.sh`) checks them in the database.
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
 //!   scenario.
 //!
@@ -15,6 +17,7 @@ mod api;
 mod chat;
 mod flood;
 mod inprocess;
+mod paced;
 mod report;
 mod setup;
 
@@ -40,6 +43,8 @@ enum Command {
     Faults(inprocess::FaultsArgs),
     /// C clients each post, wait for the reply (polling), and post again.
     Chat(chat::ChatArgs),
+    /// POST at a steady rate over many users and chats; write every accepted reply id to a file.
+    Paced(paced::PacedArgs),
     /// Print the peak RSS (VmHWM) of processes.
     Rss(RssArgs),
 }
@@ -118,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Fidelity(args) => inprocess::fidelity(args).await,
                     Command::Faults(args) => inprocess::faults(args).await,
                     Command::Chat(args) => chat::run(args).await,
+                    Command::Paced(args) => paced::run(args).await,
                     Command::Rss(_) => Ok(()),
                 }
             }),

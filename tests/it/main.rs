@@ -10,6 +10,7 @@ mod hostile_input;
 mod hostile_provider;
 mod http_timeouts;
 mod keypool;
+mod least_privilege;
 mod pipeline;
 mod reaper;
 mod replay_rebuild;

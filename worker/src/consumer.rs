@@ -1,7 +1,9 @@
 //! The consumer loop: decodes each delivery, runs the handler concurrently (bounded by the
 //! prefetch), carries out the [`Route`] its outcome maps to — response, retry level, dead
 //! letter or requeue — with confirmed publishes, and only then acks. It reconnects by
-//! itself when the broker goes away; unacked work is redelivered by RabbitMQ.
+//! itself when the broker goes away; unacked work is redelivered by RabbitMQ. It declares
+//! nothing: the API (or `sluice-api migrate`) owns the topology, so a worker's broker user
+//! needs no configure right; while the queues are missing it says so and keeps retrying.
 
 use crate::handler::{self, Context};
 use crate::health::Health;
@@ -10,6 +12,7 @@ use futures_util::StreamExt;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
@@ -59,7 +62,6 @@ impl Consumer {
             retry_delays_ms: self.topology.retry_delays_ms().to_vec(),
             no_key_max_wait_ms: self.no_key_max_wait_ms,
         });
-        self.topology.declare(&link.publisher).await?;
         let channel = connection.create_channel().await?;
         // The prefetch is the concurrency bound: RabbitMQ never has more than this many
         // unacked deliveries out to this worker, and each runs as one task.
@@ -73,7 +75,20 @@ impl Consumer {
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .inspect_err(|e| {
+                let missing = is_not_found(e);
+                self.health
+                    .topology_missing
+                    .store(missing, Ordering::Relaxed);
+                if missing {
+                    tracing::error!(
+                        queue = %self.topology.requests(),
+                        "topology not declared; is the API or `sluice-api migrate` running?"
+                    );
+                }
+            })?;
+        self.health.topology_missing.store(false, Ordering::Relaxed);
         self.health.broker_connected.store(true, Ordering::Relaxed);
         tracing::info!(queue = %self.topology.requests(), prefetch = self.prefetch, "worker consuming");
 
@@ -109,6 +124,15 @@ impl Consumer {
         }
         result
     }
+}
+
+/// The broker's 404: the queue (or exchange) does not exist.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
 }
 
 /// Handles one delivery end to end; an `Err` means it was neither acked nor rejected.

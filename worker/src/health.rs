@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[derive(Default)]
 pub struct Health {
     pub broker_connected: AtomicBool,
+    /// The last attempt found no `requests` queue: nobody has declared the topology yet.
+    pub topology_missing: AtomicBool,
     pub in_flight: AtomicU64,
     pub handled: AtomicU64,
 }
@@ -32,7 +34,13 @@ async fn report(
     let ok = connected && budgets != "degraded";
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
-        "broker": if connected { "connected" } else { "reconnecting" },
+        "broker": if connected {
+            "connected"
+        } else if health.topology_missing.load(Ordering::Relaxed) {
+            "topology_missing"
+        } else {
+            "reconnecting"
+        },
         "budgets": budgets,
         "egress_cooling": context.provider.cooling_routes(),
         "in_flight": health.in_flight.load(Ordering::Relaxed),

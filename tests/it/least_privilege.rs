@@ -1,0 +1,353 @@
+//! Least privilege on the broker, for real: the users of `rabbitmq/definitions.json`, with their
+//! permission patterns moved onto the test's prefix, are created through the management API;
+//! the worker runs as the worker user (no configure right at all) and the API's user can
+//! declare the whole topology. Also: a worker started before the topology exists waits for it.
+
+use anyhow::{Context, bail, ensure};
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use sluice_shared::broker::{self, BrokerError};
+use sluice_shared::{Secret, Topology};
+use sluice_tests::{AMQP_ADDR, TestApp, TestOptions, run};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MANAGEMENT: &str = "http://127.0.0.1:15672";
+const WAIT: Duration = Duration::from_secs(20);
+/// The prefix the definitions file is written for, as it appears in its patterns.
+const DEFAULT_PREFIX_PATTERN: &str = r"^sluice\.";
+
+/// A broker user made for one test from one user of the definitions file.
+struct BrokerUser {
+    name: String,
+    /// The development password: the definitions' user name (see `rabbitmq/rabbitmq.conf`).
+    password: String,
+}
+
+impl BrokerUser {
+    fn amqp_url(&self) -> String {
+        format!("amqp://{}:{}@{AMQP_ADDR}/%2f", self.name, self.password)
+    }
+}
+
+fn definitions() -> anyhow::Result<Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../rabbitmq/definitions.json");
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+/// Moves a pattern written for the default prefix onto `prefix`.
+fn for_prefix(pattern: &str, prefix: &str) -> String {
+    let escaped = prefix.replace('.', r"\.");
+    pattern.replace(DEFAULT_PREFIX_PATTERN, &format!("^{escaped}"))
+}
+
+/// Creates `{user}-{test id}` with the definitions' password hash and permissions (adapted to
+/// `prefix`) through the management API.
+async fn create_user(app: &TestApp, user: &str, prefix: &str) -> anyhow::Result<BrokerUser> {
+    let definitions = definitions()?;
+    let find = |section: &str, key: &str| {
+        definitions[section]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| item[key] == user))
+            .cloned()
+            .with_context(|| format!("no {section} entry for {user} in definitions.json"))
+    };
+    let spec = find("users", "name")?;
+    let permissions = find("permissions", "user")?;
+    let name = format!("{user}-{}", app.id);
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let answer = http
+        .put(format!("{MANAGEMENT}/api/users/{name}"))
+        .basic_auth("guest", Some("guest"))
+        .json(&json!({
+            "password_hash": spec["password_hash"],
+            "hashing_algorithm": spec["hashing_algorithm"],
+            "tags": "",
+        }))
+        .send()
+        .await?;
+    ensure!(
+        answer.status().is_success(),
+        "creating {name}: {}",
+        answer.status()
+    );
+    // Every right is scoped to the default prefix (or none at all), so moving the patterns onto
+    // the test's prefix tests exactly what the file grants.
+    let pattern = |key: &str| -> anyhow::Result<String> {
+        let value = permissions[key].as_str().context("permission pattern")?;
+        ensure!(
+            value == "^$" || value.starts_with(DEFAULT_PREFIX_PATTERN),
+            "{user}'s {key} pattern {value:?} reaches beyond the prefix"
+        );
+        Ok(for_prefix(value, prefix))
+    };
+    let answer = http
+        .put(format!("{MANAGEMENT}/api/permissions/%2F/{name}"))
+        .basic_auth("guest", Some("guest"))
+        .json(&json!({
+            "configure": pattern("configure")?,
+            "write": pattern("write")?,
+            "read": pattern("read")?,
+        }))
+        .send()
+        .await?;
+    ensure!(
+        answer.status().is_success(),
+        "permissions of {name}: {}",
+        answer.status()
+    );
+    Ok(BrokerUser {
+        name,
+        password: user.to_owned(),
+    })
+}
+
+async fn delete_user(name: &str) {
+    let deleted = async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()?
+            .delete(format!("{MANAGEMENT}/api/users/{name}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await?
+            .error_for_status()?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = deleted.await {
+        eprintln!("could not delete broker user {name}: {e}");
+    }
+}
+
+/// Runs `checks` in a task of its own, so that whatever happens (an error or a panic) the
+/// users are deleted before the outcome is passed on.
+async fn with_users<Fut>(users: &[&BrokerUser], checks: Fut) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let outcome = tokio::spawn(checks).await;
+    for user in users {
+        delete_user(&user.name).await;
+    }
+    match outcome {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => bail!("checks task: {join}"),
+    }
+}
+
+fn soft_error(error: &lapin::Error) -> Option<AMQPSoftError> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => match e.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
+fn refused(result: Result<(), lapin::Error>, what: &str) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => bail!("{what} was allowed"),
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::ACCESSREFUSED) => Ok(()),
+        Err(e) => bail!("{what} failed, but not as ACCESS_REFUSED: {e}"),
+    }
+}
+
+async fn wait_for_health(
+    app: &TestApp,
+    worker: &sluice_tests::Worker,
+    broker: &str,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(health) = app.worker_health(worker).await
+            && health["broker"] == broker
+        {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the worker's /health never said broker = {broker}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_configure_rights_answers_and_is_refused_the_rest() {
+    run(
+        TestOptions {
+            workers: 0,
+            ..Default::default()
+        },
+        |app| async move {
+            let prefix = app.topology.prefix().to_owned();
+            let worker_user = create_user(&app, "sluice-worker", &prefix).await?;
+            let api_user = create_user(&app, "sluice-api", &prefix).await?;
+            let checks =
+                least_privilege_checks(app.clone(), worker_user.amqp_url(), api_user.amqp_url());
+            with_users(&[&worker_user, &api_user], checks).await
+        },
+    )
+    .await;
+}
+
+async fn least_privilege_checks(
+    app: Arc<TestApp>,
+    worker_url: String,
+    api_url: String,
+) -> anyhow::Result<()> {
+    let topology = app.topology.clone();
+
+    // The worker user consumes `requests` and publishes the answer through `work`: a message
+    // completes. A worker that declared anything would be refused and never consume.
+    let mut settings = app.settings.clone();
+    settings.amqp.url = Secret::new(worker_url.clone());
+    app.start_worker(settings).await?;
+    let (token, chat) = app.user_with_chat().await?;
+    let id = app
+        .post_message(&token, &chat, json!({"content": "hello"}))
+        .await?;
+    let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+    ensure!(reply["status"] == "completed", "reply: {reply}");
+
+    // Everything else is refused to the worker user: declaring a queue, publishing to
+    // another exchange, reading another queue. Each refusal closes its channel.
+    let conn = broker::connect(&worker_url, "least-privilege worker").await?;
+    let declare = conn
+        .create_channel()
+        .await?
+        .queue_declare(
+            format!("{}sneaky", topology.prefix()).as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ());
+    refused(declare, "queue.declare by the worker user")?;
+    let publish = broker::publish_confirmed(
+        &broker::confirm_channel(&conn).await?,
+        &topology.stream_exchange(),
+        "chat",
+        b"{}",
+        broker::json_properties("least-privilege", FieldTable::default()),
+    )
+    .await;
+    let publish = match publish {
+        Ok(()) => Ok(()),
+        Err(BrokerError::Amqp(e)) => Err(e),
+        Err(other) => bail!("publish to the stream exchange: {other}"),
+    };
+    refused(
+        publish,
+        "basic.publish to the stream exchange by the worker user",
+    )?;
+    let consume = conn
+        .create_channel()
+        .await?
+        .basic_consume(
+            topology.responses().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ());
+    refused(consume, "basic.consume of responses by the worker user")?;
+    let _ = conn.close(200, "done".into()).await;
+
+    // The API user may declare the whole topology (queues with dead-letter targets, bindings)
+    // under its prefix, and nothing outside it.
+    let conn = broker::connect(&api_url, "least-privilege api").await?;
+    topology.declare(&conn.create_channel().await?).await?;
+    let outside = conn
+        .create_channel()
+        .await?
+        .queue_declare(
+            format!("elsewhere-{}", app.id).as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ());
+    refused(outside, "queue.declare outside the prefix by the API user")?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_the_topology_and_never_declares_it() {
+    run(
+        TestOptions {
+            workers: 0,
+            ..Default::default()
+        },
+        |app| async move {
+            // A prefix nobody has declared yet; guest could declare it, so only the worker's
+            // own restraint keeps it from existing.
+            let late = Topology::new(
+                format!("{}late.", app.topology.prefix()),
+                app.topology.retry_delays_ms(),
+            );
+            let mut settings = app.settings.clone();
+            settings.queues.prefix = late.prefix().to_owned();
+            let worker = app.start_worker(settings).await?;
+            let checks = {
+                let (app, late, worker) = (app.clone(), late.clone(), worker.clone());
+                async move {
+                    wait_for_health(&app, &worker, "topology_missing").await?;
+                    ensure!(
+                        queue_consumers(&app, &late.requests()).await?.is_none(),
+                        "the worker declared its queue"
+                    );
+                    // What `sluice-api migrate` does; the worker picks it up by itself.
+                    let (conn, channel) = app.broker_channel().await?;
+                    late.declare(&channel).await?;
+                    conn.close(200, "done".into()).await?;
+                    wait_for_health(&app, &worker, "connected").await?;
+                    ensure!(
+                        queue_consumers(&app, &late.requests()).await? == Some(1),
+                        "the worker consumes the late queue"
+                    );
+                    Ok(())
+                }
+            };
+            let outcome = tokio::spawn(checks).await;
+            worker.cancel.cancel();
+            let (conn, channel) = app.broker_channel().await?;
+            late.delete(&channel).await?;
+            conn.close(200, "done".into()).await?;
+            match outcome {
+                Ok(result) => result,
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(join) => bail!("checks task: {join}"),
+            }
+        },
+    )
+    .await;
+}
+
+/// Consumers of `queue`, or `None` when it does not exist (a passive declare needs no right).
+async fn queue_consumers(app: &TestApp, queue: &str) -> anyhow::Result<Option<u32>> {
+    let (conn, channel) = app.broker_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    match declared {
+        Ok(queue) => Ok(Some(queue.consumer_count())),
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::NOTFOUND) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
