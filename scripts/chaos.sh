@@ -100,8 +100,10 @@ as_root() {
 BIN=target/debug
 BINARIES=(sluice-api sluice-worker mock-gemini sluice-bench)
 if have cargo; then
+    # The same targets as scripts/test.sh's `cargo test --workspace --all-targets`, so the
+    # features resolve alike and this is a no-op after it.
     info "chaos: building the debug binaries (a no-op after scripts/test.sh)…"
-    cargo build --locked "${BINARIES[@]/#/--bin=}" >&2
+    cargo build --locked --workspace --all-targets >&2
 fi
 for b in "${BINARIES[@]}"; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing and cargo is not installed to build it"

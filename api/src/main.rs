@@ -64,7 +64,7 @@ async fn serve() -> anyhow::Result<()> {
 /// Declares the queues and exchanges once, so workers started before any API find them.
 async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
     const LIMIT: Duration = Duration::from_secs(30);
-    let topology = Topology::new(settings.queues.prefix.clone(), &settings.retry.delays_ms);
+    let topology = Topology::from_settings(settings);
     let declare = async {
         let connection =
             sluice_shared::broker::connect(settings.amqp.url.expose(), "sluice-api migrate")

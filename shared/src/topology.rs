@@ -47,7 +47,9 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(prefix: impl Into<String>, retry_delays_ms: &[u64]) -> Self {
+    /// Without the settings' length cap: only for this module's tests; processes use
+    /// [`Topology::from_settings`].
+    fn new(prefix: impl Into<String>, retry_delays_ms: &[u64]) -> Self {
         let mut retry_delays_ms = retry_delays_ms.to_vec();
         retry_delays_ms.dedup();
         Self {

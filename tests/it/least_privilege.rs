@@ -289,12 +289,9 @@ async fn a_worker_waits_for_the_topology_and_never_declares_it() {
         |app| async move {
             // A prefix nobody has declared yet; guest could declare it, so only the worker's
             // own restraint keeps it from existing.
-            let late = Topology::new(
-                format!("{}late.", app.topology.prefix()),
-                app.topology.retry_delays_ms(),
-            );
             let mut settings = app.settings.clone();
-            settings.queues.prefix = late.prefix().to_owned();
+            settings.queues.prefix = format!("{}late.", app.topology.prefix());
+            let late = Topology::from_settings(&settings);
             let worker = app.start_worker(settings).await?;
             let checks = {
                 let (app, late, worker) = (app.clone(), late.clone(), worker.clone());
