@@ -250,3 +250,50 @@ async fn relay_batches_bounded_by_bytes_still_publish_every_row() {
     })
     .await;
 }
+
+/// Messages waiting for budget go back to `requests`; when it is full the broker refuses
+/// them (reject-publish). A refusal must not be handed back as a nack-requeue, which counts
+/// toward the delivery limit and would dead-letter a message that was only waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_messages_meeting_a_full_queue_are_not_dead_lettered() {
+    let options = TestOptions {
+        // One call per key per minute: two replies complete, the rest wait and circle.
+        rpm: 1,
+        window_ms: 60_000,
+        budget_wait_ms: 100,
+        configure: Some(short_requests_queue),
+        ..Default::default()
+    };
+    run(options, |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let mut ids = Vec::new();
+        for n in 0..20 {
+            ids.push(
+                app.post_message(&token, &chat, json!({"content": format!("waiting {n}")}))
+                    .await?,
+            );
+        }
+        // Long enough for more than twenty delivery rounds of each waiting message.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(
+            app.count("dead_letters").await?,
+            0,
+            "nothing was dead-lettered"
+        );
+        let mut completed = 0;
+        for id in &ids {
+            let (status, reply) = app
+                .get(&format!("/api/chats/{chat}/messages/{id}"), &token)
+                .await?;
+            assert_eq!(status, 200, "{reply}");
+            match reply["status"].as_str() {
+                Some("completed") => completed += 1,
+                Some("pending") => {}
+                _ => panic!("a waiting message ended: {reply}"),
+            }
+        }
+        assert_eq!(completed, 2, "one call per key in the window");
+        Ok(())
+    })
+    .await;
+}

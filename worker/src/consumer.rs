@@ -26,6 +26,12 @@ use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// A refused publish is tried again after 100 ms, doubling to 2 s, 15 times: about 25 s for
+/// the queue to drain before the delivery goes back to the broker.
+const REFUSED_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+const REFUSED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const REFUSED_RETRIES: usize = 15;
+
 pub struct Consumer {
     pub amqp_url: Secret<String>,
     pub topology: Topology,
@@ -289,6 +295,11 @@ fn dead_letter_headers(reason: &str, before: &Attempts, last_error: &str) -> Fie
     headers
 }
 
+/// Publishes with a confirm. A nack is the broker refusing for now — above all `requests`
+/// at its `x-max-length` (reject-publish) while a message waiting for budget goes back — so it
+/// is retried for a while, holding the delivery, rather than handed back at once: every
+/// nack-requeue counts toward the delivery limit, and twenty of them would dead-letter a
+/// message that was only waiting.
 async fn publish(
     link: &Link,
     routing_key: &str,
@@ -296,14 +307,29 @@ async fn publish(
     message_id: &str,
     headers: FieldTable,
 ) -> Result<(), BrokerError> {
-    broker::publish_confirmed(
-        &link.publisher,
-        &link.exchange,
-        routing_key,
-        body,
-        broker::json_properties(message_id, headers),
-    )
-    .await
+    use backon::{ExponentialBuilder, Retryable};
+    let attempt = || {
+        broker::publish_confirmed(
+            &link.publisher,
+            &link.exchange,
+            routing_key,
+            body,
+            broker::json_properties(message_id, headers.clone()),
+        )
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(REFUSED_FIRST_WAIT)
+                .with_max_delay(REFUSED_MAX_WAIT)
+                .with_max_times(REFUSED_RETRIES),
+        )
+        .when(|e| matches!(e, BrokerError::Nacked))
+        .notify(|_, wait| {
+            metrics::counter!("sluice_worker_publishes_refused_total").increment(1);
+            tracing::debug!(routing_key, retry_in = ?wait, "the broker refused a publish; retrying");
+        })
+        .await
 }
 
 async fn publish_response(link: &Link, response: &ResponseEnvelope) -> Result<(), BrokerError> {

@@ -58,7 +58,6 @@ async fn create(
     Path(chat_id): Path<String>,
     AppJson(input): AppJson<NewMessage>,
 ) -> Result<(StatusCode, Json<Posted>), ApiError> {
-    state.limits.admit_message(user).await?;
     let chat_id = parse_id(&chat_id, "chat")?;
     validate_content(&input.content)?;
     let model = match input.model {
@@ -148,6 +147,9 @@ async fn create(
             return Err(ApiError::Internal(e.to_string()));
         }
     };
+    // Limits are spent only by a post that would otherwise be accepted: a 404 or a 422
+    // costs the user nothing.
+    state.limits.admit_message(user).await?;
 
     // One statement, so one round trip and one commit: the outbox row and both messages
     // are written together or not at all. (The hot path of the API; see docs/BENCHMARKS.md.)
