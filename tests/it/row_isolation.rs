@@ -146,50 +146,6 @@ async fn one_refused_reply_fails_alone_and_its_batch_completes() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_that_cannot_take_connections_is_waited_out() {
-    let options = TestOptions {
-        workers: 0,
-        ..Default::default()
-    };
-    run(options, |app| async move {
-        // SQLSTATE 57P03 (cannot_connect_now) is what a restarting PostgreSQL answers: an
-        // outage, waited out however long it lasts, never a refusal.
-        app.db
-            .execute_unprepared(
-                "CREATE SEQUENCE outages; \
-                 CREATE FUNCTION starting_up() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 BEGIN IF nextval('outages') <= 2 THEN \
-                 RAISE EXCEPTION 'simulated restart' USING ERRCODE = 'cannot_connect_now'; \
-                 END IF; RETURN NEW; END $$; \
-                 CREATE TRIGGER starting_up BEFORE UPDATE ON messages FOR EACH ROW \
-                 WHEN (NEW.content LIKE '%RESTART%') EXECUTE FUNCTION starting_up();",
-            )
-            .await?;
-        let (token, chat) = app.user_with_chat().await?;
-        let id = app
-            .post_message(&token, &chat, json!({"content": "q"}))
-            .await?;
-        let (conn, channel) = app.broker_channel().await?;
-        publish(
-            &app,
-            &channel,
-            sluice_shared::topology::ROUTE_RESPONSE,
-            &response(id.parse()?, chat.parse()?, 0, "after the RESTART"),
-        )
-        .await?;
-        conn.close(200, "done".into()).await?;
-        let reply = app
-            .wait_reply(&token, &chat, &id, Duration::from_secs(20))
-            .await?;
-        assert_eq!(reply["status"], "completed", "{reply}");
-        assert_eq!(reply["content"], "after the RESTART");
-        assert_eq!(scalar(&app, "SELECT last_value FROM outages").await?, 3);
-        Ok(())
-    })
-    .await;
-}
-
 /// The same through the consumer's storing step alone, so the 51 are surely one batch (the
 /// broker may hand the test above its deliveries in more than one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,37 +196,37 @@ async fn one_batch_of_fifty_one_with_one_refused_row() {
     })
     .await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_serialization_failure_is_retried_not_refused() {
+/// A marked reply's first two updates fail with `errcode`; the consumer must not treat that
+/// as a refusal (no `reply_unstorable`, no dead letter) but try again until it is stored.
+async fn stored_after_two_failures(errcode: &'static str, marker: &'static str) {
     let options = TestOptions {
         workers: 0,
         ..Default::default()
     };
-    run(options, |app| async move {
-        // The first two tries of a marked update lose a (simulated) serialization conflict;
-        // a sequence counts them because it is not rolled back with the failed statement.
+    run(options, move |app| async move {
+        // A sequence counts the failures because it is not rolled back with the statement.
         app.db
-            .execute_unprepared(
-                "CREATE SEQUENCE conflicts; \
-                 CREATE FUNCTION conflict_twice() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 BEGIN IF nextval('conflicts') <= 2 THEN \
-                 RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure'; \
+            .execute_unprepared(&format!(
+                "CREATE SEQUENCE failures; \
+                 CREATE FUNCTION fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF nextval('failures') <= 2 THEN \
+                 RAISE EXCEPTION 'simulated {errcode}' USING ERRCODE = '{errcode}'; \
                  END IF; RETURN NEW; END $$; \
-                 CREATE TRIGGER conflict_twice BEFORE UPDATE ON messages FOR EACH ROW \
-                 WHEN (NEW.content LIKE '%CONFLICT%') EXECUTE FUNCTION conflict_twice();",
-            )
+                 CREATE TRIGGER fail_twice BEFORE UPDATE ON messages FOR EACH ROW \
+                 WHEN (NEW.content LIKE '%{marker}%') EXECUTE FUNCTION fail_twice();"
+            ))
             .await?;
         let (token, chat) = app.user_with_chat().await?;
         let id = app
             .post_message(&token, &chat, json!({"content": "q"}))
             .await?;
         let (conn, channel) = app.broker_channel().await?;
+        let text = format!("{marker} and then stored");
         publish(
             &app,
             &channel,
             sluice_shared::topology::ROUTE_RESPONSE,
-            &response(id.parse()?, chat.parse()?, 0, "CONFLICT resolved"),
+            &response(id.parse()?, chat.parse()?, 0, &text),
         )
         .await?;
         conn.close(200, "done".into()).await?;
@@ -278,10 +234,22 @@ async fn a_serialization_failure_is_retried_not_refused() {
             .wait_reply(&token, &chat, &id, Duration::from_secs(20))
             .await?;
         assert_eq!(reply["status"], "completed", "{reply}");
-        assert_eq!(reply["content"], "CONFLICT resolved");
-        assert_eq!(scalar(&app, "SELECT last_value FROM conflicts").await?, 3);
+        assert_eq!(reply["content"], text.as_str());
+        assert_eq!(scalar(&app, "SELECT last_value FROM failures").await?, 3);
         assert_eq!(app.count("dead_letters").await?, 0);
         Ok(())
     })
     .await;
+}
+
+/// SQLSTATE 57P03 (cannot_connect_now) is what a restarting PostgreSQL answers: an outage,
+/// waited out however long it lasts, never a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_take_connections_is_waited_out() {
+    stored_after_two_failures("cannot_connect_now", "RESTART").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serialization_failure_is_retried_not_refused() {
+    stored_after_two_failures("serialization_failure", "CONFLICT").await;
 }
