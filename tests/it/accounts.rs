@@ -2,22 +2,11 @@
 //! sign-ups per address, and `X-Forwarded-For` believed only from a trusted proxy. Each test
 //! runs an extra API replica with its limits on (the stack's own API keeps them off).
 
+use crate::user_limits::Answer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sluice_shared::Settings;
 use sluice_tests::{TestApp, TestOptions, run};
-
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<u64>,
-    body: Value,
-}
-
-impl Answer {
-    fn limit(&self) -> &str {
-        self.body["error"]["limit"].as_str().unwrap_or("<no limit>")
-    }
-}
 
 async fn auth(
     app: &TestApp,
@@ -30,18 +19,7 @@ async fn auth(
     if let Some(xff) = forwarded_for {
         request = request.header("x-forwarded-for", xff);
     }
-    let response = request.send().await?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    Ok(Answer {
-        status,
-        retry_after,
-        body: response.json().await?,
-    })
+    Answer::read(request.send().await?).await
 }
 
 async fn login(

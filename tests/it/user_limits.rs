@@ -9,14 +9,29 @@ use sluice_shared::{Secret, Settings};
 use sluice_tests::{Forwarder, REDIS_ADDR, TestApp, TestOptions, run};
 use std::time::Duration;
 
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<u64>,
-    body: Value,
+/// An answer of the API with what the limit tests look at.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    pub body: Value,
 }
 
 impl Answer {
-    fn limit(&self) -> &str {
+    pub async fn read(response: reqwest::Response) -> anyhow::Result<Self> {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(Self {
+            status,
+            retry_after,
+            body: response.json().await?,
+        })
+    }
+
+    pub fn limit(&self) -> &str {
         self.body["error"]["limit"].as_str().unwrap_or("<no limit>")
     }
 }
@@ -29,17 +44,7 @@ async fn post(app: &TestApp, base: &str, token: &str, chat: &str) -> anyhow::Res
         .json(&json!({"content": "hello"}))
         .send()
         .await?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    Ok(Answer {
-        status,
-        retry_after,
-        body: response.json().await?,
-    })
+    Answer::read(response).await
 }
 
 /// `GET /api/me/limits`, as a map from limit name to its entry.
