@@ -1,7 +1,10 @@
-//! The topology on the real broker: declaring it again is harmless.
+//! The topology on the real broker: declaring it again is harmless, and what the broker holds
+//! — every queue's arguments and binding, read back through the management API — is exactly
+//! what the code declares.
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use serde_json::Value;
 use sluice_tests::{TestOptions, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,6 +32,60 @@ async fn declaring_again_is_idempotent() {
                 assert_eq!(declared.name().as_str(), queue.name);
             }
             conn.close(200, "done".into()).await?;
+            Ok(())
+        },
+    )
+    .await;
+}
+
+const MANAGEMENT: &str = "http://127.0.0.1:15672";
+
+/// GETs one resource of the management API (vhost `/`) as guest.
+async fn management(http: &reqwest::Client, path: &str) -> anyhow::Result<Value> {
+    let answer = http
+        .get(format!("{MANAGEMENT}/api/{path}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await?;
+    anyhow::ensure!(answer.status().is_success(), "{path}: {}", answer.status());
+    Ok(answer.json().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_holds_the_declared_arguments_and_bindings() {
+    run(
+        TestOptions {
+            workers: 0,
+            ..Default::default()
+        },
+        |app| async move {
+            // The API declared the topology at start; compare it with what the code says.
+            let expected = app.topology.definitions();
+            let http = reqwest::Client::builder().no_proxy().build()?;
+            let exchange = app.topology.exchange();
+            let queues = expected["queues"].as_array().cloned().unwrap_or_default();
+            assert!(queues.len() >= 6, "{queues:?}");
+            for queue in queues {
+                let name = queue["name"].as_str().unwrap_or_default();
+                let held = management(&http, &format!("queues/%2F/{name}")).await?;
+                assert_eq!(held["durable"], true, "{name}");
+                assert_eq!(
+                    held["arguments"], queue["arguments"],
+                    "{name}: the broker holds other arguments than the code declares"
+                );
+                let bindings =
+                    management(&http, &format!("bindings/%2F/e/{exchange}/q/{name}")).await?;
+                let keys: Vec<&str> = bindings
+                    .as_array()
+                    .map(|b| b.iter().filter_map(|b| b["routing_key"].as_str()).collect())
+                    .unwrap_or_default();
+                let binding = expected["bindings"]
+                    .as_array()
+                    .and_then(|b| b.iter().find(|b| b["destination"] == name))
+                    .and_then(|b| b["routing_key"].as_str())
+                    .unwrap_or_default();
+                assert_eq!(keys, [binding], "{name} is bound by its routing key alone");
+            }
             Ok(())
         },
     )
