@@ -165,52 +165,13 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_shared::envelope::{Params, Role, Turn, VERSION};
-    use sluice_shared::keypool::{KeySpec, Limits};
+    use sluice_shared::keypool::KeySpec;
     use sluice_shared::{Secret, Settings};
     use std::sync::Arc;
 
+    use crate::fixtures::{keys, request};
+
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    fn keys(n: usize, rpm: u32) -> Arc<Vec<KeySpec>> {
-        Arc::new(
-            (0..n)
-                .map(|i| KeySpec {
-                    alias: format!("k{i}"),
-                    secret: Secret::from("s"),
-                    project: format!("p{i}"),
-                    default_limits: Limits {
-                        rpm,
-                        tpm: 1_000_000,
-                        rpd: 1000,
-                    },
-                    model_limits: Default::default(),
-                    window_ms: 60_000,
-                    proxy: None,
-                    weight: 1,
-                })
-                .collect(),
-        )
-    }
-
-    fn request() -> RequestEnvelope {
-        RequestEnvelope {
-            v: VERSION,
-            request_id: uuid::Uuid::now_v7(),
-            generation: 0,
-            chat_id: uuid::Uuid::now_v7(),
-            user_id: uuid::Uuid::now_v7(),
-            model: "m".into(),
-            system: None,
-            history: vec![Turn {
-                role: Role::User,
-                text: "hi".into(),
-            }],
-            params: Params::default(),
-            enqueued_at: chrono::Utc::now(),
-            trace_id: "t".into(),
-        }
-    }
 
     /// Local budgets, and every call through `proxy`.
     async fn context(

@@ -10,6 +10,8 @@
 pub mod budget;
 pub mod consumer;
 pub mod egress;
+#[cfg(test)]
+mod fixtures;
 pub mod handler;
 pub mod health;
 pub mod probe;

@@ -857,8 +857,8 @@ mod tests {
     /// Hostile HTTP servers on a local port, for what only a real connection can show.
     mod wire {
         use super::super::*;
+        use crate::fixtures::request;
         use sluice_shared::Settings;
-        use sluice_shared::envelope::{Params, Turn};
         use sluice_shared::keypool::Limits;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio::net::{TcpListener, TcpStream};
@@ -965,25 +965,6 @@ mod tests {
                 weight: 1,
             };
             Ok((Gemini::new(&settings, std::slice::from_ref(&key))?, key))
-        }
-
-        fn request() -> RequestEnvelope {
-            RequestEnvelope {
-                v: sluice_shared::envelope::VERSION,
-                request_id: uuid::Uuid::now_v7(),
-                generation: 0,
-                chat_id: uuid::Uuid::now_v7(),
-                user_id: uuid::Uuid::now_v7(),
-                model: "m".into(),
-                system: None,
-                history: vec![Turn {
-                    role: Role::User,
-                    text: "hi".into(),
-                }],
-                params: Params::default(),
-                enqueued_at: chrono::Utc::now(),
-                trace_id: "t".into(),
-            }
         }
 
         async fn call(

@@ -164,29 +164,7 @@ fn limiter(rpm: u32, window_ms: u64) -> DefaultDirectRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_shared::Secret;
-    use sluice_shared::keypool::Limits;
-
-    fn keys(n: usize, rpm: u32) -> Arc<Vec<KeySpec>> {
-        Arc::new(
-            (0..n)
-                .map(|i| KeySpec {
-                    alias: format!("k{i}"),
-                    secret: Secret::from("s"),
-                    project: format!("p{i}"),
-                    default_limits: Limits {
-                        rpm,
-                        tpm: 1_000_000,
-                        rpd: 1000,
-                    },
-                    model_limits: Default::default(),
-                    window_ms: 60_000,
-                    proxy: None,
-                    weight: 1,
-                })
-                .collect(),
-        )
-    }
+    use crate::fixtures::keys;
 
     #[test]
     fn spends_each_keys_share_then_says_when_to_come_back() {
