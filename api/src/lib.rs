@@ -1,58 +1,50 @@
-//! `sluice-api`: the HTTP front of Sluice.
+//! `sluice-api`: the HTTP front of Sluice, in three parts.
 //!
-//! A request to post a message is written to PostgreSQL — user message, pending assistant
-//! message and an outbox row in one transaction — and answered 202. The [`relay`] publishes
-//! outbox rows to RabbitMQ with confirms; workers answer on the `responses` queue, and the
-//! [`responses`] consumer writes each answer onto its pending message, while the
-//! [`dead_letters`] consumer records what could not be answered. Both run on the shared
-//! [`consume`] loop; the [`reaper`] fails what stays pending past the retry horizon. Clients
-//! poll the REST [`routes`]; operators use its admin part.
+//! - [`http`]: the REST API. Posting a message submits it to the store's group-commit writer —
+//!   user message, pending reply and outbox row, committed with whatever else is queued — and
+//!   answers 202 once committed.
+//! - [`messaging`]: the relay publishes each committed request at once (and sweeps the outbox
+//!   for what an outage left); workers answer on `responses`, whose consumer writes each answer
+//!   onto its pending reply, and the dead-letter consumer records what could not be answered.
+//! - [`store`]: every SQL statement and the message state machine.
+//!
+//! The [`reaper`] fails what stays pending past the retry horizon.
 
-pub mod auth;
-pub mod consume;
-pub mod db;
-pub mod dead_letters;
-pub mod entities;
-pub mod error;
-pub mod extract;
-pub mod limits;
+pub mod http;
+pub mod messaging;
 pub mod reaper;
-pub mod relay;
-pub mod request;
-pub mod responses;
-pub mod routes;
-pub mod server;
+pub mod store;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use sea_orm::DatabaseConnection;
+use messaging::consume::QueueConsumer;
 use sluice_shared::keypool::{KeySpec, load_keys};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+use store::outbox::Handoff;
+use store::posts::{BatchBounds, PostWriter};
+use store::{Store, StoreError};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-/// Request bodies above this are refused with 413.
-pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+/// Rows handed to the relay that may wait for it; past this they wait for the sweep.
+const HANDOFF_QUEUE: usize = 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: DatabaseConnection,
+    pub store: Store,
+    pub posts: PostWriter,
+    /// Where restarted requests go after their commit (posts go through the writer).
+    pub handoff: Handoff,
     pub settings: Arc<Settings>,
-    pub relay_wake: Arc<Notify>,
     pub broker_up: Arc<AtomicBool>,
     pub redis: redis::Client,
     /// The configured provider keys (for the admin view; workers hold their own copy).
     pub keys: Arc<Vec<KeySpec>>,
-    pub limits: Arc<limits::Limits>,
-    pub hashing: Arc<auth::HashQueue>,
-    pub trusted_proxies: Arc<limits::address::TrustedProxies>,
+    pub limits: Arc<http::limits::Limits>,
+    pub hashing: Arc<http::auth::HashQueue>,
+    pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +52,7 @@ pub enum RunError {
     #[error("invalid settings: {0}")]
     Settings(#[from] sluice_shared::settings::SettingsError),
     #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(#[from] StoreError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
@@ -69,39 +61,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// The whole HTTP surface. Every REST route gets the body limit and two timeouts: the body
-/// must arrive within `http.body_timeout_ms` and the answer within `http.request_timeout_ms`
-/// (both 408 `request_timeout`). Streaming routes (the SSE event stream) must not get the
-/// whole-request timeout: merge their router into the result here, after the layers.
-pub fn app(state: AppState) -> axum::Router {
-    let http = &state.settings.http;
-    let (body_timeout, request_timeout) = (
-        Duration::from_millis(http.body_timeout_ms),
-        Duration::from_millis(http.request_timeout_ms),
-    );
-    routes::router(state)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
-        .layer(axum::middleware::map_response(timeout_in_json))
-}
-
-/// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already
-/// has a body (a body timeout noticed by an extractor) is left alone.
-async fn timeout_in_json(response: axum::response::Response) -> axum::response::Response {
-    if response.status() == StatusCode::REQUEST_TIMEOUT
-        && !response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return extract::request_timeout().into_response();
-    }
-    response
-}
-
-/// Migrates, then serves on `listener` with the relay and the response consumer running
-/// beside the server, until `cancel` fires; then drains and returns.
+/// Migrates, then serves on `listener` with the relay and the consumers running beside the
+/// server, until `cancel` fires; then drains and returns.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -109,52 +70,65 @@ pub async fn run(
 ) -> Result<(), RunError> {
     settings.validate()?;
     settings.validate_api()?;
-    let trusted_proxies = limits::address::TrustedProxies::parse(&settings.http.trusted_proxies)?;
+    let trusted_proxies =
+        http::limits::address::TrustedProxies::parse(&settings.http.trusted_proxies)?;
     let database_url = settings.database.url.expose().clone();
-    db::migrate(&database_url).await?;
-    let db = db::connect(&database_url, settings.database.max_connections).await?;
+    Store::migrate(&database_url).await?;
+    let store = Store::connect(&database_url, settings.database.max_connections).await?;
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let (fresh_tx, fresh_rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
+    let handoff = Handoff::new(fresh_tx);
+    let (posts, writer) = PostWriter::start(store.clone(), BatchBounds::default(), handoff.clone());
+    let broker_up = Arc::new(AtomicBool::new(false));
     let state = AppState {
-        db: db.clone(),
-        limits: Arc::new(limits::Limits::new(&settings, redis.clone(), db.clone())),
-        hashing: Arc::new(auth::HashQueue::new(settings.auth.max_waiting_hashes)),
+        store: store.clone(),
+        posts,
+        handoff,
+        limits: Arc::new(http::limits::Limits::new(
+            &settings,
+            redis.clone(),
+            store.clone(),
+        )),
+        hashing: Arc::new(http::auth::HashQueue::new(settings.auth.max_waiting_hashes)),
         trusted_proxies: Arc::new(trusted_proxies),
         redis,
         keys: Arc::new(load_keys(&settings)?),
+        broker_up: broker_up.clone(),
         settings: Arc::new(settings),
-        relay_wake: Arc::new(Notify::new()),
-        broker_up: Arc::new(AtomicBool::new(false)),
     };
 
     let tasks = TaskTracker::new();
-    let relay = relay::Relay {
-        db: db.clone(),
+    let relay = messaging::relay::Relay {
+        store: store.clone(),
         amqp_url: state.settings.amqp.url.clone(),
         topology: topology.clone(),
-        wake: state.relay_wake.clone(),
-        broker_up: state.broker_up.clone(),
+        fresh: tokio::sync::Mutex::new(fresh_rx),
+        sweep_after: Duration::from_millis(state.settings.relay.sweep_after_ms),
+        broker_up,
     };
     tasks.spawn(relay.run(cancel.clone()));
-    let reaper = reaper::Reaper::new(db.clone(), &state.settings.retry);
+    let reaper = reaper::Reaper::new(store.clone(), &state.settings.retry);
     tasks.spawn(reaper.run(cancel.clone()));
-    let responses = consume::QueueConsumer {
+    let responses = QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.responses(),
         topology: topology.clone(),
-        prefetch: responses::BATCH,
+        prefetch: messaging::responses::BATCH,
         name: "sluice-api responses",
-        handler: responses::ResponseHandler { db: db.clone() },
+        handler: messaging::responses::ResponseHandler {
+            store: store.clone(),
+        },
     };
     tasks.spawn(responses.run(cancel.clone()));
-    let dead_letters = consume::QueueConsumer {
+    let dead_letters = QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.dead_letters(),
         topology: topology.clone(),
-        prefetch: dead_letters::PREFETCH,
+        prefetch: messaging::dead_letters::PREFETCH,
         name: "sluice-api dead letters",
-        handler: dead_letters::DeadLetterHandler {
-            db: db.clone(),
+        handler: messaging::dead_letters::DeadLetterHandler {
+            store: store.clone(),
             topology,
         },
     };
@@ -162,20 +136,22 @@ pub async fn run(
     tasks.close();
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
-    let http = &state.settings.http;
-    let header_read_timeout = Duration::from_millis(http.header_read_timeout_ms);
+    let http_settings = &state.settings.http;
+    let header_read_timeout = Duration::from_millis(http_settings.header_read_timeout_ms);
     // In-flight requests end within the request timeout; give them that long to finish.
-    let drain = Duration::from_millis(http.request_timeout_ms);
-    server::serve(
+    let drain = Duration::from_millis(http_settings.request_timeout_ms);
+    http::server::serve(
         listener,
-        app(state),
+        http::app(state),
         header_read_timeout,
         drain,
         cancel.clone(),
     )
     .await;
+    // The server and every handle of the writer are gone: it has answered all it took.
+    let _ = writer.await;
     cancel.cancel();
     tasks.wait().await;
-    db.close().await?;
+    store.close().await?;
     Ok(())
 }

@@ -34,7 +34,7 @@ async fn serve() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading settings")?;
     match std::env::args().nth(1).as_deref() {
         Some("migrate") => {
-            sluice_api::db::migrate(settings.database.url.expose())
+            sluice_api::store::Store::migrate(settings.database.url.expose())
                 .await
                 .context("applying migrations")?;
             tracing::info!("migrations applied");

@@ -3,7 +3,7 @@
 //! the retry delays plus a grace), kind `timed_out`. Replicas share the work through
 //! `FOR UPDATE SKIP LOCKED`; a late answer for a reaped reply changes nothing.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use crate::store::{Store, StoreError};
 use sluice_shared::settings::RetrySettings;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -13,19 +13,18 @@ const BATCH: i64 = 500;
 /// No horizon beyond this (a century) is needed, and PostgreSQL's interval arithmetic has a
 /// range: the sum of configured delays is clamped to it.
 const MAX_HORIZON_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
-const TIMED_OUT_MESSAGE: &str = "no answer arrived in time; the request was given up";
 
 pub struct Reaper {
-    pub db: DatabaseConnection,
+    pub store: Store,
     /// How long a reply may stay pending.
     pub horizon: Duration,
     pub interval: Duration,
 }
 
 impl Reaper {
-    pub fn new(db: DatabaseConnection, retry: &RetrySettings) -> Self {
+    pub fn new(store: Store, retry: &RetrySettings) -> Self {
         Self {
-            db,
+            store,
             horizon: horizon(retry),
             // Zero would make `tokio::time::interval` panic; settings refuse it, this is belt
             // and braces.
@@ -49,10 +48,10 @@ impl Reaper {
     }
 
     /// Fails every overdue reply, a batch at a time; returns how many.
-    pub async fn sweep(&self, cancel: &CancellationToken) -> Result<u64, DbErr> {
+    pub async fn sweep(&self, cancel: &CancellationToken) -> Result<u64, StoreError> {
         let mut total = 0;
         while !cancel.is_cancelled() {
-            let n = reap_batch(&self.db, self.horizon).await?;
+            let n = self.store.reap(self.horizon, BATCH).await?;
             total += n;
             if n > 0 {
                 metrics::counter!("sluice_replies_timed_out_total").increment(n);
@@ -78,27 +77,6 @@ pub fn horizon(retry: &RetrySettings) -> Duration {
         .fold(retry.reaper_grace_ms, |sum, d| sum.saturating_add(*d))
         .min(MAX_HORIZON_MS);
     Duration::from_millis(ms)
-}
-
-/// Fails up to [`BATCH`] replies pending for longer than `horizon` (by the database's clock,
-/// which also set `pending_since`).
-pub async fn reap_batch(db: &impl ConnectionTrait, horizon: Duration) -> Result<u64, DbErr> {
-    let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
-    let result = db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "WITH overdue AS ( \
-                 SELECT id FROM messages \
-                 WHERE status = 'pending' AND pending_since < now() - $1 * interval '1 millisecond' \
-                 ORDER BY pending_since LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE messages AS m SET status = 'failed', content = '', error_kind = 'timed_out', \
-             error_message = $3, completed_at = now() \
-             FROM overdue WHERE m.id = overdue.id AND m.role = 'assistant' \
-             AND m.status = 'pending'",
-            [horizon_ms.into(), BATCH.into(), TIMED_OUT_MESSAGE.into()],
-        ))
-        .await?;
-    Ok(result.rows_affected())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_initial;
 mod m20261202_000001_reply_origin;
 mod m20261202_000100_pending_by_chat;
+mod m20261203_000001_chat_version;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261202_000001_reply_origin::Migration),
             Box::new(m20261202_000100_pending_by_chat::Migration),
+            Box::new(m20261203_000001_chat_version::Migration),
         ]
     }
 }

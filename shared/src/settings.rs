@@ -41,6 +41,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub admin: AdminSettings,
     pub users: UserSettings,
+    pub relay: RelaySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +86,13 @@ pub struct QueueSettings {
     pub max_message_bytes: u64,
     /// `x-max-length` of `requests` (overflow rejects publishes, so the outbox holds the rest).
     pub requests_max_length: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelaySettings {
+    /// The API publishes new requests itself right after their commit; the relay sweeps only
+    /// outbox rows older than this (what a broker outage or a crash left behind).
+    pub sweep_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -180,7 +180,7 @@ async fn auth_errors_are_clear() {
             assert_eq!((status.as_u16(), code(&body)), (401, "unauthorized"));
             let (status, body) = app.get("/api/chats", "garbage").await?;
             assert_eq!((status.as_u16(), code(&body)), (401, "invalid_token"));
-            let expired = sluice_api::auth::issue_token(
+            let expired = sluice_api::http::auth::issue_token(
                 app.settings.auth.jwt_secret.expose(),
                 uuid::Uuid::now_v7(),
                 0,

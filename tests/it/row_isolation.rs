@@ -8,7 +8,8 @@ use lapin::Channel;
 use lapin::types::FieldTable;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::json;
-use sluice_api::responses::Stored;
+use sluice_api::store::Store;
+use sluice_api::store::replies::Stored;
 use sluice_shared::broker;
 use sluice_shared::envelope::ResponseEnvelope;
 use sluice_tests::{TestApp, TestOptions, run};
@@ -174,9 +175,12 @@ async fn one_batch_of_fifty_one_with_one_refused_row() {
             batch.push(response(id.parse()?, chat_id, 0, &text));
         }
         let cancel = tokio_util::sync::CancellationToken::new();
-        let outcomes = sluice_api::responses::store(&app.db, &batch, &cancel)
+        let store = Store::connect(app.settings.database.url.expose(), 2).await?;
+        let outcomes = store
+            .store_responses(&batch, &cancel)
             .await
             .expect("not cancelled");
+        store.close().await?;
         assert_eq!(outcomes.len(), 51);
         assert!(matches!(outcomes[0], Stored::Unstorable), "{:?}", outcomes[0]);
         assert!(outcomes[1..].iter().all(|o| matches!(o, Stored::Applied)), "{outcomes:?}");

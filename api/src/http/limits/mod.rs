@@ -1,0 +1,219 @@
+//! Per-user and per-client limits. Message limits (per minute, per day) and login limits (per
+//! email, per client address) are GCRA cells in Redis ([`gcra`]), shared by every replica;
+//! `max_pending` counts the user's pending replies in PostgreSQL. A limit of 0 is off and costs
+//! nothing. If Redis is unreachable the Redis limits fail open: a warning and a metric, never
+//! a refused request.
+
+pub mod address;
+pub mod gcra;
+
+use crate::http::error::ApiError;
+use crate::store::Store;
+use gcra::{Gcra, Quota};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sluice_shared::Settings;
+use sluice_shared::settings::UserSettings;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+/// Nothing says when a pending reply will finish; replies usually take seconds.
+const PENDING_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// At most one "limits unavailable" warning this often; the metric counts every one.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// One limit as `GET /api/me/limits` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LimitUsage {
+    pub name: &'static str,
+    pub limit: u32,
+    /// `null` while Redis cannot be asked.
+    pub remaining: Option<u32>,
+    /// Seconds until the whole limit is available again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_after_secs: Option<u64>,
+    /// Replies in flight (`max_pending` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+}
+
+pub struct Limits {
+    users: UserSettings,
+    prefix: String,
+    gcra: Gcra,
+    store: Store,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+fn refused(limit: &'static str, wait: Duration) -> ApiError {
+    metrics::counter!("sluice_user_limits_refused_total", "limit" => limit).increment(1);
+    ApiError::rate_limited(limit, wait)
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl Limits {
+    pub fn new(settings: &Settings, redis: redis::Client, store: Store) -> Self {
+        Self {
+            users: settings.users.clone(),
+            prefix: settings.redis.prefix.clone(),
+            gcra: Gcra::new(redis),
+            store,
+            last_warning: Mutex::new(None),
+        }
+    }
+
+    /// The message quotas that are on, for `user`.
+    fn message_quotas(&self, user: Uuid) -> Vec<Quota> {
+        [
+            (
+                "messages_per_minute",
+                self.users.messages_per_minute,
+                MINUTE,
+            ),
+            ("messages_per_day", self.users.messages_per_day, DAY),
+        ]
+        .into_iter()
+        .filter(|(_, limit, _)| *limit > 0)
+        .map(|(name, limit, period)| Quota {
+            name,
+            key: format!("{}user:{user}:{name}", self.prefix),
+            limit,
+            period,
+        })
+        .collect()
+    }
+
+    fn address_quota(&self, addr: IpAddr) -> Option<Quota> {
+        let limit = self.users.logins_per_minute_per_address;
+        (limit > 0).then(|| Quota {
+            name: "logins_per_minute_per_address",
+            key: format!("{}auth:addr:{}", self.prefix, address::bucket(addr)),
+            limit,
+            period: MINUTE,
+        })
+    }
+
+    /// A post is admitted when the user has room for one more pending reply and every rate
+    /// limit conforms; only then is one cell of each spent.
+    pub async fn admit_message(&self, user: Uuid) -> Result<(), ApiError> {
+        if self.users.max_pending > 0 {
+            // Counted, not reserved: posts racing each other may pass together. That is
+            // fine for a cap on work in flight; the rate limits below are exact.
+            let pending = self.pending(user).await?;
+            if pending >= u64::from(self.users.max_pending) {
+                return Err(refused("max_pending", PENDING_RETRY_AFTER));
+            }
+        }
+        self.take(self.message_quotas(user)).await
+    }
+
+    /// Login attempts count per email and per client address, whatever their outcome.
+    pub async fn admit_login(&self, email: &str, addr: IpAddr) -> Result<(), ApiError> {
+        let mut quotas: Vec<Quota> = self.address_quota(addr).into_iter().collect();
+        let limit = self.users.logins_per_minute_per_email;
+        if limit > 0 {
+            // Hashed: the key stays short whatever was typed, and holds no address.
+            let digest = Sha256::digest(email.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            quotas.push(Quota {
+                name: "logins_per_minute_per_email",
+                key: format!("{}auth:email:{hex}", self.prefix),
+                limit,
+                period: MINUTE,
+            });
+        }
+        self.take(quotas).await
+    }
+
+    /// Sign-ups cost a hash like logins, so they share the per-address budget.
+    pub async fn admit_register(&self, addr: IpAddr) -> Result<(), ApiError> {
+        self.take(self.address_quota(addr).into_iter().collect())
+            .await
+    }
+
+    async fn take(&self, quotas: Vec<Quota>) -> Result<(), ApiError> {
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        match self.gcra.check(&quotas, true).await {
+            Ok(checked) if checked.taken => Ok(()),
+            Ok(checked) => {
+                let (index, wait) = checked.binding().unwrap_or((0, Duration::from_secs(1)));
+                let name = quotas.get(index).map_or("rate", |q| q.name);
+                Err(refused(name, wait))
+            }
+            Err(e) => {
+                self.unavailable(&e);
+                Ok(())
+            }
+        }
+    }
+
+    fn unavailable(&self, error: &gcra::GcraError) {
+        metrics::counter!("sluice_user_limits_unavailable_total").increment(1);
+        let now = Instant::now();
+        let Ok(mut last) = self.last_warning.lock() else {
+            return;
+        };
+        if last.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+            *last = Some(now);
+            tracing::warn!(%error, "per-user limits unavailable, letting requests through");
+        }
+    }
+
+    /// The user's replies in flight.
+    async fn pending(&self, user: Uuid) -> Result<u64, ApiError> {
+        Ok(self.store.pending_replies(user).await?)
+    }
+
+    /// Each limit that is on, and what remains of it; nothing is spent.
+    pub async fn usage(&self, user: Uuid) -> Result<Vec<LimitUsage>, ApiError> {
+        let quotas = self.message_quotas(user);
+        let checked = if quotas.is_empty() {
+            None
+        } else {
+            match self.gcra.check(&quotas, false).await {
+                Ok(checked) => Some(checked),
+                Err(e) => {
+                    self.unavailable(&e);
+                    None
+                }
+            }
+        };
+        let mut usage: Vec<LimitUsage> = quotas
+            .iter()
+            .enumerate()
+            .map(|(i, quota)| {
+                let state = checked.as_ref().and_then(|c| c.states.get(i));
+                LimitUsage {
+                    name: quota.name,
+                    limit: quota.limit,
+                    remaining: state.map(|s| s.remaining),
+                    reset_after_secs: state.map(|s| ceil_secs(s.reset)),
+                    pending: None,
+                }
+            })
+            .collect();
+        if self.users.max_pending > 0 {
+            let pending = self.pending(user).await?;
+            let limit = self.users.max_pending;
+            usage.push(LimitUsage {
+                name: "max_pending",
+                limit,
+                remaining: Some(
+                    u32::try_from(u64::from(limit).saturating_sub(pending)).unwrap_or(0),
+                ),
+                reset_after_secs: None,
+                pending: Some(pending),
+            });
+        }
+        Ok(usage)
+    }
+}

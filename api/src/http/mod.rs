@@ -1,0 +1,50 @@
+//! The HTTP part: the server, the REST routes, extractors and the error shape, sign-in, and
+//! per-user limits. It reaches the database only through [`crate::store`].
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod routes;
+pub mod server;
+
+use crate::AppState;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use std::time::Duration;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
+/// The whole HTTP surface. Every REST route gets the body limit and two timeouts: the body
+/// must arrive within `http.body_timeout_ms` and the answer within `http.request_timeout_ms`
+/// (both 408 `request_timeout`). Streaming routes (the SSE event stream) must not get the
+/// whole-request timeout: merge their router into the result here, after the layers.
+pub fn app(state: AppState) -> axum::Router {
+    let http = &state.settings.http;
+    let (body_timeout, request_timeout) = (
+        Duration::from_millis(http.body_timeout_ms),
+        Duration::from_millis(http.request_timeout_ms),
+    );
+    routes::router(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(axum::middleware::map_response(timeout_in_json))
+}
+
+/// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already
+/// has a body (a body timeout noticed by an extractor) is left alone.
+async fn timeout_in_json(response: axum::response::Response) -> axum::response::Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return extract::request_timeout().into_response();
+    }
+    response
+}

@@ -1,0 +1,190 @@
+//! Operators' endpoints (admin token): list dead letters and replay them.
+
+use super::views::{Page, PageQuery};
+use crate::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{Admin, AppJson, AppQuery};
+use crate::messaging::request::{self, Ask, BuildError, Question};
+use crate::store::DeadLetterRow;
+use crate::store::dead_letters::DeadLetterFilter;
+use crate::store::outbox::OutboxRow;
+use crate::store::paging::now_micros;
+use crate::store::replies::{Restart, RestartOf, Restarted};
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sluice_shared::Settings;
+use uuid::Uuid;
+
+/// At most this many dead letters are replayed by one call without `ids`.
+const REPLAY_ALL_MAX: u64 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/dlq", get(list))
+        .route("/api/admin/dlq/replay", post(replay))
+}
+
+#[derive(Debug, Serialize)]
+struct DeadLetterView {
+    id: Uuid,
+    request_id: Option<Uuid>,
+    generation: Option<i32>,
+    chat_id: Option<Uuid>,
+    reason: String,
+    attempts: i32,
+    last_error: Option<String>,
+    headers: serde_json::Value,
+    created_at: DateTime<Utc>,
+    replayed_at: Option<DateTime<Utc>>,
+}
+
+impl From<DeadLetterRow> for DeadLetterView {
+    fn from(m: DeadLetterRow) -> Self {
+        Self {
+            id: m.id,
+            request_id: m.request_id,
+            generation: m.generation,
+            chat_id: m.chat_id,
+            reason: m.reason,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            headers: m.headers,
+            created_at: m.created_at,
+            replayed_at: m.replayed_at,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DlqQuery {
+    after: Option<String>,
+    limit: Option<String>,
+    reason: Option<String>,
+    chat_id: Option<String>,
+    request_id: Option<String>,
+    replayed: Option<String>,
+}
+
+fn uuid_filter(raw: &Option<String>, name: &str) -> Result<Option<Uuid>, ApiError> {
+    raw.as_deref()
+        .map(|r| {
+            Uuid::parse_str(r).map_err(|_| {
+                ApiError::unprocessable("invalid_filter", format!("`{name}` must be a UUID"))
+            })
+        })
+        .transpose()
+}
+
+/// Oldest first, paged like messages; filter by reason, chat, request or replay state.
+async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    AppQuery(query): AppQuery<DlqQuery>,
+) -> Result<Json<Page<DeadLetterView>>, ApiError> {
+    // Taken apart by hand: serde's `flatten` turns every query value into a string.
+    let page = PageQuery {
+        after: query.after.clone(),
+        limit: query.limit.clone(),
+    }
+    .page()?;
+    let filter = DeadLetterFilter {
+        reason: query.reason.clone(),
+        chat_id: uuid_filter(&query.chat_id, "chat_id")?,
+        request_id: uuid_filter(&query.request_id, "request_id")?,
+        replayed: match query.replayed.as_deref() {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(_) => {
+                return Err(ApiError::unprocessable(
+                    "invalid_filter",
+                    "`replayed` must be true or false",
+                ));
+            }
+            None => None,
+        },
+    };
+    let rows = state.store.dead_letters_page(&filter, page).await?;
+    Ok(Json(Page::of(rows)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReplayRequest {
+    ids: Option<Vec<Uuid>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Skipped {
+    id: Uuid,
+    reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct ReplayReport {
+    replayed: Vec<Uuid>,
+    skipped: Vec<Skipped>,
+}
+
+/// Sends dead letters back through the outbox: the reply goes back to `pending` with
+/// `generation + 1` (so a late answer of the old generation changes nothing) and the attempt
+/// count starts again. Without `ids`, every dead letter not yet replayed.
+async fn replay(
+    State(state): State<AppState>,
+    _: Admin,
+    body: Option<AppJson<ReplayRequest>>,
+) -> Result<Json<ReplayReport>, ApiError> {
+    let ids = match body.and_then(|AppJson(b)| b.ids) {
+        Some(ids) => ids,
+        None => state.store.replayable_dead_letters(REPLAY_ALL_MAX).await?,
+    };
+    let mut report = ReplayReport {
+        replayed: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let limit = request::history_limit(&state.settings, &Question::Stored);
+    for id in ids {
+        let settings = &state.settings;
+        let restart = state
+            .store
+            .restart(RestartOf::DeadLetter(id), limit, |r| rebuild(settings, r))
+            .await?;
+        match restart {
+            Restart::Done { reply, request } => {
+                tracing::info!(dead_letter = %id, request = %reply.id, generation = reply.generation, "replayed");
+                state.handoff.hand_over(vec![request]);
+                report.replayed.push(id);
+            }
+            Restart::Skipped(reason) => report.skipped.push(Skipped { id, reason }),
+        }
+    }
+    Ok(Json(report))
+}
+
+/// The request of a restarted reply, rebuilt from the database (history, template, model,
+/// owner), never from the stored body, which came back from the broker and is only kept for
+/// inspection. A model no longer allowed is skipped.
+pub(crate) fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, &'static str> {
+    let model = r
+        .model
+        .clone()
+        .unwrap_or_else(|| settings.provider.model.clone());
+    if !settings.allowed_model(&model) {
+        return Err("unknown_model");
+    }
+    let ask = Ask {
+        chat_id: r.chat_id,
+        request_id: r.reply_id,
+        generation: r.generation,
+        model,
+        system: r.system,
+        question: Question::Stored,
+        enqueued_at: now_micros(),
+    };
+    request::build(settings, ask, r.history).map_err(|e| match e {
+        BuildError::NoQuestion => "question_not_found",
+        BuildError::TooLarge { .. } => "message_too_large",
+        BuildError::Encode(_) => "cannot_encode",
+    })
+}

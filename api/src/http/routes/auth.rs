@@ -1,0 +1,264 @@
+//! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`. Both
+//! are throttled per client address (logins per email too) before any password is hashed.
+
+use crate::AppState;
+use crate::http::auth::issue_token;
+use crate::http::error::ApiError;
+use crate::http::extract::{AppJson, ClientAddr};
+use crate::store::User;
+use crate::store::paging::now_micros;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/login", post(login))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct UserView {
+    id: Uuid,
+    email: String,
+}
+
+#[derive(Serialize)]
+struct Session {
+    token: String,
+    user: UserView,
+}
+
+const PASSWORD_MIN_CHARS: usize = 8;
+/// Longer passwords are refused before hashing: argon2's cost grows with the input, and
+/// nobody types more. Bytes, not characters, so login and register agree on what fits.
+const PASSWORD_MAX_BYTES: usize = 1024;
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthorized("invalid_credentials", "wrong email or password")
+}
+
+/// Emails are compared case-insensitively, so they are stored lower-cased.
+fn normalize_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_email",
+            "`email` must be an address like name@example.com",
+        ))
+    }
+}
+
+fn session(state: &AppState, user: User) -> Result<Session, ApiError> {
+    let token = issue_token(
+        state.settings.auth.jwt_secret.expose(),
+        user.id,
+        state.settings.auth.token_ttl_secs,
+    )?;
+    Ok(Session {
+        token,
+        user: UserView {
+            id: user.id,
+            email: user.email,
+        },
+    })
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    AppJson(body): AppJson<Credentials>,
+) -> Result<(StatusCode, Json<Session>), ApiError> {
+    state.limits.admit_register(client).await?;
+    let email = normalize_email(&body.email)?;
+    if body.password.chars().count() < PASSWORD_MIN_CHARS
+        || body.password.len() > PASSWORD_MAX_BYTES
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_password",
+            format!(
+                "`password` must be at least {PASSWORD_MIN_CHARS} characters and at most \
+                 {PASSWORD_MAX_BYTES} bytes"
+            ),
+        ));
+    }
+    let user = User {
+        id: Uuid::now_v7(),
+        email,
+        password_hash: state.hashing.hash(body.password).await?,
+        created_at: now_micros(),
+    };
+    match state.store.create_user(&user).await {
+        Err(e) if e.is_unique_violation() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "an account with this email already exists",
+            ));
+        }
+        result => result?,
+    }
+    Ok((StatusCode::CREATED, Json(session(&state, user)?)))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    AppJson(body): AppJson<Credentials>,
+) -> Result<Json<Session>, ApiError> {
+    let email = body.email.trim().to_lowercase();
+    state.limits.admit_login(&email, client).await?;
+    if body.password.len() > PASSWORD_MAX_BYTES {
+        // No account can have it (register refuses it too), so no hash is spent on it.
+        return Err(invalid_credentials());
+    }
+    let user = state.store.user_by_email(&email).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    match (state.hashing.verify(body.password, hash).await?, user) {
+        (true, Some(user)) => Ok(Json(session(&state, user)?)),
+        _ => Err(invalid_credentials()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::auth::HashQueue;
+    use crate::http::limits::Limits;
+    use crate::http::limits::address::TrustedProxies;
+    use crate::store::Store;
+    use crate::store::outbox::Handoff;
+    use crate::store::posts::{BatchBounds, PostWriter};
+    use crate::store::testing::TempDatabase;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use serde_json::{Value, json};
+    use sluice_shared::{Secret, Settings};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tower::ServiceExt;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    async fn call(state: &AppState, path: &str, body: Value) -> Result<(u16, Value), ApiError> {
+        let mut request = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
+        let response = crate::http::app(state.clone())
+            .oneshot(request)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// Against a fresh database of its own: the hash counter tells whether a hash was spent.
+    async fn long_passwords_spend_no_hash(url: String) -> TestResult {
+        let store = Store::connect(&url, 2).await?;
+        let mut settings = Settings::defaults()?;
+        settings.auth.jwt_secret = Secret::new("unit-test-secret-0123456789abcdefghij".into());
+        // Limits off: only the password rules are under test.
+        settings.users.logins_per_minute_per_email = 0;
+        settings.users.logins_per_minute_per_address = 0;
+        let redis = redis::Client::open("redis://127.0.0.1:6379")?;
+        let (posts, _writer) =
+            PostWriter::start(store.clone(), BatchBounds::default(), Handoff::none());
+        let state = AppState {
+            limits: Arc::new(Limits::new(&settings, redis.clone(), store.clone())),
+            hashing: Arc::new(HashQueue::new(8)),
+            trusted_proxies: Arc::new(TrustedProxies::default()),
+            store: store.clone(),
+            posts,
+            handoff: Handoff::none(),
+            settings: Arc::new(settings),
+            broker_up: Arc::new(AtomicBool::new(true)),
+            redis,
+            keys: Arc::default(),
+        };
+        let email = "long@example.com";
+        let (status, body) = call(
+            &state,
+            "/api/auth/register",
+            json!({"email": email, "password": "correct horse"}),
+        )
+        .await?;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(state.hashing.started(), 1);
+
+        let long = "a".repeat(PASSWORD_MAX_BYTES + 1);
+        let (status, body) = call(
+            &state,
+            "/api/auth/login",
+            json!({"email": email, "password": long}),
+        )
+        .await?;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("invalid_credentials"))
+        );
+        assert_eq!(
+            state.hashing.started(),
+            1,
+            "a long password must not be hashed"
+        );
+
+        // At the limit it is an ordinary (wrong) password, checked like any other.
+        let (status, _) = call(
+            &state,
+            "/api/auth/login",
+            json!({"email": email, "password": "a".repeat(PASSWORD_MAX_BYTES)}),
+        )
+        .await?;
+        assert_eq!(status, 401);
+        assert_eq!(state.hashing.started(), 2);
+
+        // Register counts bytes too: 513 'é' are 513 characters but 1 026 bytes.
+        let (status, body) = call(
+            &state,
+            "/api/auth/register",
+            json!({"email": "other@example.com", "password": "é".repeat(513)}),
+        )
+        .await?;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (422, &json!("invalid_password"))
+        );
+        assert_eq!(state.hashing.started(), 2);
+        drop(state);
+        store.close().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_password_over_1024_bytes_is_refused_without_hashing() -> TestResult {
+        let database = TempDatabase::create().await?;
+        let outcome = long_passwords_spend_no_hash(database.url.clone()).await;
+        database.drop().await?;
+        outcome
+    }
+}

@@ -1,0 +1,83 @@
+//! `POST /api/chats`, `GET /api/chats` (newest first, paged) and `GET /api/chats/{id}`.
+
+use super::views::{ChatView, Page, PageQuery};
+use crate::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
+use crate::store::paging::now_micros;
+use crate::store::{Chat, Store};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+pub const TITLE_MAX_CHARS: usize = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/chats", get(list).post(create))
+        .route("/api/chats/{id}", get(show))
+}
+
+/// The chat if it exists and belongs to `user`; otherwise not found, never forbidden.
+pub async fn owned_chat(store: &Store, user: Uuid, raw_id: &str) -> Result<Chat, ApiError> {
+    let id = parse_id(raw_id, "chat")?;
+    store
+        .owned_chat(user, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))
+}
+
+#[derive(Deserialize, Default)]
+struct NewChat {
+    title: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    body: Option<AppJson<NewChat>>,
+) -> Result<(StatusCode, Json<ChatView>), ApiError> {
+    let title = body
+        .and_then(|AppJson(b)| b.title)
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
+    if title.chars().count() > TITLE_MAX_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_title",
+            format!("`title` must be at most {TITLE_MAX_CHARS} characters"),
+        ));
+    }
+    let chat = Chat {
+        id: Uuid::now_v7(),
+        user_id: user,
+        title: if title.is_empty() {
+            "New chat".into()
+        } else {
+            title
+        },
+        created_at: now_micros(),
+        version: 0,
+    };
+    state.store.create_chat(&chat).await?;
+    Ok((StatusCode::CREATED, Json(chat.into())))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<Json<Page<ChatView>>, ApiError> {
+    let page = state.store.chats_page(user, query.page()?).await?;
+    Ok(Json(Page::of(page)))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<ChatView>, ApiError> {
+    Ok(Json(owned_chat(&state.store, user, &id).await?.into()))
+}

@@ -1,0 +1,328 @@
+//! Posting a message (user message, pending reply and outbox row, committed by the store's
+//! group-commit writer, then 202) and reading a chat's messages, oldest first, a user message
+//! always before its reply. Reads carry an `ETag` built from the chat's version, so a poll of
+//! an unchanged chat is a `304` that reads no message row.
+
+use super::chats::owned_chat;
+use super::views::{MessageView, Page, PageQuery};
+use crate::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
+use crate::messaging::request::{self, Ask, BuildError, Question};
+use crate::store::messages::HistoryEnd;
+use crate::store::paging::now_micros;
+use crate::store::posts::{NewPost, PostError};
+use crate::store::{Chat, Message, Role, Status};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sluice_shared::Settings;
+use sluice_shared::settings::is_model_name;
+use uuid::Uuid;
+
+pub const CONTENT_MAX_CHARS: usize = 32_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/chats/{id}/messages", get(list).post(create))
+        .route("/api/chats/{id}/messages/{message_id}", get(show))
+}
+
+#[derive(Deserialize)]
+struct NewMessage {
+    content: String,
+    template_id: Option<String>,
+    model: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Posted {
+    user_message: MessageView,
+    assistant_message: MessageView,
+}
+
+fn validate_content(content: &str) -> Result<(), ApiError> {
+    let chars = content.chars().count();
+    if chars == 0 || content.trim().is_empty() || chars > CONTENT_MAX_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_content",
+            format!("`content` must be 1 to {CONTENT_MAX_CHARS} characters and not blank"),
+        ));
+    }
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(chat_id): Path<String>,
+    AppJson(input): AppJson<NewMessage>,
+) -> Result<(StatusCode, Json<Posted>), ApiError> {
+    let chat_id = parse_id(&chat_id, "chat")?;
+    validate_content(&input.content)?;
+    let model = match input.model {
+        Some(m) if !is_model_name(&m) => {
+            return Err(ApiError::unprocessable(
+                "invalid_model",
+                "`model` may hold letters, digits, '.', '-' and '_' only",
+            ));
+        }
+        Some(m) => m,
+        None => state.settings.provider.model.clone(),
+    };
+    // Budgets are keyed by model, so only the configured ones may be asked for.
+    if !state.settings.allowed_model(&model) {
+        return Err(unknown_model(&state.settings));
+    }
+    let (template_id, system) = match input.template_id {
+        Some(raw) => {
+            let id = parse_id(&raw, "template")?;
+            let template = state
+                .store
+                .owned_template(user, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("template"))?;
+            (Some(id), Some(template.body))
+        }
+        None => (None, None),
+    };
+
+    // Both ids come from one process-monotonic UUIDv7 source and share a timestamp, so
+    // ordering by (created_at, id) always puts the question before its answer.
+    let now = now_micros();
+    let question = Message {
+        id: Uuid::now_v7(),
+        chat_id,
+        role: Role::User,
+        content: input.content,
+        status: Status::Completed,
+        generation: 0,
+        model: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        key_alias: None,
+        attempts: 0,
+        error_kind: None,
+        error_message: None,
+        created_at: now,
+        completed_at: Some(now),
+        template_id: None,
+        pending_since: now,
+    };
+    let reply = Message {
+        id: Uuid::now_v7(),
+        role: Role::Assistant,
+        content: String::new(),
+        status: Status::Pending,
+        model: Some(model.clone()),
+        completed_at: None,
+        template_id,
+        ..question.clone()
+    };
+    let ask = Ask {
+        chat_id,
+        request_id: reply.id,
+        generation: reply.generation,
+        model,
+        system,
+        question: Question::New(question.content.clone()),
+        enqueued_at: now,
+    };
+    // One query proves ownership and reads the history.
+    let limit = request::history_limit(&state.settings, &ask.question);
+    let history = state
+        .store
+        .history(chat_id, Some(user), HistoryEnd::Now, limit)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))?;
+    let request = request::build(&state.settings, ask, history).map_err(|e| match e {
+        BuildError::TooLarge { size, max } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!(
+                "with its template and history the request would be {size} bytes; \
+                 at most {max} are allowed"
+            ),
+        ),
+        e @ (BuildError::NoQuestion | BuildError::Encode(_)) => ApiError::Internal(e.to_string()),
+    })?;
+    // Limits are spent only by a post that would otherwise be accepted: a 404 or a 422
+    // costs the user nothing.
+    state.limits.admit_message(user).await?;
+
+    let post = NewPost {
+        question,
+        reply,
+        request,
+    };
+    let (question, reply) = (post.question.clone(), post.reply.clone());
+    match state.posts.write(post).await {
+        Ok(()) => {}
+        // The chat was deleted between the history read and the commit.
+        Err(PostError::Store(e)) if e.is_foreign_key_violation() => {
+            return Err(ApiError::not_found("chat"));
+        }
+        Err(PostError::Store(e)) => return Err(e.into()),
+        Err(PostError::Stopped) => return Err(ApiError::busy("the server is shutting down", 1)),
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Posted {
+            user_message: question.into(),
+            assistant_message: reply.into(),
+        }),
+    ))
+}
+
+/// 422 naming every model users may ask for.
+pub(crate) fn unknown_model(settings: &Settings) -> ApiError {
+    let mut allowed = vec![settings.provider.model.as_str()];
+    allowed.extend(
+        settings
+            .provider
+            .models
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != settings.provider.model),
+    );
+    ApiError::unprocessable(
+        "unknown_model",
+        format!("`model` must be one of: {}", allowed.join(", ")),
+    )
+}
+
+/// The entity tag of what `scope` names in `chat` as it is now: every change to the chat's
+/// messages bumps its version, and the scope (the query, or the message) is part of the tag,
+/// so two different reads of one chat never share one.
+fn etag(chat: &Chat, scope: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(chat.id.as_bytes())
+        .chain_update(scope.as_bytes())
+        .finalize();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{}-{hex}\"", chat.version)
+}
+
+/// Whether `If-None-Match` names `tag` (weak comparison, as RFC 9110 asks for this header).
+fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
+}
+
+/// A 304 for `tag` when the client has it already, else `body` with the tag.
+fn conditional<T: Serialize>(
+    headers: &HeaderMap,
+    tag: String,
+    body: impl FnOnce() -> T,
+) -> Response {
+    let value = HeaderValue::from_str(&tag).ok();
+    let mut response = if not_modified(headers, &tag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(body()).into_response()
+    };
+    let headers = response.headers_mut();
+    if let Some(value) = value {
+        headers.insert(header::ETAG, value);
+    }
+    // Browsers may keep it, but must ask again before using it.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    response
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(chat_id): Path<String>,
+    headers: HeaderMap,
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = query.page()?;
+    // The chat (and its version) is read before the messages: a change committed in between
+    // makes the tag older than the page, never newer, so the next poll fetches it.
+    let chat = owned_chat(&state.store, user, &chat_id).await?;
+    let scope = format!(
+        "list:{}:{}",
+        page.after.map(|c| c.encode()).unwrap_or_default(),
+        page.limit
+    );
+    let tag = etag(&chat, &scope);
+    if not_modified(&headers, &tag) {
+        return Ok(conditional(&headers, tag, || ()));
+    }
+    let rows = state.store.messages_page(chat.id, page).await?;
+    Ok(conditional(&headers, tag, || Page::<MessageView>::of(rows)))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    Path((chat_id, message_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let chat = owned_chat(&state.store, user, &chat_id).await?;
+    let id = parse_id(&message_id, "message")?;
+    let tag = etag(&chat, &format!("message:{id}"));
+    if not_modified(&headers, &tag) {
+        return Ok(conditional(&headers, tag, || ()));
+    }
+    let message = state
+        .store
+        .message(chat.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    Ok(conditional(&headers, tag, || MessageView::from(message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(version: i64) -> Chat {
+        Chat {
+            id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            title: String::new(),
+            created_at: now_micros(),
+            version,
+        }
+    }
+
+    #[test]
+    fn tags_change_with_the_version_and_the_query() {
+        let a = etag(&chat(1), "list::50");
+        assert_eq!(a, etag(&chat(1), "list::50"));
+        assert_ne!(a, etag(&chat(2), "list::50"));
+        assert_ne!(a, etag(&chat(1), "list::10"));
+    }
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_star() {
+        let tag = etag(&chat(3), "x");
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+            );
+            not_modified(&h, &tag)
+        };
+        assert!(with(&tag));
+        assert!(with(&format!("\"other\", W/{tag}")));
+        assert!(with("*"));
+        assert!(!with("\"other\""));
+        assert!(!not_modified(&HeaderMap::new(), &tag));
+    }
+}

@@ -1,0 +1,126 @@
+//! Serving the router over HTTP/1 with hyper-util, because axum's `serve` sets no timeouts: a
+//! client must send its request headers within `http.header_read_timeout_ms` or is
+//! disconnected. Body and whole-request timeouts are tower-http layers on the REST router
+//! (see [`crate::http::app`]). Each connection's peer address is inserted as
+//! `ConnectInfo<SocketAddr>`; shutdown stops accepting and drains open connections.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+/// How long accepting pauses after an error that is not the client's (e.g. out of file
+/// descriptors), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Serves `app` on `listener` until `cancel` fires, then stops accepting and waits up to
+/// `drain` for open connections to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    drain: Duration,
+    cancel: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot accept connections");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                    }
+                }
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().call(request)
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // Timeouts, resets and half-sent requests end here; they are the client's doing.
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "connections still open after the drain; closing them"
+        );
+    }
+}
+
+/// Errors of one connection that say nothing about the listener (as axum's `serve` sorts them).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Handlers see the peer's address, and cancelling stops the server.
+    #[tokio::test]
+    async fn handlers_get_the_peer_address_and_cancel_stops_serving()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let app = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            cancel.clone(),
+        ));
+
+        let mut client = tokio::net::TcpStream::connect(addr).await?;
+        let me = client.local_addr()?;
+        client
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await?;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&me.to_string()), "{answer}");
+
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server).await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The publisher of requests. Posts and restarts hand their outbox rows over right after the
+//! commit ([`Handoff`](crate::store::outbox::Handoff)); the relay publishes them at once —
+//! persistent, mandatory, confirmed, batched — and deletes the rows once confirmed. It also
+//! sweeps the outbox for rows older than `relay.sweep_after_ms` (claimed with
+//! `FOR UPDATE SKIP LOCKED`, so replicas share the work): what a broker outage, a refusal or a
+//! crash left behind. A row is published twice only if an API dies between a confirm and the
+//! delete, or a publish outlasts the grace period; the generation check makes that harmless.
+//!
+//! A broker outage only delays delivery: the relay reconnects with backoff and the sweep
+//! carries on from the rows still in the table. A full `requests` queue (`x-max-length`,
+//! reject-publish) answers with nacks: the rows stay, and the sweep pauses and tries again —
+//! back pressure into the outbox, not an outage.
+
+use crate::store::outbox::OutboxRow;
+use crate::store::{Store, StoreError};
+use futures_util::future::join_all;
+use lapin::Channel;
+use lapin::types::{AMQPValue, FieldTable};
+use sluice_shared::broker::{self, BrokerError};
+use sluice_shared::envelope::HEADER_ATTEMPT;
+use sluice_shared::topology::ROUTE_REQUEST;
+use sluice_shared::{Secret, Topology};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rows per publish batch. Large enough to amortise the round trips, small enough that one
+/// batch's confirms arrive in a few milliseconds.
+const BATCH: usize = 256;
+/// Payload bytes per swept batch (the first row always goes): 256 rows of the largest
+/// envelopes (`queues.max_message_bytes`) would otherwise be hundreds of MiB in memory at once.
+const BATCH_BYTES: i64 = 8 * 1024 * 1024;
+/// Pauses after the broker refused publishes (a full queue): from the first to the last,
+/// doubling, so a long backlog costs a try every few seconds and no log flood.
+const REFUSED_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(2);
+/// The sweep runs at least this often, and at most every few milliseconds.
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(1);
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Database(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+pub struct Relay {
+    pub store: Store,
+    pub amqp_url: Secret<String>,
+    pub topology: Topology,
+    /// Rows just committed, from the handoff.
+    pub fresh: Mutex<mpsc::Receiver<Vec<OutboxRow>>>,
+    pub sweep_after: Duration,
+    /// Whether the relay currently holds a working broker channel (reported by `/api/ready`).
+    pub broker_up: Arc<AtomicBool>,
+}
+
+/// What publishing a batch did.
+#[derive(Debug, Default)]
+struct Published {
+    /// Confirmed: their rows can go.
+    done: Vec<Uuid>,
+    /// Refused by the broker (nack): their rows stay for a later sweep.
+    refused: usize,
+    /// The channel broke: the rest of the batch was not published.
+    error: Option<BrokerError>,
+}
+
+impl Relay {
+    pub async fn run(self, cancel: CancellationToken) {
+        broker::reconnect_forever("relay", &cancel, || self.session(&cancel)).await;
+    }
+
+    /// One connection's worth of relaying: `Ok` on shutdown, `Err` when the broker is lost.
+    async fn session(&self, cancel: &CancellationToken) -> Result<(), BrokerError> {
+        let connection = broker::connect(self.amqp_url.expose(), "sluice-api relay").await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        self.topology.declare(&channel).await?;
+        self.broker_up.store(true, Ordering::Relaxed);
+        tracing::info!("relay connected to the broker");
+        let result = self.pump(&channel, cancel).await;
+        self.broker_up.store(false, Ordering::Relaxed);
+        let _ = connection.close(200, "relay stopping".into()).await;
+        result
+    }
+
+    /// Publishes fresh rows as they come and sweeps old ones on a timer, until shutdown
+    /// (`Ok`) or a broken channel (`Err`).
+    async fn pump(&self, channel: &Channel, cancel: &CancellationToken) -> Result<(), BrokerError> {
+        let mut fresh = self.fresh.lock().await;
+        // Whatever was handed over while disconnected is the sweep's now.
+        while fresh.try_recv().is_ok() {}
+        let every = (self.sweep_after / 2).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX);
+        let mut sweeps = tokio::time::interval(every);
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refused_pause: Option<Duration> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                rows = fresh.recv() => {
+                    let Some(mut rows) = rows else { return Ok(()) };
+                    while rows.len() < BATCH {
+                        let Ok(more) = fresh.try_recv() else { break };
+                        rows.extend(more);
+                    }
+                    self.publish_fresh(channel, rows).await?;
+                }
+                _ = sweeps.tick() => {
+                    let refused = match self.sweep(channel).await {
+                        Ok(refused) => refused,
+                        Err(RelayError::Broker(e)) => return Err(e),
+                        Err(RelayError::Database(e)) => {
+                            tracing::warn!(error = %e, "relay cannot read the outbox");
+                            false
+                        }
+                    };
+                    if refused {
+                        let pause = self.refused(&mut refused_pause);
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    } else if refused_pause.take().is_some() {
+                        tracing::info!("the broker accepts requests again");
+                    }
+                }
+            }
+            if !channel.status().connected() {
+                return Err(BrokerError::ChannelClosed);
+            }
+        }
+    }
+
+    /// The pause after a refused sweep; logged once per episode, the metric counts every try.
+    fn refused(&self, last: &mut Option<Duration>) -> Duration {
+        metrics::counter!("sluice_relay_refused_batches_total").increment(1);
+        let pause = match *last {
+            None => {
+                tracing::warn!(
+                    "the broker refuses new requests (is the requests queue full?); \
+                     the outbox keeps them and the relay tries again"
+                );
+                REFUSED_PAUSE_FIRST
+            }
+            Some(last) => (last * 2).min(REFUSED_PAUSE_MAX),
+        };
+        *last = Some(pause);
+        pause
+    }
+
+    /// Publishes rows just committed and deletes the confirmed ones. A refused or unpublished
+    /// row simply stays for the sweep.
+    async fn publish_fresh(
+        &self,
+        channel: &Channel,
+        rows: Vec<OutboxRow>,
+    ) -> Result<(), BrokerError> {
+        for chunk in rows.chunks(BATCH) {
+            let published = self.publish(channel, chunk).await;
+            if published.refused > 0 {
+                metrics::counter!("sluice_relay_refused_total").increment(published.refused as u64);
+            }
+            if let Err(e) = self.store.delete_outbox(&published.done).await {
+                // They will be swept and published again: harmless, and rare.
+                tracing::warn!(error = %e, "cannot delete published outbox rows");
+            }
+            if let Some(e) = published.error {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims, publishes and deletes batches of old rows until none is left; returns whether
+    /// the broker refused some (a full queue).
+    async fn sweep(&self, channel: &Channel) -> Result<bool, RelayError> {
+        loop {
+            let claim = self
+                .store
+                .claim_outbox(self.sweep_after, BATCH, BATCH_BYTES)
+                .await?;
+            if claim.rows.is_empty() {
+                claim.finish(&[]).await?;
+                return Ok(false);
+            }
+            let more = claim.more;
+            let published = self.publish(channel, &claim.rows).await;
+            claim.finish(&published.done).await?;
+            if let Some(e) = published.error {
+                return Err(e.into());
+            }
+            if published.refused > 0 {
+                return Ok(true);
+            }
+            if !more {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Publishes every row (stopping at a broken channel) and waits for the confirms.
+    async fn publish(&self, channel: &Channel, rows: &[OutboxRow]) -> Published {
+        let exchange = self.topology.exchange();
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut published = Published::default();
+        for row in rows {
+            let properties = broker::json_properties(&row.request_id.to_string(), attempt_zero());
+            match broker::publish(
+                channel,
+                &exchange,
+                ROUTE_REQUEST,
+                row.payload.as_bytes(),
+                properties,
+            )
+            .await
+            {
+                Ok(confirm) => pending.push((row.id, confirm)),
+                Err(e) => {
+                    published.error = Some(e);
+                    break;
+                }
+            }
+        }
+        let (ids, confirms): (Vec<Uuid>, Vec<_>) = pending.into_iter().unzip();
+        let outcomes = join_all(confirms.into_iter().map(broker::confirmed)).await;
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => published.done.push(id),
+                // A full queue under reject-publish: the channel is fine, the row waits.
+                Err(BrokerError::Nacked) => published.refused += 1,
+                Err(e) => {
+                    published.error.get_or_insert(e);
+                }
+            }
+        }
+        published
+    }
+}
+
+fn attempt_zero() -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(0));
+    headers
+}

@@ -1,0 +1,78 @@
+//! The response consumer: takes results from `responses` in batches and applies them in one
+//! statement — only to a message still `pending` at the same generation, so duplicates and
+//! stale answers change nothing — commits, then acks. When the database refuses the batch,
+//! the store applies it one row at a time, and a row still refused is stored `failed`
+//! (`reply_unstorable`) instead of staying pending. A delivery even that cannot settle, and a
+//! poison response, are rejected without requeue: the dead-letter consumer takes them over.
+//! A database outage holds the batch (unacked) and retries.
+
+use super::consume::BatchHandler;
+use crate::store::Store;
+use crate::store::replies::Stored;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use sluice_shared::broker::BrokerError;
+use sluice_shared::envelope::{self, ResponseEnvelope};
+use tokio_util::sync::CancellationToken;
+
+/// Prefetch and largest batch: one statement applies up to this many responses.
+pub const BATCH: u16 = 256;
+
+pub struct ResponseHandler {
+    pub store: Store,
+}
+
+impl BatchHandler for ResponseHandler {
+    async fn handle(
+        &self,
+        channel: &Channel,
+        deliveries: Vec<Delivery>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, BrokerError> {
+        let mut valid = Vec::with_capacity(deliveries.len());
+        let mut tags = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            match envelope::decode::<ResponseEnvelope>(&delivery.data) {
+                Ok(response) => {
+                    valid.push(response);
+                    tags.push(delivery.delivery_tag);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "poison response; dead-lettering it");
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                }
+            }
+        }
+        if valid.is_empty() {
+            return Ok(true);
+        }
+        let Some(outcomes) = self.store.store_responses(&valid, cancel).await else {
+            return Ok(false);
+        };
+        let mut last_settled = None;
+        for (tag, outcome) in tags.into_iter().zip(outcomes) {
+            match outcome {
+                Stored::Applied | Stored::Unstorable => last_settled = Some(tag),
+                Stored::Unsettled(e) => {
+                    // The dead-letter consumer tries again, with bounds, then parks it.
+                    tracing::error!(error = %e, "cannot settle a response; dead-lettering it");
+                    channel
+                        .basic_reject(tag, BasicRejectOptions { requeue: false })
+                        .await?;
+                }
+            }
+        }
+        if let Some(tag) = last_settled {
+            // Every earlier delivery on this channel is settled or was just rejected: one
+            // multiple-ack covers the rest.
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,72 @@
+//! Chats, and [`touch`]: the lock every change to a chat's messages takes first, which also
+//! bumps the chat's `version` (the `ETag` of its message lists).
+
+use super::entities::chats;
+use super::paging::{Cursor, Direction, Page, PageRequest, paged};
+use super::{Chat, Store, StoreError};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    Statement,
+};
+use uuid::Uuid;
+
+/// Locks the chats in id order and bumps their versions. Every transaction that changes
+/// messages calls this before touching them (see the module docs of `store`): a fixed order
+/// means two writers never wait for each other in a cycle.
+pub(crate) async fn touch(db: &impl ConnectionTrait, chat_ids: &[Uuid]) -> Result<(), DbErr> {
+    if chat_ids.is_empty() {
+        return Ok(());
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "WITH locked AS ( \
+             SELECT id FROM chats WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE) \
+         UPDATE chats AS c SET version = c.version + 1 FROM locked WHERE c.id = locked.id",
+        [chat_ids.to_vec().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_chat(&self, chat: &Chat) -> Result<(), StoreError> {
+        chats::Entity::insert(chats::ActiveModel {
+            id: Set(chat.id),
+            user_id: Set(chat.user_id),
+            title: Set(chat.title.clone()),
+            created_at: Set(chat.created_at),
+            version: Set(chat.version),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The chat if it exists and belongs to `user`.
+    pub async fn owned_chat(&self, user: Uuid, id: Uuid) -> Result<Option<Chat>, StoreError> {
+        Ok(chats::Entity::find_by_id(id)
+            .filter(chats::Column::UserId.eq(user))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// The user's chats, newest first.
+    pub async fn chats_page(
+        &self,
+        user: Uuid,
+        page: PageRequest,
+    ) -> Result<Page<Chat>, StoreError> {
+        Ok(paged(
+            &self.db,
+            chats::Entity::find().filter(chats::Column::UserId.eq(user)),
+            (chats::Column::CreatedAt, chats::Column::Id),
+            Direction::NewestFirst,
+            page,
+            |c| Cursor {
+                created_at: c.created_at,
+                id: c.id,
+            },
+        )
+        .await?)
+    }
+}

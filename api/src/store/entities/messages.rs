@@ -1,0 +1,33 @@
+//! One message of a chat; an assistant message is `pending` until its response arrives.
+use crate::store::message_state::{Role, Status};
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "messages")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub chat_id: Uuid,
+    pub role: Role,
+    pub content: String,
+    pub status: Status,
+    pub generation: i32,
+    pub model: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub key_alias: Option<String>,
+    pub attempts: i32,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub completed_at: Option<DateTimeUtc>,
+    /// The prompt template the reply was asked with, if any.
+    pub template_id: Option<Uuid>,
+    /// When the reply last became pending (post, replay or retry): the reaper's clock.
+    pub pending_since: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

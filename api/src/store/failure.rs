@@ -1,0 +1,158 @@
+//! What a database error means, decided by SQLSTATE rather than by its text, and the retry
+//! loop built on that: outages are waited out, lost deadlocks tried again a few times.
+
+use super::StoreError;
+use sea_orm::sqlx;
+use sea_orm::{DbErr, RuntimeErr};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The longest wait between database retries during an outage.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Retries of a statement that lost a deadlock or a serialization conflict. Two API replicas
+/// meet like this only briefly; past this the statement is treated as refused.
+const CONFLICT_RETRIES: usize = 5;
+
+/// What a database error means for whoever meets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// The database is unreachable, restarting or out of connections: wait and try again.
+    Outage,
+    /// A deadlock or serialization failure: the same statement may succeed at once.
+    Conflict,
+    /// The database refuses this statement; trying it again will not help.
+    Refused,
+}
+
+impl DbFailure {
+    pub fn of(e: &DbErr) -> Self {
+        match e {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Outage,
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                Self::of_sqlx(e)
+            }
+            _ => Self::Refused,
+        }
+    }
+
+    fn of_sqlx(e: &sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) => db.code().map_or(Self::Refused, |c| Self::of_code(&c)),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => Self::Outage,
+            _ => Self::Refused,
+        }
+    }
+
+    /// PostgreSQL's SQLSTATE codes (appendix A of its manual).
+    pub fn of_code(code: &str) -> Self {
+        match code {
+            // connection_exception class; admin, crash and startup shutdowns; too many
+            // connections.
+            c if c.starts_with("08") => Self::Outage,
+            "57P01" | "57P02" | "57P03" | "53300" => Self::Outage,
+            "40001" | "40P01" => Self::Conflict,
+            _ => Self::Refused,
+        }
+    }
+
+    /// Whether waiting could help (the HTTP side answers 503 rather than 500).
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Outage | Self::Conflict)
+    }
+}
+
+/// Runs `op` until it succeeds, is refused, or shutdown (`None`): through a database outage it
+/// waits and tries again for as long as it lasts; a deadlock or serialization failure is tried
+/// again a few times, then returned like a refusal.
+pub async fn with_db_retry<T, F, Fut>(
+    cancel: &CancellationToken,
+    what: &str,
+    mut op: F,
+) -> Option<Result<T, StoreError>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    use backon::{BackoffBuilder, ExponentialBuilder};
+    let mut outage = ExponentialBuilder::default()
+        .with_max_delay(MAX_BACKOFF)
+        .without_max_times()
+        .build();
+    // Jittered, so two replicas that deadlocked do not meet again in step.
+    let mut conflict = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_times(CONFLICT_RETRIES)
+        .with_jitter()
+        .build();
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            result = op() => result,
+        };
+        let e = match result {
+            Ok(value) => return Some(Ok(value)),
+            Err(e) => e,
+        };
+        let wait = match e.failure() {
+            DbFailure::Outage => outage.next().unwrap_or(MAX_BACKOFF),
+            DbFailure::Conflict => match conflict.next() {
+                Some(wait) => wait,
+                None => return Some(Err(e)),
+            },
+            DbFailure::Refused => return Some(Err(e)),
+        };
+        tracing::warn!(error = %e, retry_in = ?wait, "cannot {what} yet");
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_decides_the_failure() {
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert_eq!(DbFailure::of_code(code), DbFailure::Outage, "{code}");
+        }
+        for code in ["40001", "40P01"] {
+            assert_eq!(DbFailure::of_code(code), DbFailure::Conflict, "{code}");
+        }
+        // invalid byte sequence, unique violation, raise_exception, query_canceled
+        for code in ["22021", "23505", "P0001", "57014", "53100"] {
+            assert_eq!(DbFailure::of_code(code), DbFailure::Refused, "{code}");
+        }
+    }
+
+    #[test]
+    fn error_shapes_without_a_code() {
+        let io = DbErr::Exec(RuntimeErr::SqlxError(
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()).into(),
+        ));
+        assert_eq!(DbFailure::of(&io), DbFailure::Outage);
+        let pool = DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut.into()));
+        assert_eq!(DbFailure::of(&pool), DbFailure::Outage);
+        let decode = DbErr::Query(RuntimeErr::SqlxError(
+            sqlx::Error::ColumnNotFound("x".into()).into(),
+        ));
+        assert_eq!(DbFailure::of(&decode), DbFailure::Refused);
+        // Text that merely mentions a connection is not an outage any more.
+        let text = DbErr::Exec(RuntimeErr::Internal(
+            "connection refused by the trigger".into(),
+        ));
+        assert_eq!(DbFailure::of(&text), DbFailure::Refused);
+        assert_eq!(
+            DbFailure::of(&DbErr::Conn(RuntimeErr::Internal("Disconnected".into()))),
+            DbFailure::Outage
+        );
+    }
+}

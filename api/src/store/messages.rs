@@ -1,0 +1,153 @@
+//! Reading messages: a chat's pages and one message for the REST API, the history a request
+//! is built from, and a user's replies in flight (for `users.max_pending`).
+
+use super::entities::messages;
+use super::paging::{Cursor, Direction, Page, PageRequest, paged};
+use super::{Message, Role, Status, Store, StoreError};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
+};
+use sluice_shared::envelope::{self, Turn};
+use uuid::Uuid;
+
+/// Where the history of a request ends.
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryEnd {
+    /// Everything completed so far (a message being posted now).
+    Now,
+    /// Everything before the reply `(created_at, id)`, the question included (a restart).
+    Before {
+        reply_created_at: DateTime<Utc>,
+        reply_id: Uuid,
+    },
+}
+
+/// A chat's recent completed messages, newest first, and its owner.
+#[derive(Debug)]
+pub struct History {
+    pub owner: Uuid,
+    pub newest_first: Vec<Turn>,
+}
+
+impl Store {
+    /// The chat's messages, oldest first (a user message always before its reply).
+    pub async fn messages_page(
+        &self,
+        chat: Uuid,
+        page: PageRequest,
+    ) -> Result<Page<Message>, StoreError> {
+        Ok(paged(
+            &self.db,
+            messages::Entity::find().filter(messages::Column::ChatId.eq(chat)),
+            (messages::Column::CreatedAt, messages::Column::Id),
+            Direction::OldestFirst,
+            page,
+            |m| Cursor {
+                created_at: m.created_at,
+                id: m.id,
+            },
+        )
+        .await?)
+    }
+
+    pub async fn message(&self, chat: Uuid, id: Uuid) -> Result<Option<Message>, StoreError> {
+        Ok(messages::Entity::find_by_id(id)
+            .filter(messages::Column::ChatId.eq(chat))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// The history of the chat up to `end`, at most `limit` messages; `None` when the chat
+    /// does not exist or (with `owner`) is not theirs.
+    pub async fn history(
+        &self,
+        chat: Uuid,
+        owner: Option<Uuid>,
+        end: HistoryEnd,
+        limit: i64,
+    ) -> Result<Option<History>, StoreError> {
+        Ok(history(&self.db, chat, owner, end, limit).await?)
+    }
+
+    /// The user's replies in flight. Only assistant messages are ever pending; the partial
+    /// index `messages_pending_by_chat` keeps this to the few pending rows of their chats.
+    pub async fn pending_replies(&self, user: Uuid) -> Result<u64, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM messages m JOIN chats c ON c.id = m.chat_id \
+                 WHERE c.user_id = $1 AND m.status = $2 AND m.role = $3",
+                [
+                    user.into(),
+                    Status::Pending.as_str().into(),
+                    Role::Assistant.as_str().into(),
+                ],
+            ))
+            .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// One query proves ownership and reads the history, so a post needs one round trip before
+/// its write. Shared with the restart, which runs it inside its transaction.
+pub(crate) async fn history(
+    db: &impl ConnectionTrait,
+    chat: Uuid,
+    owner: Option<Uuid>,
+    end: HistoryEnd,
+    limit: i64,
+) -> Result<Option<History>, DbErr> {
+    let (before_at, before_id) = match end {
+        HistoryEnd::Now => (None, None),
+        HistoryEnd::Before {
+            reply_created_at,
+            reply_id,
+        } => (Some(reply_created_at), Some(reply_id)),
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT c.user_id, m.role, m.content FROM chats c LEFT JOIN LATERAL ( \
+                 SELECT role, content, created_at, id FROM messages \
+                 WHERE chat_id = c.id AND status = 'completed' \
+                 AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $5) m ON true \
+             WHERE c.id = $1 AND ($2::uuid IS NULL OR c.user_id = $2) \
+             ORDER BY m.created_at DESC, m.id DESC",
+            [
+                chat.into(),
+                owner.into(),
+                before_at.into(),
+                before_id.into(),
+                limit.into(),
+            ],
+        ))
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let owner: Uuid = first.try_get("", "user_id")?;
+    // One row of NULLs (the lateral join found nothing) means no history.
+    let mut newest_first = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let role: Option<Role> = row.try_get("", "role")?;
+        let content: Option<String> = row.try_get("", "content")?;
+        if let (Some(role), Some(text)) = (role, content) {
+            let role = match role {
+                Role::Assistant => envelope::Role::Assistant,
+                Role::User => envelope::Role::User,
+            };
+            newest_first.push(Turn { role, text });
+        }
+    }
+    Ok(Some(History {
+        owner,
+        newest_first,
+    }))
+}

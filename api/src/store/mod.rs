@@ -1,0 +1,124 @@
+//! The store: every SQL statement the API runs, the message state machine, and the group
+//! commit of posts. Nothing outside this module uses `sea_orm`; callers get plain types and a
+//! [`StoreError`] that says whether waiting could help.
+//!
+//! One rule keeps concurrent writers from deadlocking: a transaction that changes messages
+//! first locks their chats, in id order, and bumps their `version` ([`chats::touch`]). Two
+//! transactions that share a message share its chat, so they queue on the chat lock before
+//! either touches a message row.
+
+pub mod chats;
+pub mod dead_letters;
+mod entities;
+mod failure;
+pub mod message_state;
+pub mod messages;
+pub mod outbox;
+pub mod paging;
+pub mod posts;
+pub mod replies;
+pub mod templates;
+#[cfg(test)]
+pub mod testing;
+pub mod users;
+
+pub use entities::chats::Model as Chat;
+pub use entities::dead_letters::Model as DeadLetterRow;
+pub use entities::messages::Model as Message;
+pub use entities::prompt_templates::Model as Template;
+pub use entities::users::Model as User;
+pub use failure::{DbFailure, with_db_retry};
+pub use message_state::{Role, Status};
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+use sluice_migrations::{Migrator, MigratorTrait};
+use std::time::Duration;
+
+/// Arbitrary, fixed: every Sluice process that migrates takes the same lock.
+const MIGRATION_LOCK_ID: i64 = 0x51ce_0001;
+
+/// A database error, with what it means for the caller.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct StoreError(#[from] DbErr);
+
+impl StoreError {
+    pub fn failure(&self) -> DbFailure {
+        DbFailure::of(&self.0)
+    }
+
+    /// An outage or a lost deadlock: the same request may succeed shortly (503, not 500).
+    pub fn is_transient(&self) -> bool {
+        self.failure().is_transient()
+    }
+
+    /// A unique constraint refused the row (e.g. an email already registered).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self.0.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+    }
+
+    /// A foreign key refused the row (e.g. its chat was deleted meanwhile).
+    pub fn is_foreign_key_violation(&self) -> bool {
+        matches!(
+            self.0.sql_err(),
+            Some(SqlErr::ForeignKeyConstraintViolation(_))
+        )
+    }
+
+    /// A test hook: an error that reads as an outage.
+    pub fn outage(detail: &str) -> Self {
+        Self(DbErr::Conn(sea_orm::RuntimeErr::Internal(detail.into())))
+    }
+
+    /// A test hook: an error that reads as a refusal.
+    pub fn refused(detail: &str) -> Self {
+        Self(DbErr::Exec(sea_orm::RuntimeErr::Internal(detail.into())))
+    }
+}
+
+/// The connection pool; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        Ok(Self {
+            db: Database::connect(options).await?,
+        })
+    }
+
+    /// Applies pending migrations. The lock is taken and released on one dedicated connection
+    /// (a pool of exactly one), so the unlock always reaches the session that holds the lock.
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        let store = Self::connect(url, 1).await?;
+        let conn = &store.db;
+        conn.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+            .await?;
+        let result = Migrator::up(conn, None).await;
+        let unlock = conn
+            .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
+            .await;
+        let closed = store.db.close().await;
+        result?;
+        unlock?;
+        Ok(closed?)
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> bool {
+        self.db.execute_unprepared("SELECT 1").await.is_ok()
+    }
+
+    pub async fn close(self) -> Result<(), StoreError> {
+        Ok(self.db.close().await?)
+    }
+}

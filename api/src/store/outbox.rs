@@ -1,0 +1,184 @@
+//! The transactional outbox: the one place requests are written for the broker ([`insert`],
+//! inside the transaction that creates or restarts their reply), handed to the publisher right
+//! after the commit ([`Handoff`]), swept by the relay when older than a grace period
+//! ([`Store::claim_outbox`]) and deleted once the broker has confirmed them.
+
+use super::{Store, StoreError};
+use sea_orm::sea_query::ArrayType;
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait, Value,
+};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// One request waiting for the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    /// Names the AMQP message (easy to find in the management UI).
+    pub request_id: Uuid,
+    /// The envelope as JSON text, published as it is.
+    pub payload: String,
+}
+
+/// Writes `rows` in one statement (inside the caller's transaction).
+pub(crate) async fn insert(db: &impl ConnectionTrait, rows: &[OutboxRow]) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO outbox (id, payload, created_at) \
+         SELECT id, payload::jsonb, now() FROM UNNEST($1::uuid[], $2::text[]) AS v(id, payload)",
+        [
+            rows.iter().map(|r| r.id).collect::<Vec<_>>().into(),
+            texts(rows.iter().map(|r| r.payload.clone())),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A text array for `UNNEST`.
+pub(crate) fn texts(values: impl Iterator<Item = String>) -> Value {
+    Value::Array(
+        ArrayType::String,
+        Some(Box::new(values.map(|s| Value::String(Some(s))).collect())),
+    )
+}
+
+/// An int array for `UNNEST`.
+pub(crate) fn ints(values: impl Iterator<Item = i32>) -> Value {
+    Value::Array(
+        ArrayType::Int,
+        Some(Box::new(values.map(|n| Value::Int(Some(n))).collect())),
+    )
+}
+
+/// Hands committed rows to the publisher. Never waits: when the publisher is behind (or the
+/// broker away) the rows simply stay for the relay's sweep.
+#[derive(Clone, Debug)]
+pub struct Handoff(Option<mpsc::Sender<Vec<OutboxRow>>>);
+
+impl Handoff {
+    pub fn new(publisher: mpsc::Sender<Vec<OutboxRow>>) -> Self {
+        Self(Some(publisher))
+    }
+
+    /// No publisher: every row waits for the sweep (tests of the relay alone).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn hand_over(&self, rows: Vec<OutboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Some(publisher) = &self.0
+            && publisher.try_send(rows).is_err()
+        {
+            metrics::counter!("sluice_outbox_handoff_skipped_total").increment(1);
+        }
+    }
+}
+
+/// Outbox rows claimed by the sweep; they stay locked (`FOR UPDATE SKIP LOCKED`) until
+/// [`Claim::finish`] deletes the published ones and commits.
+pub struct Claim {
+    txn: DatabaseTransaction,
+    pub rows: Vec<OutboxRow>,
+    /// More rows were waiting than this claim took: claim again at once.
+    pub more: bool,
+}
+
+impl Claim {
+    /// Deletes the rows the broker confirmed and releases the rest.
+    pub async fn finish(self, published: &[Uuid]) -> Result<(), StoreError> {
+        if !published.is_empty() {
+            delete(&self.txn, published).await?;
+        }
+        Ok(self.txn.commit().await?)
+    }
+}
+
+async fn delete(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<(), DbErr> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "DELETE FROM outbox WHERE id = ANY($1)",
+        [ids.to_vec().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Claims up to `max_rows` rows older than `older_than` (about `max_bytes` of payload; the
+    /// first row always comes), oldest first.
+    pub async fn claim_outbox(
+        &self,
+        older_than: Duration,
+        max_rows: usize,
+        max_bytes: i64,
+    ) -> Result<Claim, StoreError> {
+        let txn = self.db.begin().await?;
+        let older_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        // Rows past the byte budget are locked with the claim but not read; the commit frees
+        // them for the next claim.
+        let found = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH claimed AS ( \
+                     SELECT id, payload::text AS payload, payload->>'request_id' AS request_id \
+                     FROM outbox WHERE created_at < now() - $3 * interval '1 millisecond' \
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED), \
+                 sized AS ( \
+                     SELECT id, payload, request_id, count(*) OVER () AS claimed, \
+                     sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) \
+                         AS bytes_before \
+                     FROM claimed) \
+                 SELECT id, payload, request_id, claimed \
+                 FROM sized WHERE bytes_before < $2 ORDER BY id",
+                [
+                    i64::try_from(max_rows).unwrap_or(i64::MAX).into(),
+                    max_bytes.into(),
+                    older_ms.into(),
+                ],
+            ))
+            .await?;
+        let mut rows = Vec::with_capacity(found.len());
+        let mut claimed = 0;
+        for row in &found {
+            let id: Uuid = row.try_get("", "id")?;
+            claimed = row.try_get::<i64>("", "claimed")?;
+            let request_id: Option<String> = row.try_get("", "request_id")?;
+            rows.push(OutboxRow {
+                id,
+                request_id: request_id
+                    .and_then(|r| Uuid::parse_str(&r).ok())
+                    .unwrap_or(id),
+                payload: row.try_get("", "payload")?,
+            });
+        }
+        let claimed = usize::try_from(claimed).unwrap_or(max_rows);
+        Ok(Claim {
+            more: claimed == max_rows || rows.len() < claimed,
+            rows,
+            txn,
+        })
+    }
+
+    /// Deletes rows the broker confirmed. Committed asynchronously: if the database crashed
+    /// before flushing it, the rows would come back and be published again, which the
+    /// generation check makes harmless — so no fsync is spent on it.
+    pub async fn delete_outbox(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+            .await?;
+        delete(&txn, ids).await?;
+        Ok(txn.commit().await?)
+    }
+}

@@ -1,0 +1,203 @@
+//! Group commit of posts. Each post is a user message, its pending reply and an outbox row;
+//! handlers submit them to one writer task, which takes whatever is queued (bounded by rows
+//! and bytes), writes it all in one transaction — its chats touched in id order, every
+//! message and outbox row in one multi-row statement — commits once, and answers each waiting
+//! request. A 202 still means committed. Under light load a post waits for no one: the writer
+//! starts on the first post at once and later ones gather while it commits.
+//!
+//! A batch the database refuses is written again one post at a time, so a refused post fails
+//! alone. After the commit the outbox rows go to the publisher ([`Handoff`]).
+
+use super::chats::touch;
+use super::outbox::{self, Handoff, OutboxRow, ints, texts};
+use super::{Message, Status, Store, StoreError};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Bounds of one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchBounds {
+    pub max_posts: usize,
+    /// Bytes of message text and payload; the first post always goes.
+    pub max_bytes: usize,
+}
+
+impl Default for BatchBounds {
+    fn default() -> Self {
+        Self {
+            max_posts: 256,
+            max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// One post: the user's message, the pending reply and the request for the broker.
+#[derive(Debug, Clone)]
+pub struct NewPost {
+    pub question: Message,
+    pub reply: Message,
+    pub request: OutboxRow,
+}
+
+impl NewPost {
+    fn bytes(&self) -> usize {
+        self.question.content.len() + self.request.payload.len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the post writer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    post: NewPost,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handlers' side of the writer; cheap to clone. The writer task ends when every clone is
+/// gone, after answering what was queued.
+#[derive(Clone, Debug)]
+pub struct PostWriter {
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("post", &self.post.reply.id)
+            .finish()
+    }
+}
+
+impl PostWriter {
+    /// Starts the writer task on the current runtime.
+    pub fn start(
+        store: Store,
+        bounds: BatchBounds,
+        handoff: Handoff,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        // Enough to hold several full batches; a full queue makes handlers wait their turn.
+        let (queue, jobs) = mpsc::channel(bounds.max_posts.max(1) * 4);
+        let task = tokio::spawn(run(store, bounds, handoff, jobs));
+        (Self { queue }, task)
+    }
+
+    /// Writes the post; returns once it is committed (or refused).
+    pub async fn write(&self, post: NewPost) -> Result<(), PostError> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Job { post, done })
+            .await
+            .map_err(|_| PostError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| PostError::Stopped)?
+            .map_err(Into::into)
+    }
+}
+
+async fn run(store: Store, bounds: BatchBounds, handoff: Handoff, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut bytes = first.post.bytes();
+        let mut batch = vec![first];
+        while batch.len() < bounds.max_posts && bytes < bounds.max_bytes {
+            let Ok(job) = jobs.try_recv() else { break };
+            bytes += job.post.bytes();
+            batch.push(job);
+        }
+        metrics::histogram!("sluice_post_batch_size").record(batch.len() as f64);
+        commit(&store, batch, &handoff).await;
+    }
+}
+
+/// Writes a batch and answers every post in it exactly once.
+async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff) {
+    let posts: Vec<&NewPost> = batch.iter().map(|j| &j.post).collect();
+    let result = write_posts(store, &posts).await;
+    match result {
+        Ok(()) => {
+            handoff.hand_over(batch.iter().map(|j| j.post.request.clone()).collect());
+            for job in batch {
+                let _ = job.done.send(Ok(()));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            for job in batch {
+                let _ = job.done.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, posts = batch.len(), "a batch of posts was refused; writing them one by one");
+            for job in batch {
+                let alone = write_posts(store, &[&job.post]).await;
+                if alone.is_ok() {
+                    handoff.hand_over(vec![job.post.request.clone()]);
+                }
+                let _ = job.done.send(alone);
+            }
+        }
+    }
+}
+
+/// One transaction: touch the chats (lock order, version), every message in one statement,
+/// every outbox row in another, commit.
+pub(crate) async fn write_posts(store: &Store, posts: &[&NewPost]) -> Result<(), StoreError> {
+    let txn = store.db.begin().await?;
+    let mut chats: Vec<Uuid> = posts.iter().map(|p| p.reply.chat_id).collect();
+    chats.sort_unstable();
+    chats.dedup();
+    touch(&txn, &chats).await?;
+    insert_messages(&txn, posts).await?;
+    let requests: Vec<OutboxRow> = posts.iter().map(|p| p.request.clone()).collect();
+    outbox::insert(&txn, &requests).await?;
+    Ok(txn.commit().await?)
+}
+
+/// The absent template id travels as the nil UUID (NULL cannot be an array element here).
+const NO_TEMPLATE: Uuid = Uuid::nil();
+
+async fn insert_messages(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbErr> {
+    let messages: Vec<&Message> = posts.iter().flat_map(|p| [&p.question, &p.reply]).collect();
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
+             created_at, completed_at, template_id, pending_since) \
+         SELECT id, chat_id, role, content, status, generation, NULLIF(model, ''), 0, \
+             created_at, CASE WHEN status = $10 THEN created_at END, \
+             NULLIF(template_id, '00000000-0000-0000-0000-000000000000'::uuid), created_at \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+             $7::text[], $8::timestamptz[], $9::uuid[]) \
+             AS m(id, chat_id, role, content, status, generation, model, created_at, template_id)",
+        [
+            messages.iter().map(|m| m.id).collect::<Vec<_>>().into(),
+            messages
+                .iter()
+                .map(|m| m.chat_id)
+                .collect::<Vec<_>>()
+                .into(),
+            texts(messages.iter().map(|m| m.role.as_str().to_owned())),
+            texts(messages.iter().map(|m| m.content.clone())),
+            texts(messages.iter().map(|m| m.status.as_str().to_owned())),
+            ints(messages.iter().map(|m| m.generation)),
+            texts(messages.iter().map(|m| m.model.clone().unwrap_or_default())),
+            messages
+                .iter()
+                .map(|m| m.created_at)
+                .collect::<Vec<_>>()
+                .into(),
+            messages
+                .iter()
+                .map(|m| m.template_id.unwrap_or(NO_TEMPLATE))
+                .collect::<Vec<_>>()
+                .into(),
+            Status::Completed.as_str().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! Changing replies, each change a [`Transition`] of the state machine: answers from the
+//! pipeline (in batches, with row isolation), give-ups, the reaper's time-outs, cancel and
+//! restart (replay and retry). Every statement names its source state, so repeating one
+//! changes nothing, and every transaction touches the chats first (see `store`).
+
+use super::chats::touch;
+use super::message_state::{Transition, kind};
+use super::messages::{History, HistoryEnd, history};
+use super::outbox::{self, OutboxRow, ints, texts};
+use super::{Message, Status, Store, StoreError, with_db_retry};
+use sea_orm::{
+    ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QuerySelect,
+    Statement, TransactionTrait,
+};
+use sluice_shared::envelope::{ResponseEnvelope, ResponseStatus};
+use sluice_shared::text::strip_nul;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What the user reads on a reply the database would not take.
+const UNSTORABLE_MESSAGE: &str = "the model's reply could not be stored";
+const TIMED_OUT_MESSAGE: &str = "no answer arrived in time; the request was given up";
+const CANCELLED_MESSAGE: &str = "stopped before the answer arrived";
+
+/// What became of one response.
+#[derive(Debug)]
+pub enum Stored {
+    /// Applied (or found already answered: duplicates and stale ones change nothing).
+    Applied,
+    /// Refused by the database; its reply is now `failed`, kind `reply_unstorable`.
+    Unstorable,
+    /// Not even the failure could be written; the caller must set the delivery aside.
+    Unsettled(StoreError),
+}
+
+/// Why a reply is given up, as its user will read it.
+#[derive(Debug, Clone)]
+pub struct GiveUp {
+    pub request_id: Uuid,
+    pub chat_id: Uuid,
+    pub generation: i32,
+    pub kind: String,
+    pub message: String,
+    pub attempts: i32,
+}
+
+/// A failed reply put back to `pending` at the next generation, with what its request is
+/// rebuilt from.
+#[derive(Debug)]
+pub struct Restarted {
+    pub reply_id: Uuid,
+    pub chat_id: Uuid,
+    pub generation: i32,
+    pub model: Option<String>,
+    /// The body of its template now (a deleted template means none).
+    pub system: Option<String>,
+    pub history: History,
+}
+
+/// What is being restarted.
+#[derive(Debug, Clone, Copy)]
+pub enum RestartOf {
+    /// The reply of a recorded dead letter (an operator's replay); marks it replayed.
+    DeadLetter(Uuid),
+    /// A reply of this chat (its user's retry).
+    Reply { chat_id: Uuid, reply_id: Uuid },
+}
+
+/// How a restart ended.
+#[derive(Debug)]
+pub enum Restart {
+    /// Committed; the request is in the outbox (hand it over).
+    Done {
+        reply: Box<Message>,
+        request: OutboxRow,
+    },
+    /// Nothing changed, for this reason.
+    Skipped(&'static str),
+}
+
+fn message_from_row(row: &QueryResult) -> Result<Message, DbErr> {
+    <Message as FromQueryResult>::from_query_result(row, "")
+}
+
+fn clamp(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn sorted_unique(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// One fixed statement over arrays: the same text whatever the batch size, so PostgreSQL
+/// prepares it once. `m.id = ANY($1)` pins the plan to primary-key lookups: joining on the
+/// list alone let PostgreSQL pick a nested loop over the whole table while its statistics were
+/// still empty (seen in the benchmark: 10 s for one batch of 256). NULL cannot travel in
+/// these arrays, so an absent text is `''` and an absent count -1, turned back by `NULLIF`.
+const APPLY: &str = "UPDATE messages AS m SET status = v.status, content = v.content, \
+     model = v.model, prompt_tokens = NULLIF(v.prompt_tokens, -1), \
+     completion_tokens = NULLIF(v.completion_tokens, -1), key_alias = NULLIF(v.key_alias, ''), \
+     attempts = v.attempts, error_kind = NULLIF(v.error_kind, ''), \
+     error_message = NULLIF(v.error_message, ''), completed_at = now() \
+     FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::text[], \
+     $7::int4[], $8::int4[], $9::text[], $10::int4[], $11::text[], $12::text[]) \
+     AS v(id, chat_id, generation, status, content, model, prompt_tokens, completion_tokens, \
+     key_alias, attempts, error_kind, error_message) \
+     WHERE m.id = ANY($1::uuid[]) AND m.id = v.id AND m.chat_id = v.chat_id \
+     AND m.role = 'assistant' AND m.status = $13 AND m.generation = v.generation";
+
+/// [`Transition::Answer`] for every response, in one statement. Text is stored without
+/// U+0000 (workers strip it already; this covers any other sender).
+async fn apply_answers(
+    db: &impl ConnectionTrait,
+    responses: &[ResponseEnvelope],
+) -> Result<u64, DbErr> {
+    let text = |s: Option<&str>| strip_nul(s.unwrap_or_default()).into_owned();
+    let usage = |r: &ResponseEnvelope| match r.status {
+        ResponseStatus::Completed => Some(r.usage),
+        ResponseStatus::Failed => None,
+    };
+    let outcome = |r: &ResponseEnvelope| match r.status {
+        ResponseStatus::Completed => Status::Completed,
+        ResponseStatus::Failed => Status::Failed,
+    };
+    let values: Vec<sea_orm::Value> = vec![
+        responses
+            .iter()
+            .map(|r| r.request_id)
+            .collect::<Vec<_>>()
+            .into(),
+        responses
+            .iter()
+            .map(|r| r.chat_id)
+            .collect::<Vec<_>>()
+            .into(),
+        ints(responses.iter().map(|r| r.generation)),
+        texts(responses.iter().map(|r| outcome(r).as_str().to_owned())),
+        texts(responses.iter().map(|r| text(r.text.as_deref()))),
+        texts(responses.iter().map(|r| text(Some(&r.model)))),
+        ints(
+            responses
+                .iter()
+                .map(|r| usage(r).map_or(-1, |u| clamp(u.prompt_tokens))),
+        ),
+        ints(
+            responses
+                .iter()
+                .map(|r| usage(r).map_or(-1, |u| clamp(u.completion_tokens))),
+        ),
+        texts(responses.iter().map(|r| text(r.key_alias.as_deref()))),
+        ints(responses.iter().map(|r| clamp(r.attempts))),
+        texts(
+            responses
+                .iter()
+                .map(|r| text(r.error.as_ref().map(|e| e.kind.as_str()))),
+        ),
+        texts(
+            responses
+                .iter()
+                .map(|r| text(r.error.as_ref().map(|e| e.message.as_str()))),
+        ),
+        Transition::Answer.from().as_str().into(),
+    ];
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            APPLY,
+            values,
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// [`Transition::GiveUp`]: fails the reply if it is still pending at that generation.
+pub(crate) async fn give_up(db: &impl ConnectionTrait, g: &GiveUp) -> Result<u64, DbErr> {
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE messages SET status = $7, content = '', error_kind = $1, \
+             error_message = $2, attempts = GREATEST(attempts, $3), completed_at = now() \
+             WHERE id = $4 AND chat_id = $5 AND role = 'assistant' AND status = $8 \
+             AND generation = $6",
+            [
+                g.kind.clone().into(),
+                g.message.clone().into(),
+                g.attempts.into(),
+                g.request_id.into(),
+                g.chat_id.into(),
+                g.generation.into(),
+                Status::Failed.as_str().into(),
+                Transition::GiveUp.from().as_str().into(),
+            ],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+impl Store {
+    /// Applies answers in one transaction.
+    pub async fn apply_responses(&self, responses: &[ResponseEnvelope]) -> Result<u64, StoreError> {
+        if responses.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin().await?;
+        touch(
+            &txn,
+            &sorted_unique(responses.iter().map(|r| r.chat_id).collect()),
+        )
+        .await?;
+        let updated = apply_answers(&txn, responses).await?;
+        txn.commit().await?;
+        Ok(updated)
+    }
+
+    /// Applies `responses` in one transaction; if the database refuses it, one at a time, and
+    /// a response still refused fails its reply (`reply_unstorable`) instead of leaving it
+    /// pending. One outcome per response, in order; `None` on shutdown (nothing is lost:
+    /// applying again changes nothing twice). Outages are waited out.
+    pub async fn store_responses(
+        &self,
+        responses: &[ResponseEnvelope],
+        cancel: &CancellationToken,
+    ) -> Option<Vec<Stored>> {
+        let whole = with_db_retry(cancel, "store responses", || {
+            self.apply_responses(responses)
+        })
+        .await?;
+        let refused = match whole {
+            Ok(updated) => {
+                tracing::debug!(received = responses.len(), updated, "responses stored");
+                return Some(responses.iter().map(|_| Stored::Applied).collect());
+            }
+            Err(e) => e,
+        };
+        tracing::warn!(error = %refused, count = responses.len(), "the database refused a batch of responses; storing them one by one");
+        let mut outcomes = Vec::with_capacity(responses.len());
+        for response in responses {
+            let alone = if responses.len() == 1 {
+                Err(refused.clone())
+            } else {
+                with_db_retry(cancel, "store a response", || {
+                    self.apply_responses(std::slice::from_ref(response))
+                })
+                .await?
+            };
+            let Err(e) = alone else {
+                outcomes.push(Stored::Applied);
+                continue;
+            };
+            tracing::error!(
+                error = %e,
+                request = %response.request_id,
+                generation = response.generation,
+                "the database refused a reply; storing it as failed (reply_unstorable)"
+            );
+            // Nothing is taken from the response but its attempts: any other field may be
+            // what was refused.
+            let unstorable = GiveUp {
+                request_id: response.request_id,
+                chat_id: response.chat_id,
+                generation: response.generation,
+                kind: kind::REPLY_UNSTORABLE.into(),
+                message: UNSTORABLE_MESSAGE.into(),
+                attempts: clamp(response.attempts),
+            };
+            let outcome = match with_db_retry(cancel, "fail an unstorable reply", || {
+                self.give_up(&unstorable)
+            })
+            .await?
+            {
+                Ok(_) => {
+                    metrics::counter!("sluice_replies_unstorable_total").increment(1);
+                    Stored::Unstorable
+                }
+                Err(e) => Stored::Unsettled(e),
+            };
+            outcomes.push(outcome);
+        }
+        Some(outcomes)
+    }
+
+    /// [`Transition::GiveUp`] in a transaction of its own.
+    pub async fn give_up(&self, g: &GiveUp) -> Result<u64, StoreError> {
+        let txn = self.db.begin().await?;
+        touch(&txn, &[g.chat_id]).await?;
+        let n = give_up(&txn, g).await?;
+        txn.commit().await?;
+        Ok(n)
+    }
+
+    /// [`Transition::Reap`]: fails up to `max` replies pending for longer than `horizon` (by
+    /// the database's clock, which also set `pending_since`), kind `timed_out`. Replicas
+    /// share the work through `SKIP LOCKED`.
+    pub async fn reap(&self, horizon: Duration, max: i64) -> Result<u64, StoreError> {
+        let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
+        let txn = self.db.begin().await?;
+        let overdue = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT chat_id FROM messages \
+                 WHERE status = $3 AND pending_since < now() - $1 * interval '1 millisecond' \
+                 ORDER BY pending_since LIMIT $2",
+                [
+                    horizon_ms.into(),
+                    max.into(),
+                    Transition::Reap.from().as_str().into(),
+                ],
+            ))
+            .await?;
+        if overdue.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        let mut chats = Vec::with_capacity(overdue.len());
+        for row in &overdue {
+            chats.push(row.try_get::<Uuid>("", "chat_id")?);
+        }
+        touch(&txn, &sorted_unique(chats)).await?;
+        let result = txn
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH overdue AS ( \
+                     SELECT id FROM messages \
+                     WHERE status = $4 AND pending_since < now() - $1 * interval '1 millisecond' \
+                     ORDER BY pending_since LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE messages AS m SET status = $5, content = '', error_kind = $6, \
+                 error_message = $3, completed_at = now() \
+                 FROM overdue WHERE m.id = overdue.id AND m.role = 'assistant' \
+                 AND m.status = $4",
+                [
+                    horizon_ms.into(),
+                    max.into(),
+                    TIMED_OUT_MESSAGE.into(),
+                    Transition::Reap.from().as_str().into(),
+                    Status::Failed.as_str().into(),
+                    kind::TIMED_OUT.into(),
+                ],
+            ))
+            .await?;
+        txn.commit().await?;
+        Ok(result.rows_affected())
+    }
+
+    /// [`Transition::Cancel`]: fails the chat's reply if it is still pending, kind
+    /// `cancelled`; a late answer then changes nothing. `None` when no such pending reply.
+    pub async fn cancel_reply(
+        &self,
+        chat_id: Uuid,
+        reply_id: Uuid,
+    ) -> Result<Option<Message>, StoreError> {
+        let txn = self.db.begin().await?;
+        touch(&txn, &[chat_id]).await?;
+        let row = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE messages SET status = $3, content = '', error_kind = $4, \
+                 error_message = $5, completed_at = now() \
+                 WHERE id = $1 AND chat_id = $2 AND role = 'assistant' AND status = $6 \
+                 RETURNING *",
+                [
+                    reply_id.into(),
+                    chat_id.into(),
+                    Status::Failed.as_str().into(),
+                    kind::CANCELLED.into(),
+                    CANCELLED_MESSAGE.into(),
+                    Transition::Cancel.from().as_str().into(),
+                ],
+            ))
+            .await?;
+        let message = row.map(|r| message_from_row(&r)).transpose()?;
+        txn.commit().await?;
+        Ok(message)
+    }
+
+    /// [`Transition::Restart`]: puts a failed reply back to `pending` at the next generation,
+    /// rebuilds its request with `build` (from the database, never from what the broker sent
+    /// back) and writes it to the outbox — all in one transaction, undone if `build` or any
+    /// check says no.
+    pub async fn restart(
+        &self,
+        of: RestartOf,
+        history_limit: i64,
+        build: impl FnOnce(Restarted) -> Result<OutboxRow, &'static str>,
+    ) -> Result<Restart, StoreError> {
+        use super::entities::dead_letters;
+        let txn = self.db.begin().await?;
+        let (reply_id, letter) = match of {
+            RestartOf::Reply { reply_id, .. } => (reply_id, None),
+            RestartOf::DeadLetter(id) => {
+                let Some(letter) = dead_letters::Entity::find_by_id(id)
+                    .lock_exclusive()
+                    .one(&txn)
+                    .await?
+                else {
+                    return Ok(Restart::Skipped("not_found"));
+                };
+                if letter.replayed_at.is_some() {
+                    return Ok(Restart::Skipped("already_replayed"));
+                }
+                let Some(request_id) = letter.request_id else {
+                    return Ok(Restart::Skipped("poison_cannot_be_replayed"));
+                };
+                (request_id, Some(id))
+            }
+        };
+        // The chat first (lock order), then the message.
+        let chat = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT chat_id FROM messages WHERE id = $1",
+                [reply_id.into()],
+            ))
+            .await?;
+        let Some(chat) = chat else {
+            return Ok(Restart::Skipped("message_not_failed"));
+        };
+        let chat_id: Uuid = chat.try_get("", "chat_id")?;
+        if let RestartOf::Reply { chat_id: asked, .. } = of
+            && asked != chat_id
+        {
+            return Ok(Restart::Skipped("message_not_found"));
+        }
+        touch(&txn, &[chat_id]).await?;
+        // Dropping `txn` without a commit (any skip below) undoes this.
+        let bumped = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE messages SET status = $2, generation = generation + 1, content = '', \
+                 error_kind = NULL, error_message = NULL, attempts = 0, prompt_tokens = NULL, \
+                 completion_tokens = NULL, key_alias = NULL, completed_at = NULL, \
+                 pending_since = now() \
+                 WHERE id = $1 AND role = 'assistant' AND status = $3 \
+                 RETURNING *",
+                [
+                    reply_id.into(),
+                    Status::Pending.as_str().into(),
+                    Transition::Restart.from().as_str().into(),
+                ],
+            ))
+            .await?;
+        let Some(row) = bumped else {
+            return Ok(Restart::Skipped("message_not_failed"));
+        };
+        let reply = message_from_row(&row)?;
+        // The template's current body; a deleted one (template_id set to NULL) means none.
+        let system = match reply.template_id {
+            Some(template) => super::entities::prompt_templates::Entity::find_by_id(template)
+                .one(&txn)
+                .await?
+                .map(|t| t.body),
+            None => None,
+        };
+        let end = HistoryEnd::Before {
+            reply_created_at: reply.created_at,
+            reply_id,
+        };
+        let Some(history) = history(&txn, chat_id, None, end, history_limit).await? else {
+            return Ok(Restart::Skipped("chat_not_found"));
+        };
+        let restarted = Restarted {
+            reply_id,
+            chat_id,
+            generation: reply.generation,
+            model: reply.model.clone(),
+            system,
+            history,
+        };
+        let request = match build(restarted) {
+            Ok(request) => request,
+            Err(reason) => return Ok(Restart::Skipped(reason)),
+        };
+        outbox::insert(&txn, std::slice::from_ref(&request)).await?;
+        if let Some(letter) = letter {
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE dead_letters SET replayed_at = now() WHERE id = $1",
+                [letter.into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(Restart::Done {
+            reply: Box::new(reply),
+            request,
+        })
+    }
+}
