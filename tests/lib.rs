@@ -141,6 +141,34 @@ where
     }
 }
 
+/// Polls `f` until it returns `Some`, pausing 10 ms at first and up to 100 ms between tries,
+/// and fails naming `what` once `deadline` has passed. An `Err` from `f` ends the wait at once:
+/// a closure that can meet "not up yet" errors turns them into `Ok(None)` itself.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_millis(100);
+    let started = tokio::time::Instant::now();
+    let mut pause = FIRST_PAUSE;
+    loop {
+        if let Some(value) = f()
+            .await
+            .with_context(|| format!("while waiting for {what}"))?
+        {
+            return Ok(value);
+        }
+        let waited = started.elapsed();
+        if waited >= deadline {
+            bail!("gave up waiting for {what} after {deadline:?}");
+        }
+        tokio::time::sleep(pause.min(deadline - waited)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
 fn unique_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
 }
@@ -355,18 +383,22 @@ impl TestApp {
     }
 
     async fn wait_ready_at(&self, base: &str) -> anyhow::Result<()> {
-        for _ in 0..300 {
-            if let Ok(r) = self.http.get(format!("{base}/api/ready")).send().await
-                && r.status() == StatusCode::OK
-            {
-                let body: Value = r.json().await?;
-                if body["broker"] == "ok" {
-                    return Ok(());
+        eventually(
+            &format!("{base} to be ready with the broker up"),
+            Duration::from_secs(15),
+            || async {
+                // Refused connections and non-200s are "not yet": the API is still starting.
+                let Ok(r) = self.http.get(format!("{base}/api/ready")).send().await else {
+                    return Ok(None);
+                };
+                if r.status() != StatusCode::OK {
+                    return Ok(None);
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the API did not become ready")
+                let body: Value = r.json().await?;
+                Ok((body["broker"] == "ok").then_some(()))
+            },
+        )
+        .await
     }
 
     /// Stops everything, deletes the queues and drops the database.
@@ -533,7 +565,7 @@ impl TestApp {
             .to_owned())
     }
 
-    /// Polls one message every 20 ms until it is no longer pending.
+    /// Polls one message until it is no longer pending.
     pub async fn wait_reply(
         &self,
         token: &str,
@@ -541,20 +573,18 @@ impl TestApp {
         message: &str,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let (status, body) = self
-                .get(&format!("/api/chats/{chat}/messages/{message}"), token)
-                .await?;
-            anyhow::ensure!(status == StatusCode::OK, "poll: {status} {body}");
-            if body["status"] != "pending" {
-                return Ok(body);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("message {message} still pending after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            &format!("message {message} to be answered"),
+            timeout,
+            || async {
+                let (status, body) = self
+                    .get(&format!("/api/chats/{chat}/messages/{message}"), token)
+                    .await?;
+                anyhow::ensure!(status == StatusCode::OK, "poll: {status} {body}");
+                Ok((body["status"] != "pending").then_some(body))
+            },
+        )
+        .await
     }
 
     pub async fn count(&self, table: &str) -> anyhow::Result<i64> {

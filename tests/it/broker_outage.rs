@@ -2,8 +2,10 @@
 //! them) and delivered once the link is back, by the relay reconnecting on its own.
 
 use serde_json::json;
-use sluice_tests::{TestOptions, run};
+use sluice_tests::{TestOptions, eventually, run};
 use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_survive_a_broker_outage() {
@@ -16,8 +18,7 @@ async fn posts_survive_a_broker_outage() {
         let before = app
             .post_message(&token, &chat, json!({"content": "before"}))
             .await?;
-        app.wait_reply(&token, &chat, &before, Duration::from_secs(20))
-            .await?;
+        app.wait_reply(&token, &chat, &before, WAIT).await?;
 
         let forwarder = app.forwarder.as_ref().unwrap();
         forwarder.cut();
@@ -36,7 +37,24 @@ async fn posts_survive_a_broker_outage() {
             "an outage of the broker does not make the API unready"
         );
         assert_eq!(ready["database"], "ok");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // "The outbox still holds them" only means something once the API has tried the
+        // broker after these rows were committed: wait until the cut link has refused a
+        // connection since then and the API reports the broker down.
+        let refused_before = forwarder.refused();
+        eventually(
+            "the API to be refused the broker after the posts",
+            WAIT,
+            || async {
+                let (_, ready) = app
+                    .send(reqwest::Method::GET, "/api/ready", None, None)
+                    .await?;
+                Ok(
+                    (forwarder.refused() > refused_before && ready["broker"] == "down")
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
         assert_eq!(
             app.count("outbox").await?,
             3,
@@ -55,15 +73,12 @@ async fn posts_survive_a_broker_outage() {
             assert_eq!(reply["status"], "completed", "{reply}");
         }
         // The relay deletes each row once its confirm is in, which may trail the reply itself.
-        let mut left = app.count("outbox").await?;
-        for _ in 0..250 {
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            left = app.count("outbox").await?;
-        }
-        assert_eq!(left, 0, "the outbox is drained once the broker is back");
+        eventually(
+            "the outbox to be drained once the broker is back",
+            WAIT,
+            || async { Ok((app.count("outbox").await? == 0).then_some(())) },
+        )
+        .await?;
         Ok(())
     })
     .await;

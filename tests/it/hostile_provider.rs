@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use sluice_shared::keypool::RedisLayout;
-use sluice_tests::{TestApp, TestOptions, run};
+use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -149,16 +149,11 @@ async fn a_message_posted_while_the_egress_route_cools_waits_and_spends_no_attem
         let first = app
             .post_message(&token, &chat, json!({"content": "into a dead proxy"}))
             .await?;
-        let mut cooling = false;
-        for _ in 0..250 {
+        eventually("the refused route to cool down", WAIT, || async {
             let health = app.worker_health(&worker).await?;
-            if health["egress_cooling"] == json!([proxy.url()]) {
-                cooling = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(cooling, "the refused route cools down");
+            Ok((health["egress_cooling"] == json!([proxy.url()])).then_some(()))
+        })
+        .await?;
         let second = app
             .post_message(&token, &chat, json!({"content": "during the cooldown"}))
             .await?;
@@ -211,14 +206,11 @@ async fn with_every_key_disabled_a_message_is_dead_lettered_as_no_usable_key() {
             "disabled keys are never a counted attempt"
         );
 
-        let mut letters = Vec::new();
-        for _ in 0..250 {
-            letters = dead_letters(&app).await?;
-            if !letters.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let letters = eventually("the dead letter to be recorded", WAIT, || async {
+            let letters = dead_letters(&app).await?;
+            Ok((!letters.is_empty()).then_some(letters))
+        })
+        .await?;
         assert_eq!(letters.len(), 1, "{letters:?}");
         assert_eq!(letters[0]["reason"], "no_usable_key");
         assert_eq!(letters[0]["request_id"], id.as_str());

@@ -3,7 +3,7 @@
 //! healing keys, waiting for budget, and degraded mode while Redis is cut.
 
 use serde_json::{Value, json};
-use sluice_tests::{TestApp, TestOptions, run};
+use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -147,12 +147,10 @@ async fn a_retry_delay_cools_the_key_down_for_every_worker() {
             )
             .await?;
         // Wait for the 429, then keep both workers busy while the cooldown lasts.
-        for _ in 0..200 {
-            if app.mock.stats().rate_limited > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the provider to answer 429", WAIT, || async {
+            Ok((app.mock.stats().rate_limited > 0).then_some(()))
+        })
+        .await?;
         let mut others = Vec::new();
         for i in 0..6 {
             others.push(
@@ -261,15 +259,10 @@ async fn an_invalid_key_is_disabled_then_healed_by_the_probe() {
         }
         assert!(disabled_seen, "the rejected key was disabled");
         // The probe's cheap call works for this key, so it comes back by itself.
-        let mut healed = false;
-        for _ in 0..100 {
-            if state_of(&key_states(&app).await?, "first")["state"] == "ok" {
-                healed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(healed, "the probe re-enabled the key");
+        eventually("the probe to re-enable the key", WAIT, || async {
+            Ok((state_of(&key_states(&app).await?, "first")["state"] == "ok").then_some(()))
+        })
+        .await?;
 
         let (status, body) = app
             .admin_post("/api/admin/keys/nobody/enable", json!({}))
@@ -341,16 +334,12 @@ async fn a_redis_outage_degrades_to_local_budgets_and_recovers() {
         assert_eq!(health["status"], "degraded");
 
         link.restore();
-        let mut back = false;
-        for _ in 0..50 {
+        // Budgets are taken per call, so each try posts one message to give the worker one.
+        eventually("the worker to go back to Redis by itself", WAIT, || async {
             post_many(&app, 1, "after").await?;
-            if app.worker_health(&worker).await?["budgets"] == "redis" {
-                back = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(back, "the worker went back to Redis by itself");
+            Ok((app.worker_health(&worker).await?["budgets"] == "redis").then_some(()))
+        })
+        .await?;
         Ok(())
     })
     .await;

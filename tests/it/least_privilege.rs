@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::{Secret, Topology};
-use sluice_tests::{AMQP_ADDR, TestApp, TestOptions, run};
+use sluice_tests::{AMQP_ADDR, TestApp, TestOptions, eventually, run};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,19 +162,16 @@ async fn wait_for_health(
     worker: &sluice_tests::Worker,
     broker: &str,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(health) = app.worker_health(worker).await
-            && health["broker"] == broker
-        {
-            return Ok(());
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the worker's /health never said broker = {broker}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("the worker's /health to say broker = {broker}"),
+        WAIT,
+        || async {
+            // A worker still starting has no /health yet: not an error, just not yet.
+            let health = app.worker_health(worker).await.ok();
+            Ok(health.is_some_and(|h| h["broker"] == broker).then_some(()))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

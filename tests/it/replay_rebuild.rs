@@ -3,7 +3,7 @@
 
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
-use sluice_tests::{TestApp, run};
+use sluice_tests::{TestApp, eventually, run};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -74,16 +74,14 @@ async fn dead_lettered(
     let id = app.post_message(token, chat, body).await?;
     let failed = app.wait_reply(token, chat, &id, WAIT).await?;
     anyhow::ensure!(failed["status"] == "failed", "{failed}");
-    for _ in 0..500 {
+    let letter = eventually(&format!("a dead letter for {id}"), WAIT, || async {
         let (_, page) = app
             .admin_get(&format!("/api/admin/dlq?request_id={id}"))
             .await?;
-        if let Some(letter) = page["items"][0]["id"].as_str() {
-            return Ok((id, letter.to_owned()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("no dead letter for {id}")
+        Ok(page["items"][0]["id"].as_str().map(str::to_owned))
+    })
+    .await?;
+    Ok((id, letter))
 }
 
 async fn replay(app: &TestApp, letter: &str) -> anyhow::Result<()> {

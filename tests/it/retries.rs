@@ -6,7 +6,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use sluice_shared::broker;
 use sluice_shared::topology::{ROUTE_REQUEST, ROUTE_RESPONSE};
-use sluice_tests::{Forwarder, TestApp, TestOptions, run};
+use sluice_tests::{Forwarder, TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,14 +34,30 @@ async fn dead_letters(app: &TestApp) -> anyhow::Result<Vec<Value>> {
 }
 
 async fn wait_dead_letters(app: &TestApp, n: usize) -> anyhow::Result<Vec<Value>> {
-    for _ in 0..250 {
-        let items = dead_letters(app).await?;
-        if items.len() >= n {
-            return Ok(items);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("fewer than {n} dead letters recorded")
+    eventually(
+        &format!("{n} dead letters to be recorded"),
+        WAIT,
+        || async {
+            let items = dead_letters(app).await?;
+            Ok((items.len() >= n).then_some(items))
+        },
+    )
+    .await
+}
+
+/// Publishes `body` straight to `requests` as if a broken producer had sent it.
+async fn publish_poison(app: &TestApp, message_id: &str, body: &[u8]) -> anyhow::Result<()> {
+    let (conn, channel) = app.broker_channel().await?;
+    broker::publish_confirmed(
+        &channel,
+        &app.topology.exchange(),
+        ROUTE_REQUEST,
+        body,
+        broker::json_properties(message_id, FieldTable::default()),
+    )
+    .await?;
+    conn.close(200, "done".into()).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,8 +131,16 @@ async fn permanent_failures_take_one_call_and_no_dead_letter() {
             assert_eq!(reply["attempts"], 1);
             assert_eq!(calls_for(&app, prompt).len(), 1, "{prompt}");
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(dead_letters(&app).await?.is_empty());
+        // A dead letter of theirs would have been sent when the worker settled them. Poison
+        // published now takes the same path to the dead-letter table behind it, so once the
+        // poison is recorded, anything the permanent failures dead-lettered is recorded too.
+        publish_poison(&app, "sentinel", br#"{"v": 99, "request_id": "sentinel"}"#).await?;
+        let letters = wait_dead_letters(&app, 1).await?;
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(
+            letters[0]["reason"], "poison",
+            "only the sentinel: {letters:?}"
+        );
         Ok(())
     })
     .await;
@@ -125,16 +149,8 @@ async fn permanent_failures_take_one_call_and_no_dead_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_request_is_recorded_once_and_never_loops() {
     run(TestOptions::default(), |app| async move {
-        let (conn, channel) = app.broker_channel().await?;
-        let body = br#"{"v": 99, "request_id": "nope"}"#;
-        broker::publish_confirmed(
-            &channel,
-            &app.topology.exchange(),
-            ROUTE_REQUEST,
-            body,
-            broker::json_properties("poison", FieldTable::default()),
-        )
-        .await?;
+        let body: &[u8] = br#"{"v": 99, "request_id": "nope"}"#;
+        publish_poison(&app, "poison", body).await?;
         let letters = wait_dead_letters(&app, 1).await?;
         assert_eq!(letters[0]["reason"], "poison");
         assert!(letters[0]["request_id"].is_null());
@@ -144,8 +160,28 @@ async fn a_poison_request_is_recorded_once_and_never_loops() {
                 .unwrap()
                 .contains("unknown envelope version 99")
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(dead_letters(&app).await?.len(), 1, "recorded once");
+        // Had the first poison looped back into `requests`, it would be ahead of a second one
+        // there and be recorded again before it: once the second is in, look at the table.
+        let second: &[u8] = br#"{"v": 98, "request_id": "nope-either"}"#;
+        publish_poison(&app, "poison-2", second).await?;
+        wait_dead_letters(&app, 2).await?;
+        let rows = app
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT body FROM dead_letters ORDER BY body",
+            ))
+            .await?;
+        let stored = rows
+            .iter()
+            .map(|row| row.try_get::<String>("", "body"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut expected = vec![
+            String::from_utf8(body.to_vec())?,
+            String::from_utf8(second.to_vec())?,
+        ];
+        expected.sort();
+        assert_eq!(stored, expected, "each poison recorded once, kept raw");
         assert_eq!(
             app.queue_len(&app.topology.requests()).await?,
             0,
@@ -156,17 +192,6 @@ async fn a_poison_request_is_recorded_once_and_never_loops() {
             0,
             "poison never reaches the provider"
         );
-        let row = app
-            .db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT body FROM dead_letters",
-            ))
-            .await?
-            .unwrap();
-        let stored: String = row.try_get("", "body")?;
-        assert_eq!(stored.as_bytes(), body, "poison is kept raw");
-        conn.close(200, "done".into()).await?;
         Ok(())
     })
     .await;
@@ -219,7 +244,13 @@ async fn replay_brings_a_dead_letter_to_completed_once() {
             broker::json_properties("stale", FieldTable::default()),
         )
         .await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Responses are consumed in order: once a reply posted after the stale answer is
+        // stored, the stale answer has been dealt with.
+        let later = app
+            .post_message(&token, &chat, json!({"content": "after the stale answer"}))
+            .await?;
+        let later = app.wait_reply(&token, &chat, &later, WAIT).await?;
+        assert_eq!(later["status"], "completed", "{later}");
         let (_, after) = app
             .get(&format!("/api/chats/{chat}/messages/{id}"), &token)
             .await?;
@@ -270,8 +301,9 @@ async fn a_worker_dying_mid_call_loses_nothing_and_answers_once() {
         ..Default::default()
     };
     run(options, |app| async move {
-        // The first worker reaches RabbitMQ through a forwarder; cutting it and stopping the
-        // worker is what the broker sees of a SIGKILL: the connection vanishes mid-delivery.
+        // The first worker reaches RabbitMQ through a forwarder; cutting it is what the broker
+        // sees of a SIGKILL: the connection vanishes mid-delivery. The worker itself lives on,
+        // cut off, so its /health can tell when the doomed call has come back.
         let link = Forwarder::start(sluice_tests::AMQP_ADDR.parse()?).await?;
         let doomed = app.add_worker(Some(link.addr())).await?;
         let (token, chat) = app.user_with_chat().await?;
@@ -279,15 +311,12 @@ async fn a_worker_dying_mid_call_loses_nothing_and_answers_once() {
         let id = app
             .post_message(&token, &chat, json!({"content": prompt}))
             .await?;
-        for _ in 0..250 {
-            if app.mock.stats().calls > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the slow call to reach the provider", WAIT, || async {
+            Ok((app.mock.stats().calls > 0).then_some(()))
+        })
+        .await?;
         assert_eq!(app.mock.stats().calls, 1, "the call is in flight");
         link.cut();
-        doomed.cancel.cancel();
         app.add_worker(None).await?;
 
         let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
@@ -297,7 +326,14 @@ async fn a_worker_dying_mid_call_loses_nothing_and_answers_once() {
             2,
             "redelivered and called again"
         );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Whatever the doomed call could still do, it has done once its worker counts it
+        // handled: only then does "one answer, no dead letter" say anything.
+        eventually("the cut-off worker's call to come back", WAIT, || async {
+            let health = app.worker_health(&doomed).await?;
+            Ok((health["handled"] == 1 && health["in_flight"] == 0).then_some(()))
+        })
+        .await?;
+        doomed.cancel.cancel();
         let (_, page) = app
             .get(&format!("/api/chats/{chat}/messages"), &token)
             .await?;

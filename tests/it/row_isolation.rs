@@ -12,7 +12,7 @@ use sluice_api::store::Store;
 use sluice_api::store::replies::Stored;
 use sluice_shared::broker;
 use sluice_shared::envelope::ResponseEnvelope;
-use sluice_tests::{TestApp, TestOptions, run};
+use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -34,25 +34,17 @@ pub(crate) async fn publish(
     Ok(())
 }
 
-/// Polls `sql` (one integer) every 20 ms until it says `expected`.
+/// Polls `sql` (one integer) until it says `expected`.
 pub(crate) async fn wait_scalar(
     app: &TestApp,
     sql: &str,
     expected: i64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let now = scalar(app, sql).await?;
-        if now == expected {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{sql} is {now}, not {expected}, after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{sql} to be {expected}"), timeout, || async {
+        Ok((scalar(app, sql).await? == expected).then_some(()))
+    })
+    .await
 }
 
 pub(crate) async fn scalar(app: &TestApp, sql: &str) -> anyhow::Result<i64> {

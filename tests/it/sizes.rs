@@ -1,11 +1,12 @@
 //! Bounded sizes: history by bytes, the request envelope by `queues.max_message_bytes`, and
 //! the `requests` queue by `x-max-length`, which pushes a backlog back into the outbox.
 
+use anyhow::Context;
 use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 use sluice_shared::Settings;
-use sluice_tests::{TestApp, TestOptions, run};
+use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -164,6 +165,8 @@ fn short_requests_queue(settings: &mut Settings) {
 async fn a_full_requests_queue_pushes_the_backlog_back_into_the_outbox() {
     let options = TestOptions {
         workers: 0,
+        // Only to count the API's broker connections: a reconnect would show as a new one.
+        api_broker_forwarder: true,
         configure: Some(short_requests_queue),
         ..Default::default()
     };
@@ -179,37 +182,44 @@ async fn a_full_requests_queue_pushes_the_backlog_back_into_the_outbox() {
         // Wait until the relay has done what it can: every request is either in the queue
         // or still in the outbox, and the queue is full. Every post was still a 202.
         let requests = app.topology.requests();
-        let (mut queued, mut outbox) = (0, 0);
-        for _ in 0..500 {
-            queued = u64::from(app.queue_len(&requests).await?);
-            outbox = u64::try_from(app.count("outbox").await?)?;
-            if queued >= REQUESTS_MAX_LENGTH && queued + outbox == POSTS {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(queued + outbox, POSTS, "queued {queued}, outbox {outbox}");
+        let (queued, outbox) = eventually(
+            "the queue to fill and the outbox to hold the rest",
+            WAIT,
+            || async {
+                let queued = u64::from(app.queue_len(&requests).await?);
+                let outbox = u64::try_from(app.count("outbox").await?)?;
+                Ok((queued >= REQUESTS_MAX_LENGTH && queued + outbox == POSTS)
+                    .then_some((queued, outbox)))
+            },
+        )
+        .await?;
         assert!(
             queued <= REQUESTS_MAX_LENGTH + OVERSHOOT,
             "the queue stops near its limit: {queued}"
         );
         assert!(outbox > 0, "the outbox holds the rest");
-        // Refusals are back pressure, not an outage: the relay keeps its connection (a
-        // reconnect would show the broker as down) and keeps retrying, every few seconds at most.
-        for _ in 0..10 {
-            let (_, ready) = app
-                .send(reqwest::Method::GET, "/api/ready", None, None)
-                .await?;
-            assert_eq!(ready["broker"], "ok", "{ready}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-
-        // Once a worker drains the queue, the relay publishes the rest and all complete.
+        // Refusals are back pressure, not an outage: the relay keeps its connection and keeps
+        // retrying on it. Once a worker drains the queue the relay publishes the rest, and the
+        // API must not have opened a single new broker connection meanwhile.
+        let forwarder = app
+            .forwarder
+            .as_ref()
+            .context("the API's broker forwarder")?;
+        let connections = forwarder.forwarded();
         app.add_worker(None).await?;
         for id in &ids {
             let reply = app.wait_reply(&token, &chat, id, WAIT).await?;
             assert_eq!(reply["status"], "completed", "{reply}");
         }
+        assert_eq!(
+            forwarder.forwarded(),
+            connections,
+            "the relay kept its connection through the refusals"
+        );
+        let (_, ready) = app
+            .send(reqwest::Method::GET, "/api/ready", None, None)
+            .await?;
+        assert_eq!(ready["broker"], "ok", "{ready}");
         assert_eq!(app.count("outbox").await?, 0);
         Ok(())
     })
@@ -236,17 +246,13 @@ async fn relay_batches_bounded_by_bytes_still_publish_every_row() {
                 .await?;
         }
         let requests = app.topology.requests();
-        for _ in 0..1000 {
-            if app.count("outbox").await? == 0 && app.queue_len(&requests).await? == 3 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        anyhow::bail!(
-            "outbox {} queued {}",
-            app.count("outbox").await?,
-            app.queue_len(&requests).await?
-        )
+        eventually("every outbox row to be published", WAIT, || async {
+            Ok(
+                (app.count("outbox").await? == 0 && app.queue_len(&requests).await? == 3)
+                    .then_some(()),
+            )
+        })
+        .await
     })
     .await;
 }
@@ -273,6 +279,8 @@ async fn waiting_messages_meeting_a_full_queue_are_not_dead_lettered() {
                     .await?,
             );
         }
+        // Kept as a sleep: this is "nothing gets dead-lettered for a while", and neither the
+        // worker nor the API exposes a count of refused republishes to wait on instead.
         // Long enough for more than twenty delivery rounds of each waiting message.
         tokio::time::sleep(Duration::from_secs(8)).await;
         assert_eq!(

@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sluice_shared::{Secret, Settings};
-use sluice_tests::{Forwarder, REDIS_ADDR, TestApp, TestOptions, run};
+use sluice_tests::{Forwarder, REDIS_ADDR, TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
 /// An answer of the API with what the limit tests look at.
@@ -301,16 +301,11 @@ async fn limits_fail_open_while_redis_is_down() {
 
         // Back again, the limit holds again (the outage spent nothing).
         redis.restore();
-        let mut last = None;
-        for _ in 0..50 {
+        let refused = eventually("the limit to come back", Duration::from_secs(5), || async {
             let answer = post(&app, &api, &token, &chat).await?;
-            if answer.status == StatusCode::TOO_MANY_REQUESTS {
-                last = Some(answer);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let refused = last.ok_or_else(|| anyhow::anyhow!("the limit never came back"))?;
+            Ok((answer.status == StatusCode::TOO_MANY_REQUESTS).then_some(answer))
+        })
+        .await?;
         assert_eq!(refused.limit(), "messages_per_minute");
         redis.stop();
 
