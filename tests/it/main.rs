@@ -12,6 +12,7 @@ mod http_timeouts;
 mod keypool;
 mod least_privilege;
 mod pipeline;
+mod polling;
 mod reaper;
 mod replay_rebuild;
 mod responses;

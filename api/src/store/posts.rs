@@ -12,6 +12,10 @@ use super::chats::touch;
 use super::outbox::{self, Handoff, OutboxRow, ints, texts};
 use super::{Message, Status, Store, StoreError};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, TransactionTrait};
+#[cfg(test)]
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -64,6 +68,7 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct PostWriter {
     queue: mpsc::Sender<Job>,
+    batches: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Job {
@@ -83,8 +88,19 @@ impl PostWriter {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         // Enough to hold several full batches; a full queue makes handlers wait their turn.
         let (queue, jobs) = mpsc::channel(bounds.max_posts.max(1) * 4);
-        let task = tokio::spawn(run(store, bounds, handoff, jobs));
-        (Self { queue }, task)
+        let batches = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(store, bounds, handoff, jobs, batches.clone()));
+        (Self { queue, batches }, task)
+    }
+
+    /// Posts waiting for the writer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Transactions the writer has run so far (each batch, and each post written alone).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Writes the post; returns once it is committed (or refused).
@@ -101,7 +117,13 @@ impl PostWriter {
     }
 }
 
-async fn run(store: Store, bounds: BatchBounds, handoff: Handoff, mut jobs: mpsc::Receiver<Job>) {
+async fn run(
+    store: Store,
+    bounds: BatchBounds,
+    handoff: Handoff,
+    mut jobs: mpsc::Receiver<Job>,
+    batches: Arc<AtomicU64>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut bytes = first.post.bytes();
         let mut batch = vec![first];
@@ -111,13 +133,14 @@ async fn run(store: Store, bounds: BatchBounds, handoff: Handoff, mut jobs: mpsc
             batch.push(job);
         }
         metrics::histogram!("sluice_post_batch_size").record(batch.len() as f64);
-        commit(&store, batch, &handoff).await;
+        commit(&store, batch, &handoff, &batches).await;
     }
 }
 
 /// Writes a batch and answers every post in it exactly once.
-async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff) {
+async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff, batches: &AtomicU64) {
     let posts: Vec<&NewPost> = batch.iter().map(|j| &j.post).collect();
+    batches.fetch_add(1, Ordering::Relaxed);
     let result = write_posts(store, &posts).await;
     match result {
         Ok(()) => {
@@ -134,6 +157,7 @@ async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff) {
         Err(e) => {
             tracing::warn!(error = %e, posts = batch.len(), "a batch of posts was refused; writing them one by one");
             for job in batch {
+                batches.fetch_add(1, Ordering::Relaxed);
                 let alone = write_posts(store, &[&job.post]).await;
                 if alone.is_ok() {
                     handoff.hand_over(vec![job.post.request.clone()]);
@@ -200,4 +224,169 @@ async fn insert_messages(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Resul
     ))
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{TempDatabase, chats, post};
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// Runs `test` against a writer on a database of its own; the handoff's receiver is
+    /// returned too, to see what would be published.
+    async fn with_writer<F, Fut>(test: F) -> TestResult
+    where
+        F: FnOnce(Store, PostWriter, mpsc::Receiver<Vec<OutboxRow>>) -> Fut,
+        Fut: Future<Output = TestResult>,
+    {
+        let database = TempDatabase::create().await?;
+        let store = Store::connect(&database.url, 4).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (writer, task) =
+            PostWriter::start(store.clone(), BatchBounds::default(), Handoff::new(tx));
+        // A hang is a failure, not a stuck CI run.
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            test(store.clone(), writer, rx),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the test did not finish in 120 s".into()));
+        task.await?;
+        store.close().await?;
+        database.drop().await?;
+        outcome
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_posts_share_commits_and_each_is_answered_once() -> TestResult {
+        with_writer(|store, writer, mut handed| async move {
+            let chats = chats(&store, 8).await?;
+            let posts: Vec<NewPost> = (0..400)
+                .map(|i| post(chats[i % 8], &format!("q{i}")))
+                .collect();
+            let ids: Vec<Uuid> = posts.iter().map(|p| p.reply.id).collect();
+            let results = futures_util::future::join_all(posts.into_iter().map(|p| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(p).await })
+            }))
+            .await;
+            for result in results {
+                result??;
+            }
+            let batches = writer.batches();
+            assert!(batches < 400, "400 concurrent posts took {batches} commits");
+            drop(writer);
+            assert_eq!(
+                store
+                    .count_for_test("SELECT count(*) FROM messages")
+                    .await?,
+                800
+            );
+            assert_eq!(
+                store.count_for_test("SELECT count(*) FROM outbox").await?,
+                400
+            );
+            // Every committed request was handed over once, and the versions moved.
+            let mut published = Vec::new();
+            while let Some(rows) = handed.recv().await {
+                published.extend(rows.into_iter().map(|r| r.request_id));
+            }
+            published.sort_unstable();
+            let mut expected = ids;
+            expected.sort_unstable();
+            assert_eq!(published, expected);
+            assert!(
+                store
+                    .count_for_test("SELECT min(version) FROM chats")
+                    .await?
+                    >= 1
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_post_fails_alone() -> TestResult {
+        with_writer(|store, writer, mut handed| async move {
+            store
+                .execute_for_test(
+                    "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'test trigger refuses this post'; END $$; \
+                     CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW \
+                     WHEN (NEW.content = 'POISON') EXECUTE FUNCTION refuse_poison();",
+                )
+                .await?;
+            let chats = chats(&store, 2).await?;
+            // A transaction holding both chats stalls the writer on the first post, so the
+            // other 49, the poisoned one among them, queue up and meet in one batch.
+            let blocker = store.db.begin().await?;
+            blocker
+                .execute_unprepared("SELECT 1 FROM chats FOR UPDATE")
+                .await?;
+            let mut posts: Vec<NewPost> = (0..50)
+                .map(|i| post(chats[i % 2], if i == 17 { "POISON" } else { "fine" }))
+                .collect();
+            let first = posts.remove(0);
+            let spawn = |p: NewPost| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(p).await })
+            };
+            let mut tasks = vec![spawn(first)];
+            while writer.queued() > 0 || writer.batches() == 0 {
+                tokio::task::yield_now().await;
+            }
+            tasks.extend(posts.into_iter().map(spawn));
+            while writer.queued() < 49 {
+                tokio::task::yield_now().await;
+            }
+            blocker.commit().await?;
+            let results = futures_util::future::join_all(tasks).await;
+            // The first alone, then one batch of 49 refused, then each of them alone.
+            assert_eq!(writer.batches(), 1 + 1 + 49);
+            let mut refused = 0;
+            for result in results {
+                match result? {
+                    Ok(()) => {}
+                    Err(PostError::Store(e)) => {
+                        assert!(!e.is_transient(), "{e}");
+                        refused += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            assert_eq!(refused, 1, "only the poisoned post fails");
+            drop(writer);
+            assert_eq!(
+                store
+                    .count_for_test("SELECT count(*) FROM messages")
+                    .await?,
+                98
+            );
+            assert_eq!(
+                store.count_for_test("SELECT count(*) FROM outbox").await?,
+                49
+            );
+            let mut handed_over = 0;
+            while let Some(rows) = handed.recv().await {
+                handed_over += rows.len();
+            }
+            assert_eq!(handed_over, 49, "only committed posts are published");
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_post_to_a_missing_chat_is_a_foreign_key_violation() -> TestResult {
+        with_writer(|_store, writer, _handed| async move {
+            match writer.write(post(Uuid::now_v7(), "q")).await {
+                Err(PostError::Store(e)) => assert!(e.is_foreign_key_violation(), "{e}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            Ok(())
+        })
+        .await
+    }
 }

@@ -488,3 +488,204 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::posts::write_posts;
+    use crate::store::testing::{TempDatabase, chats, post};
+    use sluice_shared::envelope::Usage;
+    use std::future::Future;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    async fn with_store<F, Fut>(test: F) -> TestResult
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: Future<Output = TestResult>,
+    {
+        let database = TempDatabase::create().await?;
+        let store = Store::connect(&database.url, 2).await?;
+        let outcome = test(store.clone()).await;
+        store.close().await?;
+        database.drop().await?;
+        outcome
+    }
+
+    fn answer(reply: &Message, generation: i32, text: &str) -> ResponseEnvelope {
+        ResponseEnvelope {
+            v: sluice_shared::envelope::VERSION,
+            request_id: reply.id,
+            generation,
+            chat_id: reply.chat_id,
+            status: ResponseStatus::Completed,
+            text: Some(text.into()),
+            finish_reason: None,
+            usage: Usage::default(),
+            key_alias: None,
+            model: "m".into(),
+            attempts: 1,
+            upstream_ms: 0,
+            error: None,
+        }
+    }
+
+    async fn reply_of(store: &Store, reply: &Message) -> Result<Message, StoreError> {
+        store
+            .message(reply.chat_id, reply.id)
+            .await?
+            .ok_or_else(|| StoreError::refused("reply vanished"))
+    }
+
+    async fn version(store: &Store, chat: Uuid) -> Result<i64, StoreError> {
+        store
+            .count_for_test(&format!("SELECT version FROM chats WHERE id = '{chat}'"))
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_answer_applies_once_and_only_to_its_generation() -> TestResult {
+        with_store(|store| async move {
+            let chat = chats(&store, 1).await?[0];
+            let p = post(chat, "q");
+            write_posts(&store, &[&p]).await?;
+            let before = version(&store, chat).await?;
+            assert_eq!(
+                store
+                    .apply_responses(&[answer(&p.reply, 1, "stale")])
+                    .await?,
+                0
+            );
+            assert_eq!(
+                store.apply_responses(&[answer(&p.reply, 0, "yes")]).await?,
+                1
+            );
+            assert_eq!(
+                store
+                    .apply_responses(&[answer(&p.reply, 0, "again")])
+                    .await?,
+                0
+            );
+            let stored = reply_of(&store, &p.reply).await?;
+            assert_eq!(
+                (stored.status, stored.content.as_str()),
+                (Status::Completed, "yes")
+            );
+            assert!(
+                version(&store, chat).await? > before,
+                "the chat's version moved"
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_reply_ignores_its_late_answer() -> TestResult {
+        with_store(|store| async move {
+            let chat = chats(&store, 1).await?[0];
+            let p = post(chat, "q");
+            write_posts(&store, &[&p]).await?;
+            let cancelled = store.cancel_reply(chat, p.reply.id).await?;
+            let cancelled = cancelled.ok_or("the pending reply was cancelled")?;
+            assert_eq!(cancelled.status, Status::Failed);
+            assert_eq!(cancelled.error_kind.as_deref(), Some(kind::CANCELLED));
+            assert!(store.cancel_reply(chat, p.reply.id).await?.is_none());
+            assert_eq!(
+                store
+                    .apply_responses(&[answer(&p.reply, 0, "late")])
+                    .await?,
+                0
+            );
+            assert_eq!(reply_of(&store, &p.reply).await?.status, Status::Failed);
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn only_a_failed_reply_restarts_and_a_refused_rebuild_changes_nothing() -> TestResult {
+        with_store(|store| async move {
+            let chat = chats(&store, 1).await?[0];
+            let p = post(chat, "q");
+            write_posts(&store, &[&p]).await?;
+            let of = RestartOf::Reply {
+                chat_id: chat,
+                reply_id: p.reply.id,
+            };
+            let row = |id| OutboxRow {
+                id,
+                request_id: p.reply.id,
+                payload: "{}".into(),
+            };
+            let pending = store.restart(of, 10, |_| Ok(row(Uuid::now_v7()))).await?;
+            assert!(
+                matches!(pending, Restart::Skipped("message_not_failed")),
+                "{pending:?}"
+            );
+
+            store.cancel_reply(chat, p.reply.id).await?;
+            let refused = store.restart(of, 10, |_| Err("unknown_model")).await?;
+            assert!(matches!(refused, Restart::Skipped("unknown_model")));
+            let still = reply_of(&store, &p.reply).await?;
+            assert_eq!((still.status, still.generation), (Status::Failed, 0));
+
+            let outbox_before = store.count_for_test("SELECT count(*) FROM outbox").await?;
+            let done = store
+                .restart(of, 10, |r| {
+                    // The history ends with the question, read inside the transaction.
+                    assert_eq!(
+                        r.history.newest_first.first().map(|t| t.text.as_str()),
+                        Some("q")
+                    );
+                    Ok(row(Uuid::now_v7()))
+                })
+                .await?;
+            let Restart::Done { reply, .. } = done else {
+                return Err(format!("expected a restart, got {done:?}").into());
+            };
+            assert_eq!((reply.status, reply.generation), (Status::Pending, 1));
+            assert_eq!(
+                store.count_for_test("SELECT count(*) FROM outbox").await?,
+                outbox_before + 1
+            );
+            // The old generation's answer is stale now; the new one's applies.
+            assert_eq!(
+                store.apply_responses(&[answer(&p.reply, 0, "old")]).await?,
+                0
+            );
+            assert_eq!(
+                store.apply_responses(&[answer(&p.reply, 1, "new")]).await?,
+                1
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_reaper_fails_only_what_is_overdue() -> TestResult {
+        with_store(|store| async move {
+            let chat = chats(&store, 1).await?[0];
+            let (old, fresh) = (post(chat, "old"), post(chat, "fresh"));
+            write_posts(&store, &[&old, &fresh]).await?;
+            store
+                .execute_for_test(&format!(
+                    "UPDATE messages SET pending_since = now() - interval '1 hour' \
+                     WHERE id = '{}'",
+                    old.reply.id
+                ))
+                .await?;
+            assert_eq!(store.reap(Duration::from_secs(60), 100).await?, 1);
+            assert_eq!(store.reap(Duration::from_secs(60), 100).await?, 0);
+            let reaped = reply_of(&store, &old.reply).await?;
+            assert_eq!(reaped.error_kind.as_deref(), Some(kind::TIMED_OUT));
+            assert_eq!(
+                reply_of(&store, &fresh.reply).await?.status,
+                Status::Pending
+            );
+            Ok(())
+        })
+        .await
+    }
+}

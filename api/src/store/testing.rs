@@ -1,8 +1,12 @@
 //! Test support: a database of its own for each test, created on the PostgreSQL that
 //! `SLUICE_TEST_ADMIN_URL` names (default: the local one) and dropped afterwards.
 
-use super::{Store, StoreError};
+use super::outbox::OutboxRow;
+use super::paging::now_micros;
+use super::posts::NewPost;
+use super::{Chat, Message, Role, Status, Store, StoreError, User};
 use sea_orm::{ConnectionTrait, Database};
+use uuid::Uuid;
 
 fn admin_url() -> String {
     std::env::var("SLUICE_TEST_ADMIN_URL")
@@ -66,4 +70,71 @@ impl Store {
             None => 0,
         })
     }
+}
+
+/// A post of `text` to `chat_id`, as the HTTP handler builds it.
+pub fn post(chat_id: Uuid, text: &str) -> NewPost {
+    let now = now_micros();
+    let question = Message {
+        id: Uuid::now_v7(),
+        chat_id,
+        role: Role::User,
+        content: text.into(),
+        status: Status::Completed,
+        generation: 0,
+        model: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        key_alias: None,
+        attempts: 0,
+        error_kind: None,
+        error_message: None,
+        created_at: now,
+        completed_at: Some(now),
+        template_id: None,
+        pending_since: now,
+    };
+    let reply = Message {
+        id: Uuid::now_v7(),
+        role: Role::Assistant,
+        content: String::new(),
+        status: Status::Pending,
+        model: Some("m".into()),
+        completed_at: None,
+        ..question.clone()
+    };
+    let request = OutboxRow {
+        id: Uuid::now_v7(),
+        request_id: reply.id,
+        payload: format!("{{\"request_id\": \"{}\"}}", reply.id),
+    };
+    NewPost {
+        question,
+        reply,
+        request,
+    }
+}
+
+/// A new user with `n` chats.
+pub async fn chats(store: &Store, n: usize) -> Result<Vec<Uuid>, StoreError> {
+    let user = User {
+        id: Uuid::now_v7(),
+        email: format!("{}@example.com", Uuid::now_v7()),
+        password_hash: "x".into(),
+        created_at: now_micros(),
+    };
+    store.create_user(&user).await?;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let chat = Chat {
+            id: Uuid::now_v7(),
+            user_id: user.id,
+            title: "t".into(),
+            created_at: now_micros(),
+            version: 0,
+        };
+        store.create_chat(&chat).await?;
+        ids.push(chat.id);
+    }
+    Ok(ids)
 }
