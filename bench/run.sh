@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # Runs one benchmark of the whole stack on this machine: mock-gemini (0 ms), one API, two
 # workers, a fresh database `sluice_bench`, a unique queue and Redis prefix; then the
-# `sluice-bench` scenario, the processes' peak RSS and a per-process CPU breakdown (pidstat,
-# when installed). Everything it started, created or declared is removed on exit.
+# `sluice-bench` scenario, the pipeline's own latency from the database, each process's peak
+# RSS and CPU per message, optionally a profile. Everything it started, created or declared
+# is removed on exit.
 #
 # Usage:
 #   bench/run.sh flood CLIENTS MESSAGES [sluice-bench options…]   e.g. bench/run.sh flood 16 20000
 #   bench/run.sh chat CLIENTS SECONDS [sluice-bench options…]     e.g. bench/run.sh chat 64 30
-# Options after the three arguments go to `sluice-bench` as they are (e.g. --json).
+#   bench/run.sh paced RATE SECONDS [sluice-bench options…]       e.g. bench/run.sh paced 400 30
+# Options after the three arguments go to `sluice-bench` as they are (e.g. --users 16).
+# The human summary goes to stderr; one JSON line with every figure goes to stdout and is
+# appended to $BENCH_OUT/runs.jsonl. bench/repeat.sh runs a scenario N times for medians.
 #
 # Environment:
+#   BENCH_BIN_DIR          where sluice-api and sluice-worker come from (target/release): the
+#                          build under test, e.g. an older build for an A/B. mock-gemini and
+#                          sluice-bench always come from this checkout's target/release.
+#   BENCH_OUT              where results and profiles go (target/bench)
+#   BENCH_PERF             api | worker | worker-2: `perf record` that process during the
+#                          measured phase only; the report goes to $BENCH_OUT/perf-*.txt
+#   BENCH_PERF_CALLGRAPH   perf's --call-graph (fp, as -g; dwarf unwinds Rust better, costs more)
+#   BENCH_PERF_FREQ        samples per second (999)
 #   BENCH_PORT_BASE        API port; workers' /health on +1 and +2, mock-gemini on +10 (18080)
 #   BENCH_MOCK_LATENCY_MS  mock-gemini's latency (0)
 #   BENCH_WINDOW_MS        the budgets' window, SLUICE__LIMITS__WINDOW_MS (1000)
+#   BENCH_WAIT_IDLE        wait up to this many seconds for the CPUs to be under 20 % busy
+#                          before measuring (0: just warn)
 #   BENCH_BUILD=1          rebuild the release binaries even if they exist
 #   BENCH_KEEP_LOGS=1      keep the processes' logs (always kept when something failed)
 # shellcheck disable=SC2317 # cleanup and the probes run from traps and wait_until
@@ -28,20 +42,29 @@ done
 export PATH
 
 usage() {
-    sed -n '7,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
 (($# >= 3)) || usage
-SCENARIO=$1 CLIENTS=$2 AMOUNT=$3
+SCENARIO=$1 FIRST=$2 AMOUNT=$3
 shift 3
 EXTRA=("$@")
-[[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || die "CLIENTS must be a positive whole number, not '$CLIENTS'"
 [[ $AMOUNT =~ ^[1-9][0-9]*$ ]] || die "the third argument must be a positive whole number, not '$AMOUNT'"
 case $SCENARIO in
-flood) SCENARIO_ARGS=(flood --clients "$CLIENTS" --messages "$AMOUNT") ;;
-chat) SCENARIO_ARGS=(chat --clients "$CLIENTS" --duration-secs "$AMOUNT") ;;
+flood | chat)
+    [[ $FIRST =~ ^[1-9][0-9]*$ ]] || die "CLIENTS must be a positive whole number, not '$FIRST'"
+    ;;
+paced)
+    [[ $FIRST =~ ^[0-9]*\.?[0-9]+$ && ! $FIRST =~ ^[0.]+$ ]] || die "RATE must be a positive number, not '$FIRST'"
+    ;;
 *) usage ;;
+esac
+case $SCENARIO in
+flood) SCENARIO_ARGS=(flood --clients "$FIRST" --messages "$AMOUNT") ;;
+chat) SCENARIO_ARGS=(chat --clients "$FIRST" --duration-secs "$AMOUNT") ;;
+# Waiting for the replies makes the CPU per message cover the whole pipeline.
+paced) SCENARIO_ARGS=(paced --rate "$FIRST" --duration-secs "$AMOUNT" --wait-replies) ;;
 esac
 
 BASE=${BENCH_PORT_BASE:-18080}
@@ -54,14 +77,35 @@ for p in "$API_PORT" "${WORKER_PORTS[@]}" "$MOCK_PORT"; do
         die "port $p is already in use (another benchmark running?); set BENCH_PORT_BASE to a free range"
 done
 
-BIN=target/release
-BINARIES=(sluice-api sluice-worker mock-gemini sluice-bench)
+PERF_TARGET=""
+case ${BENCH_PERF:-} in
+"") ;;
+api) PERF_TARGET=api ;;
+worker | worker-1) PERF_TARGET=worker-1 ;;
+worker-2) PERF_TARGET=worker-2 ;;
+*) die "BENCH_PERF must be api, worker or worker-2, not '$BENCH_PERF'" ;;
+esac
+[[ -z $PERF_TARGET ]] || have perf || die "BENCH_PERF is set but perf is not installed"
+
+# The tool (load generator, stand-in provider) and the build under test are apart, so an
+# older build is measured by the same tool against the same provider.
+TOOL=target/release
+BIN=${BENCH_BIN_DIR:-$TOOL}
 need_build=${BENCH_BUILD:-0}
-for b in "${BINARIES[@]}"; do [[ -x $BIN/$b ]] || need_build=1; done
+BUILD=(mock-gemini sluice-bench)
+for b in "${BUILD[@]}"; do [[ -x $TOOL/$b ]] || need_build=1; done
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    for b in sluice-api sluice-worker; do
+        [[ -x $BIN/$b ]] || die "BENCH_BIN_DIR=$BIN has no executable $b"
+    done
+else
+    BUILD+=(sluice-api sluice-worker)
+    for b in sluice-api sluice-worker; do [[ -x $BIN/$b ]] || need_build=1; done
+fi
 if [[ $need_build == 1 ]]; then
     have cargo || die "cargo is not installed and the release binaries are missing"
-    info "building the release binaries…"
-    cargo build --release "${BINARIES[@]/#/--bin=}"
+    info "building the release binaries ${BUILD[*]}…"
+    cargo build --release "${BUILD[@]/#/--bin=}"
 fi
 
 scripts/ensure-services.sh
@@ -70,14 +114,18 @@ RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PREFIX="bench$RUN_ID."
 REDIS_PREFIX="bench$RUN_ID:"
 DB=sluice_bench
+OUT=${BENCH_OUT:-target/bench}
+mkdir -p "$OUT"
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")
 export PGPASSWORD=postgres
 pg() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d postgres "$@"; }
+pgdb() { psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d "$DB" "$@"; }
 
 PIDS=()
 NAMES=()
 PIDSTAT_PID=""
 BENCH_PID=""
+PERF_PID=""
 FAILED=1
 
 delete_queues() {
@@ -110,6 +158,10 @@ cleanup() {
     trap '' PIPE
     [[ -n $BENCH_PID ]] && kill "$BENCH_PID" 2>/dev/null
     [[ -n $PIDSTAT_PID ]] && kill "$PIDSTAT_PID" 2>/dev/null
+    if [[ -n $PERF_PID ]]; then
+        kill -INT "$PERF_PID" 2>/dev/null
+        wait "$PERF_PID" 2>/dev/null
+    fi
     if ((${#PIDS[@]})); then
         kill "${PIDS[@]}" 2>/dev/null || true
         wait "${PIDS[@]}" 2>/dev/null || true
@@ -139,6 +191,15 @@ start() {
     NAMES+=("$name")
 }
 
+# pid_of NAME: the PID of a process `start` started.
+pid_of() {
+    local i
+    for i in "${!NAMES[@]}"; do
+        [[ ${NAMES[$i]} == "$1" ]] && echo "${PIDS[$i]}" && return 0
+    done
+    return 1
+}
+
 # Every started process must still run; otherwise show its log and stop.
 check_alive() {
     local i
@@ -148,6 +209,29 @@ check_alive() {
             die "${NAMES[$i]} (pid ${PIDS[$i]}) exited"
         fi
     done
+}
+
+# listener_pid PORT COMMAND: the PID of COMMAND listening on 127.0.0.1:PORT — the root of a
+# service's process tree (PostgreSQL's postmaster, RabbitMQ's beam.smp). The private
+# services of a concurrent chaos run have the same names, hence the port. Without `ss`
+# (or its process column, which needs root for others' sockets) the oldest COMMAND.
+listener_pid() {
+    local pid=""
+    if have ss; then
+        pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o "\"$2\",pid=[0-9]*" | head -n 1 | sed 's/.*pid=//')
+    fi
+    if [[ -z $pid ]]; then
+        pid=$(pgrep -o -x "$2" || true)
+        [[ -n $pid ]] && warn "cannot tell which $2 listens on :$1; measuring the oldest, pid $pid"
+    fi
+    echo "$pid"
+}
+
+# json_str TEXT: TEXT as a JSON string.
+json_str() {
+    local s=${1//\\/\\\\}
+    s=${s//\"/\\\"}
+    printf '"%s"' "$s"
 }
 
 pg -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
@@ -172,8 +256,8 @@ export SLUICE__LIMITS__WINDOW_MS="${BENCH_WINDOW_MS:-1000}"
 export SLUICE__USERS__MESSAGES_PER_MINUTE=0 SLUICE__USERS__MESSAGES_PER_DAY=0 SLUICE__USERS__MAX_PENDING=0
 export SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=0
 
-info "run $RUN_ID: API :$API_PORT, workers :${WORKER_PORTS[*]}, mock-gemini :$MOCK_PORT, queues $PREFIX*, logs $LOGS"
-start mock-gemini "$BIN/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --latency-ms "${BENCH_MOCK_LATENCY_MS:-0}"
+info "run $RUN_ID: $BIN/sluice-api and sluice-worker, API :$API_PORT, workers :${WORKER_PORTS[*]}, mock-gemini :$MOCK_PORT, queues $PREFIX*, logs $LOGS"
+start mock-gemini "$TOOL/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --latency-ms "${BENCH_MOCK_LATENCY_MS:-0}"
 wait_for_port 127.0.0.1 "$MOCK_PORT" 10 || { check_alive; die "mock-gemini is not listening on :$MOCK_PORT"; }
 
 "$BIN/sluice-api" migrate >"$LOGS/migrate.log" 2>&1 ||
@@ -202,6 +286,20 @@ TARGET_LIST=$(
     IFS=,
     echo "${TARGETS[*]}"
 )
+# The shared services: CPU of their whole process trees (PostgreSQL's backends, WAL writer
+# and checkpointer are children of the postmaster; RabbitMQ's helpers of beam.smp).
+TREES=()
+for svc in postgres:5432:postgres rabbitmq:5672:beam.smp redis:6379:redis-server; do
+    IFS=: read -r label port comm <<<"$svc"
+    pid=$(listener_pid "$port" "$comm")
+    if [[ -n $pid ]]; then TREES+=("$label=$pid"); else warn "no $comm found: its CPU is not measured"; fi
+done
+TREE_LIST=$(
+    IFS=,
+    echo "${TREES[*]}"
+)
+HOOK_ARGS=()
+[[ -n $TREE_LIST ]] && HOOK_ARGS+=(--cpu-trees "$TREE_LIST")
 
 # busy_percent: how busy the CPUs were over one second (from /proc/stat).
 busy_percent() {
@@ -215,8 +313,42 @@ busy_percent() {
     echo $((total > 0 ? 100 * busy / total : 0))
 }
 busy=$(busy_percent)
+idle_deadline=$((SECONDS + ${BENCH_WAIT_IDLE:-0}))
+while ((busy > 20 && SECONDS < idle_deadline)); do
+    busy=$(busy_percent)
+done
 if ((busy > 20)); then
     warn "the CPUs are already ${busy}% busy before the run (other jobs: $(ps -eo comm= --sort=-%cpu | head -n 3 | paste -sd, -)); the figures will be low and noisy"
+fi
+
+if [[ -n $PERF_TARGET ]]; then
+    perf_pid=$(pid_of "$PERF_TARGET")
+    PERF_DATA="$OUT/perf-$SCENARIO-$PERF_TARGET-$RUN_ID.data"
+    mkfifo "$LOGS/perf.ctl" "$LOGS/perf.ack"
+    # Started with its events disabled (-D -1); the bench's hook enables them when the
+    # measured phase begins, so the setup's argon2 hashing is not in the profile.
+    perf record --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" -F "${BENCH_PERF_FREQ:-999}" \
+        -p "$perf_pid" -o "$PERF_DATA" -D -1 --control "fifo:$LOGS/perf.ctl,$LOGS/perf.ack" \
+        </dev/null >"$LOGS/perf.log" 2>&1 &
+    PERF_PID=$!
+    cat >"$LOGS/measure-hook" <<HOOK
+#!/usr/bin/env bash
+# Called by sluice-bench: \$1 is start or stop. Tells perf to enable or disable its events
+# and waits for its acknowledgement.
+set -euo pipefail
+case \$1 in start) cmd=enable ;; stop) cmd=disable ;; *) exit 2 ;; esac
+exec 4<>"$LOGS/perf.ack"
+# Bounded: a perf that died would leave the fifo without a reader.
+timeout 10 bash -c 'echo "\$1" >"\$2"' _ "\$cmd" "$LOGS/perf.ctl"
+read -r -t 10 answer <&4
+[[ \$answer == ack* ]]
+HOOK
+    chmod +x "$LOGS/measure-hook"
+    HOOK_ARGS+=(--measure-hook "$LOGS/measure-hook")
+    # perf says so once it is attached with its events disabled.
+    wait_until 10 grep -q "Events disabled" "$LOGS/perf.log" || true
+    kill -0 "$PERF_PID" 2>/dev/null || { show_log "$LOGS/perf.log" 20; die "perf record exited"; }
+    info "perf: recording $PERF_TARGET (pid $perf_pid) during the measured phase into $PERF_DATA"
 fi
 
 if have pidstat; then
@@ -224,10 +356,11 @@ if have pidstat; then
     PIDSTAT_PID=$!
 fi
 
+STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # In the background, so that Ctrl-C runs the cleanup at once instead of after the scenario.
 rc=0
-"$BIN/sluice-bench" "${SCENARIO_ARGS[@]}" --api "http://127.0.0.1:$API_PORT" \
-    --pids "$TARGET_LIST" "${EXTRA[@]}" </dev/null &
+"$TOOL/sluice-bench" "${SCENARIO_ARGS[@]}" --api "http://127.0.0.1:$API_PORT" \
+    --pids "$TARGET_LIST" "${HOOK_ARGS[@]}" --json "${EXTRA[@]}" </dev/null >"$LOGS/bench.json" &
 BENCH_PID=$!
 wait "$BENCH_PID" || rc=$?
 BENCH_PID=""
@@ -255,4 +388,76 @@ fi
 
 check_alive
 ((rc == 0)) || die "sluice-bench failed (exit $rc)"
+
+PERF_JSON=null
+if [[ -n $PERF_PID ]]; then
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    PERF_PID=""
+    report="${PERF_DATA%.data}.txt"
+    # awk, not head: it reads to the end, so perf never gets a SIGPIPE. The symbol column is
+    # padded to the longest name, and an empty IPC column follows: both go.
+    top() { awk -v n="$1" 'NF && !/^# \.\.\./ && shown++ < n { sub(/( +-)* *$/, ""); print }'; }
+    {
+        echo "# perf record of $PERF_TARGET during the measured phase: bench/run.sh $SCENARIO $FIRST $AMOUNT ${EXTRA[*]}"
+        echo "# self time by symbol"
+        perf report -i "$PERF_DATA" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.5 2>/dev/null | top 60
+        echo
+        echo "# self + callees by symbol (needs usable call graphs; see BENCH_PERF_CALLGRAPH)"
+        perf report -i "$PERF_DATA" --stdio --children -g none --sort symbol --percent-limit 2 2>/dev/null | top 40
+    } >"$report" || warn "perf report failed; the data is in $PERF_DATA"
+    info "perf: top symbols in $report (data: $PERF_DATA)"
+    PERF_JSON="{\"target\":$(json_str "$PERF_TARGET"),\"data\":$(json_str "$PERF_DATA"),\"report\":$(json_str "$report")}"
+fi
+
+# The pipeline's own time, from the database before it is dropped: created_at is stamped by
+# the API as it starts handling the POST (the same transaction commits the outbox row),
+# completed_at is the response consumer's transaction time when it stores the reply.
+DB_SQL="
+WITH a AS (
+    SELECT status, 1000 * extract(epoch FROM completed_at - created_at)::float8 AS ms
+    FROM messages WHERE role = 'assistant'
+), c AS (SELECT ms FROM a WHERE status = 'completed')
+SELECT json_build_object(
+    'assistant_messages', (SELECT count(*) FROM a),
+    'completed', (SELECT count(*) FROM c),
+    'failed', (SELECT count(*) FROM a WHERE status = 'failed'),
+    'pending', (SELECT count(*) FROM a WHERE status = 'pending'),
+    'commit_to_stored_ms', (SELECT json_build_object(
+        'p50', round((percentile_cont(0.50) WITHIN GROUP (ORDER BY ms))::numeric, 2),
+        'p95', round((percentile_cont(0.95) WITHIN GROUP (ORDER BY ms))::numeric, 2),
+        'p99', round((percentile_cont(0.99) WITHIN GROUP (ORDER BY ms))::numeric, 2),
+        'max', round(max(ms)::numeric, 2),
+        'mean', round(avg(ms)::numeric, 2)) FROM c),
+    'other_database_connections', (SELECT count(*) FROM pg_stat_activity
+        WHERE datname IS NOT NULL AND datname <> current_database() AND pid <> pg_backend_pid())
+)"
+DB_JSON=$(pgdb -c "$DB_SQL") || die "could not read the pipeline's figures from $DB"
+DB_LINE=$(pgdb -F ' ' -c "
+WITH c AS (SELECT 1000 * extract(epoch FROM completed_at - created_at)::float8 AS ms
+           FROM messages WHERE role = 'assistant' AND status = 'completed')
+SELECT format('%s replies stored; commit→stored p50 %s ms  p95 %s ms  p99 %s ms  max %s ms',
+    count(*),
+    round((percentile_cont(0.50) WITHIN GROUP (ORDER BY ms))::numeric, 2),
+    round((percentile_cont(0.95) WITHIN GROUP (ORDER BY ms))::numeric, 2),
+    round((percentile_cont(0.99) WITHIN GROUP (ORDER BY ms))::numeric, 2),
+    round(max(ms)::numeric, 2)) FROM c")
+info "pipeline (database): $DB_LINE"
+
+sha() { sha256sum "$1" | cut -c1-12; }
+RUN_JSON=$(
+    printf '{"id":"%s","started_at":"%s","scenario":"%s","args":[%s,%s],"extra":%s,' \
+        "$RUN_ID" "$STARTED_AT" "$SCENARIO" "$FIRST" "$AMOUNT" "$(json_str "${EXTRA[*]}")"
+    printf '"bin_dir":%s,"api_sha256":"%s","worker_sha256":"%s","tool_commit":"%s",' \
+        "$(json_str "$BIN")" "$(sha "$BIN/sluice-api")" "$(sha "$BIN/sluice-worker")" \
+        "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    printf '"mock_latency_ms":%s,"window_ms":%s,"busy_before_percent":%s,"perf":%s}' \
+        "${BENCH_MOCK_LATENCY_MS:-0}" "${BENCH_WINDOW_MS:-1000}" "$busy" "$PERF_JSON"
+)
+LINE="{\"run\":$RUN_JSON,\"db\":$DB_JSON,\"bench\":$(tr -d '\n' <"$LOGS/bench.json")}"
+if have jq; then
+    jq -e . >/dev/null <<<"$LINE" || die "internal error: the result line is not valid JSON: $LINE"
+fi
+printf '%s\n' "$LINE" >>"$OUT/runs.jsonl"
+printf '%s\n' "$LINE"
 FAILED=0

@@ -5,6 +5,7 @@
 //! sent to the first poll that saw the reply final; so it includes up to one poll interval).
 
 use crate::api::{Api, Tally};
+use crate::measure::Measure;
 use crate::report;
 use crate::setup::{Client, setup};
 use clap::Args;
@@ -63,7 +64,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let clients = setup(&api, args.clients, 1, args.common.setup_concurrency).await?;
     eprintln!("chat: {} clients ready", args.clients);
 
-    let setup_peaks = report::reset_peaks(&args.common.pids)?;
+    let measure = Measure::start(&args.common).await?;
     let started = Instant::now();
     let stop = match (args.duration_secs, args.rounds) {
         (Some(d), _) => Stop::At(started + Duration::from_secs_f64(d.max(0.0))),
@@ -98,7 +99,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let failures = post_errors.total() + failed_replies.total() + timeouts;
 
-    let samples = report::sample_end(&args.common.pids, &setup_peaks)?;
+    let measured = measure.finish(completed).await?;
     let result = json!({
         "scenario": "chat",
         "clients": args.clients,
@@ -118,7 +119,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "poll_ms": args.poll_ms,
         "post_latency": report::latency_json(&post),
         "reply_latency": report::latency_json(&reply),
-        "processes": report::rss_json(&samples),
+        "processes": report::rss_json(&measured.samples),
+        "cpu": measured.cpu.to_json(),
     });
     let summary = format!(
         "chat: {} clients, {:.1} s, {rounds} rounds ({:.1}/s), {completed} replies completed\n\
@@ -141,11 +143,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         args.reply_timeout_secs,
         polls as f64 / elapsed.max(f64::EPSILON),
         poll_errors.describe("    "),
-        if samples.is_empty() {
-            "not sampled (no --pids)".into()
-        } else {
-            report::rss_lines(&samples)
-        },
+        measured.describe(),
     );
     crate::emit(&args.common, &summary, &result);
     Ok(())

@@ -6,10 +6,12 @@
 //! reply was seen final by the poller). The poller's granularity (`--poll-ms`) bounds the
 //! error of the second figure, so it is also given from the server's own `completed_at`.
 
-use crate::api::{Api, CallError, Tally, User};
+use crate::api::{Api, CallError, Tally};
+use crate::measure::Measure;
 use crate::report;
 use crate::setup::{Client, setup};
-use chrono::{DateTime, Utc};
+use crate::wait::{ChatWork, wait_all};
+use chrono::Utc;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -17,7 +19,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -48,46 +49,11 @@ pub struct FloodArgs {
     common: crate::Common,
 }
 
-/// One chat's posted replies, as the poller sees them.
-struct ChatWork {
-    user: User,
-    chat: Uuid,
-    expected: HashSet<Uuid>,
-}
-
 #[derive(Default)]
 struct PosterResult {
     accepted: Vec<(usize, Uuid)>,
     errors: Tally,
     latency: Option<Histogram<u64>>,
-}
-
-#[derive(Default)]
-struct WaitResult {
-    completed: u64,
-    failed: u64,
-    pending: u64,
-    /// Replies posted but never listed (should stay 0).
-    unseen: u64,
-    failed_kinds: Tally,
-    get_errors: Tally,
-    gets: u64,
-    last_final_seen: Option<Instant>,
-    last_completed_at: Option<DateTime<Utc>>,
-}
-
-impl WaitResult {
-    fn merge(&mut self, o: WaitResult) {
-        self.completed += o.completed;
-        self.failed += o.failed;
-        self.pending += o.pending;
-        self.unseen += o.unseen;
-        self.failed_kinds.merge(o.failed_kinds);
-        self.get_errors.merge(o.get_errors);
-        self.gets += o.gets;
-        self.last_final_seen = self.last_final_seen.max(o.last_final_seen);
-        self.last_completed_at = self.last_completed_at.max(o.last_completed_at);
-    }
 }
 
 pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
@@ -106,7 +72,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         args.clients, args.chats, args.messages
     );
 
-    let setup_peaks = report::reset_peaks(&args.common.pids)?;
+    let measure = Measure::start(&args.common).await?;
     // Posting: every poster takes the next message number until N are taken.
     let next = Arc::new(AtomicU64::new(0));
     let content: Arc<str> = args.content.clone().into();
@@ -145,22 +111,16 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         per_chat.entry(key).or_default().insert(reply);
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let gate = Arc::new(Semaphore::new(args.poll_concurrency.max(1)));
-    let mut waiters = JoinSet::new();
-    for ((client, chat), expected) in per_chat {
-        let work = ChatWork {
+    let works = per_chat
+        .into_iter()
+        .map(|((client, chat), expected)| ChatWork {
             user: clients[client].user.clone(),
             chat: clients[client].chats[chat],
             expected,
-        };
-        let (api, gate) = (api.clone(), gate.clone());
-        let pause = Duration::from_millis(args.poll_ms);
-        waiters.spawn(async move { wait_chat(api, work, gate, pause, deadline).await });
-    }
-    let mut waited = WaitResult::default();
-    while let Some(res) = waiters.join_next().await {
-        waited.merge(res?);
-    }
+        })
+        .collect();
+    let pause = Duration::from_millis(args.poll_ms);
+    let waited = wait_all(&api, works, args.poll_concurrency, pause, deadline).await?;
 
     let e2e = waited
         .last_final_seen
@@ -174,7 +134,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     let completed_per_s = rate(waited.completed, e2e);
     let completed_per_s_server = rate(waited.completed, server_e2e);
 
-    let samples = report::sample_end(&args.common.pids, &setup_peaks)?;
+    let measured = measure.finish(waited.completed).await?;
     let result = json!({
         "scenario": "flood",
         "clients": args.clients,
@@ -198,7 +158,8 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         "completed_per_s_server_clock": completed_per_s_server,
         "poll_gets": waited.gets,
         "poll_errors": waited.get_errors.to_json(),
-        "processes": report::rss_json(&samples),
+        "processes": report::rss_json(&measured.samples),
+        "cpu": measured.cpu.to_json(),
     });
 
     let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}"));
@@ -230,11 +191,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         waited.failed_kinds.describe("    "),
         waited.gets,
         waited.get_errors.describe("    "),
-        if samples.is_empty() {
-            "not sampled (no --pids)".into()
-        } else {
-            report::rss_lines(&samples)
-        },
+        measured.describe(),
     );
     crate::emit(&args.common, &summary, &result);
     Ok(())
@@ -277,110 +234,5 @@ async fn post_loop(
             }
         }
     }
-    out
-}
-
-/// Pages through one chat until every expected reply is final or the deadline passes.
-///
-/// Replies complete roughly in posting order, so a pass starts at the page holding the
-/// oldest reply still pending (the API's `next` is null on the last page, so the poller keeps
-/// the cursor that led to that page) and stops at the first page that still has one: a pass
-/// costs about one GET, however long the chat. Replies further on are counted when a later
-/// pass gets there. The pause between passes doubles (up to `MAX_PAUSE`) while nothing
-/// changes, so a slow stack is not slowed further by the bench's own reads; it drops back at
-/// once on progress. At the deadline one full pass counts what is still pending.
-async fn wait_chat(
-    api: Api,
-    work: ChatWork,
-    gate: Arc<Semaphore>,
-    pause: Duration,
-    deadline: Instant,
-) -> WaitResult {
-    const MAX_PAUSE: Duration = Duration::from_secs(1);
-    let mut out = WaitResult::default();
-    let mut done: HashSet<Uuid> = HashSet::with_capacity(work.expected.len());
-    let mut listed: HashSet<Uuid> = HashSet::with_capacity(work.expected.len());
-    let mut resume: Option<String> = None;
-    let mut wait = pause;
-    loop {
-        let last_pass = Instant::now() >= deadline;
-        let before = done.len();
-        let mut found_pending = false;
-        let mut failed_pass = false;
-        {
-            let Ok(_permit) = gate.acquire().await else {
-                break;
-            };
-            let mut after = resume.clone();
-            loop {
-                out.gets += 1;
-                let page = match api
-                    .list_messages(&work.user, work.chat, after.as_deref())
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(e) => {
-                        out.get_errors.add_error(&e);
-                        failed_pass = true;
-                        break;
-                    }
-                };
-                let seen_at = Instant::now();
-                let mut pending_here = false;
-                for m in &page.items {
-                    if m.role != "assistant" || !work.expected.contains(&m.id) {
-                        continue;
-                    }
-                    listed.insert(m.id);
-                    if m.is_pending() {
-                        pending_here = true;
-                    } else if done.insert(m.id) {
-                        if m.status == "completed" {
-                            out.completed += 1;
-                            out.last_completed_at = out.last_completed_at.max(m.completed_at);
-                        } else {
-                            out.failed += 1;
-                            let kind = m
-                                .error
-                                .as_ref()
-                                .map_or_else(|| m.status.clone(), |e| e.kind.clone());
-                            out.failed_kinds.add(kind, m.id);
-                        }
-                        out.last_final_seen = Some(seen_at);
-                    }
-                }
-                if pending_here && !found_pending {
-                    found_pending = true;
-                    resume = after.clone();
-                    if !last_pass {
-                        break;
-                    }
-                }
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
-        }
-        if !failed_pass && !found_pending {
-            if done.len() == work.expected.len() {
-                break;
-            }
-            // Nothing pending, yet replies missing from the listing: look from the start.
-            resume = None;
-        }
-        if last_pass {
-            break;
-        }
-        wait = if done.len() > before {
-            pause
-        } else {
-            (wait * 2).min(MAX_PAUSE)
-        };
-        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
-    }
-    // Whatever is not final at the end: pending if it was listed as such, else unseen.
-    out.pending = listed.difference(&done).count() as u64;
-    out.unseen = work.expected.difference(&listed).count() as u64;
     out
 }

@@ -4,25 +4,33 @@
 //!   chat) until no reply is pending: accepted POSTs/s and completed replies/s end to end.
 //! - `chat`: C conversations post, poll the reply every 20 ms, post again: POST and
 //!   POST→reply latency percentiles.
-//! - `paced`: an open-loop load at a fixed rate over many users and chats, writing every
-//!   accepted reply id to a file; the chaos run (`scripts/chaos.sh`) checks them in the database.
+//! - `paced`: an open-loop load at a fixed rate over many users and chats: POST latency from
+//!   each message's scheduled send time; optionally every accepted reply id to a file (the chaos
+//!   run, `scripts/chaos.sh`, checks them in the database) and a wait for every reply.
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
-//!   scenario.
+//!   scenario, with the CPU each process (and each `--cpu-trees` tree) used per message.
+//! - `median`: the medians of several runs' JSON lines.
 //!
 //! `setup` registers the users and chats before any timing, `api` is the typed HTTP client,
-//! `report` holds the histograms and the `/proc` probe. With `--json` the human summary goes to
-//! stderr and one JSON object to stdout.
+//! `wait` pages through chats until their replies are final, `measure` brackets the measured
+//! phase, `report` holds the histograms and the RSS probe, `cpu` the CPU probe. With `--json`
+//! the human summary goes to stderr and one JSON object to stdout.
 
 mod api;
 mod chat;
+mod cpu;
 mod flood;
 mod inprocess;
+mod measure;
+mod median;
 mod paced;
 mod report;
 mod setup;
+mod wait;
 
 use clap::{Args, Parser, Subcommand};
 use report::Target;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -47,6 +55,8 @@ enum Command {
     Paced(paced::PacedArgs),
     /// Print the peak RSS (VmHWM) of processes.
     Rss(RssArgs),
+    /// Medians of several runs: reads one JSON object per line (files, or stdin).
+    Median(median::MedianArgs),
 }
 
 /// Options both scenarios take.
@@ -59,8 +69,19 @@ pub struct Common {
     #[arg(long)]
     json: bool,
     /// Processes whose peak RSS to report at the end: PID or LABEL=PID, comma separated.
+    /// Their CPU time over the measured phase is reported too, per completed message.
     #[arg(long, value_delimiter = ',', value_parser = report::parse_target)]
     pids: Vec<Target>,
+    /// Process trees whose CPU time (the process, its descendants and its reaped children) to
+    /// report per message, e.g. `postgres=POSTMASTER_PID,rabbitmq=BEAM_PID`: LABEL=PID, comma
+    /// separated.
+    #[arg(long, value_delimiter = ',', value_parser = report::parse_target)]
+    cpu_trees: Vec<Target>,
+    /// An executable run as `HOOK start` when the measured phase begins (after the setup) and
+    /// `HOOK stop` when it ends; the bench waits for it each time (e.g. to profile only that
+    /// phase).
+    #[arg(long)]
+    measure_hook: Option<PathBuf>,
     /// Registrations at once during setup (each is an argon2 hash on the API).
     #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
@@ -112,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Median(args) => median::run(args),
         // Two worker threads: the bench shares the machine with the stack it measures.
         command => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -124,7 +146,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Faults(args) => inprocess::faults(args).await,
                     Command::Chat(args) => chat::run(args).await,
                     Command::Paced(args) => paced::run(args).await,
-                    Command::Rss(_) => Ok(()),
+                    Command::Rss(_) | Command::Median(_) => Ok(()),
                 }
             }),
     }
