@@ -76,38 +76,51 @@ impl StoreError {
     }
 }
 
-/// The connection pool; cheap to clone.
+/// The connection pools; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// A small pool whose sessions commit without waiting for the disk
+    /// (`synchronous_commit = off`), for writes whose loss in a crash is harmless: deleting
+    /// published outbox rows (lost, they are published again, which changes nothing).
+    unflushed: DatabaseConnection,
+}
+
+/// Connections of the `unflushed` pool.
+const UNFLUSHED_CONNECTIONS: u32 = 2;
+
+fn options(url: &str, max_connections: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    options
 }
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let mut options = ConnectOptions::new(url.to_owned());
-        options
-            .max_connections(max_connections)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(5))
-            .sqlx_logging(false);
+        let mut unflushed = options(url, UNFLUSHED_CONNECTIONS);
+        unflushed.map_sqlx_postgres_opts(|o| o.options([("synchronous_commit", "off")]));
         Ok(Self {
-            db: Database::connect(options).await?,
+            db: Database::connect(options(url, max_connections)).await?,
+            unflushed: Database::connect(unflushed).await?,
         })
     }
 
     /// Applies pending migrations. The lock is taken and released on one dedicated connection
     /// (a pool of exactly one), so the unlock always reaches the session that holds the lock.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let store = Self::connect(url, 1).await?;
-        let conn = &store.db;
+        let conn = Database::connect(options(url, 1)).await?;
         conn.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
             .await?;
-        let result = Migrator::up(conn, None).await;
+        let result = Migrator::up(&conn, None).await;
         let unlock = conn
             .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
             .await;
-        let closed = store.db.close().await;
+        let closed = conn.close().await;
         result?;
         unlock?;
         Ok(closed?)
@@ -119,6 +132,7 @@ impl Store {
     }
 
     pub async fn close(self) -> Result<(), StoreError> {
+        self.unflushed.close().await?;
         Ok(self.db.close().await?)
     }
 }

@@ -168,17 +168,13 @@ impl Store {
         })
     }
 
-    /// Deletes rows the broker confirmed. Committed asynchronously: if the database crashed
-    /// before flushing it, the rows would come back and be published again, which the
-    /// generation check makes harmless — so no fsync is spent on it.
+    /// Deletes rows the broker confirmed, in one statement on the `unflushed` pool: if the
+    /// database crashed before flushing it, the rows would come back and be published again,
+    /// which the generation check makes harmless — so no fsync is waited for.
     pub async fn delete_outbox(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin().await?;
-        txn.execute_unprepared("SET LOCAL synchronous_commit = off")
-            .await?;
-        delete(&txn, ids).await?;
-        Ok(txn.commit().await?)
+        Ok(delete(&self.unflushed, ids).await?)
     }
 }

@@ -1,17 +1,16 @@
 //! Group commit of posts. Each post is a user message, its pending reply and an outbox row;
 //! handlers submit them to one writer task, which takes whatever is queued (bounded by rows
-//! and bytes), writes it all in one transaction — its chats touched in id order, every
-//! message and outbox row in one multi-row statement — commits once, and answers each waiting
-//! request. A 202 still means committed. Under light load a post waits for no one: the writer
+//! and bytes), writes it all in one statement — its chats touched in id order, every message
+//! and outbox row inserted — commits once, and answers each waiting request. A 202 still means committed. Under light load a post waits for no one: the writer
 //! starts on the first post at once and later ones gather while it commits.
 //!
 //! A batch the database refuses is written again one post at a time, so a refused post fails
 //! alone. After the commit the outbox rows go to the publisher ([`Handoff`]).
 
-use super::chats::touch;
-use super::outbox::{self, Handoff, OutboxRow, ints, texts};
-use super::{Message, Status, Store, StoreError};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, TransactionTrait};
+use super::outbox::{Handoff, OutboxRow, ints, texts};
+use super::paging::now_micros;
+use super::{Message, Role, Status, Store, StoreError};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 #[cfg(test)]
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +41,48 @@ pub struct NewPost {
     pub question: Message,
     pub reply: Message,
     pub request: OutboxRow,
+}
+
+/// A user message of `content` and its pending reply, stamped now. Both ids come from one
+/// process-monotonic UUIDv7 source and share a timestamp, so ordering by `(created_at, id)`
+/// always puts the question before its answer.
+pub fn exchange(
+    chat_id: Uuid,
+    content: String,
+    model: String,
+    template_id: Option<Uuid>,
+) -> (Message, Message) {
+    let now = now_micros();
+    let question = Message {
+        id: Uuid::now_v7(),
+        chat_id,
+        role: Role::User,
+        content,
+        status: Status::Completed,
+        generation: 0,
+        model: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        key_alias: None,
+        attempts: 0,
+        error_kind: None,
+        error_message: None,
+        created_at: now,
+        completed_at: Some(now),
+        template_id: None,
+        pending_since: now,
+    };
+    let reply = Message {
+        id: Uuid::now_v7(),
+        role: Role::Assistant,
+        content: String::new(),
+        status: Status::Pending,
+        model: Some(model),
+        completed_at: None,
+        template_id,
+        ..question.clone()
+    };
+    (question, reply)
 }
 
 impl NewPost {
@@ -168,28 +209,31 @@ async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff, batches: &Ato
     }
 }
 
-/// One transaction: touch the chats (lock order, version), every message in one statement,
-/// every outbox row in another, commit.
+/// One statement, so one round trip and one commit: the chats are locked in id order and
+/// their versions bumped (see `store`), and every message and outbox row is inserted.
 pub(crate) async fn write_posts(store: &Store, posts: &[&NewPost]) -> Result<(), StoreError> {
-    let txn = store.db.begin().await?;
-    let mut chats: Vec<Uuid> = posts.iter().map(|p| p.reply.chat_id).collect();
-    chats.sort_unstable();
-    chats.dedup();
-    touch(&txn, &chats).await?;
-    insert_messages(&txn, posts).await?;
-    let requests: Vec<OutboxRow> = posts.iter().map(|p| p.request.clone()).collect();
-    outbox::insert(&txn, &requests).await?;
-    Ok(txn.commit().await?)
+    Ok(insert(&store.db, posts).await?)
 }
 
 /// The absent template id travels as the nil UUID (NULL cannot be an array element here).
 const NO_TEMPLATE: Uuid = Uuid::nil();
 
-async fn insert_messages(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbErr> {
+async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbErr> {
     let messages: Vec<&Message> = posts.iter().flat_map(|p| [&p.question, &p.reply]).collect();
+    let mut chats: Vec<Uuid> = posts.iter().map(|p| p.reply.chat_id).collect();
+    chats.sort_unstable();
+    chats.dedup();
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
+        "WITH locked AS ( \
+             SELECT id FROM chats WHERE id = ANY($11::uuid[]) ORDER BY id FOR NO KEY UPDATE), \
+         touched AS ( \
+             UPDATE chats AS c SET version = c.version + 1 FROM locked WHERE c.id = locked.id), \
+         requests AS ( \
+             INSERT INTO outbox (id, payload, created_at) \
+             SELECT id, payload::jsonb, now() \
+             FROM UNNEST($12::uuid[], $13::text[]) AS o(id, payload)) \
+         INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
              created_at, completed_at, template_id, pending_since) \
          SELECT id, chat_id, role, content, status, generation, NULLIF(model, ''), 0, \
              created_at, CASE WHEN status = $10 THEN created_at END, \
@@ -220,6 +264,13 @@ async fn insert_messages(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Resul
                 .collect::<Vec<_>>()
                 .into(),
             Status::Completed.as_str().into(),
+            chats.into(),
+            posts
+                .iter()
+                .map(|p| p.request.id)
+                .collect::<Vec<_>>()
+                .into(),
+            texts(posts.iter().map(|p| p.request.payload.clone())),
         ],
     ))
     .await?;
@@ -230,6 +281,7 @@ async fn insert_messages(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Resul
 mod tests {
     use super::*;
     use crate::store::testing::{TempDatabase, chats, post};
+    use sea_orm::TransactionTrait;
 
     type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 

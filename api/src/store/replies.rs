@@ -94,11 +94,18 @@ fn sorted_unique(mut ids: Vec<Uuid>) -> Vec<Uuid> {
 }
 
 /// One fixed statement over arrays: the same text whatever the batch size, so PostgreSQL
-/// prepares it once. `m.id = ANY($1)` pins the plan to primary-key lookups: joining on the
+/// prepares it once. It keeps the lock order in one statement: `locked` takes the chats in id
+/// order as it is read, and a message is updated only once its chat came out of it. The
+/// version is bumped even for a stale answer (a client's next poll is then a 200 instead of a
+/// 304, nothing worse). `m.id = ANY($1)` pins the plan to primary-key lookups: joining on the
 /// list alone let PostgreSQL pick a nested loop over the whole table while its statistics were
 /// still empty (seen in the benchmark: 10 s for one batch of 256). NULL cannot travel in
 /// these arrays, so an absent text is `''` and an absent count -1, turned back by `NULLIF`.
-const APPLY: &str = "UPDATE messages AS m SET status = v.status, content = v.content, \
+const APPLY: &str = "WITH locked AS ( \
+         SELECT id FROM chats WHERE id = ANY($14::uuid[]) ORDER BY id FOR NO KEY UPDATE), \
+     touched AS ( \
+         UPDATE chats AS c SET version = c.version + 1 FROM locked WHERE c.id = locked.id) \
+     UPDATE messages AS m SET status = v.status, content = v.content, \
      model = v.model, prompt_tokens = NULLIF(v.prompt_tokens, -1), \
      completion_tokens = NULLIF(v.completion_tokens, -1), key_alias = NULLIF(v.key_alias, ''), \
      attempts = v.attempts, error_kind = NULLIF(v.error_kind, ''), \
@@ -106,8 +113,9 @@ const APPLY: &str = "UPDATE messages AS m SET status = v.status, content = v.con
      FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::text[], \
      $7::int4[], $8::int4[], $9::text[], $10::int4[], $11::text[], $12::text[]) \
      AS v(id, chat_id, generation, status, content, model, prompt_tokens, completion_tokens, \
-     key_alias, attempts, error_kind, error_message) \
+     key_alias, attempts, error_kind, error_message), locked \
      WHERE m.id = ANY($1::uuid[]) AND m.id = v.id AND m.chat_id = v.chat_id \
+     AND m.chat_id = locked.id \
      AND m.role = 'assistant' AND m.status = $13 AND m.generation = v.generation";
 
 /// [`Transition::Answer`] for every response, in one statement. Text is stored without
@@ -163,6 +171,7 @@ async fn apply_answers(
                 .map(|r| text(r.error.as_ref().map(|e| e.message.as_str()))),
         ),
         Transition::Answer.from().as_str().into(),
+        sorted_unique(responses.iter().map(|r| r.chat_id).collect()).into(),
     ];
     let result = db
         .execute_raw(Statement::from_sql_and_values(
@@ -199,20 +208,12 @@ pub(crate) async fn give_up(db: &impl ConnectionTrait, g: &GiveUp) -> Result<u64
 }
 
 impl Store {
-    /// Applies answers in one transaction.
+    /// Applies answers in one statement.
     pub async fn apply_responses(&self, responses: &[ResponseEnvelope]) -> Result<u64, StoreError> {
         if responses.is_empty() {
             return Ok(0);
         }
-        let txn = self.db.begin().await?;
-        touch(
-            &txn,
-            &sorted_unique(responses.iter().map(|r| r.chat_id).collect()),
-        )
-        .await?;
-        let updated = apply_answers(&txn, responses).await?;
-        txn.commit().await?;
-        Ok(updated)
+        Ok(apply_answers(&self.db, responses).await?)
     }
 
     /// Applies `responses` in one transaction; if the database refuses it, one at a time, and
@@ -295,19 +296,17 @@ impl Store {
     /// the database's clock, which also set `pending_since`), kind `timed_out`. Replicas
     /// share the work through `SKIP LOCKED`.
     pub async fn reap(&self, horizon: Duration, max: i64) -> Result<u64, StoreError> {
+        debug_assert_eq!(Transition::Reap.from(), Status::Pending);
         let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
         let txn = self.db.begin().await?;
         let overdue = txn
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT chat_id FROM messages \
-                 WHERE status = $3 AND pending_since < now() - $1 * interval '1 millisecond' \
+                 WHERE status = 'pending' \
+                 AND pending_since < now() - $1 * interval '1 millisecond' \
                  ORDER BY pending_since LIMIT $2",
-                [
-                    horizon_ms.into(),
-                    max.into(),
-                    Transition::Reap.from().as_str().into(),
-                ],
+                [horizon_ms.into(), max.into()],
             ))
             .await?;
         if overdue.is_empty() {
@@ -318,25 +317,30 @@ impl Store {
         for row in &overdue {
             chats.push(row.try_get::<Uuid>("", "chat_id")?);
         }
-        touch(&txn, &sorted_unique(chats)).await?;
+        let chats = sorted_unique(chats);
+        touch(&txn, &chats).await?;
+        // `'pending'` is written out, not bound: only then can PostgreSQL use the partial index
+        // on pending replies in a prepared (generic) plan. Only replies of the chats just
+        // touched are reaped, so every change bumps its chat's version.
         let result = txn
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "WITH overdue AS ( \
                      SELECT id FROM messages \
-                     WHERE status = $4 AND pending_since < now() - $1 * interval '1 millisecond' \
+                     WHERE status = 'pending' AND chat_id = ANY($6::uuid[]) \
+                     AND pending_since < now() - $1 * interval '1 millisecond' \
                      ORDER BY pending_since LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 UPDATE messages AS m SET status = $5, content = '', error_kind = $6, \
+                 UPDATE messages AS m SET status = $4, content = '', error_kind = $5, \
                  error_message = $3, completed_at = now() \
                  FROM overdue WHERE m.id = overdue.id AND m.role = 'assistant' \
-                 AND m.status = $4",
+                 AND m.status = 'pending'",
                 [
                     horizon_ms.into(),
                     max.into(),
                     TIMED_OUT_MESSAGE.into(),
-                    Transition::Reap.from().as_str().into(),
                     Status::Failed.as_str().into(),
                     kind::TIMED_OUT.into(),
+                    chats.into(),
                 ],
             ))
             .await?;

@@ -3,8 +3,8 @@
 
 use super::outbox::OutboxRow;
 use super::paging::now_micros;
-use super::posts::NewPost;
-use super::{Chat, Message, Role, Status, Store, StoreError, User};
+use super::posts::{NewPost, exchange};
+use super::{Chat, Store, StoreError, User};
 use sea_orm::{ConnectionTrait, Database};
 use uuid::Uuid;
 
@@ -74,35 +74,7 @@ impl Store {
 
 /// A post of `text` to `chat_id`, as the HTTP handler builds it.
 pub fn post(chat_id: Uuid, text: &str) -> NewPost {
-    let now = now_micros();
-    let question = Message {
-        id: Uuid::now_v7(),
-        chat_id,
-        role: Role::User,
-        content: text.into(),
-        status: Status::Completed,
-        generation: 0,
-        model: None,
-        prompt_tokens: None,
-        completion_tokens: None,
-        key_alias: None,
-        attempts: 0,
-        error_kind: None,
-        error_message: None,
-        created_at: now,
-        completed_at: Some(now),
-        template_id: None,
-        pending_since: now,
-    };
-    let reply = Message {
-        id: Uuid::now_v7(),
-        role: Role::Assistant,
-        content: String::new(),
-        status: Status::Pending,
-        model: Some("m".into()),
-        completed_at: None,
-        ..question.clone()
-    };
+    let (question, reply) = exchange(chat_id, text.into(), "m".into(), None);
     let request = OutboxRow {
         id: Uuid::now_v7(),
         request_id: reply.id,

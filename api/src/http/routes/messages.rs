@@ -9,10 +9,9 @@ use crate::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::messaging::request::{self, Ask, BuildError, Question};
+use crate::store::Chat;
 use crate::store::messages::HistoryEnd;
-use crate::store::paging::now_micros;
-use crate::store::posts::{NewPost, PostError};
-use crate::store::{Chat, Message, Role, Status};
+use crate::store::posts::{NewPost, PostError, exchange};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_shared::Settings;
 use sluice_shared::settings::is_model_name;
-use uuid::Uuid;
 
 pub const CONTENT_MAX_CHARS: usize = 32_000;
 
@@ -91,38 +89,7 @@ async fn create(
         None => (None, None),
     };
 
-    // Both ids come from one process-monotonic UUIDv7 source and share a timestamp, so
-    // ordering by (created_at, id) always puts the question before its answer.
-    let now = now_micros();
-    let question = Message {
-        id: Uuid::now_v7(),
-        chat_id,
-        role: Role::User,
-        content: input.content,
-        status: Status::Completed,
-        generation: 0,
-        model: None,
-        prompt_tokens: None,
-        completion_tokens: None,
-        key_alias: None,
-        attempts: 0,
-        error_kind: None,
-        error_message: None,
-        created_at: now,
-        completed_at: Some(now),
-        template_id: None,
-        pending_since: now,
-    };
-    let reply = Message {
-        id: Uuid::now_v7(),
-        role: Role::Assistant,
-        content: String::new(),
-        status: Status::Pending,
-        model: Some(model.clone()),
-        completed_at: None,
-        template_id,
-        ..question.clone()
-    };
+    let (question, reply) = exchange(chat_id, input.content, model.clone(), template_id);
     let ask = Ask {
         chat_id,
         request_id: reply.id,
@@ -130,7 +97,7 @@ async fn create(
         model,
         system,
         question: Question::New(question.content.clone()),
-        enqueued_at: now,
+        enqueued_at: question.created_at,
     };
     // One query proves ownership and reads the history.
     let limit = request::history_limit(&state.settings, &ask.question);
@@ -289,6 +256,8 @@ async fn show(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::paging::now_micros;
+    use uuid::Uuid;
 
     fn chat(version: i64) -> Chat {
         Chat {
