@@ -100,6 +100,8 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     pub expected_replicas: u32,
     pub budget_wait_ms: u64,
+    /// On SIGTERM, how long deliveries in hand may take to finish; the rest go back unacked.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
