@@ -20,6 +20,7 @@ pub struct Health {
     pub handled: AtomicU64,
 }
 
+/// `GET /health`; the worker merges its `GET /metrics` beside it.
 pub fn router(health: Arc<Health>, context: Arc<Context>) -> Router {
     Router::new()
         .route("/health", get(report))
