@@ -19,7 +19,9 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -113,6 +115,8 @@ pub const CATALOG: &[Def] = &[
     def("sluice_provider_duration_seconds", Histogram, &["project"], "upstream latency of a provider call"),
     def("sluice_key_cooldowns_total", Counter, &["project", "reason"], "cooldowns started after a 429 (rate_limited, per_day_quota)"),
     def("sluice_keys_disabled_total", Counter, &["key"], "keys disabled as invalid"),
+    def("sluice_keys_configured", Gauge, &[], "keys this worker was given"),
+    def("sluice_keys_disabled", Gauge, &[], "keys disabled now (fleet-wide with Redis budgets), sampled every probe interval"),
     def("sluice_provider_nul_stripped_total", Counter, &[], "model replies that held U+0000 (removed)"),
     def("sluice_provider_replies_too_large_total", Counter, &[], "replies over provider.max_reply_bytes (failed)"),
     def("sluice_provider_delays_clamped_total", Counter, &[], "retryDelay values clamped to a day"),
@@ -210,11 +214,7 @@ impl Metrics {
             get(move || {
                 let body = handle.render();
                 async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        body,
-                    )
-                        .into_response()
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
                 }
             }),
         )
@@ -322,8 +322,7 @@ mod tests {
                 metrics::counter!("sluice_test_total").increment(1);
                 tokio::task::yield_now().await;
             }
-            spawn(async { metrics::counter!("sluice_test_spawned_total").increment(1) })
-                .await
+            spawn(async { metrics::counter!("sluice_test_spawned_total").increment(1) }).await
         };
         let (ra, rb) = tokio::join!(
             tokio::spawn(a.instrument(work(30))),
@@ -337,7 +336,10 @@ mod tests {
         assert_eq!(count(&b, "sluice_test_total"), Some(7));
         assert_eq!(count(&a, "sluice_test_spawned_total"), Some(1));
         assert_eq!(count(&b, "sluice_test_spawned_total"), Some(1));
-        assert!(current().is_none(), "the current instance is restored after each poll");
+        assert!(
+            current().is_none(),
+            "the current instance is restored after each poll"
+        );
         Ok(())
     }
 
