@@ -13,7 +13,9 @@
 //! current where they are called, so the API's and the worker's own tasks stay in their
 //! instance without a handle threaded through every constructor. A future that is not
 //! instrumented records into the global recorder, which Sluice never installs: its metrics are
-//! dropped, so every `tokio::spawn` in the API and the worker goes through [`spawn`].
+//! dropped, so every task of the API and the worker that records is spawned through [`spawn`]
+//! or [`in_current`] (tasks that libraries spawn — hyper's, lapin's, the worker's health
+//! server's connections — record nothing of ours).
 
 use axum::Router;
 use axum::http::header;

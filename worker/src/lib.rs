@@ -5,7 +5,7 @@
 //! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using the
 //! [`budget`]s of the key pool and the [`provider`] client, [`routing`] decides what the
 //! outcome means for the message, [`probe`] heals disabled keys, and [`health`] serves
-//! `/health`.
+//! `/health` (with the worker's `/metrics` beside it).
 
 pub mod budget;
 pub mod consumer;
