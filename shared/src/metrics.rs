@@ -111,8 +111,8 @@ pub const CATALOG: &[Def] = &[
     def("sluice_requeued_total", Counter, &["why"], "requests republished unchanged to wait (no_budget, no_usable_key)"),
     def("sluice_no_usable_key_total", Counter, &[], "requests dead-lettered because every key stayed disabled"),
     // Worker: budgets and provider
-    def("sluice_budget_wait_seconds", Histogram, &["outcome"], "time a request waited for a key's budget (reserved, no_budget, no_usable_key)"),
-    def("sluice_key_budget_remaining_today", Gauge, &["key", "project"], "calls left today on the key's project and model, as seen at its last reservation"),
+    def("sluice_budget_wait_seconds", Histogram, &["outcome"], "time a request waited for its first reservation, or until it gave up (reserved, no_budget, no_usable_key)"),
+    def("sluice_key_budget_remaining_today", Gauge, &["key", "project"], "calls left today on the key's project and model, as seen at its last reservation (local budgets: this worker's share)"),
     def("sluice_provider_calls_total", Counter, &["key", "project", "outcome"], "provider calls, by key, project and outcome (ok, rate_limited, invalid_key, transient, permanent, egress_cooling)"),
     def("sluice_provider_duration_seconds", Histogram, &["project"], "upstream latency of a provider call"),
     def("sluice_key_cooldowns_total", Counter, &["project", "reason"], "cooldowns started after a 429 (rate_limited, per_day_quota)"),

@@ -104,7 +104,11 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                         NoBudget::NoKeys => (Outcome::NoUsableKey, "no_usable_key"),
                         NoBudget::RetryIn(_) => (Outcome::NoBudget, "no_budget"),
                     };
-                    waited(started, label);
+                    // A request that already had a reservation (then a 429 or an invalid key)
+                    // was counted then: one observation per request.
+                    if let Some(since) = waiting.take() {
+                        waited(since, label);
+                    }
                     return outcome;
                 }
                 let wait = match no_budget {
