@@ -17,6 +17,7 @@ pub mod store;
 
 use messaging::consume::QueueConsumer;
 use sluice_shared::keypool::{KeySpec, load_keys};
+use sluice_shared::metrics::{Metrics, in_current};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub limits: Arc<http::limits::Limits>,
     pub hashing: Arc<http::auth::HashQueue>,
     pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
+    /// This instance's registry, served on `GET /metrics`.
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +65,24 @@ pub enum RunError {
 }
 
 /// Migrates, then serves on `listener` with the relay and the consumers running beside the
-/// server, until `cancel` fires; then drains and returns.
+/// server, until `cancel` fires; then drains and returns. Everything it runs records into a
+/// registry of its own (see [`sluice_shared::metrics`]), so APIs in one process count apart.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     cancel: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    metrics
+        .instrument(serve(settings, listener, cancel, metrics.clone()))
+        .await
+}
+
+async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    metrics: Metrics,
 ) -> Result<(), RunError> {
     settings.validate()?;
     settings.validate_api()?;
@@ -96,9 +112,11 @@ pub async fn run(
         keys: Arc::new(load_keys(&settings)?),
         broker_up: broker_up.clone(),
         settings: Arc::new(settings),
+        metrics: metrics.clone(),
     };
 
     let tasks = TaskTracker::new();
+    tasks.spawn(metrics.upkeep(cancel.clone()));
     let relay = messaging::relay::Relay {
         store: store.clone(),
         amqp_url: state.settings.amqp.url.clone(),
@@ -107,9 +125,13 @@ pub async fn run(
         sweep_after: Duration::from_millis(state.settings.relay.sweep_after_ms),
         broker_up,
     };
-    tasks.spawn(relay.run(cancel.clone()));
+    tasks.spawn(in_current(relay.run(cancel.clone())));
+    tasks.spawn(in_current(messaging::relay::watch_backlog(
+        store.clone(),
+        cancel.clone(),
+    )));
     let reaper = reaper::Reaper::new(store.clone(), &state.settings.retry);
-    tasks.spawn(reaper.run(cancel.clone()));
+    tasks.spawn(in_current(reaper.run(cancel.clone())));
     let responses = QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.responses(),
@@ -120,7 +142,7 @@ pub async fn run(
             store: store.clone(),
         },
     };
-    tasks.spawn(responses.run(cancel.clone()));
+    tasks.spawn(in_current(responses.run(cancel.clone())));
     let dead_letters = QueueConsumer {
         amqp_url: state.settings.amqp.url.clone(),
         queue: topology.dead_letters(),
@@ -132,7 +154,7 @@ pub async fn run(
             topology,
         },
     };
-    tasks.spawn(dead_letters.run(cancel.clone()));
+    tasks.spawn(in_current(dead_letters.run(cancel.clone())));
     tasks.close();
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");

@@ -117,14 +117,17 @@ impl Consumer {
             let context = self.context.clone();
             let health = self.health.clone();
             let link = link.clone();
-            tasks.spawn(async move {
+            metrics::counter!("sluice_consumed_total", "queue" => "requests").increment(1);
+            tasks.spawn(sluice_shared::metrics::in_current(async move {
                 health.in_flight.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!("sluice_deliveries_in_flight").increment(1.0);
                 if let Err(e) = process(delivery, &context, &link).await {
                     tracing::warn!(error = %e, "delivery left unacked; RabbitMQ will redeliver it");
                 }
+                metrics::gauge!("sluice_deliveries_in_flight").decrement(1.0);
                 health.in_flight.fetch_sub(1, Ordering::Relaxed);
                 health.handled.fetch_add(1, Ordering::Relaxed);
-            });
+            }));
         };
         // On shutdown, let what is in hand finish, for at most the grace period, before
         // leaving; closing the connection hands whatever is still running back to RabbitMQ
@@ -174,6 +177,7 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
         Err(e) => {
             // Poison goes straight to the dead-letter queue with its reason; never redelivered.
             tracing::error!(error = %e, "poison request; dead-lettering it");
+            metrics::counter!("sluice_dead_lettered_total", "reason" => "poison").increment(1);
             let headers = dead_letter_headers("poison", &before, &e.to_string());
             let settled = publish(
                 link,
@@ -202,6 +206,8 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
             errors,
         } => {
             tracing::info!(request = %id, attempts, delay_ms, "retrying later");
+            metrics::counter!("sluice_retries_total", "delay_ms" => delay_ms.to_string())
+                .increment(1);
             let headers = attempt_headers(attempts, &errors);
             let route = Topology::retry_route(delay_ms);
             publish(link, &route, &delivery.data, &id, headers).await
@@ -213,6 +219,7 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
             response,
         } => {
             tracing::warn!(request = %id, reason, attempts, "dead-lettering");
+            metrics::counter!("sluice_dead_lettered_total", "reason" => reason).increment(1);
             if reason == "no_usable_key" {
                 metrics::counter!("sluice_no_usable_key_total").increment(1);
             }
@@ -234,6 +241,12 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
         }
         Route::Requeue { no_key_since_ms } => {
             let mut headers = attempt_headers(before.counted, &before.errors);
+            let why = if no_key_since_ms.is_some() {
+                "no_usable_key"
+            } else {
+                "no_budget"
+            };
+            metrics::counter!("sluice_requeued_total", "why" => why).increment(1);
             if let Some(since) = no_key_since_ms {
                 tracing::warn!(request = %id, no_key_since_ms = since, "every key is disabled; requeueing");
                 headers.insert(
@@ -257,6 +270,7 @@ async fn settle(
     match published {
         Ok(()) => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            metrics::counter!("sluice_acked_total", "queue" => "requests").increment(1);
             Ok(())
         }
         Err(e) => {
@@ -338,7 +352,7 @@ async fn publish(
             broker::json_properties(message_id, headers.clone()),
         )
     };
-    attempt
+    let published = attempt
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(REFUSED_FIRST_WAIT)
@@ -350,7 +364,22 @@ async fn publish(
             metrics::counter!("sluice_worker_publishes_refused_total").increment(1);
             tracing::debug!(routing_key, retry_in = ?wait, "the broker refused a publish; retrying");
         })
-        .await
+        .await;
+    if published.is_ok() {
+        metrics::counter!("sluice_published_total", "queue" => queue_label(routing_key))
+            .increment(1);
+    }
+    published
+}
+
+/// The destination of a routing key, as a metric label (retry levels share one).
+fn queue_label(routing_key: &str) -> &'static str {
+    match routing_key {
+        ROUTE_RESPONSE => "responses",
+        ROUTE_DEAD => "dlq",
+        ROUTE_REQUEST => "requests",
+        _ => "retry",
+    }
 }
 
 async fn publish_response(link: &Link, response: &ResponseEnvelope) -> Result<(), BrokerError> {

@@ -8,6 +8,7 @@
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
+use sluice_shared::keypool::KeySpec;
 use std::time::{Duration, Instant};
 
 /// A 429 without `retryDelay` cools down this long.
@@ -68,20 +69,47 @@ async fn reserve(ctx: &Context, model: &str, estimate: u32) -> Result<Reservatio
     }
 }
 
+/// Records how long a request waited for budget, and how the wait ended.
+fn waited(since: Instant, outcome: &'static str) {
+    metrics::histogram!("sluice_budget_wait_seconds", "outcome" => outcome)
+        .record(since.elapsed().as_secs_f64());
+}
+
+/// Counts one provider call of `key` and how it ended.
+fn called(key: &KeySpec, outcome: &'static str) {
+    metrics::counter!(
+        "sluice_provider_calls_total",
+        "key" => key.alias.clone(),
+        "project" => key.project.clone(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+}
+
 pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
     let model = request.model.as_str();
     let estimate = estimate_tokens(request);
-    let deadline = instant_after(Instant::now(), ctx.budget_wait);
+    let started = Instant::now();
+    let deadline = instant_after(started, ctx.budget_wait);
+    // Only the wait before a request's first call counts as budget wait; after a 429 or an
+    // invalid key the next reservation is part of the same wait, timed from the start.
+    let mut waiting = Some(started);
     loop {
         let reservation = match reserve(ctx, model, estimate).await {
             Ok(reservation) => reservation,
             Err(no_budget) => {
                 let now = Instant::now();
                 if now >= deadline {
-                    return match no_budget {
-                        NoBudget::NoKeys => Outcome::NoUsableKey,
-                        NoBudget::RetryIn(_) => Outcome::NoBudget,
+                    let (outcome, label) = match no_budget {
+                        NoBudget::NoKeys => (Outcome::NoUsableKey, "no_usable_key"),
+                        NoBudget::RetryIn(_) => (Outcome::NoBudget, "no_budget"),
                     };
+                    // A request that already had a reservation (then a 429 or an invalid key)
+                    // was counted then: one observation per request.
+                    if let Some(since) = waiting.take() {
+                        waited(since, label);
+                    }
+                    return outcome;
                 }
                 let wait = match no_budget {
                     NoBudget::RetryIn(wait) => wait.min(BUDGET_POLL),
@@ -92,8 +120,26 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
             }
         };
         let key = &ctx.budgets.keys()[reservation.key];
+        if let Some(since) = waiting.take() {
+            waited(since, "reserved");
+        }
+        if let Some(left) = reservation.remaining_today {
+            metrics::gauge!(
+                "sluice_key_budget_remaining_today",
+                "key" => key.alias.clone(),
+                "project" => key.project.clone(),
+            )
+            .set(f64::from(left));
+        }
         let alias = key.alias.clone();
-        match ctx.provider.generate(key, request).await {
+        let call_started = Instant::now();
+        let result = ctx.provider.generate(key, request).await;
+        if !matches!(result, Err(ProviderError::EgressCooling)) {
+            metrics::histogram!("sluice_provider_duration_seconds", "project" => key.project.clone())
+                .record(call_started.elapsed().as_secs_f64());
+        }
+        called(key, call_outcome(&result));
+        match result {
             Ok(generation) => {
                 let used = generation
                     .usage
@@ -116,6 +162,12 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 } else {
                     Cooldown::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN))
                 };
+                metrics::counter!(
+                    "sluice_key_cooldowns_total",
+                    "project" => key.project.clone(),
+                    "reason" => cooldown.reason(),
+                )
+                .increment(1);
                 ctx.budgets
                     .cool_down(reservation.key, model, cooldown)
                     .await;
@@ -159,6 +211,18 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 };
             }
         }
+    }
+}
+
+/// How a call ended, as a metric label.
+fn call_outcome(result: &Result<Generation, ProviderError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(ProviderError::RateLimited { .. }) => "rate_limited",
+        Err(ProviderError::InvalidKey { .. }) => "invalid_key",
+        Err(ProviderError::EgressCooling) => "egress_cooling",
+        Err(ProviderError::Transient { .. }) => "transient",
+        Err(ProviderError::Permanent { .. }) => "permanent",
     }
 }
 

@@ -23,6 +23,7 @@ pub struct Health {
     pub draining: AtomicBool,
 }
 
+/// `GET /health`; the worker merges its `GET /metrics` beside it.
 pub fn router(health: Arc<Health>, context: Arc<Context>) -> Router {
     Router::new()
         .route("/health", get(report))

@@ -5,7 +5,7 @@
 //! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using the
 //! [`budget`]s of the key pool and the [`provider`] client, [`routing`] decides what the
 //! outcome means for the message, [`probe`] heals disabled keys, and [`health`] serves
-//! `/health`.
+//! `/health` (with the worker's `/metrics` beside it).
 
 pub mod budget;
 pub mod consumer;
@@ -19,6 +19,7 @@ pub mod provider;
 pub mod routing;
 
 use sluice_shared::keypool::{RedisLayout, load_keys};
+use sluice_shared::metrics::Metrics;
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -42,11 +43,25 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs one worker until `cancel` fires, serving `/health` on `health_listener`.
+/// Runs one worker until `cancel` fires, serving `/health` and `/metrics` on
+/// `health_listener`. Everything it runs records into a registry of its own (see
+/// [`sluice_shared::metrics`]), so workers in one process count apart.
 pub async fn run(
     settings: Settings,
     health_listener: TcpListener,
     cancel: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    metrics
+        .instrument(serve(settings, health_listener, cancel, metrics.clone()))
+        .await
+}
+
+async fn serve(
+    settings: Settings,
+    health_listener: TcpListener,
+    cancel: CancellationToken,
+    metrics: Metrics,
 ) -> Result<(), RunError> {
     settings.validate()?;
     let keys = Arc::new(load_keys(&settings)?);
@@ -71,13 +86,15 @@ pub async fn run(
         disable_after: settings.keys.disable_after.max(1),
     });
     let health = Arc::new(health::Health::default());
+    metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
+    let upkeep = sluice_shared::metrics::spawn(metrics.clone().upkeep(cancel.clone()));
     tracing::info!(
         addr = %health_listener.local_addr()?,
         keys = keys.len(),
         budgets = context.budgets.mode(),
         "sluice-worker starting"
     );
-    let prober = tokio::spawn(probe::run(
+    let prober = sluice_shared::metrics::spawn(probe::run(
         context.clone(),
         settings.provider.model.clone(),
         Duration::from_millis(settings.keys.probe_interval_ms.max(100)),
@@ -87,7 +104,7 @@ pub async fn run(
     let health_server = tokio::spawn(
         axum::serve(
             health_listener,
-            health::router(health.clone(), context.clone()),
+            health::router(health.clone(), context.clone()).merge(metrics.router()),
         )
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .into_future(),
@@ -104,6 +121,7 @@ pub async fn run(
     consumer.run(cancel.clone()).await;
     cancel.cancel();
     let _ = prober.await;
+    let _ = upkeep.await;
     match health_server.await {
         Ok(result) => result?,
         Err(e) => tracing::warn!(error = %e, "health server task failed"),

@@ -17,7 +17,9 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        for key in context.budgets.disabled().await {
+        let disabled = context.budgets.disabled().await;
+        metrics::gauge!("sluice_keys_disabled").set(disabled.len() as f64);
+        for key in disabled {
             if !context.budgets.claim_probe(key, interval).await {
                 continue;
             }

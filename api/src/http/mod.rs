@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 
@@ -21,8 +22,11 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// The whole HTTP surface. Every REST route gets the body limit and two timeouts: the body
 /// must arrive within `http.body_timeout_ms` and the answer within `http.request_timeout_ms`
 /// (both 408 `request_timeout`). Streaming routes (the SSE event stream) must not get the
-/// whole-request timeout: merge their router into the result here, after the layers.
+/// whole-request timeout: merge their router into the result here, after the layers. Every
+/// REST request is counted by [`metrics::track`]; `GET /metrics` (this instance's registry, no
+/// auth: the reverse proxy does not expose it) is merged after the layers too.
 pub fn app(state: AppState) -> axum::Router {
+    let scrape = state.metrics.router();
     let http = &state.settings.http;
     let (body_timeout, request_timeout) = (
         Duration::from_millis(http.body_timeout_ms),
@@ -36,6 +40,8 @@ pub fn app(state: AppState) -> axum::Router {
             request_timeout,
         ))
         .layer(axum::middleware::map_response(timeout_in_json))
+        .layer(axum::middleware::from_fn(metrics::track))
+        .merge(scrape)
 }
 
 /// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already

@@ -54,7 +54,8 @@ pub async fn serve(
             app.clone().call(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        // In this instance's metrics: the handlers run inside the connection's task.
+        sluice_shared::metrics::spawn(async move {
             // Timeouts, resets and half-sent requests end here; they are the client's doing.
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

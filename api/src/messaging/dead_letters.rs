@@ -53,6 +53,17 @@ pub enum Payload {
     Poison,
 }
 
+impl Payload {
+    /// What the letter holds, as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Request(_) => "request",
+            Payload::Response(_) => "response",
+            Payload::Poison => "poison",
+        }
+    }
+}
+
 /// One dead letter as it will be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -299,6 +310,8 @@ impl BatchHandler for DeadLetterHandler {
         deliveries: Vec<Delivery>,
         cancel: &CancellationToken,
     ) -> Result<bool, BrokerError> {
+        metrics::counter!("sluice_consumed_total", "queue" => "dlq")
+            .increment(deliveries.len() as u64);
         for delivery in deliveries {
             let letter = DeadLetter::from_delivery(&delivery.data, &delivery.properties);
             tracing::warn!(
@@ -308,11 +321,15 @@ impl BatchHandler for DeadLetterHandler {
             );
             match self.settle(&letter, cancel).await {
                 None => return Ok(false),
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    metrics::counter!("sluice_dead_letters_recorded_total", "kind" => letter.payload.kind())
+                        .increment(1);
+                }
                 // Never requeued: a refusal would come back at once, in a loop.
                 Some(Err(e)) => self.park(channel, &delivery, &letter, &e).await?,
             }
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            metrics::counter!("sluice_acked_total", "queue" => "dlq").increment(1);
         }
         Ok(true)
     }

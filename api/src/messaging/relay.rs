@@ -10,6 +10,9 @@
 //! carries on from the rows still in the table. A full `requests` queue (`x-max-length`,
 //! reject-publish) answers with nacks: the rows stay, and the sweep pauses and tries again —
 //! back pressure into the outbox, not an outage.
+//!
+//! [`watch_backlog`] samples the outbox's size and the age of its oldest row into gauges,
+//! whether or not the broker is reachable (an outage is when they matter).
 
 use crate::store::outbox::OutboxRow;
 use crate::store::{Store, StoreError};
@@ -40,6 +43,29 @@ const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// The sweep runs at least this often, and at most every few milliseconds.
 const SWEEP_EVERY_MAX: Duration = Duration::from_secs(1);
 const SWEEP_EVERY_MIN: Duration = Duration::from_millis(50);
+/// How often the backlog gauges are refreshed: a few times per scrape interval.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `sluice_outbox_backlog` and `sluice_outbox_lag_seconds` current until `cancel`
+/// fires. Every API replica reports the same table: aggregate with `max`, not `sum`.
+pub async fn watch_backlog(store: Store, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(BACKLOG_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match store.outbox_backlog().await {
+            Ok(backlog) => {
+                metrics::gauge!("sluice_outbox_backlog").set(backlog.rows as f64);
+                metrics::gauge!("sluice_outbox_lag_seconds").set(backlog.oldest.as_secs_f64());
+            }
+            // The database is away: the gauges keep their last value, the log says why.
+            Err(e) => tracing::debug!(error = %e, "cannot sample the outbox backlog"),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -237,6 +263,10 @@ impl Relay {
                     published.error.get_or_insert(e);
                 }
             }
+        }
+        if !published.done.is_empty() {
+            metrics::counter!("sluice_published_total", "queue" => "requests")
+                .increment(published.done.len() as u64);
         }
         published
     }

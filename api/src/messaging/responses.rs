@@ -13,7 +13,7 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use sluice_shared::broker::BrokerError;
-use sluice_shared::envelope::{self, ResponseEnvelope};
+use sluice_shared::envelope::{self, ResponseEnvelope, ResponseStatus};
 use tokio_util::sync::CancellationToken;
 
 /// Prefetch and largest batch: one statement applies up to this many responses.
@@ -30,6 +30,8 @@ impl BatchHandler for ResponseHandler {
         deliveries: Vec<Delivery>,
         cancel: &CancellationToken,
     ) -> Result<bool, BrokerError> {
+        metrics::counter!("sluice_consumed_total", "queue" => "responses")
+            .increment(deliveries.len() as u64);
         let mut valid = Vec::with_capacity(deliveries.len());
         let mut tags = Vec::with_capacity(deliveries.len());
         for delivery in &deliveries {
@@ -54,9 +56,19 @@ impl BatchHandler for ResponseHandler {
             return Ok(false);
         };
         let mut last_settled = None;
-        for (tag, outcome) in tags.into_iter().zip(outcomes) {
+        let mut settled = 0u64;
+        for ((tag, outcome), response) in tags.into_iter().zip(outcomes).zip(&valid) {
             match outcome {
-                Stored::Applied | Stored::Unstorable => last_settled = Some(tag),
+                Stored::Applied => {
+                    metrics::counter!("sluice_replies_stored_total", "status" => status_label(response))
+                        .increment(1);
+                    last_settled = Some(tag);
+                    settled += 1;
+                }
+                Stored::Unstorable => {
+                    last_settled = Some(tag);
+                    settled += 1;
+                }
                 Stored::Unsettled(e) => {
                     // The dead-letter consumer tries again, with bounds, then parks it.
                     tracing::error!(error = %e, "cannot settle a response; dead-lettering it");
@@ -72,7 +84,15 @@ impl BatchHandler for ResponseHandler {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
                 .await?;
+            metrics::counter!("sluice_acked_total", "queue" => "responses").increment(settled);
         }
         Ok(true)
+    }
+}
+
+fn status_label(response: &ResponseEnvelope) -> &'static str {
+    match response.status {
+        ResponseStatus::Completed => "completed",
+        ResponseStatus::Failed => "failed",
     }
 }

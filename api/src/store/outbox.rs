@@ -83,6 +83,14 @@ impl Handoff {
     }
 }
 
+/// The outbox's backlog, for the relay's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub rows: u64,
+    /// The age of the oldest row (zero when there is none).
+    pub oldest: Duration,
+}
+
 /// Outbox rows claimed by the sweep; they stay locked (`FOR UPDATE SKIP LOCKED`) until
 /// [`Claim::finish`] deletes the published ones and commits.
 pub struct Claim {
@@ -168,6 +176,29 @@ impl Store {
         })
     }
 
+    /// How many rows wait in the outbox and how old the oldest is (zero when empty), in one
+    /// statement for the relay's gauges. The count reads the whole table, which stays small
+    /// while the relay keeps up and is read at most every few seconds when it does not; the
+    /// oldest row is the first of the primary key (UUIDv7 ids are time-ordered).
+    pub async fn outbox_backlog(&self) -> Result<Backlog, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS rows, COALESCE(EXTRACT(EPOCH FROM now() - \
+                 (SELECT created_at FROM outbox ORDER BY id LIMIT 1)), 0)::float8 AS lag \
+                 FROM outbox",
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(Backlog::default());
+        };
+        Ok(Backlog {
+            rows: u64::try_from(row.try_get::<i64>("", "rows")?).unwrap_or_default(),
+            oldest: Duration::try_from_secs_f64(row.try_get::<f64>("", "lag")?).unwrap_or_default(),
+        })
+    }
+
     /// Deletes rows the broker confirmed, in one statement on the `unflushed` pool: if the
     /// database crashed before flushing it, the rows would come back and be published again,
     /// which the generation check makes harmless — so no fsync is waited for.
@@ -176,5 +207,35 @@ impl Store {
             return Ok(());
         }
         Ok(delete(&self.unflushed, ids).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TempDatabase;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn backlog_counts_rows_and_ages_the_oldest() -> TestResult {
+        let database = TempDatabase::create().await?;
+        let store = Store::connect(&database.url, 2).await?;
+        let empty = store.outbox_backlog().await;
+        store
+            .execute_for_test(
+                "INSERT INTO outbox (id, payload, created_at) VALUES \
+                 ('00000000-0000-7000-8000-000000000001', '{}', now() - interval '30 seconds'), \
+                 ('00000000-0000-7000-8000-000000000002', '{}', now())",
+            )
+            .await?;
+        let two = store.outbox_backlog().await;
+        store.close().await?;
+        database.drop().await?;
+        assert_eq!(empty?, Backlog::default());
+        let two = two?;
+        assert_eq!(two.rows, 2);
+        assert!((30.0..60.0).contains(&two.oldest.as_secs_f64()), "{two:?}");
+        Ok(())
     }
 }

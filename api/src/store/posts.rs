@@ -130,7 +130,8 @@ impl PostWriter {
         // Enough to hold several full batches; a full queue makes handlers wait their turn.
         let (queue, jobs) = mpsc::channel(bounds.max_posts.max(1) * 4);
         let batches = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(store, bounds, handoff, jobs, batches.clone()));
+        let task =
+            sluice_shared::metrics::spawn(run(store, bounds, handoff, jobs, batches.clone()));
         (Self { queue, batches }, task)
     }
 

@@ -93,13 +93,16 @@ impl LocalBudgets {
                 .clone();
             match limiter.check() {
                 Ok(()) => {
+                    let mut remaining_today = None;
                     if let Some(day) = state.days.get_mut(&bucket) {
                         day.1 += 1;
+                        remaining_today = Some(rpd.saturating_sub(day.1));
                     }
                     return Ok(Reservation {
                         key: i,
                         estimate,
                         redis_id: None,
+                        remaining_today,
                     });
                 }
                 Err(not_until) => {

@@ -34,6 +34,9 @@ pub struct Reservation {
     pub estimate: u32,
     /// `None` when the slot came from local budgets.
     pub redis_id: Option<String>,
+    /// Calls left today on the key's (project, model) after this one, when known (local
+    /// budgets: this replica's share).
+    pub remaining_today: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +199,7 @@ impl Budgets {
     pub async fn disable(&self, key: usize, reason: &str) {
         let spec = &self.keys[key];
         tracing::warn!(key = %spec.alias, reason, "disabling key");
+        metrics::counter!("sluice_keys_disabled_total", "key" => spec.alias.clone()).increment(1);
         if let Some(redis) = self.redis().await
             && let Err(e) = redis.disable(&spec.alias, reason).await
         {

@@ -158,9 +158,14 @@ impl RedisBudgets {
                 .arg(key.weight);
         }
         invocation.key(self.layout.disabled());
-        let (index, wait): (i64, i64) = self
+        let answer: Vec<i64> = self
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
+        let (index, wait) = (
+            answer.first().copied().unwrap_or_default(),
+            answer.get(1).copied().unwrap_or(-1),
+        );
+        let remaining_today = answer.get(2).and_then(|r| u32::try_from(*r).ok());
         let chosen = usize::try_from(index)
             .ok()
             .and_then(|i| i.checked_sub(1))
@@ -170,6 +175,7 @@ impl RedisBudgets {
                 key,
                 estimate,
                 redis_id: Some(id),
+                remaining_today,
             }),
             (_, w) if w < 0 => Err(NoBudget::NoKeys),
             (_, w) => Err(NoBudget::RetryIn(Duration::from_millis(

@@ -3,7 +3,8 @@
 --       disabled hash.
 -- ARGV: n, estimate, inflight_ms, reservation id, ms until Pacific midnight,
 --       then per candidate: alias, rpm, tpm, rpd, window_ms, weight.
--- Returns {index, 0} on success (index among the candidates passed), {0, wait_ms} when no
+-- Returns {index, 0, calls left today} on success (index among the candidates passed; the
+-- calls left on the chosen project and model after this one), {0, wait_ms} when no
 -- candidate has budget (wait_ms = -1 when every candidate is disabled, or there is none).
 -- The caller leaves out keys it cannot use now (a cooling egress route), so they cost nothing.
 local t = redis.call('TIME')
@@ -15,7 +16,7 @@ local rid = ARGV[4]
 local until_midnight = tonumber(ARGV[5])
 local disabled = KEYS[#KEYS]
 
-local best, best_headroom, best_weight = nil, -1, -1
+local best, best_headroom, best_weight, best_left = nil, -1, -1, 0
 local earliest = nil
 local function wait_at_least(ms)
   if ms < 1 then ms = 1 end
@@ -53,7 +54,7 @@ for i = 1, n do
       if used < rpm and tokens + need <= tpm and today < rpd then
         local headroom = math.min((rpm - used) / rpm, (tpm - tokens - need + 1) / tpm, (rpd - today) / rpd)
         if headroom > best_headroom or (headroom == best_headroom and weight > best_weight) then
-          best, best_headroom, best_weight = i, headroom, weight
+          best, best_headroom, best_weight, best_left = i, headroom, weight, rpd - today - 1
         end
       elseif today >= rpd then
         wait_at_least(until_midnight)
@@ -80,4 +81,4 @@ redis.call('INCRBY', tokens_key, estimate)
 redis.call('PEXPIRE', tokens_key, ttl)
 redis.call('INCR', day)
 redis.call('PEXPIRE', day, until_midnight + 3600000)
-return {best, 0}
+return {best, 0, best_left}

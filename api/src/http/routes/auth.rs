@@ -199,6 +199,7 @@ mod tests {
             broker_up: Arc::new(AtomicBool::new(true)),
             redis,
             keys: Arc::default(),
+            metrics: sluice_shared::metrics::Metrics::new(),
         };
         let email = "long@example.com";
         let (status, body) = call(
