@@ -61,8 +61,9 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Migrates, then serves on `listener` with the relay and the consumers running beside the
-/// server, until `cancel` fires; then drains and returns.
+/// Migrates (unless `database.migrate_on_start` is off), then serves on `listener` with the
+/// relay and the consumers running beside the server, until `cancel` fires; then drains and
+/// returns.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -73,7 +74,13 @@ pub async fn run(
     let trusted_proxies =
         http::limits::address::TrustedProxies::parse(&settings.http.trusted_proxies)?;
     let database_url = settings.database.url.expose().clone();
-    Store::migrate(&database_url).await?;
+    if settings.database.migrate_on_start {
+        Store::migrate(&database_url).await?;
+    } else {
+        // A deployment that migrates in its own step (a Job before the rollout) keeps the
+        // schema change out of every replica's start, and the replicas need no DDL rights.
+        tracing::info!("database.migrate_on_start is off: not migrating");
+    }
     let store = Store::connect(&database_url, settings.database.max_connections).await?;
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;

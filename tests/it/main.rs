@@ -11,6 +11,7 @@ mod hostile_provider;
 mod http_timeouts;
 mod keypool;
 mod least_privilege;
+mod migrate_on_start;
 mod pipeline;
 mod polling;
 mod reaper;
