@@ -2,9 +2,11 @@
 # Runs every test of the workspace against the real PostgreSQL, RabbitMQ and Redis on
 # 127.0.0.1 (started, or installed from Debian's packages, when missing). Each test makes its
 # own database, queue prefix and Redis prefix and removes them afterwards. Then the chaos run
-# (scripts/chaos.sh, about four minutes) on private instances of the three services.
+# (scripts/chaos.sh, about four minutes) on private instances of the three services. Before it,
+# the Kubernetes manifests are validated offline (scripts/k8s-validate.sh).
 #
-# Usage: scripts/test.sh [extra cargo test arguments]     (SLUICE_CHAOS=0: no chaos run)
+# Usage: scripts/test.sh [extra cargo test arguments]
+#   SLUICE_CHAOS=0: no chaos run; SLUICE_K8S=0: no manifest validation
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -16,6 +18,9 @@ scripts/ensure-services.sh
 export SLUICE_TEST_ADMIN_URL="${SLUICE_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --all-targets --locked "$@"
+
+# The Kubernetes manifests in deploy/k8s, against the Kubernetes schemas (offline, seconds).
+scripts/k8s-validate.sh
 
 # Then the chaos run: its own PostgreSQL, Redis and RabbitMQ, processes killed and services
 # restarted under load; it fails unless every accepted message got exactly one reply.
