@@ -32,6 +32,8 @@ pub const REDIS_ADDR: &str = "127.0.0.1:6379";
 pub struct Worker {
     pub cancel: CancellationToken,
     pub health: String,
+    /// Set once the worker's `run` has returned (drained and disconnected).
+    pub finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn admin_url() -> String {
@@ -334,12 +336,14 @@ impl TestApp {
         let worker = Worker {
             cancel: self.cancel.child_token(),
             health: format!("http://{}/health", health.local_addr()?),
+            finished: Arc::default(),
         };
-        let cancel = worker.cancel.clone();
+        let (cancel, finished) = (worker.cancel.clone(), worker.finished.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = sluice_worker::run(settings, health, cancel).await {
                 tracing::error!(error = %e, "worker stopped with an error");
             }
+            finished.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         self.tasks.lock().unwrap().push(task);
         Ok(worker)
@@ -603,11 +607,16 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        self.count_where(table, "true").await
+    }
+
+    /// Rows of `table` matching `condition` (SQL written by the test).
+    pub async fn count_where(&self, table: &str, condition: &str) -> anyhow::Result<i64> {
         let row = self
             .db
             .query_one_raw(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Postgres,
-                format!("SELECT count(*) AS n FROM {table}"),
+                format!("SELECT count(*) AS n FROM {table} WHERE {condition}"),
             ))
             .await?
             .context("count row")?;

@@ -3,6 +3,7 @@
 //! configure right on the broker.
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use sluice_shared::{Settings, Topology};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -21,19 +22,37 @@ fn return_large_allocations() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_large_allocations() {}
 
+/// The Sluice HTTP API: REST for users and operators, the publisher of requests to RabbitMQ
+/// and the consumer of the workers' answers.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-api", version, after_help = sluice_shared::settings::SOURCES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply pending database migrations, declare the broker topology, and exit.
+    Migrate,
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     return_large_allocations();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve())
+        .block_on(serve(cli.command.unwrap_or(Command::Serve)))
 }
 
-async fn serve() -> anyhow::Result<()> {
+async fn serve(command: Command) -> anyhow::Result<()> {
     sluice_shared::telemetry::init("info,sqlx=warn");
     let settings = Settings::load().context("loading settings")?;
-    match std::env::args().nth(1).as_deref() {
-        Some("migrate") => {
+    match command {
+        Command::Migrate => {
             sluice_api::store::Store::migrate(settings.database.url.expose())
                 .await
                 .context("applying migrations")?;
@@ -41,10 +60,7 @@ async fn serve() -> anyhow::Result<()> {
             declare_topology(&settings).await?;
             Ok(())
         }
-        Some(other) => {
-            anyhow::bail!("unknown command {other:?}; use `sluice-api` or `sluice-api migrate`")
-        }
-        None => {
+        Command::Serve => {
             let listener = tokio::net::TcpListener::bind(settings.http.addr)
                 .await
                 .with_context(|| {
@@ -80,4 +96,25 @@ async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
         .context("declaring the broker topology (SLUICE__AMQP__URL)")?;
     tracing::info!(prefix = %topology.prefix(), "broker topology declared");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_lists_the_commands_and_where_settings_come_from() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "serve",
+            "migrate",
+            "SLUICE__SECTION__KEY",
+            "config/local.toml",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from:\n{help}");
+        }
+        assert!(Cli::try_parse_from(["sluice-api", "migrat"]).is_err());
+    }
 }

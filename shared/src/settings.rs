@@ -10,12 +10,35 @@ use std::path::PathBuf;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 
+/// Where settings come from, for every binary's `--help`.
+pub const SOURCES: &str = "\
+Settings, each later source overriding the earlier ones:
+  1. the documented defaults (config/default.toml, compiled in);
+  2. config/local.toml in the working directory, if present;
+  3. environment variables SLUICE__SECTION__KEY, e.g. SLUICE__DATABASE__URL,
+     SLUICE__RETRY__DELAYS_MS=60000,600000 (lists are comma-separated);
+  4. GEMINI_API_KEYS: comma-separated provider keys, `alias=key` allowed.
+RUST_LOG sets the log filter. Every invalid setting is reported at start, by name.";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read settings: {0}")]
     Load(#[from] config::ConfigError),
     #[error("invalid setting {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error("{} invalid settings: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<SettingsError>),
+}
+
+impl SettingsError {
+    /// `Ok` for no problems, the problem itself for one, all of them for more.
+    fn all(mut problems: Vec<SettingsError>) -> Result<(), SettingsError> {
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(SettingsError::Several(problems)),
+        }
+    }
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> SettingsError {
@@ -80,6 +103,8 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     pub expected_replicas: u32,
     pub budget_wait_ms: u64,
+    /// On SIGTERM, how long deliveries in hand may take to finish; the rest go back unacked.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,40 +233,42 @@ impl Settings {
         Ok(config.try_deserialize()?)
     }
 
+    /// Every problem is reported, each naming its variable, in one error.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut problems = Vec::new();
         let prefix = &self.queues.prefix;
         if prefix.is_empty() || prefix.len() > 200 || prefix.chars().any(char::is_whitespace) {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__QUEUES__PREFIX",
                 "1..=200 bytes without spaces",
             ));
         }
         if self.retry.delays_ms.contains(&0) {
-            return Err(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
+            problems.push(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
         }
         if self.retry.reaper_interval_ms == 0 {
-            return Err(invalid("SLUICE__RETRY__REAPER_INTERVAL_MS", "must be > 0"));
+            problems.push(invalid("SLUICE__RETRY__REAPER_INTERVAL_MS", "must be > 0"));
         }
         if self.worker.prefetch == 0 {
-            return Err(invalid("SLUICE__WORKER__PREFETCH", "must be at least 1"));
+            problems.push(invalid("SLUICE__WORKER__PREFETCH", "must be at least 1"));
         }
         if self.worker.expected_replicas == 0 {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__WORKER__EXPECTED_REPLICAS",
                 "must be at least 1",
             ));
         }
         if self.limits.window_ms == 0 {
-            return Err(invalid("SLUICE__LIMITS__WINDOW_MS", "must be > 0"));
+            problems.push(invalid("SLUICE__LIMITS__WINDOW_MS", "must be > 0"));
         }
         if !matches!(self.limits.backend.as_str(), "redis" | "local") {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__LIMITS__BACKEND",
                 "either \"redis\" or \"local\"",
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(invalid("SLUICE__DATABASE__MAX_CONNECTIONS", "must be > 0"));
+            problems.push(invalid("SLUICE__DATABASE__MAX_CONNECTIONS", "must be > 0"));
         }
         let proxy = self.provider.proxy.expose();
         if !proxy.is_empty()
@@ -249,51 +276,52 @@ impl Settings {
                 .iter()
                 .any(|scheme| proxy.starts_with(scheme))
         {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__PROVIDER__PROXY",
                 "must start with http://, https:// or socks5h://",
             ));
         }
         if !is_model_name(&self.provider.model) {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__PROVIDER__MODEL",
                 "letters, digits, '.', '-' and '_' only",
             ));
         }
         if let Some(bad) = self.provider.models.iter().find(|m| !is_model_name(m)) {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__PROVIDER__MODELS",
                 format!("{bad:?}: letters, digits, '.', '-' and '_' only"),
             ));
         }
         if self.provider.max_reply_bytes == 0 {
-            return Err(invalid("SLUICE__PROVIDER__MAX_REPLY_BYTES", "must be > 0"));
+            problems.push(invalid("SLUICE__PROVIDER__MAX_REPLY_BYTES", "must be > 0"));
         }
         if self.queues.max_message_bytes == 0 {
-            return Err(invalid("SLUICE__QUEUES__MAX_MESSAGE_BYTES", "must be > 0"));
+            problems.push(invalid("SLUICE__QUEUES__MAX_MESSAGE_BYTES", "must be > 0"));
         }
         if self.chat.history_bytes == 0 {
-            return Err(invalid("SLUICE__CHAT__HISTORY_BYTES", "must be > 0"));
+            problems.push(invalid("SLUICE__CHAT__HISTORY_BYTES", "must be > 0"));
         }
-        Ok(())
+        SettingsError::all(problems)
     }
 
     /// The API refuses to start without a real signing secret.
     pub fn validate_api(&self) -> Result<(), SettingsError> {
+        let mut problems = Vec::new();
         if self.auth.jwt_secret.expose().len() < 32 {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__AUTH__JWT_SECRET",
                 "must be set to at least 32 characters",
             ));
         }
         let admin = self.admin.token.expose();
         if !admin.is_empty() && admin.len() < 32 {
-            return Err(invalid(
+            problems.push(invalid(
                 "SLUICE__ADMIN__TOKEN",
                 "must be empty (admin endpoints off) or at least 32 characters",
             ));
         }
-        Ok(())
+        SettingsError::all(problems)
     }
 
     /// Every model users may ask for: `provider.model` and `provider.models`.
@@ -370,6 +398,38 @@ mod tests {
         let mut s = Settings::defaults()?;
         s.retry.reaper_interval_ms = 0;
         assert!(s.validate().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn every_invalid_setting_is_named_in_one_error() -> Result<(), SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.worker.prefetch = 0;
+        s.limits.backend = "memcached".into();
+        s.queues.prefix = String::new();
+        let message = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for name in [
+            "SLUICE__WORKER__PREFETCH",
+            "SLUICE__LIMITS__BACKEND",
+            "SLUICE__QUEUES__PREFIX",
+        ] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
+        assert!(message.starts_with("3 invalid settings"), "{message}");
+        // One problem keeps its own shape.
+        let mut one = Settings::defaults()?;
+        one.worker.prefetch = 0;
+        assert!(matches!(
+            one.validate(),
+            Err(SettingsError::Invalid {
+                name: "SLUICE__WORKER__PREFETCH",
+                ..
+            })
+        ));
         Ok(())
     }
 

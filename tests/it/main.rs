@@ -18,6 +18,7 @@ mod reaper;
 mod replay_rebuild;
 mod responses;
 mod retries;
+mod rolling_restart;
 mod row_isolation;
 mod sizes;
 mod topology;

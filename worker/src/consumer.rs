@@ -11,7 +11,9 @@ use crate::routing::{self, Attempts, Route};
 use futures_util::StreamExt;
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
@@ -40,6 +42,8 @@ pub struct Consumer {
     pub no_key_max_wait_ms: u64,
     pub context: Arc<Context>,
     pub health: Arc<Health>,
+    /// `worker.shutdown_grace_ms`: how long deliveries in hand may take once shutdown begins.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// What one connection's worth of consuming needs to publish and ack.
@@ -74,10 +78,11 @@ impl Consumer {
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
+        let consumer_tag = format!("sluice-worker-{}", uuid::Uuid::new_v4().simple());
         let mut deliveries = channel
             .basic_consume(
                 self.topology.requests().as_str().into(),
-                "".into(),
+                consumer_tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -121,11 +126,27 @@ impl Consumer {
                 health.handled.fetch_add(1, Ordering::Relaxed);
             });
         };
-        // On shutdown, let what is in hand finish before leaving. On a lost connection there
-        // is no waiting: RabbitMQ has already taken those deliveries back, so reconnect now.
+        // On shutdown, let what is in hand finish, for at most the grace period, before
+        // leaving; closing the connection hands whatever is still running back to RabbitMQ
+        // unacked, for another replica (its provider call may then repeat; its stored answer
+        // cannot). On a lost connection there is no waiting: RabbitMQ has already taken those
+        // deliveries back, so reconnect now.
         tasks.close();
         if result.is_ok() {
-            tasks.wait().await;
+            self.health.draining.store(true, Ordering::Relaxed);
+            let _ = channel
+                .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            if tokio::time::timeout(self.shutdown_grace, tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    unfinished = tasks.len(),
+                    grace = ?self.shutdown_grace,
+                    "shutdown grace over; leaving the rest unacked for another replica"
+                );
+            }
             let _ = connection.close(200, "worker stopping".into()).await;
         }
         result

@@ -1,6 +1,7 @@
-//! Each worker's `GET /health`: whether it holds a broker connection, where its budgets live
-//! (`redis`, `local`, or `degraded` while Redis is unreachable), which egress routes are
-//! cooling down after refusing connections, and how busy it is.
+//! Each worker's `GET /health` (alive: always 200, the body says what it lacks): whether it
+//! holds a broker connection, where its budgets live (`redis`, `local`, or `degraded` while
+//! Redis is unreachable), which egress routes are cooling down after refusing connections, and
+//! how busy it is. `GET /ready` is 503 while the broker is disconnected or the worker drains.
 
 use crate::handler::Context;
 use axum::extract::State;
@@ -18,11 +19,14 @@ pub struct Health {
     pub topology_missing: AtomicBool,
     pub in_flight: AtomicU64,
     pub handled: AtomicU64,
+    /// Shutdown has begun: no new deliveries are taken.
+    pub draining: AtomicBool,
 }
 
 pub fn router(health: Arc<Health>, context: Arc<Context>) -> Router {
     Router::new()
         .route("/health", get(report))
+        .route("/ready", get(ready))
         .with_state((health, context))
 }
 
@@ -45,7 +49,27 @@ async fn report(
         "egress_cooling": context.provider.cooling_routes(),
         "in_flight": health.in_flight.load(Ordering::Relaxed),
         "handled": health.handled.load(Ordering::Relaxed),
+        "draining": health.draining.load(Ordering::Relaxed),
     });
     // The process is alive either way; the body says what it lacks.
     (StatusCode::OK, Json(body))
+}
+
+/// Ready to take work: connected to the broker and not shutting down.
+async fn ready(
+    State((health, _)): State<(Arc<Health>, Arc<Context>)>,
+) -> (StatusCode, Json<Value>) {
+    let connected = health.broker_connected.load(Ordering::Relaxed);
+    let draining = health.draining.load(Ordering::Relaxed);
+    let status = if connected && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({"broker": if connected { "connected" } else { "disconnected" }, "draining": draining}),
+        ),
+    )
 }

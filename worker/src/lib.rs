@@ -99,6 +99,7 @@ pub async fn run(
         no_key_max_wait_ms: settings.keys.no_key_max_wait_ms,
         context,
         health,
+        shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
     };
     consumer.run(cancel.clone()).await;
     cancel.cancel();

@@ -1,11 +1,20 @@
 //! `sluice-worker`: one replica of the worker fleet. Run as many as the budget allows.
 
 use anyhow::Context;
+use clap::Parser;
 use sluice_shared::Settings;
 use tokio_util::sync::CancellationToken;
 
+/// One replica of the Sluice worker fleet: consumes requests from RabbitMQ, spends the key
+/// pool's budget (shared through Redis), calls the model provider and publishes the answers.
+/// Run as many as the budget allows; each needs its own SLUICE__WORKER__HEALTH_ADDR.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-worker", version, after_help = sluice_shared::settings::SOURCES)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    Cli::parse();
     sluice_shared::telemetry::init("info");
     let settings = Settings::load().context("loading settings")?;
     let addr = settings.worker.health_addr;
@@ -16,4 +25,18 @@ async fn main() -> anyhow::Result<()> {
     sluice_shared::shutdown::cancel_on_signal(cancel.clone());
     sluice_worker::run(settings, listener, cancel).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_says_where_settings_come_from() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("SLUICE__SECTION__KEY"), "{help}");
+        assert!(Cli::try_parse_from(["sluice-worker", "--bogus"]).is_err());
+    }
 }

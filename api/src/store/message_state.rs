@@ -117,7 +117,8 @@ impl Transition {
 
 /// The state a reply in `status` at `generation` is in after `transition` about
 /// `event_generation`, ending in `outcome`; `None` when the transition does not apply (the
-/// statement matches no row).
+/// statement matches no row). The model the statements of `replies.rs` implement: the tests
+/// below pin the model down, the store's tests check the statements against it.
 pub fn next(
     status: Status,
     generation: i32,

@@ -66,11 +66,13 @@ impl StoreError {
     }
 
     /// A test hook: an error that reads as an outage.
+    #[cfg(test)]
     pub fn outage(detail: &str) -> Self {
         Self(DbErr::Conn(sea_orm::RuntimeErr::Internal(detail.into())))
     }
 
     /// A test hook: an error that reads as a refusal.
+    #[cfg(test)]
     pub fn refused(detail: &str) -> Self {
         Self(DbErr::Exec(sea_orm::RuntimeErr::Internal(detail.into())))
     }

@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# nginx/nginx.conf tested for real: rendered the way the nginx image renders it (envsubst of
+# its placeholders only), with a self-signed certificate made here, and run by Debian's nginx
+# (installed when missing) in front of TWO sluice-api processes, on 127.0.0.1 only. Then,
+# over TLS (curl --cacert):
+#
+#   - /api/health and /api/ready reach the API;
+#   - both replicas answer: each runs with its own admin token, so an admin request answers
+#     200 on one and 401 on the other — the API itself says which one served it;
+#   - an API error (401, 404 chat_not_found) passes through unchanged: status, type and body
+#     equal to the same request sent to a replica directly;
+#   - the body limit: 256 KiB reaches the API, one byte more is nginx's 413 (the access log
+#     shows no upstream for it);
+#   - /metrics is a 404 from nginx;
+#   - the client's address reaches the API: with 3 logins per minute per address, a fourth
+#     from 127.0.0.2 is 429 even with a forged X-Forwarded-For, while 127.0.0.3 is not limited;
+#   - the event-stream route reaches the API.
+#
+# The APIs use the machine's PostgreSQL, Redis and RabbitMQ (scripts/ensure-services.sh) with
+# a database, a RabbitMQ vhost and a Redis prefix of their own, all removed afterwards, with
+# every process this started, whatever happens (trap). About half a minute.
+# shellcheck disable=SC2317 # cleanup runs from a trap, probes from wait_until
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source scripts/lib.sh
+
+for d in /usr/local/sbin /usr/sbin /sbin; do
+    [[ ":$PATH:" == *":$d:"* ]] || PATH="$PATH:$d"
+done
+export PATH
+
+as_root() {
+    if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
+}
+
+# Debian's nginx (the `nginx` package: the server itself, with the ssl module), installed as
+# scripts/ensure-services.sh installs the services: lists updated only when needed.
+install_packages() {
+    have apt-get || die "nginx-test: apt-get not found; install $* by hand"
+    local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
+    info "nginx-test: installing $*"
+    if ! compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null || ! as_root "${cmd[@]}" >/dev/null 2>&1; then
+        as_root apt-get update -q >/dev/null 2>&1 || die "nginx-test: apt-get update failed"
+        as_root "${cmd[@]}" >/dev/null || die "nginx-test: apt-get install $* failed"
+    fi
+}
+missing=()
+have nginx || missing+=(nginx)
+have openssl || missing+=(openssl)
+have envsubst || missing+=(gettext-base)
+have curl || missing+=(curl)
+((${#missing[@]} == 0)) || install_packages "${missing[@]}"
+
+scripts/ensure-services.sh
+ADMIN_URL="${SLUICE_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+have psql || die "nginx-test: psql (postgresql-client) is needed"
+
+BIN=target/debug
+if have cargo; then
+    # The targets of scripts/test.sh's cargo test, so this is a no-op after it.
+    info "nginx-test: building the debug binaries (a no-op after cargo test)…"
+    cargo build --locked --workspace --all-targets >&2
+fi
+[[ -x $BIN/sluice-api ]] || die "nginx-test: $BIN/sluice-api is missing and cargo is not installed"
+
+# ---------------------------------------------------------------------------------------
+# Own directories, ports, database, vhost and prefix; all removed on exit.
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-nginx.XXXXXX")
+chmod 755 "$WORK" # nginx's workers (another user when started as root) use its temp dir
+RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+DB=sluice_nginx_$RUN_ID
+VHOST=sluice-nginx-$RUN_ID
+REDIS_PREFIX="sluice-nginx-$RUN_ID:"
+CHOSEN=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12000))
+        [[ $CHOSEN == *" $p "* ]] && continue
+        port_in_use "$p" && continue
+        CHOSEN+="$p "
+        echo "$p"
+        return 0
+    done
+    die "nginx-test: no free port found"
+}
+API1_PORT=$(free_port)
+API2_PORT=$(free_port)
+NGINX_PORT=$(free_port)
+
+declare -A PID=()
+MGMT=(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u guest:guest)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    local name
+    for name in "${!PID[@]}"; do
+        { kill "${PID[$name]}" && wait "${PID[$name]}"; } 2>/dev/null
+    done
+    if ((rc != 0)); then
+        for name in nginx api-1 api-2 migrate; do
+            [[ -s $WORK/$name.log ]] && show_log "$WORK/$name.log" 20
+        done
+    fi
+    PGCONNECT_TIMEOUT=5 psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
+    "${MGMT[@]}" -X DELETE "http://127.0.0.1:15672/api/vhosts/$VHOST" >/dev/null
+    if have redis-cli; then
+        redis-cli -h 127.0.0.1 --scan --pattern "$REDIS_PREFIX*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # NAME CMD...: CMD in the background, its output in $WORK/NAME.log
+    local name=$1
+    shift
+    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
+    PID[$name]=$!
+}
+
+psql -X -q "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || die "nginx-test: cannot create database $DB"
+[[ $("${MGMT[@]}" -X PUT "http://127.0.0.1:15672/api/vhosts/$VHOST") == 20[14] ]] ||
+    die "nginx-test: cannot create RabbitMQ vhost $VHOST"
+[[ $("${MGMT[@]}" -X PUT -H 'content-type: application/json' \
+    -d '{"configure":".*","write":".*","read":".*"}' \
+    "http://127.0.0.1:15672/api/permissions/$VHOST/guest") == 20[14] ]] ||
+    die "nginx-test: cannot grant guest the vhost $VHOST"
+
+# ---------------------------------------------------------------------------------------
+# Two API replicas. Each has its own admin token (how a reply shows which one served it);
+# both trust 127.0.0.1 (nginx) for the client's address and share the per-address limit.
+
+export RUST_LOG=info,sqlx=warn
+export SLUICE__DATABASE__URL="${ADMIN_URL%/*}/$DB"
+export SLUICE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
+export SLUICE__REDIS__URL=redis://127.0.0.1:6379
+export SLUICE__REDIS__PREFIX=$REDIS_PREFIX
+SLUICE__AUTH__JWT_SECRET="nginx-test-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export SLUICE__AUTH__JWT_SECRET
+export SLUICE__HTTP__TRUSTED_PROXIES=127.0.0.1
+export SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=3
+TOKEN_1="admin-one-$RUN_ID-0123456789abcdef0123456789"
+TOKEN_2="admin-two-$RUN_ID-0123456789abcdef0123456789"
+
+"$BIN/sluice-api" migrate >"$WORK/migrate.log" 2>&1 || die "nginx-test: sluice-api migrate failed"
+SLUICE__HTTP__ADDR="127.0.0.1:$API1_PORT" SLUICE__ADMIN__TOKEN=$TOKEN_1 start api-1 "$BIN/sluice-api"
+SLUICE__HTTP__ADDR="127.0.0.1:$API2_PORT" SLUICE__ADMIN__TOKEN=$TOKEN_2 start api-2 "$BIN/sluice-api"
+api_ready() { curl --noproxy '*' -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$1/api/ready" 2>/dev/null; }
+wait_until 60 api_ready "$API1_PORT" || die "nginx-test: api-1 was not ready within 60 s"
+wait_until 60 api_ready "$API2_PORT" || die "nginx-test: api-2 was not ready within 60 s"
+
+# ---------------------------------------------------------------------------------------
+# nginx: the template rendered like the image does, a certificate for localhost/127.0.0.1.
+
+NGX=$WORK/nginx
+mkdir -p "$NGX/temp"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+    -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
+    -keyout "$NGX/tls.key" -out "$NGX/tls.crt" >/dev/null 2>&1 || die "nginx-test: openssl failed"
+export API_UPSTREAMS="server 127.0.0.1:$API1_PORT; server 127.0.0.1:$API2_PORT;"
+export LISTEN_ADDR="127.0.0.1:$NGINX_PORT" TLS_CERT=$NGX/tls.crt TLS_KEY=$NGX/tls.key
+export NGINX_TEMP_DIR=$NGX/temp
+# shellcheck disable=SC2016 # the names envsubst may replace, literally
+envsubst '${API_UPSTREAMS} ${LISTEN_ADDR} ${TLS_CERT} ${TLS_KEY} ${NGINX_TEMP_DIR}' \
+    <nginx/nginx.conf >"$NGX/nginx.conf"
+if grep -nE '\$\{[A-Z_]+\}' "$NGX/nginx.conf" >&2; then
+    die "nginx-test: placeholders left unrendered (above)"
+fi
+NGINX=(nginx -p "$NGX/" -e "$NGX/error.log" -c "$NGX/nginx.conf" -g "pid $NGX/nginx.pid; daemon off;")
+"${NGINX[@]}" -t -q >"$WORK/nginx.log" 2>&1 || { show_log "$WORK/nginx.log"; die "nginx-test: nginx -t refused the configuration"; }
+start nginx "${NGINX[@]}"
+wait_for_port 127.0.0.1 "$NGINX_PORT" 20 || die "nginx-test: nginx did not listen on :$NGINX_PORT"
+info "nginx-test: nginx :$NGINX_PORT in front of api-1 :$API1_PORT and api-2 :$API2_PORT"
+
+# ---------------------------------------------------------------------------------------
+# The checks.
+
+EDGE="https://localhost:$NGINX_PORT"
+# get OUT [curl args…] URL: the body into OUT, prints "status content-type".
+CURL=(curl --noproxy '*' -sS --max-time 10 --cacert "$NGX/tls.crt" --resolve "localhost:$NGINX_PORT:127.0.0.1")
+fetch() {
+    local out=$1
+    shift
+    "${CURL[@]}" -o "$out" -w '%{http_code} %{content_type}' "$@"
+}
+CHECKS=0
+ok() {
+    CHECKS=$((CHECKS + 1))
+    info "nginx-test: ok: $*"
+}
+fail() { die "nginx-test: FAILED: $*"; }
+expect() { # WHAT EXPECTED ACTUAL
+    [[ $3 == "$2" ]] || fail "$1: expected '$2', got '$3'"
+}
+
+# Routing of health and readiness.
+r=$(fetch "$WORK/b" "$EDGE/api/health")
+expect "GET /api/health" "200 application/json" "$r"
+expect "GET /api/health body" '{"status":"ok"}' "$(cat "$WORK/b")"
+r=$(fetch "$WORK/b" "$EDGE/api/ready")
+expect "GET /api/ready" "200 application/json" "$r"
+grep -q '"database"' "$WORK/b" || fail "GET /api/ready body: $(cat "$WORK/b")"
+ok "/api/health and /api/ready are served through nginx over TLS"
+
+# Both replicas serve: the admin token of api-1 is valid on api-1 only.
+served_1=0 served_2=0
+for _ in $(seq 8); do
+    r=$(fetch "$WORK/b" -H "authorization: Bearer $TOKEN_1" "$EDGE/api/admin/dlq?limit=1")
+    case ${r%% *} in
+        200) served_1=$((served_1 + 1)) ;;
+        401) served_2=$((served_2 + 1)) ;;
+        *) fail "GET /api/admin/dlq: $r $(cat "$WORK/b")" ;;
+    esac
+done
+((served_1 > 0 && served_2 > 0)) || fail "one replica served everything (api-1: $served_1, api-2: $served_2)"
+upstreams=$(grep -c "GET /api/admin/dlq" "$WORK/nginx.log" || true)
+ok "both replicas serve requests (api-1 answered $served_1, api-2 $served_2 of 8; $upstreams logged)"
+
+# API errors pass through unchanged.
+same_as_direct() { # WHAT PATH [curl args…]
+    local what=$1 path=$2
+    shift 2
+    local via direct
+    via=$(fetch "$WORK/via" "$@" "$EDGE$path")
+    direct=$("${CURL[@]}" -o "$WORK/direct" -w '%{http_code} %{content_type}' "$@" "http://127.0.0.1:$API1_PORT$path")
+    expect "$what (status, type)" "$direct" "$via"
+    cmp -s "$WORK/via" "$WORK/direct" || fail "$what: body differs: '$(cat "$WORK/via")' vs '$(cat "$WORK/direct")'"
+    echo "${via%% *} $(cat "$WORK/via")"
+}
+unknown=00000000-0000-4000-8000-000000000000
+r=$(same_as_direct "GET a chat without a token" "/api/chats/$unknown")
+[[ $r == 401* && $r == *'"error"'* ]] || fail "expected a 401 JSON error, got $r"
+user_token=$("${CURL[@]}" "$EDGE/api/auth/register" -H 'content-type: application/json' \
+    -d "{\"email\":\"nginx-$RUN_ID@example.com\",\"password\":\"correct horse battery\"}" |
+    sed -nE 's/.*"token":"([^"]+)".*/\1/p')
+[[ -n $user_token ]] || fail "registering through nginx gave no token"
+r=$(same_as_direct "GET an unknown chat" "/api/chats/$unknown" -H "authorization: Bearer $user_token")
+[[ $r == 404*chat_not_found* ]] || fail "expected 404 chat_not_found, got $r"
+ok "API errors (401, 404 chat_not_found) pass through with the same status, type and body"
+
+# The body limit: 256 KiB reaches the API, one byte more is refused by nginx.
+head -c 262144 /dev/zero | tr '\0' x >"$WORK/256k"
+head -c 262145 /dev/zero | tr '\0' x >"$WORK/256k+1"
+head -c 307200 /dev/zero | tr '\0' x >"$WORK/300k"
+r=$(fetch "$WORK/b" -H 'content-type: application/json' -H 'Expect:' --data-binary @"$WORK/256k" "$EDGE/api/auth/login")
+[[ $r == 400* ]] && grep -q malformed_json "$WORK/b" || fail "a 256 KiB body: expected the API's 400 malformed_json, got $r $(cat "$WORK/b")"
+for size in 256k+1 300k; do
+    r=$(fetch "$WORK/b" -H 'content-type: application/json' -H 'Expect:' --data-binary @"$WORK/$size" "$EDGE/api/auth/login")
+    expect "a $size body" "413 application/json" "$r"
+    grep -q body_too_large "$WORK/b" || fail "a $size body: $(cat "$WORK/b")"
+done
+wait_until 5 grep -q '"POST /api/auth/login HTTP/1.1" 413 .* upstream=- ' "$WORK/nginx.log" ||
+    fail "the 413 did not come from nginx (access log: $(grep 'auth/login' "$WORK/nginx.log"))"
+ok "a 256 KiB body reaches the API; 256 KiB + 1 and 300 KiB are nginx's 413 body_too_large"
+
+# /metrics is not exposed.
+for path in /metrics /metrics/x; do
+    r=$(fetch "$WORK/b" "$EDGE$path")
+    expect "GET $path" "404 application/json" "$r"
+done
+wait_until 5 grep -q '"GET /metrics HTTP/1.1" 404 .* upstream=- ' "$WORK/nginx.log" ||
+    fail "/metrics reached an upstream"
+ok "/metrics is a 404 from nginx"
+
+# The client's address reaches the API. 3 logins per minute per address: from 127.0.0.2 the
+# fourth is refused, also when the client forges X-Forwarded-For; 127.0.0.3 is not limited.
+login_from() { # ADDRESS N [curl args…]: prints the status
+    local from=$1 n=$2
+    shift 2
+    "${CURL[@]}" --interface "$from" -o /dev/null -w '%{http_code}' "$@" "$EDGE/api/auth/login" \
+        -H 'content-type: application/json' \
+        -d "{\"email\":\"nobody-$n-$RUN_ID@example.com\",\"password\":\"wrong password\"}"
+}
+for n in 1 2 3; do
+    expect "login $n from 127.0.0.2" 401 "$(login_from 127.0.0.2 "$n")"
+done
+expect "login 4 from 127.0.0.2" 429 "$(login_from 127.0.0.2 4)"
+expect "login 5 from 127.0.0.2 with a forged X-Forwarded-For" 429 \
+    "$(login_from 127.0.0.2 5 -H 'X-Forwarded-For: 198.51.100.7')"
+expect "login 1 from 127.0.0.3" 401 "$(login_from 127.0.0.3 6)"
+ok "the client's address reaches the API (per-address limit per client, not per nginx; a forged X-Forwarded-For does not help)"
+
+# The event-stream route (not implemented yet) is proxied to the API.
+r=$(fetch "$WORK/b" -H "authorization: Bearer $user_token" "$EDGE/api/chats/$unknown/events")
+[[ $r == 404* ]] && grep -q '"error"' "$WORK/b" || fail "GET …/events: $r $(cat "$WORK/b")"
+wait_until 5 grep -qE "GET /api/chats/$unknown/events HTTP/1.1\" 404 .* upstream=127\.0\.0\.1:" "$WORK/nginx.log" ||
+    fail "…/events did not reach an upstream"
+ok "the event-stream route reaches the API"
+
+info "nginx-test: $CHECKS passed, 0 failed"
