@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real PostgreSQL, RabbitMQ and Redis on
 # 127.0.0.1 (started, or installed from Debian's packages, when missing). Each test makes its
-# own database, queue prefix and Redis prefix and removes them afterwards. Then nginx in front
-# of two API processes (scripts/nginx-test.sh), then the chaos run (scripts/chaos.sh, about
-# four minutes) on private instances of the three services.
+# own database, queue prefix and Redis prefix and removes them afterwards. Then the Kubernetes
+# manifests are validated offline (scripts/k8s-validate.sh), nginx runs in front of two API
+# processes (scripts/nginx-test.sh), then the chaos run (scripts/chaos.sh, about four minutes)
+# on private instances of the three services.
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
-#   SLUICE_NGINX=0: no nginx test; SLUICE_CHAOS=0: no chaos run
+#   SLUICE_K8S=0: no manifest validation; SLUICE_NGINX=0: no nginx test; SLUICE_CHAOS=0: no
+#   chaos run
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -18,6 +20,10 @@ scripts/ensure-services.sh
 export SLUICE_TEST_ADMIN_URL="${SLUICE_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --all-targets --locked "$@"
+
+# The Kubernetes manifests in deploy/k8s, against the Kubernetes schemas (offline, seconds).
+# SLUICE_K8S=0 skips it.
+scripts/k8s-validate.sh
 
 # Then nginx/nginx.conf for real, in front of two API processes (half a minute).
 # SLUICE_NGINX=0 skips it.

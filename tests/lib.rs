@@ -369,6 +369,14 @@ impl TestApp {
     /// Starts one more API replica with `settings` (usually this stack's, changed a little:
     /// same database and prefixes); stopped with the stack. Returns its base URL.
     pub async fn add_api(&self, settings: Settings) -> anyhow::Result<String> {
+        let base = self.start_api(settings).await?;
+        self.wait_ready_at(&base).await?;
+        Ok(base)
+    }
+
+    /// Like [`TestApp::add_api`] without waiting for it to be ready (it may be stuck at
+    /// start, e.g. on the migration lock); stopped with the stack. Returns its base URL.
+    pub async fn start_api(&self, settings: Settings) -> anyhow::Result<String> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let cancel = self.cancel.child_token();
@@ -378,7 +386,6 @@ impl TestApp {
             }
         });
         self.tasks.lock().unwrap().push(task);
-        self.wait_ready_at(&base).await?;
         Ok(base)
     }
 
@@ -386,13 +393,21 @@ impl TestApp {
         self.wait_ready_at(&self.api).await
     }
 
-    async fn wait_ready_at(&self, base: &str) -> anyhow::Result<()> {
+    /// Waits until the API at `base` answers `/api/ready` with the broker up.
+    pub async fn wait_ready_at(&self, base: &str) -> anyhow::Result<()> {
         eventually(
             &format!("{base} to be ready with the broker up"),
             Duration::from_secs(15),
             || async {
-                // Refused connections and non-200s are "not yet": the API is still starting.
-                let Ok(r) = self.http.get(format!("{base}/api/ready")).send().await else {
+                // Refused connections, timeouts and non-200s are "not yet": the API is still
+                // starting. The timeout matters: the listener is bound before `run` starts, so
+                // an API still migrating accepts the connection and never answers.
+                let ready = self
+                    .http
+                    .get(format!("{base}/api/ready"))
+                    .timeout(Duration::from_secs(1))
+                    .send();
+                let Ok(r) = ready.await else {
                     return Ok(None);
                 };
                 if r.status() != StatusCode::OK {

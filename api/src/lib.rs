@@ -64,9 +64,10 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Migrates, then serves on `listener` with the relay and the consumers running beside the
-/// server, until `cancel` fires; then drains and returns. Everything it runs records into a
-/// registry of its own (see [`sluice_shared::metrics`]), so APIs in one process count apart.
+/// Migrates (unless `database.migrate_on_start` is off), then serves on `listener` with the
+/// relay and the consumers running beside the server, until `cancel` fires; then drains and
+/// returns. Everything it runs records into a registry of its own (see
+/// [`sluice_shared::metrics`]), so APIs in one process count apart.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -89,7 +90,13 @@ async fn serve(
     let trusted_proxies =
         http::limits::address::TrustedProxies::parse(&settings.http.trusted_proxies)?;
     let database_url = settings.database.url.expose().clone();
-    Store::migrate(&database_url).await?;
+    if settings.database.migrate_on_start {
+        Store::migrate(&database_url).await?;
+    } else {
+        // A deployment that migrates in its own step (a Job before the rollout) keeps the
+        // schema change out of every replica's start, and the replicas need no DDL rights.
+        tracing::info!("database.migrate_on_start is off: not migrating");
+    }
     let store = Store::connect(&database_url, settings.database.max_connections).await?;
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;

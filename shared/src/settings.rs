@@ -71,6 +71,9 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: Secret<String>,
     pub max_connections: u32,
+    /// Whether `sluice-api` applies pending migrations at start; off where a separate step
+    /// (`sluice-api migrate`, e.g. a Kubernetes Job) owns them.
+    pub migrate_on_start: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,6 +389,7 @@ mod tests {
         assert_eq!(s.retry.delays_ms, vec![60000, 600000, 3600000, 86400000]);
         assert_eq!(s.provider.model, "gemini-2.5-flash");
         assert_eq!(s.chat.history_turns, 20);
+        assert!(s.database.migrate_on_start);
         Ok(())
     }
 

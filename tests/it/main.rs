@@ -12,6 +12,7 @@ mod http_timeouts;
 mod keypool;
 mod least_privilege;
 mod metrics;
+mod migrate_on_start;
 mod pipeline;
 mod polling;
 mod reaper;

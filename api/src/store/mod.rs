@@ -35,7 +35,7 @@ use sluice_migrations::{Migrator, MigratorTrait};
 use std::time::Duration;
 
 /// Arbitrary, fixed: every Sluice process that migrates takes the same lock.
-const MIGRATION_LOCK_ID: i64 = 0x51ce_0001;
+pub const MIGRATION_LOCK_ID: i64 = 0x51ce_0001;
 
 /// A database error, with what it means for the caller.
 #[derive(Debug, Clone, thiserror::Error)]
