@@ -33,7 +33,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the API (the default).
+    /// Serve the API (the default); pending migrations are applied first unless
+    /// database.migrate_on_start is off.
     Serve,
     /// Apply pending database migrations, declare the broker topology, and exit.
     Migrate,
