@@ -35,11 +35,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
 source scripts/lib.sh
 
-# rabbitmqctl lives in sbin dirs that are not on a non-root user's PATH.
-for d in /usr/local/sbin /usr/sbin /sbin; do
-    [[ ":$PATH:" == *":$d:"* ]] || PATH="$PATH:$d"
-done
-export PATH
+with_sbin_on_path
 
 usage() {
     sed -n '9,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2

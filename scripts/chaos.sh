@@ -46,10 +46,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source scripts/lib.sh
 
-for d in /usr/local/sbin /usr/sbin /sbin; do
-    [[ ":$PATH:" == *":$d:"* ]] || PATH="$PATH:$d"
-done
-export PATH
+with_sbin_on_path
 
 COUNT=${CHAOS_COUNT:-2400}
 RATE=${CHAOS_RATE:-40}
@@ -116,25 +113,12 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-chaos.XXXXXX")
 chmod 755 "$WORK" # postgres and rabbitmq must reach their directories inside
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
-CHOSEN=" "
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 12000))
-        [[ $CHOSEN == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        CHOSEN+="$p "
-        echo "$p"
-        return 0
-    done
-    die "no free port found"
-}
-PG_PORT=$(free_port)
-REDIS_PORT=$(free_port)
-AMQP_PORT=$(free_port)
-DIST_PORT=$(free_port)
-MOCK_PORT=$(free_port)
-API_PORT=$(free_port)
+pick_port PG_PORT
+pick_port REDIS_PORT
+pick_port AMQP_PORT
+pick_port DIST_PORT
+pick_port MOCK_PORT
+pick_port API_PORT
 RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 NODE="chaos$RUN_ID@localhost"
 
@@ -331,7 +315,7 @@ worker_ready() { [[ $(curl --noproxy '*' -fsS --max-time 2 "http://127.0.0.1:$1/
 start_worker() {
     WORKERS=$((WORKERS + 1))
     local name=worker-$WORKERS port
-    port=$(free_port)
+    pick_port port
     WORKER_PORT[$name]=$port
     SLUICE__AMQP__URL=$WORKER_AMQP SLUICE__WORKER__HEALTH_ADDR="127.0.0.1:$port" \
         start "$name" "$BIN/sluice-worker"

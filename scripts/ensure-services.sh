@@ -29,12 +29,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# rabbitmq*, pg_ctlcluster helpers and runuser live in sbin dirs that are not
-# on a non-root user's PATH.
-for d in /usr/local/sbin /usr/sbin /sbin; do
-    [[ ":$PATH:" == *":$d:"* ]] || PATH="$PATH:$d"
-done
-export PATH
+with_sbin_on_path
 
 readonly HOST=127.0.0.1
 readonly PG_PORT=5432 REDIS_PORT=6379 AMQP_PORT=5672 MGMT_PORT=15672

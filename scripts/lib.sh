@@ -50,3 +50,30 @@ show_log() {
         info "----"
     fi
 }
+
+# with_sbin_on_path: add the sbin directories (rabbitmqctl, pg_ctlcluster, runuser, nginx live
+# there), which a non-root user's PATH lacks.
+with_sbin_on_path() {
+    local d
+    for d in /usr/local/sbin /usr/sbin /sbin; do
+        [[ ":$PATH:" == *":$d:"* ]] || PATH="$PATH:$d"
+    done
+    export PATH
+}
+
+# pick_port VAR: set VAR to a port on 127.0.0.1 that nothing listens on and that no earlier
+# pick_port of this script chose. Not `VAR=$(…)`: a command substitution's subshell would
+# forget what was chosen.
+PORTS_PICKED=" "
+pick_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12000))
+        [[ $PORTS_PICKED == *" $p "* ]] && continue
+        port_in_use "$p" && continue
+        PORTS_PICKED+="$p "
+        printf -v "$1" '%s' "$p"
+        return 0
+    done
+    die "no free port found"
+}

@@ -25,10 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source scripts/lib.sh
 
-for d in /usr/local/sbin /usr/sbin /sbin; do
-    [[ ":$PATH:" == *":$d:"* ]] || PATH="$PATH:$d"
-done
-export PATH
+with_sbin_on_path
 
 as_root() {
     if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
@@ -73,22 +70,9 @@ RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 DB=sluice_nginx_$RUN_ID
 VHOST=sluice-nginx-$RUN_ID
 REDIS_PREFIX="sluice-nginx-$RUN_ID:"
-CHOSEN=" "
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 12000))
-        [[ $CHOSEN == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        CHOSEN+="$p "
-        echo "$p"
-        return 0
-    done
-    die "nginx-test: no free port found"
-}
-API1_PORT=$(free_port)
-API2_PORT=$(free_port)
-NGINX_PORT=$(free_port)
+pick_port API1_PORT
+pick_port API2_PORT
+pick_port NGINX_PORT
 
 declare -A PID=()
 MGMT=(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u guest:guest)
