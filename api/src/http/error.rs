@@ -6,7 +6,8 @@ use crate::store::StoreError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,12 +82,26 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (`chat_not_found`, `rate_limited`, …); match on this.
+    #[schema(example = "chat_not_found")]
+    pub code: String,
+    /// For people; its wording may change.
+    pub message: String,
+    /// Which limit refused the request (`rate_limited` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
 fn body(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+    client_body(status, code, message, None, None)
 }
 
 fn client_body(
@@ -96,11 +111,12 @@ fn client_body(
     retry_after_secs: Option<u64>,
     limit: Option<&str>,
 ) -> Response {
-    let mut error = json!({"code": code, "message": message});
-    if let Some(limit) = limit {
-        error["limit"] = json!(limit);
-    }
-    let mut response = (status, Json(json!({ "error": error }))).into_response();
+    let error = ErrorDetail {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        limit: limit.map(str::to_owned),
+    };
+    let mut response = (status, Json(ErrorBody { error })).into_response();
     if let Some(secs) = retry_after_secs {
         response
             .headers_mut()
