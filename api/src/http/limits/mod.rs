@@ -27,8 +27,9 @@ const PENDING_RETRY_AFTER: Duration = Duration::from_secs(5);
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// One limit as `GET /api/me/limits` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LimitUsage {
+    #[schema(example = "messages_per_minute")]
     pub name: &'static str,
     pub limit: u32,
     /// `null` while Redis cannot be asked.

@@ -2,7 +2,7 @@
 
 use super::views::{Page, PageQuery};
 use crate::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Admin, AppJson, AppQuery};
 use crate::messaging::request::{self, Ask, BuildError, Question};
 use crate::store::DeadLetterRow;
@@ -10,24 +10,26 @@ use crate::store::dead_letters::DeadLetterFilter;
 use crate::store::outbox::OutboxRow;
 use crate::store::paging::now_micros;
 use crate::store::replies::{Restart, RestartOf, Restarted};
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sluice_shared::Settings;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// At most this many dead letters are replayed by one call without `ids`.
 const REPLAY_ALL_MAX: u64 = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/admin/dlq", get(list))
-        .route("/api/admin/dlq/replay", post(replay))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(replay))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct DeadLetterView {
     id: Uuid,
     request_id: Option<Uuid>,
@@ -36,6 +38,8 @@ struct DeadLetterView {
     reason: String,
     attempts: i32,
     last_error: Option<String>,
+    /// The AMQP headers the message died with.
+    #[schema(value_type = Object)]
     headers: serde_json::Value,
     created_at: DateTime<Utc>,
     replayed_at: Option<DateTime<Utc>>,
@@ -58,13 +62,22 @@ impl From<DeadLetterRow> for DeadLetterView {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DlqQuery {
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// Only dead letters of this reason.
     reason: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     chat_id: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     request_id: Option<String>,
+    /// `true` or `false`.
+    #[param(value_type = Option<bool>)]
     replayed: Option<String>,
 }
 
@@ -79,6 +92,14 @@ fn uuid_filter(raw: &Option<String>, name: &str) -> Result<Option<Uuid>, ApiErro
 }
 
 /// Oldest first, paged like messages; filter by reason, chat, request or replay state.
+#[utoipa::path(get, path = "/api/admin/dlq", tag = "admin", security(("admin" = [])),
+    params(DlqQuery),
+    responses(
+        (status = 200, description = "One page", body = Page<DeadLetterView>),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 422, description = "`invalid_limit`, `invalid_cursor` or `invalid_filter`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     _: Admin,
@@ -110,18 +131,20 @@ async fn list(
     Ok(Json(Page::of(rows)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct ReplayRequest {
+    /// The dead letters to replay; absent means every one not yet replayed (up to 1000).
     ids: Option<Vec<Uuid>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Skipped {
     id: Uuid,
+    /// Why it was not replayed, e.g. `already_replayed`, `unknown_model`.
     reason: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ReplayReport {
     replayed: Vec<Uuid>,
     skipped: Vec<Skipped>,
@@ -130,6 +153,14 @@ struct ReplayReport {
 /// Sends dead letters back through the outbox: the reply goes back to `pending` with
 /// `generation + 1` (so a late answer of the old generation changes nothing) and the attempt
 /// count starts again. Without `ids`, every dead letter not yet replayed.
+#[utoipa::path(post, path = "/api/admin/dlq/replay", tag = "admin", security(("admin" = [])),
+    request_body(content = ReplayRequest, description = "Optional"),
+    responses(
+        (status = 200, description = "What was replayed and what was skipped", body = ReplayReport),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 422, description = "The body is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn replay(
     State(state): State<AppState>,
     _: Admin,

@@ -3,37 +3,42 @@
 
 use crate::AppState;
 use crate::http::auth::issue_token;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, ClientAddr};
 use crate::store::User;
 use crate::store::paging::now_micros;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/auth/register", post(register))
-        .route("/api/auth/login", post(login))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Credentials {
+    #[schema(example = "name@example.com")]
     email: String,
+    /// At least 8 characters and at most 1024 bytes.
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UserView {
     id: Uuid,
     email: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Session {
+    /// Send as `Authorization: Bearer <token>`.
     token: String,
     user: UserView,
 }
@@ -80,6 +85,16 @@ fn session(state: &AppState, user: User) -> Result<Session, ApiError> {
     })
 }
 
+/// Creates an account and signs it in. Throttled per client address.
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered", body = Session),
+        (status = 409, description = "The email is taken (`email_taken`)", body = ErrorBody),
+        (status = 422, description = "`invalid_email` or `invalid_password`", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn register(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -117,6 +132,15 @@ async fn register(
     Ok((StatusCode::CREATED, Json(session(&state, user)?)))
 }
 
+/// Signs in. Throttled per email and per client address.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in", body = Session),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 429, description = "Too many logins for this email or address", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,

@@ -2,23 +2,25 @@
 
 use super::views::{ChatView, Page, PageQuery};
 use crate::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::store::paging::now_micros;
 use crate::store::{Chat, Store};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub const TITLE_MAX_CHARS: usize = 200;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/chats", get(list).post(create))
-        .route("/api/chats/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
 }
 
 /// The chat if it exists and belongs to `user`; otherwise not found, never forbidden.
@@ -30,11 +32,19 @@ pub async fn owned_chat(store: &Store, user: Uuid, raw_id: &str) -> Result<Chat,
         .ok_or_else(|| ApiError::not_found("chat"))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 struct NewChat {
+    /// At most 200 characters; blank or absent means "New chat".
     title: Option<String>,
 }
 
+/// Starts a chat. The body is optional.
+#[utoipa::path(post, path = "/api/chats", tag = "chats", security(("bearer" = [])),
+    request_body(content = NewChat, description = "Optional"),
+    responses(
+        (status = 201, description = "Created", body = ChatView),
+        (status = 401, description = "No valid token", body = ErrorBody), (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -65,6 +75,13 @@ async fn create(
     Ok((StatusCode::CREATED, Json(chat.into())))
 }
 
+/// The user's chats, newest first.
+#[utoipa::path(get, path = "/api/chats", tag = "chats", security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page", body = Page<ChatView>),
+        (status = 401, description = "No valid token", body = ErrorBody), (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -74,6 +91,15 @@ async fn list(
     Ok(Json(Page::of(page)))
 }
 
+/// One chat of the user's.
+#[utoipa::path(get, path = "/api/chats/{id}", tag = "chats", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The chat")),
+    responses(
+        (status = 200, description = "The chat", body = ChatView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such chat of this user's (`chat_not_found`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -2,31 +2,57 @@
 //! broker and Redis are reported but do not fail readiness, since the outbox absorbs outages.
 
 use crate::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/ready", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`: the process answers.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Each dependency as `ok` or `down`.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    database: &'static str,
+    broker: &'static str,
+    redis: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/api/health", tag = "ops",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 fn word(up: bool) -> &'static str {
     if up { "ok" } else { "down" }
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Readiness: PostgreSQL answers. The broker and Redis are reported but never fail it.
+#[utoipa::path(get, path = "/api/ready", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "PostgreSQL does not answer", body = Readiness),
+    ))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.store.ping())
         .await
         .is_ok_and(|up| up);
@@ -41,7 +67,11 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({"database": word(database), "broker": word(broker), "redis": word(redis)})),
+        Json(Readiness {
+            database: word(database),
+            broker: word(broker),
+            redis: word(redis),
+        }),
     )
 }
 

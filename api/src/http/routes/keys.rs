@@ -3,35 +3,37 @@
 //! the fleet-wide state in Redis. Never the secret.
 
 use crate::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::Admin;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::Serialize;
 use sluice_shared::keypool::{KeySpec, Limits, RedisLayout, pacific_day, route_label};
 use std::collections::HashMap;
 use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/admin/keys", get(list))
-        .route("/api/admin/keys/{alias}/enable", post(enable))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(enable))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Usage {
     calls_in_window: u64,
     tokens_in_window: u64,
     calls_today: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ModelView {
     model: String,
     limits: LimitsView,
@@ -41,7 +43,7 @@ struct ModelView {
     until: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct LimitsView {
     rpm: u32,
     tpm: u32,
@@ -58,7 +60,7 @@ impl From<Limits> for LimitsView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct KeyView {
     alias: String,
     project: String,
@@ -74,7 +76,7 @@ struct KeyView {
     models: Vec<ModelView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct KeysView {
     items: Vec<KeyView>,
 }
@@ -108,6 +110,13 @@ fn models_of(key: &KeySpec, default_model: &str) -> Vec<String> {
     models
 }
 
+/// Every key's state and usage, read from the fleet-wide state in Redis. Never the secret.
+#[utoipa::path(get, path = "/api/admin/keys", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The key pool", body = KeysView),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 503, description = "Redis cannot be reached (`redis_unavailable`)", body = ErrorBody),
+    ))]
 async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>, ApiError> {
     let mut conn = connection(&state).await?;
     let layout = RedisLayout::new(state.settings.redis.prefix.clone());
@@ -204,13 +213,21 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
     Ok(Json(KeysView { items }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Enabled {
     alias: String,
     state: &'static str,
 }
 
 /// Re-enables a key by hand (the probe would have, at its next turn, if the key works).
+#[utoipa::path(post, path = "/api/admin/keys/{alias}/enable", tag = "admin", security(("admin" = [])),
+    params(("alias" = String, Path, description = "The key's alias")),
+    responses(
+        (status = 200, description = "Enabled", body = Enabled),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 404, description = "No key has this alias (`key_not_found`)", body = ErrorBody),
+        (status = 503, description = "Redis cannot be reached (`redis_unavailable`)", body = ErrorBody),
+    ))]
 async fn enable(
     State(state): State<AppState>,
     _: Admin,

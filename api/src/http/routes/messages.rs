@@ -6,38 +6,44 @@
 use super::chats::owned_chat;
 use super::views::{MessageView, Page, PageQuery};
 use crate::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::messaging::request::{self, Ask, BuildError, Question};
 use crate::store::Chat;
 use crate::store::messages::HistoryEnd;
 use crate::store::posts::{NewPost, PostError, exchange};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_shared::Settings;
 use sluice_shared::settings::is_model_name;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const CONTENT_MAX_CHARS: usize = 32_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/chats/{id}/messages", get(list).post(create))
-        .route("/api/chats/{id}/messages/{message_id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct NewMessage {
+    /// 1 to 32 000 characters, not blank.
     content: String,
+    /// One of the user's prompt templates, sent as the system instruction.
+    #[schema(value_type = Option<Uuid>)]
     template_id: Option<String>,
+    /// One of the configured models; the default model when absent.
     model: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Posted {
     user_message: MessageView,
     assistant_message: MessageView,
@@ -54,6 +60,20 @@ fn validate_content(content: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Posts a message: the answer is 202 with the user message and the pending reply; poll the
+/// chat's messages (or the reply) until the reply is `completed` or `failed`.
+#[utoipa::path(post, path = "/api/chats/{id}/messages", tag = "chats", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The chat")),
+    request_body = NewMessage,
+    responses(
+        (status = 202, description = "Accepted; the reply is pending", body = Posted),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "`chat_not_found` or `template_not_found`", body = ErrorBody),
+        (status = 413, description = "With its history and template the request is too large (`message_too_large`)", body = ErrorBody),
+        (status = 422, description = "`invalid_content`, `invalid_model`, `unknown_model`", body = ErrorBody),
+        (status = 429, description = "Over one of the user's limits (`rate_limited`, naming it in `limit`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "The database is unavailable, or the server is busy or stopping (`busy`, with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ))]
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -209,6 +229,18 @@ fn conditional<T: Serialize>(
     response
 }
 
+/// The chat's messages, oldest first, a user message always before its reply. Conditional:
+/// send the last `ETag` as `If-None-Match` and an unchanged chat answers 304.
+#[utoipa::path(get, path = "/api/chats/{id}/messages", tag = "chats", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The chat"), PageQuery, ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier read: if the chat has not changed since, the answer is 304 with no body")),
+    responses(
+        (status = 200, description = "One page", body = Page<MessageView>, headers(("ETag" = String, description = "Changes whenever the chat's messages change"), ("Cache-Control" = String, description = "`private, no-cache`"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(("ETag" = String, description = "The same tag"))),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such chat of this user's (`chat_not_found`)", body = ErrorBody),
+        (status = 422, description = "`invalid_limit` or `invalid_cursor`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -233,6 +265,20 @@ async fn list(
     Ok(conditional(&headers, tag, || Page::<MessageView>::of(rows)))
 }
 
+/// One message, conditional like the list.
+#[utoipa::path(get, path = "/api/chats/{id}/messages/{message_id}", tag = "chats", security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The chat"),
+        ("message_id" = Uuid, Path, description = "The message"),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier read: if the chat has not changed since, the answer is 304 with no body"),
+    ),
+    responses(
+        (status = 200, description = "The message", body = MessageView, headers(("ETag" = String, description = "Changes whenever the chat's messages change"), ("Cache-Control" = String, description = "`private, no-cache`"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(("ETag" = String, description = "The same tag"))),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "`chat_not_found` or `message_not_found`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

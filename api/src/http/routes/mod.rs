@@ -1,8 +1,10 @@
-//! The REST API: each feature module exports its own `router()`, merged here.
+//! The REST API: each feature module exports its own documented router, merged here; the
+//! OpenAPI document is built from those same routers, so a route and its docs are one entry.
 
 mod admin;
 mod auth;
 mod chats;
+mod docs;
 mod health;
 mod keys;
 mod me;
@@ -14,9 +16,13 @@ use crate::AppState;
 use crate::http::error::ApiError;
 use axum::Router;
 use axum::http::StatusCode;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route with its `#[utoipa::path]`: modules register routes only through
+/// `utoipa_axum::routes!`, which refuses a handler that has no path annotation.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(health::router())
         .merge(admin::router())
         .merge(keys::router())
@@ -25,6 +31,17 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::router())
         .merge(me::router())
         .merge(prompts::router())
+        .merge(docs::router())
+}
+
+/// The OpenAPI document of every route [`router`] serves (what `GET /api/openapi.json` sends).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+pub fn router(state: AppState) -> Router {
+    let (routes, _) = documented().split_for_parts();
+    routes
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

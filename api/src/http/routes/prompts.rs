@@ -2,36 +2,47 @@
 
 use super::views::TemplateView;
 use crate::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AuthUser};
 use crate::store::Template;
 use crate::store::paging::now_micros;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 const NAME_MAX_CHARS: usize = 200;
 const BODY_MAX_CHARS: usize = 32_000;
 const LIST_MAX: u64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/prompts", get(list).post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct NewTemplate {
+    /// 1 to 200 characters.
     name: String,
+    /// The system instruction, 1 to 32 000 characters.
     body: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Templates {
     items: Vec<TemplateView>,
 }
 
+/// Saves a template; pass its id as `template_id` when posting a message.
+#[utoipa::path(post, path = "/api/prompts", tag = "prompts", security(("bearer" = [])),
+    request_body = NewTemplate,
+    responses(
+        (status = 201, description = "Created", body = TemplateView),
+        (status = 401, description = "No valid token", body = ErrorBody), (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -61,6 +72,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(template.into())))
 }
 
+/// The user's templates (at most 500).
+#[utoipa::path(get, path = "/api/prompts", tag = "prompts", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The templates", body = Templates),
+        (status = 401, description = "No valid token", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -5,9 +5,10 @@ use crate::store::paging::{self, Cursor, PageRequest};
 use crate::store::{Chat, Message, Role, Status, Template};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatView {
     pub id: Uuid,
     pub title: String,
@@ -24,19 +25,19 @@ impl From<Chat> for ChatView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorView {
     pub kind: String,
     pub message: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UsageView {
     pub prompt_tokens: i32,
     pub completion_tokens: i32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
     pub chat_id: Uuid,
@@ -80,7 +81,7 @@ impl From<Message> for MessageView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TemplateView {
     pub id: Uuid,
     pub name: String,
@@ -100,9 +101,10 @@ impl From<Template> for TemplateView {
 }
 
 /// One page as clients see it: the items and the cursor of the next page, if any.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Pass as `after` for the next page; `null` on the last.
     pub next: Option<String>,
 }
 
@@ -119,9 +121,13 @@ impl<T> Page<T> {
 }
 
 /// Paging parameters as they arrive; parsed by hand so a bad value gets our error shape.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// The `next` cursor of the previous page.
     pub after: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
 }
 
