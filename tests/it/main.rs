@@ -13,6 +13,7 @@ mod keypool;
 mod least_privilege;
 mod metrics;
 mod migrate_on_start;
+mod openapi;
 mod pipeline;
 mod polling;
 mod reaper;
