@@ -92,7 +92,9 @@ fn uuid_filter(raw: &Option<String>, name: &str) -> Result<Option<Uuid>, ApiErro
 }
 
 /// Oldest first, paged like messages; filter by reason, chat, request or replay state.
-#[utoipa::path(get, path = "/api/admin/dlq", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get,
+    path = "/api/admin/dlq",
+    operation_id = "list_dead_letters", tag = "admin", security(("admin" = [])),
     params(DlqQuery),
     responses(
         (status = 200, description = "One page", body = Page<DeadLetterView>),
@@ -153,8 +155,10 @@ struct ReplayReport {
 /// Sends dead letters back through the outbox: the reply goes back to `pending` with
 /// `generation + 1` (so a late answer of the old generation changes nothing) and the attempt
 /// count starts again. Without `ids`, every dead letter not yet replayed.
-#[utoipa::path(post, path = "/api/admin/dlq/replay", tag = "admin", security(("admin" = [])),
-    request_body(content = ReplayRequest, description = "Optional"),
+#[utoipa::path(post,
+    path = "/api/admin/dlq/replay",
+    operation_id = "replay_dead_letters", tag = "admin", security(("admin" = [])),
+    request_body(content = Option<ReplayRequest>, description = "Optional"),
     responses(
         (status = 200, description = "What was replayed and what was skipped", body = ReplayReport),
         (status = 401, description = "No valid admin token", body = ErrorBody),

@@ -86,7 +86,9 @@ fn session(state: &AppState, user: User) -> Result<Session, ApiError> {
 }
 
 /// Creates an account and signs it in. Throttled per client address.
-#[utoipa::path(post, path = "/api/auth/register", tag = "auth",
+#[utoipa::path(post,
+    path = "/api/auth/register",
+    operation_id = "register", tag = "auth",
     request_body = Credentials,
     responses(
         (status = 201, description = "Registered", body = Session),
@@ -133,7 +135,9 @@ async fn register(
 }
 
 /// Signs in. Throttled per email and per client address.
-#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+#[utoipa::path(post,
+    path = "/api/auth/login",
+    operation_id = "login", tag = "auth",
     request_body = Credentials,
     responses(
         (status = 200, description = "Signed in", body = Session),

@@ -39,8 +39,10 @@ struct NewChat {
 }
 
 /// Starts a chat. The body is optional.
-#[utoipa::path(post, path = "/api/chats", tag = "chats", security(("bearer" = [])),
-    request_body(content = NewChat, description = "Optional"),
+#[utoipa::path(post,
+    path = "/api/chats",
+    operation_id = "create_chat", tag = "chats", security(("bearer" = [])),
+    request_body(content = Option<NewChat>, description = "Optional"),
     responses(
         (status = 201, description = "Created", body = ChatView),
         (status = 401, description = "No valid token", body = ErrorBody), (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -76,7 +78,9 @@ async fn create(
 }
 
 /// The user's chats, newest first.
-#[utoipa::path(get, path = "/api/chats", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(get,
+    path = "/api/chats",
+    operation_id = "list_chats", tag = "chats", security(("bearer" = [])),
     params(PageQuery),
     responses(
         (status = 200, description = "One page", body = Page<ChatView>),
@@ -92,7 +96,9 @@ async fn list(
 }
 
 /// One chat of the user's.
-#[utoipa::path(get, path = "/api/chats/{id}", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(get,
+    path = "/api/chats/{id}",
+    operation_id = "show_chat", tag = "chats", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The chat")),
     responses(
         (status = 200, description = "The chat", body = ChatView),

@@ -85,6 +85,7 @@ impl Modify for BearerSchemes {
 #[utoipa::path(
     get,
     path = "/api/openapi.json",
+    operation_id = "openapi",
     tag = "ops",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
 )]
@@ -100,6 +101,7 @@ async fn spec() -> Result<Response, ApiError> {
 #[utoipa::path(
     get,
     path = "/api/docs",
+    operation_id = "docs_page",
     tag = "ops",
     responses((status = 200, description = "The docs page", content_type = "text/html", body = String))
 )]
@@ -167,6 +169,23 @@ mod tests {
         assert!(version.starts_with("3."), "openapi {version}");
         let ops = operations(&doc);
         assert!(ops.len() >= 17, "only {} operations", ops.len());
+        let mut ids: Vec<&str> = ops
+            .iter()
+            .filter_map(|(_, _, op)| op["operationId"].as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            ops.len(),
+            "operationIds must be present and unique"
+        );
+        let optional = &doc["paths"]["/api/chats"]["post"]["requestBody"]["required"];
+        assert_ne!(
+            optional,
+            &Value::Bool(true),
+            "a new chat's body is optional"
+        );
         let public = [
             "/api/health",
             "/api/ready",

@@ -36,7 +36,9 @@ struct Readiness {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/api/health", tag = "ops",
+#[utoipa::path(get,
+    path = "/api/health",
+    operation_id = "health", tag = "ops",
     responses((status = 200, description = "Alive", body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
@@ -47,7 +49,9 @@ fn word(up: bool) -> &'static str {
 }
 
 /// Readiness: PostgreSQL answers. The broker and Redis are reported but never fail it.
-#[utoipa::path(get, path = "/api/ready", tag = "ops",
+#[utoipa::path(get,
+    path = "/api/ready",
+    operation_id = "ready", tag = "ops",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "PostgreSQL does not answer", body = Readiness),

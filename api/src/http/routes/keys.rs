@@ -111,7 +111,9 @@ fn models_of(key: &KeySpec, default_model: &str) -> Vec<String> {
 }
 
 /// Every key's state and usage, read from the fleet-wide state in Redis. Never the secret.
-#[utoipa::path(get, path = "/api/admin/keys", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get,
+    path = "/api/admin/keys",
+    operation_id = "list_keys", tag = "admin", security(("admin" = [])),
     responses(
         (status = 200, description = "The key pool", body = KeysView),
         (status = 401, description = "No valid admin token", body = ErrorBody),
@@ -220,7 +222,9 @@ struct Enabled {
 }
 
 /// Re-enables a key by hand (the probe would have, at its next turn, if the key works).
-#[utoipa::path(post, path = "/api/admin/keys/{alias}/enable", tag = "admin", security(("admin" = [])),
+#[utoipa::path(post,
+    path = "/api/admin/keys/{alias}/enable",
+    operation_id = "enable_key", tag = "admin", security(("admin" = [])),
     params(("alias" = String, Path, description = "The key's alias")),
     responses(
         (status = 200, description = "Enabled", body = Enabled),

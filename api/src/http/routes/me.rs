@@ -22,7 +22,9 @@ struct MyLimits {
 }
 
 /// The signed-in user's limits and what remains of each.
-#[utoipa::path(get, path = "/api/me/limits", tag = "me", security(("bearer" = [])),
+#[utoipa::path(get,
+    path = "/api/me/limits",
+    operation_id = "my_limits", tag = "me", security(("bearer" = [])),
     responses(
         (status = 200, description = "The limits", body = MyLimits),
         (status = 401, description = "No valid token", body = ErrorBody),

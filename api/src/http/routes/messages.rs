@@ -62,7 +62,9 @@ fn validate_content(content: &str) -> Result<(), ApiError> {
 
 /// Posts a message: the answer is 202 with the user message and the pending reply; poll the
 /// chat's messages (or the reply) until the reply is `completed` or `failed`.
-#[utoipa::path(post, path = "/api/chats/{id}/messages", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(post,
+    path = "/api/chats/{id}/messages",
+    operation_id = "post_message", tag = "chats", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The chat")),
     request_body = NewMessage,
     responses(
@@ -231,7 +233,9 @@ fn conditional<T: Serialize>(
 
 /// The chat's messages, oldest first, a user message always before its reply. Conditional:
 /// send the last `ETag` as `If-None-Match` and an unchanged chat answers 304.
-#[utoipa::path(get, path = "/api/chats/{id}/messages", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(get,
+    path = "/api/chats/{id}/messages",
+    operation_id = "list_messages", tag = "chats", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The chat"), PageQuery, ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier read: if the chat has not changed since, the answer is 304 with no body")),
     responses(
         (status = 200, description = "One page", body = Page<MessageView>, headers(("ETag" = String, description = "Changes whenever the chat's messages change"), ("Cache-Control" = String, description = "`private, no-cache`"))),
@@ -266,7 +270,9 @@ async fn list(
 }
 
 /// One message, conditional like the list.
-#[utoipa::path(get, path = "/api/chats/{id}/messages/{message_id}", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(get,
+    path = "/api/chats/{id}/messages/{message_id}",
+    operation_id = "show_message", tag = "chats", security(("bearer" = [])),
     params(
         ("id" = Uuid, Path, description = "The chat"),
         ("message_id" = Uuid, Path, description = "The message"),

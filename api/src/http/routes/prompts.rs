@@ -37,7 +37,9 @@ struct Templates {
 }
 
 /// Saves a template; pass its id as `template_id` when posting a message.
-#[utoipa::path(post, path = "/api/prompts", tag = "prompts", security(("bearer" = [])),
+#[utoipa::path(post,
+    path = "/api/prompts",
+    operation_id = "create_prompt", tag = "prompts", security(("bearer" = [])),
     request_body = NewTemplate,
     responses(
         (status = 201, description = "Created", body = TemplateView),
@@ -73,7 +75,9 @@ async fn create(
 }
 
 /// The user's templates (at most 500).
-#[utoipa::path(get, path = "/api/prompts", tag = "prompts", security(("bearer" = [])),
+#[utoipa::path(get,
+    path = "/api/prompts",
+    operation_id = "list_prompts", tag = "prompts", security(("bearer" = [])),
     responses(
         (status = 200, description = "The templates", body = Templates),
         (status = 401, description = "No valid token", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
