@@ -95,7 +95,7 @@ fn session(state: &AppState, user: User) -> Result<Session, ApiError> {
         (status = 409, description = "The email is taken (`email_taken`)", body = ErrorBody),
         (status = 422, description = "`invalid_email` or `invalid_password`", body = ErrorBody),
         (status = 429, description = "Too many registrations from this address", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or the password-hashing queue is full (`busy`, with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     ))]
 async fn register(
     State(state): State<AppState>,
@@ -143,7 +143,7 @@ async fn register(
         (status = 200, description = "Signed in", body = Session),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 429, description = "Too many logins for this email or address", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or the password-hashing queue is full (`busy`, with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     ))]
 async fn login(
     State(state): State<AppState>,
