@@ -97,7 +97,7 @@ async fn the_request_line_names_the_route_the_request_id_and_the_trace_id() -> T
     let span = &line["span"];
     assert_eq!(span["method"], "POST", "{text}");
     assert_eq!(span["route"], "/chats/{id}/messages", "{text}");
-    assert_eq!(span["request_id"], "req-42", "{text}");
+    assert_eq!(span["http_request_id"], "req-42", "{text}");
     assert_eq!(span["trace_id"], trace_id, "{text}");
     Ok(())
 }

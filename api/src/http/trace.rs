@@ -59,7 +59,8 @@ fn span(request: &Request) -> Span {
         "request",
         method = %request.method(),
         route,
-        request_id = id,
+        // Not `request_id`: in the envelopes and the worker's logs that is the reply's id.
+        http_request_id = id,
         trace_id = tracing::field::Empty,
     )
 }
