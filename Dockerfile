@@ -36,7 +36,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid sluice --home-dir /app --shell /usr/sbin/nologin sluice
 WORKDIR /app
 USER 10001:10001
-ENV RUST_LOG=info,sqlx=warn SLUICE_LOG_FORMAT=json
+ENV RUST_LOG=info,sqlx=warn SLUICE__TELEMETRY__FORMAT=json
 
 FROM runtime AS api
 COPY --from=builder /src/target/release/sluice-api /usr/local/bin/sluice-api

@@ -29,7 +29,7 @@ import yaml
 
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 # Read outside the SLUICE__ namespace (README, "Settings"; shared/src/telemetry.rs).
-OTHER_VARIABLES = {"GEMINI_API_KEYS", "RUST_LOG", "SLUICE_LOG_FORMAT"}
+OTHER_VARIABLES = {"GEMINI_API_KEYS", "RUST_LOG"}
 WORKER_DEPLOYMENT = "sluice-worker"
 # Topology::requests() in shared/src/topology.rs: the prefix, then this.
 REQUESTS_SUFFIX = "requests"

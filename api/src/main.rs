@@ -50,8 +50,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(command: Command) -> anyhow::Result<()> {
-    sluice_shared::telemetry::init("info,sqlx=warn");
+    // Settings first: they choose the log format. A settings error has no logger yet and
+    // goes to stderr as it is.
     let settings = Settings::load().context("loading settings")?;
+    sluice_shared::telemetry::init("info,sqlx=warn", settings.telemetry.format);
     match command {
         Command::Migrate => {
             sluice_api::store::Store::migrate(settings.database.url.expose())

@@ -110,6 +110,10 @@ pub struct ResponseEnvelope {
     pub upstream_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// The request's `trace_id`, so the API can log the stored reply under it. Optional:
+    /// responses published before it existed still decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +170,57 @@ mod tests {
         let bytes = serde_json::to_vec(&req)?;
         let back: RequestEnvelope = decode(&bytes)?;
         assert_eq!(back, req);
+        Ok(())
+    }
+
+    fn response() -> ResponseEnvelope {
+        ResponseEnvelope {
+            v: VERSION,
+            request_id: Uuid::now_v7(),
+            generation: 2,
+            chat_id: Uuid::now_v7(),
+            status: ResponseStatus::Completed,
+            text: Some("hello".into()),
+            finish_reason: Some("STOP".into()),
+            usage: Usage::default(),
+            key_alias: Some("key-1".into()),
+            model: "gemini-2.5-flash".into(),
+            attempts: 1,
+            upstream_ms: 12,
+            error: None,
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        }
+    }
+
+    #[test]
+    fn a_response_round_trips_its_trace_id() -> Result<(), Box<dyn std::error::Error>> {
+        let resp = response();
+        let back: ResponseEnvelope = decode(&serde_json::to_vec(&resp)?)?;
+        assert_eq!(
+            back.trace_id.as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(back, resp);
+        Ok(())
+    }
+
+    #[test]
+    fn a_response_without_trace_id_still_decodes() -> Result<(), Box<dyn std::error::Error>> {
+        // What a worker built before `trace_id` existed publishes.
+        let original = response();
+        let mut value = serde_json::to_value(&original)?;
+        value
+            .as_object_mut()
+            .and_then(|o| o.remove("trace_id"))
+            .ok_or("the encoding should carry trace_id")?;
+        let back: ResponseEnvelope = decode(&serde_json::to_vec(&value)?)?;
+        assert_eq!(
+            back,
+            ResponseEnvelope {
+                trace_id: None,
+                ..original
+            }
+        );
         Ok(())
     }
 

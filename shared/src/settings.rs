@@ -18,7 +18,7 @@ Settings, each later source overriding the earlier ones:
   3. environment variables SLUICE__SECTION__KEY, e.g. SLUICE__DATABASE__URL,
      SLUICE__RETRY__DELAYS_MS=60000,600000 (lists are comma-separated);
   4. GEMINI_API_KEYS: comma-separated provider keys, `alias=key` allowed.
-RUST_LOG sets the log filter. Every invalid setting is reported at start, by name.";
+RUST_LOG sets the log filter (telemetry.format: text or json lines). Every invalid setting is reported at start, by name.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -65,6 +65,23 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub users: UserSettings,
     pub relay: RelaySettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// How the processes log. The filter stays `RUST_LOG`'s, the standard place for it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For a person reading a terminal or a file.
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -390,6 +407,7 @@ mod tests {
         assert_eq!(s.provider.model, "gemini-2.5-flash");
         assert_eq!(s.chat.history_turns, 20);
         assert!(s.database.migrate_on_start);
+        assert_eq!(s.telemetry.format, LogFormat::Text);
         Ok(())
     }
 
@@ -442,6 +460,22 @@ mod tests {
         assert!(!format!("{keys:?}").contains("AIza"));
         assert!(parse_api_keys("a=x,a=y").is_err());
         assert!(parse_api_keys("=x").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_and_nothing_else() -> Result<(), Box<dyn std::error::Error>> {
+        let with = |format: &str| {
+            Config::builder()
+                .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+                .set_override("telemetry.format", format)?
+                .build()?
+                .try_deserialize::<Settings>()
+        };
+        assert_eq!(with("json")?.telemetry.format, LogFormat::Json);
+        assert_eq!(with("text")?.telemetry.format, LogFormat::Text);
+        let refused = with("xml").err().ok_or("xml was accepted")?.to_string();
+        assert!(refused.contains("telemetry.format"), "{refused}");
         Ok(())
     }
 

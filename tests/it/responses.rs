@@ -33,6 +33,7 @@ pub(crate) fn response(
         attempts: 1,
         upstream_ms: 3,
         error: None,
+        trace_id: Some("t".into()),
     }
 }
 

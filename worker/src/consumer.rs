@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// A refused publish is tried again after 100 ms, doubling to 2 s, 15 times: about 25 s for
 /// the queue to drain before the delivery goes back to the broker.
@@ -190,6 +191,29 @@ async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(
             return settle(&delivery, settled).await;
         }
     };
+    // Everything logged about this delivery from here on, the provider call included, carries
+    // the request's trace_id: the same id the API logged when the message was posted.
+    let span = tracing::info_span!(
+        "delivery",
+        trace_id = %request.trace_id,
+        request_id = %request.request_id,
+        generation = request.generation,
+        // The counted provider call this delivery would make (uncounted waits repeat it).
+        attempt = before.counted.saturating_add(1),
+    );
+    answer(delivery, request, before, context, link)
+        .instrument(span)
+        .await
+}
+
+/// Runs the handler on a decoded request and carries out the route of its outcome.
+async fn answer(
+    delivery: Delivery,
+    request: RequestEnvelope,
+    before: Attempts,
+    context: &Context,
+    link: &Link,
+) -> Result<(), BrokerError> {
     let outcome = handler::handle(&request, context).await;
     let rules = routing::Rules {
         retry_delays_ms: &link.retry_delays_ms,

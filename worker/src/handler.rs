@@ -134,9 +134,18 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
         let alias = key.alias.clone();
         let call_started = Instant::now();
         let result = ctx.provider.generate(key, request).await;
+        // A cooling egress route sends nothing: no duration, no log line. A call made gets
+        // one info line, which under the delivery's span names the trace.
         if !matches!(result, Err(ProviderError::EgressCooling)) {
+            let elapsed = call_started.elapsed();
             metrics::histogram!("sluice_provider_duration_seconds", "project" => key.project.clone())
-                .record(call_started.elapsed().as_secs_f64());
+                .record(elapsed.as_secs_f64());
+            tracing::info!(
+                key = %alias,
+                outcome = call_outcome(&result),
+                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                "provider call"
+            );
         }
         called(key, call_outcome(&result));
         match result {

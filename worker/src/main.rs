@@ -15,8 +15,10 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     Cli::parse();
-    sluice_shared::telemetry::init("info");
+    // Settings first: they choose the log format. A settings error has no logger yet and
+    // goes to stderr as it is.
     let settings = Settings::load().context("loading settings")?;
+    sluice_shared::telemetry::init("info", settings.telemetry.format);
     let addr = settings.worker.health_addr;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (set SLUICE__WORKER__HEALTH_ADDR to another address)")

@@ -175,6 +175,8 @@ fn failed(request: &RequestEnvelope, attempts: u32, error: Option<ErrorInfo>) ->
         attempts,
         upstream_ms: 0,
         error,
+        // Carried back so the API logs the stored reply under the request's trace.
+        trace_id: Some(request.trace_id.clone()),
     }
 }
 
@@ -314,6 +316,47 @@ mod tests {
                 assert!(r.error.is_none());
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_response_carries_the_requests_trace_id() {
+        let req = RequestEnvelope {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            ..request()
+        };
+        let completed = Outcome::Completed {
+            generation: Generation {
+                text: "yes".into(),
+                finish_reason: None,
+                usage: Usage::default(),
+                upstream_ms: 1,
+            },
+            key_alias: "k".into(),
+        };
+        let permanent = Outcome::Permanent {
+            error: error("prompt_blocked"),
+            key_alias: "k".into(),
+        };
+        let exhausted = Attempts {
+            counted: u32::try_from(DELAYS.len()).unwrap_or(u32::MAX),
+            ..Attempts::default()
+        };
+        let responses = [
+            (completed, Attempts::default()),
+            (permanent, Attempts::default()),
+            (retryable(), exhausted),
+        ]
+        .into_iter()
+        .map(
+            |(outcome, before)| match route(&req, outcome, &before, &RULES, NOW) {
+                Route::Respond(response) | Route::DeadLetter { response, .. } => response,
+                other => panic!("expected a response, got {other:?}"),
+            },
+        );
+        for response in responses {
+            assert_eq!(response.request_id, req.request_id);
+            assert_eq!(response.trace_id.as_deref(), Some(req.trace_id.as_str()));
         }
     }
 

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod trace;
 
 use crate::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -24,7 +25,8 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// (both 408 `request_timeout`). Streaming routes (the SSE event stream) must not get the
 /// whole-request timeout: merge their router into the result here, after the layers. Every
 /// REST request is counted by [`metrics::track`]; `GET /metrics` (this instance's registry, no
-/// auth: the reverse proxy does not expose it) is merged after the layers too.
+/// auth: the reverse proxy does not expose it) is merged after the layers too. Outside them all,
+/// [`trace::layer`] gives each REST request an `x-request-id`, a span and one log line.
 pub fn app(state: AppState) -> axum::Router {
     let scrape = state.metrics.router();
     let http = &state.settings.http;
@@ -32,7 +34,7 @@ pub fn app(state: AppState) -> axum::Router {
         Duration::from_millis(http.body_timeout_ms),
         Duration::from_millis(http.request_timeout_ms),
     );
-    routes::router(state)
+    let rest = routes::router(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(TimeoutLayer::with_status_code(
@@ -40,8 +42,8 @@ pub fn app(state: AppState) -> axum::Router {
             request_timeout,
         ))
         .layer(axum::middleware::map_response(timeout_in_json))
-        .layer(axum::middleware::from_fn(metrics::track))
-        .merge(scrape)
+        .layer(axum::middleware::from_fn(metrics::track));
+    trace::layer(rest).merge(scrape)
 }
 
 /// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already

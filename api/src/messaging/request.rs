@@ -79,6 +79,9 @@ pub fn build(settings: &Settings, ask: Ask, history: History) -> Result<OutboxRo
         enqueued_at: ask.enqueued_at,
         trace_id: Uuid::new_v4().simple().to_string(),
     };
+    // The HTTP request's span (post or restart) names the trace this envelope starts, so its
+    // log line can be found next to the worker's and the stored reply's.
+    tracing::Span::current().record("trace_id", envelope.trace_id.as_str());
     let payload = serde_json::to_value(&envelope)?;
     let size = published_len(&payload)?;
     if u64::try_from(size).unwrap_or(u64::MAX) > settings.queues.max_message_bytes {

@@ -60,18 +60,42 @@ impl BatchHandler for ResponseHandler {
         for ((tag, outcome), response) in tags.into_iter().zip(outcomes).zip(&valid) {
             match outcome {
                 Stored::Applied => {
+                    // One info line per reply, like the POST and the provider call before it,
+                    // so `grep <trace_id>` follows a message end to end; `RUST_LOG=…,
+                    // sluice_api::messaging::responses=warn` silences it. A duplicate or stale
+                    // answer is also "applied" (it changed nothing), and says so the same way.
+                    tracing::info!(
+                        trace_id = response.trace_id.as_deref().unwrap_or("-"),
+                        request_id = %response.request_id,
+                        generation = response.generation,
+                        status = status_label(response),
+                        "reply stored"
+                    );
                     metrics::counter!("sluice_replies_stored_total", "status" => status_label(response))
                         .increment(1);
                     last_settled = Some(tag);
                     settled += 1;
                 }
                 Stored::Unstorable => {
+                    // The store has logged why, without the trace: name it here.
+                    tracing::info!(
+                        trace_id = response.trace_id.as_deref().unwrap_or("-"),
+                        request_id = %response.request_id,
+                        generation = response.generation,
+                        status = "failed",
+                        "reply stored as reply_unstorable"
+                    );
                     last_settled = Some(tag);
                     settled += 1;
                 }
                 Stored::Unsettled(e) => {
                     // The dead-letter consumer tries again, with bounds, then parks it.
-                    tracing::error!(error = %e, "cannot settle a response; dead-lettering it");
+                    tracing::error!(
+                        error = %e,
+                        trace_id = response.trace_id.as_deref().unwrap_or("-"),
+                        request_id = %response.request_id,
+                        "cannot settle a response; dead-lettering it"
+                    );
                     channel
                         .basic_reject(tag, BasicRejectOptions { requeue: false })
                         .await?;

@@ -531,6 +531,7 @@ mod tests {
             attempts: 1,
             upstream_ms: 0,
             error: None,
+            trace_id: None,
         }
     }
 
