@@ -220,7 +220,11 @@ async fn a_full_requests_queue_pushes_the_backlog_back_into_the_outbox() {
             .send(reqwest::Method::GET, "/api/ready", None, None)
             .await?;
         assert_eq!(ready["broker"], "ok", "{ready}");
-        assert_eq!(app.count("outbox").await?, 0);
+        // The relay deletes a row after its confirm, which may trail the reply itself.
+        eventually("the outbox to be empty", WAIT, || async {
+            Ok((app.count("outbox").await? == 0).then_some(()))
+        })
+        .await?;
         Ok(())
     })
     .await;
