@@ -145,6 +145,7 @@ async fn serve(
         topology: topology.clone(),
         prefetch: messaging::responses::BATCH,
         name: "sluice-api responses",
+        label: "responses",
         handler: messaging::responses::ResponseHandler {
             store: store.clone(),
         },
@@ -156,6 +157,7 @@ async fn serve(
         topology: topology.clone(),
         prefetch: messaging::dead_letters::PREFETCH,
         name: "sluice-api dead letters",
+        label: "dlq",
         handler: messaging::dead_letters::DeadLetterHandler {
             store: store.clone(),
             topology,

@@ -36,6 +36,8 @@ pub struct QueueConsumer<H> {
     /// Also the largest batch: the broker never has more than this out to us.
     pub prefetch: u16,
     pub name: &'static str,
+    /// The `queue` label of the consumed-messages counter.
+    pub label: &'static str,
     pub handler: H,
 }
 
@@ -73,6 +75,8 @@ impl<H: BatchHandler> QueueConsumer<H> {
                 return Err(BrokerError::ConsumerEnded);
             };
             let deliveries = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
+            metrics::counter!("sluice_consumed_total", "queue" => self.label)
+                .increment(deliveries.len() as u64);
             for part in split_by_size(deliveries, MAX_BATCH_BYTES, |d| d.data.len()) {
                 if !self.handler.handle(&channel, part, cancel).await? {
                     break 'consume;

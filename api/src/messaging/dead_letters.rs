@@ -310,8 +310,6 @@ impl BatchHandler for DeadLetterHandler {
         deliveries: Vec<Delivery>,
         cancel: &CancellationToken,
     ) -> Result<bool, BrokerError> {
-        metrics::counter!("sluice_consumed_total", "queue" => "dlq")
-            .increment(deliveries.len() as u64);
         for delivery in deliveries {
             let letter = DeadLetter::from_delivery(&delivery.data, &delivery.properties);
             tracing::warn!(

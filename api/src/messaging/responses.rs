@@ -30,8 +30,6 @@ impl BatchHandler for ResponseHandler {
         deliveries: Vec<Delivery>,
         cancel: &CancellationToken,
     ) -> Result<bool, BrokerError> {
-        metrics::counter!("sluice_consumed_total", "queue" => "responses")
-            .increment(deliveries.len() as u64);
         let mut valid = Vec::with_capacity(deliveries.len());
         let mut tags = Vec::with_capacity(deliveries.len());
         for delivery in &deliveries {
