@@ -65,6 +65,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub users: UserSettings,
     pub relay: RelaySettings,
+    pub stream: StreamSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -158,6 +159,23 @@ pub struct ProviderSettings {
     /// What users may ask for besides `model`.
     pub models: Vec<String>,
     pub max_reply_bytes: u64,
+    /// Stream calls (`:streamGenerateContent?alt=sse`) and publish their chunks as they come.
+    pub stream: bool,
+}
+
+/// Live replies over server-sent events (see [`crate::stream`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamSettings {
+    /// TTL of a reply's partial text in Redis, refreshed with every chunk.
+    pub partial_ttl_ms: u64,
+    /// How long an early delta waits for a missing one before a snapshot replaces it.
+    pub gap_timeout_ms: u64,
+    /// Comment heartbeats on idle event streams.
+    pub heartbeat_ms: u64,
+    /// Events queued per watcher before it is disconnected as too slow.
+    pub watcher_buffer: usize,
+    /// Lifetime of an event-stream token.
+    pub token_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +330,17 @@ impl Settings {
         }
         if self.provider.max_reply_bytes == 0 {
             problems.push(invalid("SLUICE__PROVIDER__MAX_REPLY_BYTES", "must be > 0"));
+        }
+        for (name, value) in [
+            ("SLUICE__STREAM__PARTIAL_TTL_MS", self.stream.partial_ttl_ms),
+            ("SLUICE__STREAM__GAP_TIMEOUT_MS", self.stream.gap_timeout_ms),
+            ("SLUICE__STREAM__HEARTBEAT_MS", self.stream.heartbeat_ms),
+            ("SLUICE__STREAM__TOKEN_TTL_SECS", self.stream.token_ttl_secs),
+            ("SLUICE__STREAM__WATCHER_BUFFER", self.stream.watcher_buffer as u64),
+        ] {
+            if value == 0 {
+                problems.push(invalid(name, "must be > 0"));
+            }
         }
         if self.queues.max_message_bytes == 0 {
             problems.push(invalid("SLUICE__QUEUES__MAX_MESSAGE_BYTES", "must be > 0"));
