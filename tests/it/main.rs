@@ -18,6 +18,7 @@ mod pipeline;
 mod polling;
 mod reaper;
 mod replay_rebuild;
+mod reply_actions;
 mod responses;
 mod retries;
 mod rolling_restart;

@@ -50,6 +50,18 @@ impl Store {
             .await?)
     }
 
+    /// Deletes the user's chat and, by cascade, its messages; `false` when there was no such
+    /// chat of the user's. Taking the chat's row lock first keeps the lock order (chats before
+    /// their messages). A reply still on its way finds no row and changes nothing.
+    pub async fn delete_chat(&self, user: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        let deleted = chats::Entity::delete_many()
+            .filter(chats::Column::Id.eq(id))
+            .filter(chats::Column::UserId.eq(user))
+            .exec(&self.db)
+            .await?;
+        Ok(deleted.rows_affected > 0)
+    }
+
     /// The user's chats, newest first.
     pub async fn chats_page(
         &self,

@@ -115,6 +115,12 @@ impl Limits {
         self.take(self.message_quotas(user)).await
     }
 
+    /// Stopping a reply costs one cell of each message rate limit, like a post, but needs no
+    /// room for a pending reply: a user at `max_pending` must still be able to stop one.
+    pub async fn admit_action(&self, user: Uuid) -> Result<(), ApiError> {
+        self.take(self.message_quotas(user)).await
+    }
+
     /// Login attempts count per email and per client address, whatever their outcome.
     pub async fn admit_login(&self, email: &str, addr: IpAddr) -> Result<(), ApiError> {
         let mut quotas: Vec<Quota> = self.address_quota(addr).into_iter().collect();

@@ -1,4 +1,5 @@
-//! `POST /api/chats`, `GET /api/chats` (newest first, paged) and `GET /api/chats/{id}`.
+//! `POST /api/chats`, `GET /api/chats` (newest first, paged), `GET /api/chats/{id}` and
+//! `DELETE /api/chats/{id}` (with its messages).
 
 use super::views::{ChatView, Page, PageQuery};
 use crate::AppState;
@@ -20,7 +21,7 @@ pub const TITLE_MAX_CHARS: usize = 200;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(show))
+        .routes(routes!(show, delete))
 }
 
 /// The chat if it exists and belongs to `user`; otherwise not found, never forbidden.
@@ -112,4 +113,30 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<ChatView>, ApiError> {
     Ok(Json(owned_chat(&state.store, user, &id).await?.into()))
+}
+
+/// Deletes one of the user's chats and every message in it. Replies still on their way are
+/// dropped when they arrive.
+#[utoipa::path(delete,
+    path = "/api/chats/{id}",
+    operation_id = "delete_chat", tag = "chats", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The chat")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such chat of this user's (`chat_not_found`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "chat")?;
+    if state.store.delete_chat(user, id).await? {
+        tracing::info!(chat = %id, "chat deleted by its user");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("chat"))
+    }
 }

@@ -10,6 +10,7 @@ mod keys;
 mod me;
 mod messages;
 mod prompts;
+mod reply_actions;
 mod views;
 
 use crate::AppState;
@@ -29,6 +30,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(chats::router())
         .merge(messages::router())
+        .merge(reply_actions::router())
         .merge(me::router())
         .merge(prompts::router())
         .merge(docs::router())

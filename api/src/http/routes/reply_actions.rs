@@ -1,0 +1,151 @@
+//! What a user may do to a reply: retry a `failed` one (a new generation, through the same
+//! restart as an operator's replay) or stop a `pending` one (failed, kind `cancelled`; a late
+//! answer then changes nothing). Both count against the user's message limits.
+
+use super::admin::rebuild;
+use super::chats::owned_chat;
+use super::views::MessageView;
+use crate::AppState;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{AuthUser, parse_id};
+use crate::messaging::request::{self, Question};
+use crate::store::Message;
+use crate::store::replies::{Restart, RestartOf};
+use crate::store::{Role, Status};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(retry))
+        .routes(routes!(cancel))
+}
+
+/// The chat's assistant message `message_id`, after proving the chat is the user's.
+async fn reply_of(
+    state: &AppState,
+    user: Uuid,
+    chat_id: &str,
+    message_id: &str,
+) -> Result<Message, ApiError> {
+    let chat = owned_chat(&state.store, user, chat_id).await?;
+    let id = parse_id(message_id, "message")?;
+    state
+        .store
+        .message(chat.id, id)
+        .await?
+        .filter(|m| m.role == Role::Assistant)
+        .ok_or_else(|| ApiError::not_found("message"))
+}
+
+fn conflict(code: &'static str, message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, message)
+}
+
+/// Asks again for a `failed` reply: it goes back to `pending` at the next generation and its
+/// request is rebuilt from the chat as it is now.
+#[utoipa::path(post,
+    path = "/api/chats/{id}/messages/{message_id}/retry",
+    operation_id = "retry_reply", tag = "chats", security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The chat"),
+        ("message_id" = Uuid, Path, description = "The failed assistant message"),
+    ),
+    responses(
+        (status = 202, description = "Accepted; the reply is pending again", body = MessageView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "`chat_not_found` or `message_not_found` (also for a user message)", body = ErrorBody),
+        (status = 409, description = "The reply is not `failed` (`message_not_failed`)", body = ErrorBody),
+        (status = 413, description = "With its history the request is now too large (`message_too_large`)", body = ErrorBody),
+        (status = 422, description = "Its model is no longer offered (`unknown_model`)", body = ErrorBody),
+        (status = 429, description = "Over one of the user's limits (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn retry(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((chat_id, message_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<MessageView>), ApiError> {
+    let reply = reply_of(&state, user, &chat_id, &message_id).await?;
+    if reply.status != Status::Failed {
+        return Err(not_failed());
+    }
+    // Spent only by a retry that would otherwise go ahead.
+    state.limits.admit_message(user).await?;
+    let limit = request::history_limit(&state.settings, &Question::Stored);
+    let of = RestartOf::Reply {
+        chat_id: reply.chat_id,
+        reply_id: reply.id,
+    };
+    let settings = &state.settings;
+    match state
+        .store
+        .restart(of, limit, |r| rebuild(settings, r))
+        .await?
+    {
+        Restart::Done { reply, request } => {
+            tracing::info!(request = %reply.id, generation = reply.generation, "reply retried by its user");
+            state.handoff.hand_over(vec![request]);
+            Ok((StatusCode::ACCEPTED, Json(MessageView::from(*reply))))
+        }
+        // Another retry (or a replay) took it first.
+        Restart::Skipped("message_not_failed") => Err(not_failed()),
+        Restart::Skipped("unknown_model") => Err(super::messages::unknown_model(settings)),
+        Restart::Skipped("message_too_large") => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            "with the chat's history the request would now be too large",
+        )),
+        Restart::Skipped("chat_not_found") => Err(ApiError::not_found("chat")),
+        Restart::Skipped(_) => Err(ApiError::not_found("message")),
+    }
+}
+
+fn not_failed() -> ApiError {
+    conflict("message_not_failed", "only a failed reply can be retried")
+}
+
+/// Stops a `pending` reply: it becomes `failed`, kind `cancelled`, and an answer arriving
+/// later changes nothing.
+#[utoipa::path(post,
+    path = "/api/chats/{id}/messages/{message_id}/cancel",
+    operation_id = "cancel_reply", tag = "chats", security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The chat"),
+        ("message_id" = Uuid, Path, description = "The pending assistant message"),
+    ),
+    responses(
+        (status = 200, description = "Stopped", body = MessageView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "`chat_not_found` or `message_not_found` (also for a user message)", body = ErrorBody),
+        (status = 409, description = "The reply is not `pending` any more (`message_not_pending`)", body = ErrorBody),
+        (status = 429, description = "Over one of the user's limits (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn cancel(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((chat_id, message_id)): Path<(String, String)>,
+) -> Result<Json<MessageView>, ApiError> {
+    let reply = reply_of(&state, user, &chat_id, &message_id).await?;
+    if reply.status != Status::Pending {
+        return Err(not_pending());
+    }
+    state.limits.admit_action(user).await?;
+    let stopped = state
+        .store
+        .cancel_reply(reply.chat_id, reply.id)
+        .await?
+        // The answer (or another stop) arrived between the read and the update.
+        .ok_or_else(not_pending)?;
+    tracing::info!(request = %stopped.id, generation = stopped.generation, "reply stopped by its user");
+    Ok(Json(MessageView::from(stopped)))
+}
+
+fn not_pending() -> ApiError {
+    conflict("message_not_pending", "only a pending reply can be stopped")
+}
