@@ -8,9 +8,12 @@
 //!   onto its pending reply, and the dead-letter consumer records what could not be answered.
 //! - [`store`]: every SQL statement and the message state machine.
 //!
+//! - [`live`]: live replies for browsers (server-sent events), fed by the stream exchange.
+//!
 //! The [`reaper`] fails what stays pending past the retry horizon.
 
 pub mod http;
+pub mod live;
 pub mod messaging;
 pub mod reaper;
 pub mod store;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
     /// This instance's registry, served on `GET /metrics`.
     pub metrics: Metrics,
+    /// The watchers of this instance's event streams.
+    pub hub: live::Hub,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +102,17 @@ async fn serve(
         // schema change out of every replica's start, and the replicas need no DDL rights.
         tracing::info!("database.migrate_on_start is off: not migrating");
     }
-    let store = Store::connect(&database_url, settings.database.max_connections).await?;
+    let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(live::publisher::QUEUE);
+    let store = Store::connect(&database_url, settings.database.max_connections)
+        .await?
+        .with_notices(store::notices::Notices::new(notices_tx));
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let (hub, hub_link) = live::Hub::new(
+        settings.stream.watcher_buffer,
+        live::partials::Partials::new(redis.clone(), settings.redis.prefix.clone()),
+        cancel.clone(),
+    );
     let (fresh_tx, fresh_rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
     let handoff = Handoff::new(fresh_tx);
     let (posts, writer) = PostWriter::start(store.clone(), BatchBounds::default(), handoff.clone());
@@ -120,6 +133,7 @@ async fn serve(
         broker_up: broker_up.clone(),
         settings: Arc::new(settings),
         metrics: metrics.clone(),
+        hub,
     };
 
     let tasks = TaskTracker::new();
@@ -160,10 +174,21 @@ async fn serve(
         label: "dlq",
         handler: messaging::dead_letters::DeadLetterHandler {
             store: store.clone(),
-            topology,
+            topology: topology.clone(),
         },
     };
     tasks.spawn(in_current(dead_letters.run(cancel.clone())));
+    tasks.spawn(in_current(hub_link.run(
+        state.settings.amqp.url.clone(),
+        topology.clone(),
+        cancel.clone(),
+    )));
+    let notices = live::publisher::NoticePublisher {
+        amqp_url: state.settings.amqp.url.clone(),
+        topology: topology.clone(),
+        notices: tokio::sync::Mutex::new(notices_rx),
+    };
+    tasks.spawn(in_current(notices.run(cancel.clone())));
     tasks.close();
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");

@@ -98,6 +98,11 @@ pub const CATALOG: &[Def] = &[
     def("sluice_consumed_total", Counter, &["queue"], "deliveries received, by queue (requests, responses, dlq)"),
     def("sluice_acked_total", Counter, &["queue"], "deliveries acked, by queue"),
     def("sluice_worker_publishes_refused_total", Counter, &[], "worker publishes the broker refused and that were retried"),
+    // API: live event streams
+    def("sluice_sse_watchers", Gauge, &[], "event streams open on this instance"),
+    def("sluice_sse_events_total", Counter, &["event"], "server-sent events sent, by event (message.created, message.delta, message.snapshot, message.reset, message.completed, message.failed)"),
+    def("sluice_sse_disconnects_total", Counter, &["reason"], "event streams ended, by reason (client, slow, shutdown)"),
+    def("sluice_stream_notices_dropped_total", Counter, &[], "Changed notices dropped because their publisher was behind (watchers catch up on the next one)"),
     // API: replies and dead letters
     def("sluice_replies_stored_total", Counter, &["status"], "workers' answers applied to their replies, by status (a duplicate counts again but changes nothing)"),
     def("sluice_replies_unstorable_total", Counter, &[], "answers the database refused, stored as failed (reply_unstorable)"),

@@ -6,6 +6,7 @@ mod accounts;
 mod api_errors;
 mod broker_outage;
 mod dead_letter_consumer;
+mod events;
 mod hostile_input;
 mod hostile_provider;
 mod http_timeouts;
