@@ -174,7 +174,7 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 metrics::counter!(
                     "sluice_key_cooldowns_total",
                     "project" => key.project.clone(),
-                    "reason" => cooldown.reason(),
+                    "reason" => cooldown.reason().as_str(),
                 )
                 .increment(1);
                 ctx.budgets

@@ -73,7 +73,7 @@ async fn serve(
         .transpose()?
         .map(|client| {
             budget::redis::RedisBudgets::new(
-                client,
+                Arc::new(budget::redis::RedisLink::new(client)),
                 RedisLayout::new(settings.redis.prefix.clone()),
                 keys.clone(),
                 settings.provider.timeout_ms,
