@@ -9,6 +9,7 @@ mod dead_letter_consumer;
 mod hostile_input;
 mod hostile_provider;
 mod http_timeouts;
+mod key_rotation;
 mod keypool;
 mod least_privilege;
 mod metrics;

@@ -64,18 +64,20 @@ fn default_limits(settings: &Settings) -> Limits {
 
 /// Every configured key: `GEMINI_API_KEYS` first, then the keys file; aliases are unique.
 pub fn load_keys(settings: &Settings) -> Result<Vec<KeySpec>, KeyFileError> {
-    let text = match settings.keys_file() {
-        Some(path) => {
-            Some(
-                std::fs::read_to_string(&path).map_err(|source| KeyFileError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            )
-        }
-        None => None,
+    keys_with_file_text(settings, read_key_file(settings)?.as_deref())
+}
+
+/// The keys file's text (`None` when no file is set).
+pub fn read_key_file(settings: &Settings) -> Result<Option<String>, KeyFileError> {
+    let Some(path) = settings.keys_file() else {
+        return Ok(None);
     };
-    keys_with_file_text(settings, text.as_deref())
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|source| KeyFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Every configured key, with `file_text` standing for the keys file's contents (`None`: no

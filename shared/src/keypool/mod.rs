@@ -1,14 +1,17 @@
 //! The key pool's shared vocabulary: which keys exist ([`file`]), their projects and limits,
 //! their egress route ([`egress`]), where their fleet-wide state lives in Redis
-//! ([`RedisLayout`]) and every read and change of that state ([`state`]). Workers reserve
-//! budget against it; the API reads it for `GET /api/admin/keys`.
+//! ([`RedisLayout`]) and every read and change of that state ([`state`]); [`reload`] re-reads
+//! the keys file while running. Workers reserve budget against it; the API reads it for
+//! `GET /api/admin/keys`.
 
 pub mod egress;
 pub mod file;
+pub mod reload;
 pub mod state;
 
 pub use egress::{egress_proxy, route_label};
-pub use file::{KeyFileError, keys_with_file_text, load_keys};
+pub use file::{KeyFileError, keys_with_file_text, load_keys, read_key_file};
+pub use reload::{KeyFileWatch, ReloadTrigger, watch_keys};
 pub use state::{CooldownReason, KeyPoolState, KeySnapshot, KeyState, ModelSnapshot, ModelState};
 
 use crate::Secret;

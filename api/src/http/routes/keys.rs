@@ -148,7 +148,7 @@ fn key_view(key: &KeySpec, snapshot: KeySnapshot) -> KeyView {
     ))]
 async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>, ApiError> {
     let mut conn = connection(&state).await?;
-    let keys = state.keys.clone();
+    let keys = state.keys.load_full();
     let pool = pool_state(&state);
     let read = pool.snapshot(
         &mut conn,
@@ -194,7 +194,7 @@ async fn enable(
     _: Admin,
     Path(alias): Path<String>,
 ) -> Result<Json<Enabled>, ApiError> {
-    if !state.keys.iter().any(|k| k.alias == alias) {
+    if !state.keys.load().iter().any(|k| k.alias == alias) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "key_not_found",
