@@ -18,8 +18,11 @@ pub mod messaging;
 pub mod reaper;
 pub mod store;
 
+use arc_swap::ArcSwap;
 use messaging::consume::QueueConsumer;
-use sluice_shared::keypool::{KeySpec, load_keys};
+use sluice_shared::keypool::{
+    KeyFileWatch, KeySpec, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
+};
 use sluice_shared::metrics::{Metrics, in_current};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
@@ -44,8 +47,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub broker_up: Arc<AtomicBool>,
     pub redis: redis::Client,
-    /// The configured provider keys (for the admin view; workers hold their own copy).
-    pub keys: Arc<Vec<KeySpec>>,
+    /// The configured provider keys (for the admin view; workers hold their own copy),
+    /// swapped when the keys file changes.
+    pub keys: Arc<ArcSwap<Vec<KeySpec>>>,
     pub limits: Arc<http::limits::Limits>,
     pub hashing: Arc<http::auth::HashQueue>,
     pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
@@ -72,15 +76,26 @@ pub enum RunError {
 /// Migrates (unless `database.migrate_on_start` is off), then serves on `listener` with the
 /// relay and the consumers running beside the server, until `cancel` fires; then drains and
 /// returns. Everything it runs records into a registry of its own (see
-/// [`sluice_shared::metrics`]), so APIs in one process count apart.
+/// [`sluice_shared::metrics`]), so APIs in one process count apart. The keys the admin view
+/// lists follow the keys file; [`run_with_reload`] also re-reads it when asked.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
+    run_with_reload(settings, listener, cancel, ReloadTrigger::new()).await
+}
+
+/// [`run`], re-reading the keys file whenever `reload` fires (SIGHUP in `main`).
+pub async fn run_with_reload(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    reload: ReloadTrigger,
+) -> Result<(), RunError> {
     let metrics = Metrics::new();
     metrics
-        .instrument(serve(settings, listener, cancel, metrics.clone()))
+        .instrument(serve(settings, listener, cancel, reload, metrics.clone()))
         .await
 }
 
@@ -88,6 +103,7 @@ async fn serve(
     settings: Settings,
     listener: TcpListener,
     cancel: CancellationToken,
+    reload: ReloadTrigger,
     metrics: Metrics,
 ) -> Result<(), RunError> {
     settings.validate()?;
@@ -117,6 +133,8 @@ async fn serve(
     let handoff = Handoff::new(fresh_tx);
     let (posts, writer) = PostWriter::start(store.clone(), BatchBounds::default(), handoff.clone());
     let broker_up = Arc::new(AtomicBool::new(false));
+    let key_file_text = read_key_file(&settings)?;
+    let keys = keys_with_file_text(&settings, key_file_text.as_deref())?;
     let state = AppState {
         store: store.clone(),
         posts,
@@ -129,7 +147,7 @@ async fn serve(
         hashing: Arc::new(http::auth::HashQueue::new(settings.auth.max_waiting_hashes)),
         trusted_proxies: Arc::new(trusted_proxies),
         redis,
-        keys: Arc::new(load_keys(&settings)?),
+        keys: Arc::new(ArcSwap::from_pointee(keys)),
         broker_up: broker_up.clone(),
         settings: Arc::new(settings),
         metrics: metrics.clone(),
@@ -138,6 +156,17 @@ async fn serve(
 
     let tasks = TaskTracker::new();
     tasks.spawn(metrics.upkeep(cancel.clone()));
+    let watch = KeyFileWatch::new(state.settings.clone(), &state.keys.load(), key_file_text);
+    let keys = state.keys.clone();
+    tasks.spawn(in_current(watch_keys(
+        watch,
+        reload,
+        cancel.clone(),
+        move |new| {
+            keys.store(Arc::new(new));
+            Ok(())
+        },
+    )));
     let relay = messaging::relay::Relay {
         store: store.clone(),
         amqp_url: state.settings.amqp.url.clone(),

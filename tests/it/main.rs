@@ -10,6 +10,7 @@ mod events;
 mod hostile_input;
 mod hostile_provider;
 mod http_timeouts;
+mod key_rotation;
 mod keypool;
 mod least_privilege;
 mod metrics;

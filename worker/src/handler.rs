@@ -2,8 +2,9 @@
 //! calls the provider, and feeds what happened back into the pool — a 429 cools the key's
 //! project down and hands the call to another key at once, an invalid key is disabled — all
 //! without counting an attempt. Keys behind a cooling egress route are skipped before
-//! reserving, so a message waits for them as it waits for budget. It knows nothing of the
-//! broker.
+//! reserving, so a message waits for them as it waits for budget. Each reservation is made
+//! on the keys running at that moment ([`Live`]), so a reload of the keys file reaches waiting
+//! deliveries too. It knows nothing of the broker.
 
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
 use crate::provider::{Gemini, Generation, ProviderError};
@@ -15,6 +16,11 @@ use std::time::{Duration, Instant};
 const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
 /// A waiting worker looks again at least this often (other workers finish calls meanwhile).
 const BUDGET_POLL: Duration = Duration::from_millis(250);
+
+/// The context running now; a reload of the keys file swaps in a new one. A delivery that
+/// holds a reservation settles it on the context it came from (removed keys drain), and
+/// makes its next reservation on the current one.
+pub type Live = arc_swap::ArcSwap<Context>;
 
 pub struct Context {
     pub provider: Gemini,
@@ -86,15 +92,19 @@ fn called(key: &KeySpec, outcome: &'static str) {
     .increment(1);
 }
 
-pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
+pub async fn handle(request: &RequestEnvelope, live: &Live) -> Outcome {
     let model = request.model.as_str();
     let estimate = estimate_tokens(request);
     let started = Instant::now();
-    let deadline = instant_after(started, ctx.budget_wait);
+    let deadline = instant_after(started, live.load().budget_wait);
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
     let mut waiting = Some(started);
     loop {
+        // Every reservation below is settled before the loop comes round again, so taking
+        // the current keys here never strands one: removed keys get no new reservation.
+        let current = live.load_full();
+        let ctx: &Context = &current;
         let reservation = match reserve(ctx, model, estimate).await {
             Ok(reservation) => reservation,
             Err(no_budget) => {
@@ -174,7 +184,7 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 metrics::counter!(
                     "sluice_key_cooldowns_total",
                     "project" => key.project.clone(),
-                    "reason" => cooldown.reason(),
+                    "reason" => cooldown.reason().as_str(),
                 )
                 .increment(1);
                 ctx.budgets
@@ -250,16 +260,16 @@ mod tests {
     async fn context(
         keys: Arc<Vec<KeySpec>>,
         proxy: &str,
-    ) -> Result<Context, Box<dyn std::error::Error>> {
+    ) -> Result<Live, Box<dyn std::error::Error>> {
         let mut settings = Settings::defaults()?.provider;
         settings.proxy = Secret::new(proxy.to_owned());
         settings.connect_timeout_ms = 2_000;
-        Ok(Context {
+        Ok(Live::from_pointee(Context {
             provider: Gemini::new(&settings, &keys)?,
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,
-        })
+        }))
     }
 
     /// A local address nobody listens on: connections to it are refused.
@@ -284,20 +294,22 @@ mod tests {
             "during the route's cooldown a message waits, it does not fail"
         );
         // The wait reserved nothing: the second slot of the window is still there.
-        assert!(ctx.budgets.reserve("m", 1, &[]).await.is_ok());
-        assert!(ctx.budgets.reserve("m", 1, &[]).await.is_err());
+        let budgets = &ctx.load().budgets;
+        assert!(budgets.reserve("m", 1, &[]).await.is_ok());
+        assert!(budgets.reserve("m", 1, &[]).await.is_err());
         Ok(())
     }
 
     #[tokio::test]
     async fn every_key_disabled_is_no_usable_key_but_cooling_is_not() -> TestResult {
         let ctx = context(keys(2, 100), "").await?;
-        ctx.budgets
+        let budgets = &ctx.load().budgets;
+        budgets
             .cool_down(0, "m", Cooldown::RateLimited(Duration::from_secs(60)))
             .await;
-        ctx.budgets.disable(1, "test").await;
+        budgets.disable(1, "test").await;
         assert_eq!(handle(&request(), &ctx).await, Outcome::NoBudget);
-        ctx.budgets.disable(0, "test").await;
+        budgets.disable(0, "test").await;
         assert_eq!(handle(&request(), &ctx).await, Outcome::NoUsableKey);
         Ok(())
     }

@@ -7,10 +7,11 @@
 use crate::egress::EgressHealth;
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
-use sluice_shared::keypool::{KeySpec, route_label};
+use sluice_shared::keypool::{KeySpec, egress_proxy, route_label};
 use sluice_shared::settings::ProviderSettings;
 use sluice_shared::text;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The longest wait a provider's `retryDelay` may impose; anything longer (or absurd, such as
@@ -69,13 +70,24 @@ pub struct Gemini {
     global_proxy: String,
     base_url: String,
     max_reply_bytes: u64,
-    egress: EgressHealth,
+    /// Shared by the clients built for each reload of the keys: a route's health belongs
+    /// to the route, not to one set of keys.
+    egress: Arc<EgressHealth>,
 }
 
 impl Gemini {
     /// Builds every route up front. With a proxy configured, no call goes direct: a key's own
     /// proxy replaces the global one, and nothing falls back to a direct connection.
     pub fn new(settings: &ProviderSettings, keys: &[KeySpec]) -> Result<Self, reqwest::Error> {
+        Self::with_egress(settings, keys, Arc::default())
+    }
+
+    /// Like [`Gemini::new`], sharing `egress` (the routes' health) with earlier clients.
+    pub fn with_egress(
+        settings: &ProviderSettings,
+        keys: &[KeySpec],
+        egress: Arc<EgressHealth>,
+    ) -> Result<Self, reqwest::Error> {
         let global_proxy = settings.proxy.expose().clone();
         let mut clients = HashMap::new();
         clients.insert(String::new(), client(settings, &global_proxy)?);
@@ -91,7 +103,7 @@ impl Gemini {
             global_proxy,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             max_reply_bytes: settings.max_reply_bytes,
-            egress: EgressHealth::default(),
+            egress,
         })
     }
 
@@ -100,12 +112,14 @@ impl Gemini {
         key.proxy.as_ref().map_or("", |p| p.expose().as_str())
     }
 
-    /// The proxy `key`'s calls go through (`""`: direct).
+    /// The proxy `key`'s calls go through (`""`: direct); the choice is the shared one.
     fn egress_of<'a>(&'a self, key: &'a KeySpec) -> &'a str {
-        match self.route(key) {
-            "" => &self.global_proxy,
-            own => own,
-        }
+        egress_proxy(key, &self.global_proxy)
+    }
+
+    /// The routes' health, to share with the client of the next key reload.
+    pub fn egress_health(&self) -> Arc<EgressHealth> {
+        self.egress.clone()
     }
 
     /// Whether calls with `key` leave through a proxy.
