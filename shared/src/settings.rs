@@ -336,7 +336,10 @@ impl Settings {
             ("SLUICE__STREAM__GAP_TIMEOUT_MS", self.stream.gap_timeout_ms),
             ("SLUICE__STREAM__HEARTBEAT_MS", self.stream.heartbeat_ms),
             ("SLUICE__STREAM__TOKEN_TTL_SECS", self.stream.token_ttl_secs),
-            ("SLUICE__STREAM__WATCHER_BUFFER", self.stream.watcher_buffer as u64),
+            (
+                "SLUICE__STREAM__WATCHER_BUFFER",
+                self.stream.watcher_buffer as u64,
+            ),
         ] {
             if value == 0 {
                 problems.push(invalid(name, "must be > 0"));

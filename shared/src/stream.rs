@@ -120,7 +120,10 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         assert_eq!(json["type"], "delta");
         assert_eq!(StreamEvent::from_bytes(&bytes), Some(delta));
-        assert_eq!(StreamEvent::from_bytes(b"{\"type\":\"delta\",\"v\":2}"), None);
+        assert_eq!(
+            StreamEvent::from_bytes(b"{\"type\":\"delta\",\"v\":2}"),
+            None
+        );
         assert_eq!(StreamEvent::from_bytes(b"garbage"), None);
     }
 

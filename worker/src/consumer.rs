@@ -214,7 +214,7 @@ async fn answer(
     context: &Context,
     link: &Link,
 ) -> Result<(), BrokerError> {
-    let outcome = handler::handle(&request, context).await;
+    let outcome = handler::handle(&request, context, before.counted.saturating_add(1)).await;
     let rules = routing::Rules {
         retry_delays_ms: &link.retry_delays_ms,
         no_key_max_wait_ms: link.no_key_max_wait_ms,

@@ -3,11 +3,13 @@
 //! everything they need travels in the request envelope.
 //!
 //! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using the
-//! [`budget`]s of the key pool and the [`provider`] client, [`routing`] decides what the
-//! outcome means for the message, [`probe`] heals disabled keys, and [`health`] serves
-//! `/health` (with the worker's `/metrics` beside it).
+//! [`budget`]s of the key pool and the [`provider`] client, [`chunks`] carries streamed pieces
+//! of replies to the stream exchange and Redis, [`routing`] decides what the outcome means for
+//! the message, [`probe`] heals disabled keys, and [`health`] serves `/health` (with the
+//! worker's `/metrics` beside it).
 
 pub mod budget;
+pub mod chunks;
 pub mod consumer;
 pub mod egress;
 #[cfg(test)]
@@ -70,20 +72,32 @@ async fn serve(
     }
     let redis = (settings.limits.backend == "redis")
         .then(|| redis::Client::open(settings.redis.url.expose().as_str()))
-        .transpose()?
-        .map(|client| {
-            budget::redis::RedisBudgets::new(
-                client,
-                RedisLayout::new(settings.redis.prefix.clone()),
-                keys.clone(),
-                settings.provider.timeout_ms,
-            )
-        });
+        .transpose()?;
+    let chunks = chunks::spawn(
+        chunks::Targets {
+            amqp_url: settings.amqp.url.clone(),
+            exchange: Topology::from_settings(&settings).stream_exchange(),
+            // Partial texts live in Redis even when budgets are local (the API reads them).
+            redis: redis::Client::open(settings.redis.url.expose().as_str()).ok(),
+            redis_prefix: settings.redis.prefix.clone(),
+            partial_ttl: Duration::from_millis(settings.stream.partial_ttl_ms),
+        },
+        cancel.clone(),
+    );
+    let redis = redis.map(|client| {
+        budget::redis::RedisBudgets::new(
+            client,
+            RedisLayout::new(settings.redis.prefix.clone()),
+            keys.clone(),
+            settings.provider.timeout_ms,
+        )
+    });
     let context = Arc::new(handler::Context {
         provider: provider::Gemini::new(&settings.provider, &keys)?,
         budgets: budget::Budgets::new(keys.clone(), redis, settings.worker.expected_replicas),
         budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
         disable_after: settings.keys.disable_after.max(1),
+        chunks,
     });
     let health = Arc::new(health::Health::default());
     metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
