@@ -198,27 +198,30 @@ impl Publisher {
         published
     }
 
-    /// The open channel, opening the connection first when there is none.
+    /// The open channel, opening the connection first when there is none. A channel found
+    /// closed means the broker refused what went before (a missing exchange closes the
+    /// channel after the publish left): that is a failure too, not a reason to reconnect at
+    /// once.
     async fn channel(&mut self) -> Option<&Channel> {
-        let usable = self.link.as_ref().is_some_and(|(connection, channel)| {
-            connection.status().connected() && channel.status().connected()
-        });
-        if !usable {
-            self.link = None;
-            let open = async {
-                let connection =
-                    broker::connect(self.amqp_url.expose(), "sluice-worker stream").await?;
-                let channel = connection.create_channel().await?;
-                Ok::<_, broker::BrokerError>((connection, channel))
-            };
-            match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
-                Ok(Ok(link)) => self.link = Some(link),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "stream publisher cannot reach the broker");
-                    return None;
-                }
-                Err(_) => return None,
+        if let Some((connection, channel)) = &self.link {
+            if connection.status().connected() && channel.status().connected() {
+                return self.link.as_ref().map(|(_, channel)| channel);
             }
+            return None;
+        }
+        let open = async {
+            let connection =
+                broker::connect(self.amqp_url.expose(), "sluice-worker stream").await?;
+            let channel = connection.create_channel().await?;
+            Ok::<_, broker::BrokerError>((connection, channel))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+            Ok(Ok(link)) => self.link = Some(link),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "stream publisher cannot reach the broker");
+                return None;
+            }
+            Err(_) => return None,
         }
         self.link.as_ref().map(|(_, channel)| channel)
     }
