@@ -128,6 +128,8 @@ pub const CATALOG: &[Def] = &[
     def("sluice_provider_nul_stripped_total", Counter, &[], "model replies that held U+0000 (removed)"),
     def("sluice_provider_replies_too_large_total", Counter, &[], "replies over provider.max_reply_bytes (failed)"),
     def("sluice_provider_delays_clamped_total", Counter, &[], "retryDelay values clamped to a day"),
+    // Worker: streaming
+    def("sluice_stream_chunks_total", Counter, &["outcome"], "streamed pieces of replies handed to the stream exchange (published) or given up (dropped: queue full, broker slow, refusing or away)"),
 ];
 
 /// The names a histogram shows in the text format besides its own.

@@ -26,5 +26,6 @@ mod retries;
 mod rolling_restart;
 mod row_isolation;
 mod sizes;
+mod streaming;
 mod topology;
 mod user_limits;

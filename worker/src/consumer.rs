@@ -215,7 +215,7 @@ async fn answer(
     context: &Live,
     link: &Link,
 ) -> Result<(), BrokerError> {
-    let outcome = handler::handle(&request, context).await;
+    let outcome = handler::handle(&request, context, before.counted.saturating_add(1)).await;
     let rules = routing::Rules {
         retry_delays_ms: &link.retry_delays_ms,
         no_key_max_wait_ms: link.no_key_max_wait_ms,

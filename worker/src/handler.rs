@@ -4,12 +4,15 @@
 //! without counting an attempt. Keys behind a cooling egress route are skipped before
 //! reserving, so a message waits for them as it waits for budget. Each reservation is made
 //! on the keys running at that moment ([`Live`]), so a reload of the keys file reaches waiting
-//! deliveries too. It knows nothing of the broker.
+//! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come, numbered per
+//! call. It knows nothing of the broker.
 
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
+use crate::chunks::ChunkSink;
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
+use sluice_shared::stream::{self, Delta};
 use std::time::{Duration, Instant};
 
 /// A 429 without `retryDelay` cools down this long.
@@ -27,6 +30,8 @@ pub struct Context {
     pub budgets: Budgets,
     pub budget_wait: Duration,
     pub disable_after: u32,
+    /// Where streamed pieces of text go.
+    pub chunks: ChunkSink,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +97,9 @@ fn called(key: &KeySpec, outcome: &'static str) {
     .increment(1);
 }
 
-pub async fn handle(request: &RequestEnvelope, live: &Live) -> Outcome {
+/// Handles one request. `attempt` is the counted provider call this delivery makes (counted
+/// calls before it + 1): every piece it streams carries it.
+pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Outcome {
     let model = request.model.as_str();
     let estimate = estimate_tokens(request);
     let started = Instant::now();
@@ -143,7 +150,22 @@ pub async fn handle(request: &RequestEnvelope, live: &Live) -> Outcome {
         }
         let alias = key.alias.clone();
         let call_started = Instant::now();
-        let result = ctx.provider.generate(key, request).await;
+        // Each call numbers its pieces from 0: a call after a 429 or an invalid key (same
+        // attempt, uncounted) starts the text over.
+        let mut seq = 0u32;
+        let mut on_text = |text: &str| {
+            ctx.chunks.offer(Delta {
+                v: stream::VERSION,
+                chat_id: request.chat_id,
+                message_id: request.request_id,
+                generation: request.generation,
+                attempt,
+                seq,
+                text: text.to_owned(),
+            });
+            seq = seq.saturating_add(1);
+        };
+        let result = ctx.provider.generate(key, request, &mut on_text).await;
         // A cooling egress route sends nothing: no duration, no log line. A call made gets
         // one info line, which under the delivery's span names the trace.
         if !matches!(result, Err(ProviderError::EgressCooling)) {
@@ -269,6 +291,7 @@ mod tests {
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,
+            chunks: ChunkSink::discard(),
         }))
     }
 
@@ -284,12 +307,12 @@ mod tests {
     async fn a_refused_proxy_costs_one_attempt_then_messages_wait_without_spending() -> TestResult {
         // Two calls per window on the only key.
         let ctx = context(keys(1, 2), &refusing_address().await?).await?;
-        match handle(&request(), &ctx).await {
+        match handle(&request(), &ctx, 1).await {
             Outcome::Retryable { error, .. } => assert_eq!(error.kind, "proxy_unreachable"),
             other => panic!("the call that met the refusal counts: {other:?}"),
         }
         assert_eq!(
-            handle(&request(), &ctx).await,
+            handle(&request(), &ctx, 1).await,
             Outcome::NoBudget,
             "during the route's cooldown a message waits, it does not fail"
         );
@@ -308,9 +331,9 @@ mod tests {
             .cool_down(0, "m", Cooldown::RateLimited(Duration::from_secs(60)))
             .await;
         budgets.disable(1, "test").await;
-        assert_eq!(handle(&request(), &ctx).await, Outcome::NoBudget);
+        assert_eq!(handle(&request(), &ctx, 1).await, Outcome::NoBudget);
         budgets.disable(0, "test").await;
-        assert_eq!(handle(&request(), &ctx).await, Outcome::NoUsableKey);
+        assert_eq!(handle(&request(), &ctx, 1).await, Outcome::NoUsableKey);
         Ok(())
     }
 }

@@ -3,11 +3,13 @@
 //! everything they need travels in the request envelope.
 //!
 //! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using the
-//! [`budget`]s of the key pool and the [`provider`] client, [`routing`] decides what the
-//! outcome means for the message, [`probe`] heals disabled keys, and [`health`] serves
-//! `/health` (with the worker's `/metrics` beside it).
+//! [`budget`]s of the key pool and the [`provider`] client, [`chunks`] carries streamed pieces
+//! of replies to the stream exchange and Redis, [`routing`] decides what the outcome means for
+//! the message, [`probe`] heals disabled keys, and [`health`] serves `/health` (with the
+//! worker's `/metrics` beside it).
 
 pub mod budget;
+pub mod chunks;
 pub mod consumer;
 pub mod egress;
 #[cfg(test)]
@@ -83,6 +85,8 @@ struct Shared {
     settings: Arc<Settings>,
     redis: Option<Arc<budget::redis::RedisLink>>,
     egress: Arc<egress::EgressHealth>,
+    /// Streamed pieces go out through one sink whatever the keys.
+    chunks: chunks::ChunkSink,
 }
 
 impl Shared {
@@ -106,6 +110,7 @@ impl Shared {
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
             budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
             disable_after: settings.keys.disable_after.max(1),
+            chunks: self.chunks.clone(),
         })
     }
 }
@@ -123,13 +128,24 @@ async fn serve(
     if keys.is_empty() {
         return Err(RunError::NoKeys);
     }
+    let redis_client = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let chunks = chunks::spawn(
+        chunks::Targets {
+            amqp_url: settings.amqp.url.clone(),
+            exchange: Topology::from_settings(&settings).stream_exchange(),
+            // Partial texts live in Redis even when budgets are local (the API reads them).
+            redis: Some(redis_client.clone()),
+            redis_prefix: settings.redis.prefix.clone(),
+            partial_ttl: Duration::from_millis(settings.stream.partial_ttl_ms),
+        },
+        cancel.clone(),
+    );
     let settings = Arc::new(settings);
     let shared = Shared {
         redis: (settings.limits.backend == "redis")
-            .then(|| redis::Client::open(settings.redis.url.expose().as_str()))
-            .transpose()?
-            .map(|client| Arc::new(budget::redis::RedisLink::new(client))),
+            .then(|| Arc::new(budget::redis::RedisLink::new(redis_client))),
         egress: Arc::default(),
+        chunks,
         settings: settings.clone(),
     };
     let live = Arc::new(ArcSwap::from_pointee(shared.context(keys.clone())?));
