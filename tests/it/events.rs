@@ -277,17 +277,25 @@ async fn only_the_owner_opens_a_stream_and_event_tokens_open_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_post_streams_created_messages_and_the_completed_reply() {
+async fn a_post_streams_created_messages_its_pieces_and_the_completed_reply() {
     run(TestOptions::default(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
+        // A first reply while nobody watches: by then the worker's chunk sink has connected
+        // (pieces are dropped, not queued, while it connects).
+        let warm = app.create_chat(&token).await?;
+        let first = app
+            .post_message(&token, &warm, json!({"content": "warm up"}))
+            .await?;
+        app.wait_reply(&token, &warm, &first, WAIT).await?;
         let (status, stream) = open(&app, &app.api, &chat, Some(&token), None, None).await?;
         assert_eq!(status, StatusCode::OK);
         let mut stream = stream.ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        // Pieces 100 ms apart: a piece lost to a busy machine still leaves later ones.
         let (status, posted) = app
             .post(
                 &format!("/api/chats/{chat}/messages"),
                 &token,
-                json!({"content": "hello"}),
+                json!({"content": "hello [[mock:chunk-pause=100]]"}),
             )
             .await?;
         assert_eq!(status, StatusCode::ACCEPTED);
@@ -296,17 +304,42 @@ async fn a_post_streams_created_messages_and_the_completed_reply() {
             .as_str()
             .unwrap_or_default();
         let mut created = Vec::new();
+        // The worker streams its call: the text so far, as a client would build it.
+        let (mut text, mut progress) = (String::new(), 0);
         let completed = loop {
             let ev = stream
-                .next_of(&["message.created", "message.completed", "message.failed"])
+                .next_of(&[
+                    "message.created",
+                    "message.completed",
+                    "message.failed",
+                    "message.delta",
+                    "message.snapshot",
+                    "message.reset",
+                ])
                 .await?;
             match ev.event.as_str() {
                 "message.created" => created.push(ev.data["id"].as_str().unwrap_or("").to_owned()),
                 "message.completed" if ev.data["id"] == reply => break ev,
+                "message.delta" if ev.data["message_id"] == reply => {
+                    progress += 1;
+                    text.push_str(ev.data["text"].as_str().unwrap_or_default());
+                }
+                "message.snapshot" if ev.data["message_id"] == reply => {
+                    progress += 1;
+                    text = ev.data["text"].as_str().unwrap_or_default().to_owned();
+                }
+                "message.reset" => text.clear(),
                 _ => {}
             }
         };
         assert_eq!(created, vec![question.to_owned(), reply.to_owned()]);
+        // Best effort: a piece lost under load ends the live text early, never garbles it.
+        let content = completed.data["content"].as_str().unwrap_or_default();
+        assert!(progress > 0, "the reply streamed before it completed");
+        assert!(
+            !text.is_empty() && content.starts_with(&text),
+            "live text {text:?} vs stored {content:?}"
+        );
         assert!(
             completed.id.starts_with(&format!("{reply}:0:")),
             "{}",

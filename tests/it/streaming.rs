@@ -75,7 +75,9 @@ impl Watcher {
             while let Some(Ok(delivery)) = consumer.next().await {
                 match StreamEvent::from_bytes(&delivery.data) {
                     Some(StreamEvent::Delta(delta)) => sink.lock().unwrap().push(delta),
-                    other => panic!("not a delta: {other:?}"),
+                    // The API's notices share the exchange and the routing key.
+                    Some(StreamEvent::Changed(_)) => {}
+                    None => panic!("not a stream event: {:?}", delivery.data),
                 }
             }
         });
