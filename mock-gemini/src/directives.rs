@@ -12,6 +12,8 @@
 //!            | "latency=" MS          extra delay in milliseconds (several add up)
 //!            | "chunk-pause=" MS      pause between streamed chunks instead of the
 //!                                     configured one (the last one given wins)
+//!            | "stamp"                streamed chunks begin with `[t=MICROS]`, the mock's
+//!                                     wall clock as each is sent (for latency benches)
 //! fault     := "fail=" STATUS         any 400..=599; fail=429 means the 429 below
 //!            | "429" [ "=" DELAY ]    per-minute quota 429, retryDelay DELAY (default 1s)
 //!            | "429day"               per-day quota 429, retryDelay 3600s
@@ -94,6 +96,8 @@ pub(crate) struct Script {
     pub extra_latency: Duration,
     /// `chunk-pause=`: this text's pause between streamed chunks.
     pub chunk_pause: Option<Duration>,
+    /// `stamp`: every streamed chunk begins with the time it is sent.
+    pub stamp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -167,6 +171,10 @@ impl Script {
                 .parse()
                 .map_err(|_| DirectiveError::Value(body.to_owned()))?;
             self.extra_latency += Duration::from_millis(millis);
+            return Ok(());
+        }
+        if body == "stamp" {
+            self.stamp = true;
             return Ok(());
         }
         if let Some(millis) = body.strip_prefix("chunk-pause=") {
@@ -376,6 +384,7 @@ mod tests {
         let script = parse("[[mock:cutx1]] [[mock:chunk-pause=300]] slow").unwrap();
         assert_eq!(script.steps, vec![step(Fault::Cut, Some(1))]);
         assert_eq!(script.chunk_pause, Some(Duration::from_millis(300)));
+        assert!(parse("[[mock:stamp]] timed").unwrap().stamp);
         assert_eq!(
             parse("[[mock:chunk-pause=soon]]"),
             Err(DirectiveError::Value("chunk-pause=soon".into()))

@@ -59,6 +59,8 @@ pub(crate) struct Decision {
     pub delay: Duration,
     /// Between the events of a streamed answer.
     chunk_pause: Duration,
+    /// `[[mock:stamp]]`: each streamed chunk's text begins with the time it is sent.
+    stamp: bool,
     model: String,
     answer: Answer,
 }
@@ -98,9 +100,11 @@ pub(crate) fn decide(state: &MockState, model: String, key: Option<&str>, body: 
     });
     let mut delay = state.config().latency();
     let mut chunk_pause = state.config().chunk_pause();
+    let mut stamp = false;
     if let Ok((_, script)) = &parsed {
         delay += script.extra_latency;
         chunk_pause = script.chunk_pause.unwrap_or(chunk_pause);
+        stamp = script.stamp;
     }
     let answer = {
         let mut book = state.book();
@@ -121,6 +125,7 @@ pub(crate) fn decide(state: &MockState, model: String, key: Option<&str>, body: 
     Decision {
         delay,
         chunk_pause,
+        stamp,
         model,
         answer,
     }
@@ -260,7 +265,11 @@ impl Decision {
             Answer::Oversize(prompt, bytes) => reply::oversize(&prompt, model, bytes),
         };
         if stream {
-            let frames = reply::stream_events(&body).iter().map(sse::frame).collect();
+            let mut events = reply::stream_events(&body);
+            if self.stamp {
+                sse::mark_for_stamps(&mut events);
+            }
+            let frames = events.iter().map(sse::frame).collect();
             let feed = Feed::new(frames, self.chunk_pause, closing);
             let feed = if cut { feed.cut_halfway() } else { feed };
             return feed.respond(EVENT_STREAM);

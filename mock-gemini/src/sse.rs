@@ -65,7 +65,7 @@ impl Feed {
                 }
             }
             match feed.frames.pop_front() {
-                Some(frame) => Some((Ok(frame), Some((feed, false)))),
+                Some(frame) => Some((Ok(stamp(frame)), Some((feed, false)))),
                 None if feed.cut => Some((Err(Broken::Cut), None)),
                 None => None,
             }
@@ -82,6 +82,35 @@ impl Feed {
         )
             .into_response()
     }
+}
+
+/// Stands where a chunk's send time goes (see [`mark_for_stamps`]).
+const STAMP_MARK: &str = "[t=@]";
+
+/// Begins the text of every event with [`STAMP_MARK`], which [`stamp`] replaces by the
+/// wall clock (microseconds since the Unix epoch) as the frame is sent: a latency bench on
+/// the same machine can then tell how long each chunk took to reach its client.
+pub(crate) fn mark_for_stamps(events: &mut [Value]) {
+    for event in events {
+        if let Some(text) = event["candidates"][0]["content"]["parts"][0]["text"].as_str() {
+            let marked = format!("{STAMP_MARK}{text}");
+            event["candidates"][0]["content"]["parts"][0]["text"] = Value::String(marked);
+        }
+    }
+}
+
+/// `frame` with its [`STAMP_MARK`], if any, replaced by the time now.
+fn stamp(frame: Bytes) -> Bytes {
+    let Ok(text) = std::str::from_utf8(&frame) else {
+        return frame;
+    };
+    if !text.contains(STAMP_MARK) {
+        return frame;
+    }
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    Bytes::from(text.replace(STAMP_MARK, &format!("[t={micros}]")))
 }
 
 /// One server-sent event carrying `event` as JSON, framed as Gemini does.
