@@ -26,3 +26,4 @@ mod row_isolation;
 mod sizes;
 mod topology;
 mod user_limits;
+mod web;

@@ -12,6 +12,7 @@ mod messages;
 mod prompts;
 mod reply_actions;
 mod views;
+mod web;
 
 use crate::AppState;
 use crate::http::error::ApiError;
@@ -43,7 +44,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: AppState) -> Router {
     let (routes, _) = documented().split_for_parts();
+    // The web page is not REST: served beside the documented routes, not in the document.
     routes
+        .merge(web::router())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
