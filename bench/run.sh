@@ -9,6 +9,9 @@
 #   bench/run.sh flood CLIENTS MESSAGES [sluice-bench options…]   e.g. bench/run.sh flood 16 20000
 #   bench/run.sh chat CLIENTS SECONDS [sluice-bench options…]     e.g. bench/run.sh chat 64 30
 #   bench/run.sh paced RATE SECONDS [sluice-bench options…]       e.g. bench/run.sh paced 400 30
+#   bench/run.sh live CHATS ROUNDS [sluice-bench options…]        e.g. bench/run.sh live 100 5
+#     (live runs a second API replica on BENCH_PORT_BASE + 3; half the chats listen on the
+#     event stream, half poll; mock-gemini streams with BENCH_CHUNK_PAUSE_MS between chunks)
 # Options after the three arguments go to `sluice-bench` as they are (e.g. --users 16).
 # The human summary goes to stderr; one JSON line with every figure goes to stdout and is
 # appended to $BENCH_OUT/runs.jsonl. bench/repeat.sh runs a scenario N times for medians.
@@ -38,7 +41,7 @@ source scripts/lib.sh
 with_sbin_on_path
 
 usage() {
-    sed -n '9,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -48,7 +51,7 @@ shift 3
 EXTRA=("$@")
 [[ $AMOUNT =~ ^[1-9][0-9]*$ ]] || die "the third argument must be a positive whole number, not '$AMOUNT'"
 case $SCENARIO in
-flood | chat)
+flood | chat | live)
     [[ $FIRST =~ ^[1-9][0-9]*$ ]] || die "CLIENTS must be a positive whole number, not '$FIRST'"
     ;;
 paced)
@@ -61,6 +64,7 @@ flood) SCENARIO_ARGS=(flood --clients "$FIRST" --messages "$AMOUNT") ;;
 chat) SCENARIO_ARGS=(chat --clients "$FIRST" --duration-secs "$AMOUNT") ;;
 # Waiting for the replies makes the CPU per message cover the whole pipeline.
 paced) SCENARIO_ARGS=(paced --rate "$FIRST" --duration-secs "$AMOUNT" --wait-replies) ;;
+live) SCENARIO_ARGS=(live --chats "$FIRST" --rounds "$AMOUNT") ;;
 esac
 
 BASE=${BENCH_PORT_BASE:-18080}
@@ -68,7 +72,9 @@ BASE=${BENCH_PORT_BASE:-18080}
 API_PORT=$BASE
 WORKER_PORTS=($((BASE + 1)) $((BASE + 2)))
 MOCK_PORT=$((BASE + 10))
-for p in "$API_PORT" "${WORKER_PORTS[@]}" "$MOCK_PORT"; do
+API_PORTS=("$API_PORT")
+[[ $SCENARIO == live ]] && API_PORTS+=($((BASE + 3)))
+for p in "${API_PORTS[@]}" "${WORKER_PORTS[@]}" "$MOCK_PORT"; do
     port_in_use "$p" &&
         die "port $p is already in use (another benchmark running?); set BENCH_PORT_BASE to a free range"
 done
@@ -253,12 +259,17 @@ export SLUICE__USERS__MESSAGES_PER_MINUTE=0 SLUICE__USERS__MESSAGES_PER_DAY=0 SL
 export SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=0
 
 info "run $RUN_ID: $BIN/sluice-api and sluice-worker, API :$API_PORT, workers :${WORKER_PORTS[*]}, mock-gemini :$MOCK_PORT, queues $PREFIX*, logs $LOGS"
-start mock-gemini "$TOOL/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --latency-ms "${BENCH_MOCK_LATENCY_MS:-0}"
+start mock-gemini "$TOOL/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --latency-ms "${BENCH_MOCK_LATENCY_MS:-0}" \
+    --chunk-pause-ms "${BENCH_CHUNK_PAUSE_MS:-20}"
 wait_for_port 127.0.0.1 "$MOCK_PORT" 10 || { check_alive; die "mock-gemini is not listening on :$MOCK_PORT"; }
 
 "$BIN/sluice-api" migrate >"$LOGS/migrate.log" 2>&1 ||
     { show_log "$LOGS/migrate.log" 40; die "sluice-api migrate failed"; }
 start api "$BIN/sluice-api"
+for i in "${!API_PORTS[@]}"; do
+    ((i == 0)) && continue
+    SLUICE__HTTP__ADDR="127.0.0.1:${API_PORTS[$i]}" start "api-$((i + 1))" "$BIN/sluice-api"
+done
 for i in "${!WORKER_PORTS[@]}"; do
     SLUICE__WORKER__HEALTH_ADDR="127.0.0.1:${WORKER_PORTS[$i]}" start "worker-$((i + 1))" "$BIN/sluice-worker"
 done
@@ -267,8 +278,10 @@ ready() {
     check_alive
     # Ready answers 200 while the broker is still connecting (the outbox absorbs that); the
     # measurement should not start before the relay and the response consumer are up.
-    [[ $(curl -fsS --max-time 2 "http://127.0.0.1:$API_PORT/api/ready" 2>/dev/null) == *'"broker":"ok"'* ]] || return 1
     local p
+    for p in "${API_PORTS[@]}"; do
+        [[ $(curl -fsS --max-time 2 "http://127.0.0.1:$p/api/ready" 2>/dev/null) == *'"broker":"ok"'* ]] || return 1
+    done
     for p in "${WORKER_PORTS[@]}"; do
         curl -fsS --max-time 2 "http://127.0.0.1:$p/health" >/dev/null 2>&1 || return 1
     done
@@ -355,6 +368,8 @@ fi
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # In the background, so that Ctrl-C runs the cleanup at once instead of after the scenario.
 rc=0
+REPLICAS=$(printf 'http://127.0.0.1:%s,' "${API_PORTS[@]}")
+[[ $SCENARIO == live ]] && SCENARIO_ARGS+=(--replicas "${REPLICAS%,}")
 "$TOOL/sluice-bench" "${SCENARIO_ARGS[@]}" --api "http://127.0.0.1:$API_PORT" \
     --pids "$TARGET_LIST" "${HOOK_ARGS[@]}" --json "${EXTRA[@]}" </dev/null >"$LOGS/bench.json" &
 BENCH_PID=$!

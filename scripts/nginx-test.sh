@@ -14,7 +14,8 @@
 #   - /metrics is a 404 from nginx;
 #   - the client's address reaches the API: with 3 logins per minute per address, a fourth
 #     from 127.0.0.2 is 429 even with a forged X-Forwarded-For, while 127.0.0.3 is not limited;
-#   - the event-stream route reaches the API.
+#   - the event-stream route reaches the API, and an event stream passes through unbuffered
+#     (its first event arrives while it is open) without its ?token= in the access log.
 #
 # The APIs use the machine's PostgreSQL, Redis and RabbitMQ (scripts/ensure-services.sh) with
 # a database, a RabbitMQ vhost and a Redis prefix of their own, all removed afterwards, with
@@ -269,11 +270,34 @@ expect "login 5 from 127.0.0.2 with a forged X-Forwarded-For" 429 \
 expect "login 1 from 127.0.0.3" 401 "$(login_from 127.0.0.3 6)"
 ok "the client's address reaches the API (per-address limit per client, not per nginx; a forged X-Forwarded-For does not help)"
 
-# The event-stream route (not implemented yet) is proxied to the API.
+# The event-stream route is proxied to the API.
 r=$(fetch "$WORK/b" -H "authorization: Bearer $user_token" "$EDGE/api/chats/$unknown/events")
 [[ $r == 404* ]] && grep -q '"error"' "$WORK/b" || fail "GET …/events: $r $(cat "$WORK/b")"
 wait_until 5 grep -qE "GET /api/chats/$unknown/events HTTP/1.1\" 404 .* upstream=127\.0\.0\.1:" "$WORK/nginx.log" ||
     fail "…/events did not reach an upstream"
 ok "the event-stream route reaches the API"
+
+# An event stream passes through unbuffered: a post's message.created arrives while the stream
+# is still open (no worker runs here, so it stays open). Opened with ?token=, which no access
+# log line may show.
+chat=$("${CURL[@]}" -X POST "$EDGE/api/chats" -H "authorization: Bearer $user_token" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+events_token=$("${CURL[@]}" -X POST "$EDGE/api/chats/$chat/events/token" -H "authorization: Bearer $user_token" |
+    sed -E 's/.*"token":"([^"]+)".*/\1/')
+[[ -n $events_token ]] || fail "POST …/events/token gave no token"
+"${CURL[@]}" -N --max-time 60 -D "$WORK/events.headers" -o "$WORK/events" \
+    "$EDGE/api/chats/$chat/events?token=$events_token" &
+PID[events]=$!
+wait_until 10 grep -q '^HTTP/[0-9.]* 200' "$WORK/events.headers" ||
+    fail "the event stream was not opened: $(cat "$WORK/events.headers" "$WORK/events" 2>/dev/null)"
+r=$(fetch "$WORK/b" -H "authorization: Bearer $user_token" -H 'content-type: application/json' \
+    -d '{"content":"hello through nginx"}' "$EDGE/api/chats/$chat/messages")
+[[ $r == 202* ]] || fail "POST a message: $r $(cat "$WORK/b")"
+wait_until 10 grep -q '^event: message.created' "$WORK/events" ||
+    fail "no message.created came through nginx: $(cat "$WORK/events")"
+kill -0 "${PID[events]}" 2>/dev/null || fail "the event stream ended early"
+kill "${PID[events]}" && wait "${PID[events]}" 2>/dev/null || true
+unset 'PID[events]'
+! grep -q "$events_token" "$WORK/nginx.log" || fail "nginx logged the event-stream token"
+ok "an event stream passes through nginx unbuffered, and its token is not logged"
 
 info "nginx-test: $CHECKS passed, 0 failed"

@@ -11,6 +11,7 @@ use mock_gemini::{MockConfig, MockState};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
+use sluice_shared::keypool::ReloadTrigger;
 use sluice_shared::settings::ApiKey;
 use sluice_shared::{Secret, Settings, Topology};
 use std::future::Future;
@@ -34,6 +35,8 @@ pub struct Worker {
     pub health: String,
     /// Set once the worker's `run` has returned (drained and disconnected).
     pub finished: Arc<std::sync::atomic::AtomicBool>,
+    /// What SIGHUP fires in `main`: re-reads the keys file now.
+    pub reload: ReloadTrigger,
 }
 
 pub fn admin_url() -> String {
@@ -65,6 +68,8 @@ pub struct TestOptions {
     pub probe_interval_ms: u64,
     /// Contents of a keys file (TOML) given to every component.
     pub keys_file: Option<String>,
+    /// `keys.reload_interval_ms`: how often the keys file is polled for changes.
+    pub keys_reload_interval_ms: u64,
     /// Put a cuttable TCP forwarder between the workers and Redis.
     pub worker_redis_forwarder: bool,
     /// `redis` or `local` budgets, and the replicas local budgets divide by.
@@ -95,6 +100,7 @@ impl Default for TestOptions {
             budget_wait_ms: 5_000,
             probe_interval_ms: 200,
             keys_file: None,
+            keys_reload_interval_ms: 5_000,
             worker_redis_forwarder: false,
             limits_backend: "redis".into(),
             expected_replicas: 1,
@@ -120,6 +126,8 @@ pub struct TestApp {
     pub topology: Topology,
     /// The workers started with the stack.
     pub workers: Mutex<Vec<Worker>>,
+    /// What SIGHUP fires in the first API's `main`: re-reads the keys file now.
+    pub api_reload: ReloadTrigger,
     db_name: String,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -236,6 +244,7 @@ impl TestApp {
         settings.worker.budget_wait_ms = options.budget_wait_ms;
         settings.keys.probe_interval_ms = options.probe_interval_ms;
         settings.keys.no_key_max_wait_ms = options.no_key_max_wait_ms;
+        settings.keys.reload_interval_ms = options.keys_reload_interval_ms;
         settings.limits.backend = options.limits_backend.clone();
         settings.worker.expected_replicas = options.expected_replicas;
         if let Some(contents) = &options.keys_file {
@@ -279,10 +288,12 @@ impl TestApp {
         }
         let api_listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", api_listener.local_addr()?);
+        let api_reload = ReloadTrigger::new();
         {
-            let cancel = cancel.clone();
+            let (cancel, reload) = (cancel.clone(), api_reload.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = sluice_api::run(api_settings, api_listener, cancel).await {
+                let run = sluice_api::run_with_reload(api_settings, api_listener, cancel, reload);
+                if let Err(e) = run.await {
                     tracing::error!(error = %e, "api stopped with an error");
                 }
             }));
@@ -300,6 +311,7 @@ impl TestApp {
             proxy,
             topology,
             workers: Mutex::default(),
+            api_reload,
             db_name,
             cancel,
             tasks: Mutex::new(tasks),
@@ -337,16 +349,32 @@ impl TestApp {
             cancel: self.cancel.child_token(),
             health: format!("http://{}/health", health.local_addr()?),
             finished: Arc::default(),
+            reload: ReloadTrigger::new(),
         };
         let (cancel, finished) = (worker.cancel.clone(), worker.finished.clone());
+        let reload = worker.reload.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = sluice_worker::run(settings, health, cancel).await {
+            if let Err(e) = sluice_worker::run_with_reload(settings, health, cancel, reload).await {
                 tracing::error!(error = %e, "worker stopped with an error");
             }
             finished.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         self.tasks.lock().unwrap().push(task);
         Ok(worker)
+    }
+
+    /// Replaces the keys file's contents at once, as a ConfigMap update does (a new file
+    /// renamed over the old one): a poll never reads half of it.
+    pub fn write_keys_file(&self, contents: &str) -> anyhow::Result<()> {
+        let path = std::path::Path::new(&self.settings.keys.file);
+        anyhow::ensure!(
+            !self.settings.keys.file.is_empty(),
+            "no keys file in this stack"
+        );
+        let next = path.with_extension("next");
+        std::fs::write(&next, contents)?;
+        std::fs::rename(&next, path)?;
+        Ok(())
     }
 
     /// Every worker's `/health` body, as JSON.

@@ -8,15 +8,21 @@
 //!   onto its pending reply, and the dead-letter consumer records what could not be answered.
 //! - [`store`]: every SQL statement and the message state machine.
 //!
+//! - [`live`]: live replies for browsers (server-sent events), fed by the stream exchange.
+//!
 //! The [`reaper`] fails what stays pending past the retry horizon.
 
 pub mod http;
+pub mod live;
 pub mod messaging;
 pub mod reaper;
 pub mod store;
 
+use arc_swap::ArcSwap;
 use messaging::consume::QueueConsumer;
-use sluice_shared::keypool::{KeySpec, load_keys};
+use sluice_shared::keypool::{
+    KeyFileWatch, KeySpec, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
+};
 use sluice_shared::metrics::{Metrics, in_current};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
@@ -41,13 +47,16 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub broker_up: Arc<AtomicBool>,
     pub redis: redis::Client,
-    /// The configured provider keys (for the admin view; workers hold their own copy).
-    pub keys: Arc<Vec<KeySpec>>,
+    /// The configured provider keys (for the admin view; workers hold their own copy),
+    /// swapped when the keys file changes.
+    pub keys: Arc<ArcSwap<Vec<KeySpec>>>,
     pub limits: Arc<http::limits::Limits>,
     pub hashing: Arc<http::auth::HashQueue>,
     pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
     /// This instance's registry, served on `GET /metrics`.
     pub metrics: Metrics,
+    /// The watchers of this instance's event streams.
+    pub hub: live::Hub,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,15 +76,26 @@ pub enum RunError {
 /// Migrates (unless `database.migrate_on_start` is off), then serves on `listener` with the
 /// relay and the consumers running beside the server, until `cancel` fires; then drains and
 /// returns. Everything it runs records into a registry of its own (see
-/// [`sluice_shared::metrics`]), so APIs in one process count apart.
+/// [`sluice_shared::metrics`]), so APIs in one process count apart. The keys the admin view
+/// lists follow the keys file; [`run_with_reload`] also re-reads it when asked.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
+    run_with_reload(settings, listener, cancel, ReloadTrigger::new()).await
+}
+
+/// [`run`], re-reading the keys file whenever `reload` fires (SIGHUP in `main`).
+pub async fn run_with_reload(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    reload: ReloadTrigger,
+) -> Result<(), RunError> {
     let metrics = Metrics::new();
     metrics
-        .instrument(serve(settings, listener, cancel, metrics.clone()))
+        .instrument(serve(settings, listener, cancel, reload, metrics.clone()))
         .await
 }
 
@@ -83,6 +103,7 @@ async fn serve(
     settings: Settings,
     listener: TcpListener,
     cancel: CancellationToken,
+    reload: ReloadTrigger,
     metrics: Metrics,
 ) -> Result<(), RunError> {
     settings.validate()?;
@@ -97,13 +118,23 @@ async fn serve(
         // schema change out of every replica's start, and the replicas need no DDL rights.
         tracing::info!("database.migrate_on_start is off: not migrating");
     }
-    let store = Store::connect(&database_url, settings.database.max_connections).await?;
+    let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(live::publisher::QUEUE);
+    let store = Store::connect(&database_url, settings.database.max_connections)
+        .await?
+        .with_notices(store::notices::Notices::new(notices_tx));
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let (hub, hub_link) = live::Hub::new(
+        settings.stream.watcher_buffer,
+        live::partials::Partials::new(redis.clone(), settings.redis.prefix.clone()),
+        cancel.clone(),
+    );
     let (fresh_tx, fresh_rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
     let handoff = Handoff::new(fresh_tx);
     let (posts, writer) = PostWriter::start(store.clone(), BatchBounds::default(), handoff.clone());
     let broker_up = Arc::new(AtomicBool::new(false));
+    let key_file_text = read_key_file(&settings)?;
+    let keys = keys_with_file_text(&settings, key_file_text.as_deref())?;
     let state = AppState {
         store: store.clone(),
         posts,
@@ -116,14 +147,26 @@ async fn serve(
         hashing: Arc::new(http::auth::HashQueue::new(settings.auth.max_waiting_hashes)),
         trusted_proxies: Arc::new(trusted_proxies),
         redis,
-        keys: Arc::new(load_keys(&settings)?),
+        keys: Arc::new(ArcSwap::from_pointee(keys)),
         broker_up: broker_up.clone(),
         settings: Arc::new(settings),
         metrics: metrics.clone(),
+        hub,
     };
 
     let tasks = TaskTracker::new();
     tasks.spawn(metrics.upkeep(cancel.clone()));
+    let watch = KeyFileWatch::new(state.settings.clone(), &state.keys.load(), key_file_text);
+    let keys = state.keys.clone();
+    tasks.spawn(in_current(watch_keys(
+        watch,
+        reload,
+        cancel.clone(),
+        move |new| {
+            keys.store(Arc::new(new));
+            Ok(())
+        },
+    )));
     let relay = messaging::relay::Relay {
         store: store.clone(),
         amqp_url: state.settings.amqp.url.clone(),
@@ -160,10 +203,21 @@ async fn serve(
         label: "dlq",
         handler: messaging::dead_letters::DeadLetterHandler {
             store: store.clone(),
-            topology,
+            topology: topology.clone(),
         },
     };
     tasks.spawn(in_current(dead_letters.run(cancel.clone())));
+    tasks.spawn(in_current(hub_link.run(
+        state.settings.amqp.url.clone(),
+        topology.clone(),
+        cancel.clone(),
+    )));
+    let notices = live::publisher::NoticePublisher {
+        amqp_url: state.settings.amqp.url.clone(),
+        topology: topology.clone(),
+        notices: tokio::sync::Mutex::new(notices_rx),
+    };
+    tasks.spawn(in_current(notices.run(cancel.clone())));
     tasks.close();
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");

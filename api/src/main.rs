@@ -74,7 +74,9 @@ async fn serve(command: Command) -> anyhow::Result<()> {
                 })?;
             let cancel = CancellationToken::new();
             sluice_shared::shutdown::cancel_on_signal(cancel.clone());
-            sluice_api::run(settings, listener, cancel).await?;
+            let reload = sluice_shared::keypool::ReloadTrigger::new();
+            sluice_shared::shutdown::reload_on_hangup(reload.clone());
+            sluice_api::run_with_reload(settings, listener, cancel, reload).await?;
             Ok(())
         }
     }

@@ -41,7 +41,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 }
 
 /// A post builds its envelope inside the request's span: the one line logged for it names the
-/// route template, the status, the request id and the envelope's trace id.
+/// route template, the status, the request id and the envelope's trace id. And no line holds a
+/// query string (where event-stream tokens travel).
 #[tokio::test]
 async fn the_request_line_names_the_route_the_request_id_and_the_trace_id() -> TestResult {
     let captured = Captured::default();
@@ -99,5 +100,23 @@ async fn the_request_line_names_the_route_the_request_id_and_the_trace_id() -> T
     assert_eq!(span["route"], "/chats/{id}/messages", "{text}");
     assert_eq!(span["http_request_id"], "req-42", "{text}");
     assert_eq!(span["trace_id"], trace_id, "{text}");
+
+    // An event-stream token travels in the query string (EventSource cannot send headers):
+    // the line of such a request names the route, never the URI with its query.
+    let secret = "eyJhbGciOiJIUzI1NiJ9.secret-events-token.c2lnbmF0dXJl";
+    let app = layer(Router::new().route(
+        "/api/chats/{id}/events",
+        axum::routing::get(|| async { "stream" }),
+    ));
+    let request = Request::get(format!("/api/chats/7/events?token={secret}")).body(Body::empty())?;
+    assert_eq!(app.oneshot(request).await?.status(), StatusCode::OK);
+    let text = String::from_utf8(captured.0.lock().map_err(|_| "poisoned")?.clone())?;
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("/api/chats/{id}/events"), "{text}");
+    assert!(
+        !text.contains("secret-events-token"),
+        "the token was logged: {text}"
+    );
+    assert!(!text.contains("token="), "the query was logged: {text}");
     Ok(())
 }

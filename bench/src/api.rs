@@ -17,6 +17,8 @@ const PASSWORD: &str = "sluice-bench-password";
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// For event streams, which must outlive any request timeout.
+    streams: reqwest::Client,
     base: Url,
 }
 
@@ -120,7 +122,16 @@ impl Api {
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .build()?;
-        Ok(Self { http, base })
+        let streams = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self {
+            http,
+            streams,
+            base,
+        })
     }
 
     fn url(&self, path: &str) -> Result<Url, CallError> {
@@ -202,6 +213,73 @@ impl Api {
         }
         let req = self.http.get(url).bearer_auth(&user.token);
         Self::call(req, StatusCode::OK).await
+    }
+
+    /// A `POST` with no body whose answer (any 2xx) is JSON.
+    pub async fn raw_post(&self, user: &User, path: &str) -> Result<Value, CallError> {
+        let resp = self
+            .http
+            .post(self.url(path)?)
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .map_err(CallError::Transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(CallError::Transport)?;
+        if !status.is_success() {
+            let body = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            return Err(CallError::Status {
+                code: status.as_u16(),
+                body,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Decode(e.to_string()))
+    }
+
+    /// A `GET` whose body is read by the caller as it comes (an event stream): no timeout
+    /// past the connection's.
+    pub async fn raw_get(&self, path: &str) -> Result<reqwest::Response, CallError> {
+        self.streams
+            .get(self.url(path)?)
+            .send()
+            .await
+            .map_err(CallError::Transport)
+    }
+
+    /// One message, conditionally: `(tag, None)` when unchanged since `etag` (a 304).
+    pub async fn poll_message(
+        &self,
+        user: &User,
+        chat: Uuid,
+        message: &str,
+        etag: Option<&str>,
+    ) -> Result<(Option<String>, Option<Value>), CallError> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("api/chats/{chat}/messages/{message}"))?)
+            .bearer_auth(&user.token);
+        if let Some(tag) = etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, tag);
+        }
+        let resp = req.send().await.map_err(CallError::Transport)?;
+        let tag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match resp.status() {
+            StatusCode::NOT_MODIFIED => Ok((tag, None)),
+            StatusCode::OK => {
+                let bytes = resp.bytes().await.map_err(CallError::Transport)?;
+                let value =
+                    serde_json::from_slice(&bytes).map_err(|e| CallError::Decode(e.to_string()))?;
+                Ok((tag, Some(value)))
+            }
+            status => Err(CallError::Status {
+                code: status.as_u16(),
+                body: String::new(),
+            }),
+        }
     }
 
     pub async fn get_message(

@@ -7,6 +7,8 @@
 //! - `paced`: an open-loop load at a fixed rate over many users and chats: POST latency from
 //!   each message's scheduled send time; optionally every accepted reply id to a file (the chaos
 //!   run, `scripts/chaos.sh`, checks them in the database) and a wait for every reply.
+//! - `live`: chats listening on the event stream beside chats polling with `If-None-Match`, at
+//!   the same load over API replicas: the delay from the provider's chunks to each client.
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
 //!   scenario, with the CPU each process (and each `--cpu-trees` tree) used per message.
 //! - `median`: the medians of several runs' JSON lines.
@@ -21,6 +23,7 @@ mod chat;
 mod cpu;
 mod flood;
 mod inprocess;
+mod live;
 mod measure;
 mod median;
 mod paced;
@@ -53,6 +56,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// POST at a steady rate over many users and chats; write every accepted reply id to a file.
     Paced(paced::PacedArgs),
+    /// Live replies: event-stream listeners beside pollers, at the same load, over replicas.
+    Live(live::LiveArgs),
     /// Print the peak RSS (VmHWM) of processes.
     Rss(RssArgs),
     /// Medians of several runs: reads one JSON object per line (files, or stdin).
@@ -146,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Faults(args) => inprocess::faults(args).await,
                     Command::Chat(args) => chat::run(args).await,
                     Command::Paced(args) => paced::run(args).await,
+                    Command::Live(args) => live::run(args).await,
                     Command::Rss(_) | Command::Median(_) => Ok(()),
                 }
             }),

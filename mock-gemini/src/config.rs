@@ -1,15 +1,22 @@
-//! How a mock server behaves: latency, accepted keys, the per-key rate
-//! limit and random failure injection.
+//! How a mock server behaves: latency, the pause between streamed chunks,
+//! accepted keys, the per-key rate limit and random failure injection.
 
 use std::time::Duration;
 
+/// The default pause between streamed chunks: small enough not to slow
+/// tests, large enough that chunks arrive apart.
+pub const DEFAULT_CHUNK_PAUSE_MS: u64 = 20;
+
 /// Behaviour of one mock server. Every field has a development-friendly
-/// default (see [`MockConfig::default`]): no latency, any key accepted, no
-/// rate limit and no random failures.
+/// default (see [`MockConfig::default`]): no latency, 20 ms between
+/// streamed chunks, any key accepted, no rate limit and no random failures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MockConfig {
     /// Delay before every answer of a model endpoint (success or error).
     pub latency_ms: u64,
+    /// Pause between two events of a `streamGenerateContent` answer, so a
+    /// client sees the reply arrive piece by piece.
+    pub chunk_pause_ms: u64,
     /// API keys that are accepted; empty accepts any non-empty key.
     pub allowed_keys: Vec<String>,
     /// Accepted calls per key within any sliding window of `window_ms`;
@@ -31,6 +38,7 @@ impl Default for MockConfig {
     fn default() -> Self {
         Self {
             latency_ms: 0,
+            chunk_pause_ms: DEFAULT_CHUNK_PAUSE_MS,
             allowed_keys: Vec::new(),
             limit_per_window: None,
             window_ms: 60_000,
@@ -78,6 +86,10 @@ impl MockConfig {
         Duration::from_millis(self.latency_ms)
     }
 
+    pub(crate) fn chunk_pause(&self) -> Duration {
+        Duration::from_millis(self.chunk_pause_ms)
+    }
+
     pub(crate) fn window(&self) -> Duration {
         Duration::from_millis(self.window_ms)
     }
@@ -93,6 +105,7 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.window_ms, 60_000);
         assert_eq!(config.fail_status, 503);
+        assert_eq!(config.chunk_pause_ms, 20);
         assert!(config.allowed_keys.is_empty());
     }
 

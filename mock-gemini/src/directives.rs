@@ -10,6 +10,8 @@
 //! body      := fault [ "x" COUNT ]    COUNT >= 1
 //!            | "fail-key=" KEY        400 API_KEY_INVALID when the call uses KEY
 //!            | "latency=" MS          extra delay in milliseconds (several add up)
+//!            | "chunk-pause=" MS      pause between streamed chunks instead of the
+//!                                     configured one (the last one given wins)
 //! fault     := "fail=" STATUS         any 400..=599; fail=429 means the 429 below
 //!            | "429" [ "=" DELAY ]    per-minute quota 429, retryDelay DELAY (default 1s)
 //!            | "429day"               per-day quota 429, retryDelay 3600s
@@ -18,6 +20,8 @@
 //!            | "safety"               200, one candidate with finishReason SAFETY, no content
 //!            | "garbage"              200 with a body that is not JSON
 //!            | "hang"                 never answer (the client's timeout ends the call)
+//!            | "cut"                  200, then the connection breaks halfway through
+//!                                     the body (streamed: after about half the chunks)
 //!            | "nul"                  200, a normal reply whose text holds U+0000
 //!                                     (`mock\0 reply to: …`)
 //!            | "oversize=" BYTES      200, a well-formed reply whose body is larger than
@@ -71,6 +75,8 @@ pub(crate) enum Fault {
     Safety,
     Garbage,
     Hang,
+    /// A 200 whose body breaks off halfway.
+    Cut,
 }
 
 /// One fault of the script and how many calls it answers (`None`: all).
@@ -86,6 +92,8 @@ pub(crate) struct Script {
     pub steps: Vec<Step>,
     pub failing_keys: Vec<String>,
     pub extra_latency: Duration,
+    /// `chunk-pause=`: this text's pause between streamed chunks.
+    pub chunk_pause: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -161,6 +169,13 @@ impl Script {
             self.extra_latency += Duration::from_millis(millis);
             return Ok(());
         }
+        if let Some(millis) = body.strip_prefix("chunk-pause=") {
+            let millis: u64 = millis
+                .parse()
+                .map_err(|_| DirectiveError::Value(body.to_owned()))?;
+            self.chunk_pause = Some(Duration::from_millis(millis));
+            return Ok(());
+        }
         let (name, times) = split_count(body)?;
         let fault = parse_fault(name).map_err(|error| match error {
             // Report the whole directive, not the stripped name.
@@ -197,6 +212,7 @@ fn parse_fault(name: &str) -> Result<Fault, DirectiveError> {
         "safety" => Fault::Safety,
         "garbage" => Fault::Garbage,
         "hang" => Fault::Hang,
+        "cut" => Fault::Cut,
         "nul" => Fault::Nul,
         _ => {
             if let Some(raw) = name.strip_prefix("429-raw=") {
@@ -353,6 +369,17 @@ mod tests {
         assert_eq!(script.extra_latency, Duration::from_millis(350));
         assert!(script.fails_key("AIzax2"));
         assert!(!script.fails_key("AIza"));
+    }
+
+    #[test]
+    fn cut_and_chunk_pause() {
+        let script = parse("[[mock:cutx1]] [[mock:chunk-pause=300]] slow").unwrap();
+        assert_eq!(script.steps, vec![step(Fault::Cut, Some(1))]);
+        assert_eq!(script.chunk_pause, Some(Duration::from_millis(300)));
+        assert_eq!(
+            parse("[[mock:chunk-pause=soon]]"),
+            Err(DirectiveError::Value("chunk-pause=soon".into()))
+        );
     }
 
     #[test]

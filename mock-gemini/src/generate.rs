@@ -19,7 +19,9 @@
 //! when scripted prompts are mixed in.
 //!
 //! Only the configured and the scripted latency (or a hang) happen after
-//! the decision, outside the lock.
+//! the decision, outside the lock. `streamGenerateContent` is decided the
+//! same way: only the 200 bodies differ (events paced by the chunk pause),
+//! so every error answers the same on both endpoints.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +32,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use rand::Rng;
+use tokio::sync::watch;
 
 use crate::{
     directives::{self, DAILY_RETRY, Fault, Script},
@@ -38,8 +41,14 @@ use crate::{
     limiter::Admission,
     reply,
     request::{self, Prompt},
+    sse::{self, Feed},
     state::{Book, MockState},
 };
+
+/// Before the break of a cut JSON body.
+const CUT_PAUSE: Duration = Duration::from_millis(10);
+const EVENT_STREAM: &str = "text/event-stream";
+const JSON: &str = "application/json; charset=UTF-8";
 
 /// How long a `[[mock:hang]]` call waits: far beyond any client timeout.
 const HANG: Duration = Duration::from_secs(3600);
@@ -48,6 +57,8 @@ const HANG: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub(crate) struct Decision {
     pub delay: Duration,
+    /// Between the events of a streamed answer.
+    chunk_pause: Duration,
     model: String,
     answer: Answer,
 }
@@ -62,6 +73,7 @@ enum Answer {
     Hang,
     WithNul(Prompt),
     Oversize(Prompt, usize),
+    Cut(Prompt),
 }
 
 impl Answer {
@@ -85,8 +97,10 @@ pub(crate) fn decide(state: &MockState, model: String, key: Option<&str>, body: 
         Ok((prompt, script))
     });
     let mut delay = state.config().latency();
+    let mut chunk_pause = state.config().chunk_pause();
     if let Ok((_, script)) = &parsed {
         delay += script.extra_latency;
+        chunk_pause = script.chunk_pause.unwrap_or(chunk_pause);
     }
     let answer = {
         let mut book = state.book();
@@ -106,6 +120,7 @@ pub(crate) fn decide(state: &MockState, model: String, key: Option<&str>, body: 
     }
     Decision {
         delay,
+        chunk_pause,
         model,
         answer,
     }
@@ -207,30 +222,69 @@ fn scripted(fault: &Fault, prompt: Prompt, model: &str, limit: Option<u32>) -> A
         Fault::Safety => Answer::Safety(prompt),
         Fault::Garbage => Answer::Garbage,
         Fault::Hang => Answer::Hang,
+        Fault::Cut => Answer::Cut(prompt),
     }
 }
 
-impl IntoResponse for Decision {
-    fn into_response(self) -> Response {
+impl Decision {
+    /// The answer of `generateContent` (one JSON body) or, with `stream`, of
+    /// `streamGenerateContent?alt=sse` (paced events). `closing` cuts paced
+    /// bodies short when the server shuts down.
+    pub fn respond(self, stream: bool, closing: watch::Receiver<bool>) -> Response {
         let model = &self.model;
-        match self.answer {
-            Answer::Error(error) => error.into_response(),
-            Answer::Reply(prompt) => Json(reply::success(&prompt, model)).into_response(),
-            Answer::Blocked(prompt) => Json(reply::blocked(&prompt, model)).into_response(),
-            Answer::Safety(prompt) => Json(reply::safety(&prompt, model)).into_response(),
-            Answer::WithNul(prompt) => Json(reply::with_nul(&prompt, model)).into_response(),
-            Answer::Oversize(prompt, bytes) => {
-                Json(reply::oversize(&prompt, model, bytes)).into_response()
-            }
-            Answer::Garbage => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
-                reply::GARBAGE,
-            )
-                .into_response(),
+        let cut = matches!(self.answer, Answer::Cut(_));
+        let body = match self.answer {
+            Answer::Error(error) => return error.into_response(),
             // Only reached if a client waited out the whole hang.
-            Answer::Hang => GoogleError::status(504).into_response(),
+            Answer::Hang => return GoogleError::status(504).into_response(),
+            Answer::Garbage if stream => {
+                // One good event, so the client has started, then one it cannot read.
+                let events = reply::stream_events(&reply::success(&garbage_prompt(), model));
+                let mut frames: Vec<Bytes> = events.first().map(sse::frame).into_iter().collect();
+                frames.push(Bytes::from(format!("data: {}\r\n\r\n", reply::GARBAGE)));
+                return Feed::new(frames, self.chunk_pause, closing).respond(EVENT_STREAM);
+            }
+            Answer::Garbage => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, JSON)],
+                    reply::GARBAGE,
+                )
+                    .into_response();
+            }
+            Answer::Reply(prompt) => reply::success(&prompt, model),
+            Answer::Cut(prompt) => reply::success(&prompt, model),
+            Answer::Blocked(prompt) => reply::blocked(&prompt, model),
+            Answer::Safety(prompt) => reply::safety(&prompt, model),
+            Answer::WithNul(prompt) => reply::with_nul(&prompt, model),
+            Answer::Oversize(prompt, bytes) => reply::oversize(&prompt, model, bytes),
+        };
+        if stream {
+            let frames = reply::stream_events(&body).iter().map(sse::frame).collect();
+            let feed = Feed::new(frames, self.chunk_pause, closing);
+            let feed = if cut { feed.cut_halfway() } else { feed };
+            return feed.respond(EVENT_STREAM);
         }
+        if cut {
+            // Half the bytes of the JSON body, then a broken connection.
+            let bytes = Bytes::from(body.to_string());
+            let half = bytes.slice(..bytes.len() / 2);
+            // The pause lets the head and the half go out before the break.
+            return Feed::new(vec![half], CUT_PAUSE, closing)
+                .cut_halfway()
+                .respond(JSON);
+        }
+        Json(body).into_response()
+    }
+}
+
+/// A stand-in prompt for the good event before a streamed garbage one.
+fn garbage_prompt() -> Prompt {
+    Prompt {
+        last_user_text: "garbage".into(),
+        turns: 1,
+        chars: 7,
+        max_output_tokens: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Routes: the Gemini endpoints and the `/_stats`, `/_reset`, `/_requests`
+//! Routes: the Gemini endpoints (`generateContent`, and
+//! `streamGenerateContent?alt=sse` answered as server-sent events) and the `/_stats`, `/_reset`, `/_requests`
 //! control endpoints.
 
 use std::time::Duration;
@@ -21,6 +22,8 @@ use crate::{generate, google_error::GoogleError, state::MockState};
 /// be cut off by axum's 2 MB default.
 const BODY_LIMIT: usize = 20 * 1024 * 1024;
 const GENERATE: &str = "generateContent";
+/// Streams with `?alt=sse` (server-sent events), the only form this mock speaks.
+const STREAM: &str = "streamGenerateContent";
 
 /// Router state: the mock plus a signal that the server is shutting down,
 /// which cuts latency sleeps and hangs short so graceful shutdown does not
@@ -65,18 +68,28 @@ async fn post_model(
     if !is_model_name(model) {
         return unknown_target(&target);
     }
-    if method != GENERATE {
-        return GoogleError::not_found(&format!(
-            "Method `{method}` is not supported by this mock (only {GENERATE})."
-        ))
-        .into_response();
-    }
+    let stream = match method {
+        GENERATE => false,
+        STREAM if is_sse(&uri) => true,
+        STREAM => {
+            return GoogleError::invalid_argument(&format!(
+                "This mock streams only as server-sent events: call {STREAM}?alt=sse."
+            ))
+            .into_response();
+        }
+        _ => {
+            return GoogleError::not_found(&format!(
+                "Method `{method}` is not supported by this mock (only {GENERATE} and {STREAM})."
+            ))
+            .into_response();
+        }
+    };
     let key = api_key(&headers, &uri);
     let decision = generate::decide(&app.mock, model.to_owned(), key.as_deref(), body);
     if !pause(&app, decision.delay).await {
         return shutting_down();
     }
-    decision.into_response()
+    decision.respond(stream, app.closing.clone())
 }
 
 /// `GET models/{model}`: a cheap probe clients use to check a key.
@@ -105,7 +118,7 @@ async fn get_model(
         "description": "A local stand-in for Gemini that answers deterministically.",
         "inputTokenLimit": 1_048_576,
         "outputTokenLimit": 8_192,
-        "supportedGenerationMethods": [GENERATE],
+        "supportedGenerationMethods": [GENERATE, STREAM],
     }))
     .into_response()
 }
@@ -142,6 +155,19 @@ fn is_model_name(model: &str) -> bool {
 #[derive(Deserialize)]
 struct KeyQuery {
     key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AltQuery {
+    alt: Option<String>,
+}
+
+/// Whether the call asked for server-sent events (`?alt=sse`).
+fn is_sse(uri: &Uri) -> bool {
+    Query::<AltQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|Query(query)| query.alt)
+        .is_some_and(|alt| alt == "sse")
 }
 
 /// The key from `x-goog-api-key`, else from `?key=`, like Gemini; an empty

@@ -8,6 +8,9 @@
 //! Endpoints:
 //! - `POST /v1beta/models/{model}:generateContent`: replies
 //!   `mock reply to: {last user text} (turns: {n})` with token usage;
+//! - `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`: the same
+//!   reply as server-sent events, a few words each, `chunk_pause_ms` apart,
+//!   `finishReason` and `usageMetadata` on the last;
 //! - `GET /v1beta/models/{model}`: a key probe;
 //! - `GET /_stats`, `POST /_reset`, `GET /_requests`: control endpoints for
 //!   tests (also available in-process through [`MockState`]).
@@ -18,7 +21,9 @@
 //!   has the grammar);
 //! - `generate`: deciding each call's answer, and the order of the checks;
 //! - `limiter`: the per-key sliding-log rate limit;
-//! - `request` / `reply`: the Gemini request and response bodies;
+//! - `request` / `reply`: the Gemini request and response bodies (and the
+//!   events a streamed reply is split into);
+//! - `sse`: paced bodies: event streams and bodies cut halfway;
 //! - `google_error`: Google-style error bodies;
 //! - `stats` / `history`: [`Stats`] and [`RecordedRequest`]s;
 //! - `state`: [`MockState`], the shared state;
@@ -45,6 +50,7 @@ mod history;
 mod limiter;
 mod reply;
 mod request;
+mod sse;
 mod state;
 mod stats;
 

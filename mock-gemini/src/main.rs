@@ -18,6 +18,9 @@ struct Args {
     /// Delay before every answer, in milliseconds.
     #[arg(long, env = "MOCK_GEMINI_LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
+    /// Pause between the events of a streamed answer, in milliseconds.
+    #[arg(long, env = "MOCK_GEMINI_CHUNK_PAUSE_MS", default_value_t = mock_gemini::config::DEFAULT_CHUNK_PAUSE_MS)]
+    chunk_pause_ms: u64,
     /// Comma-separated API keys to accept; none accepts any key.
     #[arg(long, env = "MOCK_GEMINI_KEYS", value_delimiter = ',')]
     keys: Vec<String>,
@@ -42,6 +45,7 @@ impl Args {
     fn config(&self) -> MockConfig {
         MockConfig {
             latency_ms: self.latency_ms,
+            chunk_pause_ms: self.chunk_pause_ms,
             // Tolerate "a, b," from hand-written environment files.
             allowed_keys: self
                 .keys
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         limit_per_window = ?config.limit_per_window,
         window_ms = config.window_ms,
         latency_ms = config.latency_ms,
+        chunk_pause_ms = config.chunk_pause_ms,
         fail_rate = config.fail_rate,
         "mock-gemini listening"
     );
@@ -141,6 +146,8 @@ mod tests {
             "0.25",
             "--seed",
             "7",
+            "--chunk-pause-ms",
+            "5",
         ]);
         let config = args
             .map(|args| args.config())
@@ -150,5 +157,6 @@ mod tests {
         assert_eq!(config.window_ms, 60_000);
         assert_eq!(config.fail_rate, 0.25);
         assert_eq!(config.seed, Some(7));
+        assert_eq!(config.chunk_pause_ms, 5);
     }
 }

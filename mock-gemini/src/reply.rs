@@ -101,6 +101,64 @@ pub(crate) fn safety(prompt: &Prompt, model: &str) -> Value {
     })
 }
 
+/// At most this many chunks per streamed reply.
+const MAX_CHUNKS: usize = 6;
+
+/// A reply as `streamGenerateContent` sends it: the text of `body` split at
+/// word boundaries into up to [`MAX_CHUNKS`] events, each a whole
+/// GenerateContentResponse with one text part; only the last carries
+/// `finishReason` and `usageMetadata`, as Gemini does. A body without text
+/// (blocked, safety stop) is one event, itself.
+pub(crate) fn stream_events(body: &Value) -> Vec<Value> {
+    let candidate = &body["candidates"][0];
+    let Some(text) = candidate["content"]["parts"][0]["text"].as_str() else {
+        return vec![body.clone()];
+    };
+    let pieces = split_words(text, MAX_CHUNKS);
+    let last = pieces.len().saturating_sub(1);
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut event = json!({
+                "candidates": [{
+                    "content": {"role": "model", "parts": [{"text": piece}]},
+                    "index": 0,
+                }],
+                "modelVersion": body["modelVersion"],
+            });
+            if i == last {
+                event["candidates"][0]["finishReason"] = candidate["finishReason"].clone();
+                event["usageMetadata"] = body["usageMetadata"].clone();
+            }
+            event
+        })
+        .collect()
+}
+
+/// Splits `text` into at most `n` non-empty pieces at word starts (the
+/// spaces stay with the word before), so the pieces concatenate back to it.
+fn split_words(text: &str, n: usize) -> Vec<&str> {
+    let starts: Vec<usize> = text
+        .char_indices()
+        .zip(text.chars().skip(1))
+        .filter(|((_, c), next)| c.is_whitespace() && !next.is_whitespace())
+        .map(|((i, c), _)| i + c.len_utf8())
+        .collect();
+    let words = starts.len() + 1;
+    let n = n.clamp(1, words);
+    let mut cuts: Vec<usize> = (1..n).map(|k| starts[k * words / n - 1]).collect();
+    cuts.dedup();
+    let mut pieces = Vec::with_capacity(n);
+    let mut from = 0;
+    for cut in cuts {
+        pieces.push(&text[from..cut]);
+        from = cut;
+    }
+    pieces.push(&text[from..]);
+    pieces
+}
+
 fn safety_rating() -> Value {
     json!({"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true})
 }
@@ -154,6 +212,48 @@ mod tests {
         let body = oversize(&prompt("hello", None), "m", 1000);
         assert!(body.to_string().len() > 1000);
         assert_eq!(body["candidates"][0]["finishReason"], "STOP");
+    }
+
+    #[test]
+    fn stream_events_split_the_text_and_end_with_the_usage() {
+        let body = success(
+            &prompt("one two three four five six seven eight", None),
+            "m",
+        );
+        let events = stream_events(&body);
+        assert_eq!(events.len(), 6);
+        let text: String = events
+            .iter()
+            .map(|e| {
+                e["candidates"][0]["content"]["parts"][0]["text"]
+                    .as_str()
+                    .unwrap_or("?")
+            })
+            .collect();
+        assert_eq!(text, body["candidates"][0]["content"]["parts"][0]["text"]);
+        let (last, rest) = events.split_last().unwrap_or_else(|| unreachable!());
+        assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(last["usageMetadata"], body["usageMetadata"]);
+        assert!(rest.iter().all(|e| e.get("usageMetadata").is_none()));
+        assert!(
+            rest.iter()
+                .all(|e| e["candidates"][0].get("finishReason").is_none())
+        );
+        // No text: one event, the body itself.
+        let blocked = blocked(&prompt("x", None), "m");
+        assert_eq!(stream_events(&blocked), vec![blocked]);
+    }
+
+    #[test]
+    fn split_words_keeps_every_byte() {
+        assert_eq!(split_words("a", 6), ["a"]);
+        assert_eq!(split_words("a b", 6), ["a ", "b"]);
+        assert_eq!(split_words("", 6), [""]);
+        assert_eq!(split_words("  é  ü x ", 2), ["  é  ", "ü x "]);
+        let text = "w ".repeat(100);
+        let pieces = split_words(&text, 6);
+        assert_eq!(pieces.len(), 6);
+        assert_eq!(pieces.concat(), text);
     }
 
     #[test]

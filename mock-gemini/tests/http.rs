@@ -223,10 +223,7 @@ async fn malformed_requests_are_generic_invalid_argument() {
 
     let response = mock
         .client
-        .post(format!(
-            "{}/v1beta/models/{MODEL}:streamGenerateContent",
-            mock.base
-        ))
+        .post(format!("{}/v1beta/models/{MODEL}:countTokens", mock.base))
         .header("x-goog-api-key", "k")
         .json(&user("hi"))
         .send()
@@ -566,4 +563,241 @@ async fn latency_is_applied_and_shutdown_cuts_hangs_short() {
         .unwrap()
         .unwrap();
     assert!(matches!(status, Ok(503) | Err(_)), "{status:?}");
+}
+
+/// What a streamed call answered: status, content type, the events (each
+/// `data:` payload as JSON, or as a JSON string when it is not JSON), and
+/// whether the body ended cleanly.
+struct Streamed {
+    status: u16,
+    content_type: String,
+    events: Vec<Value>,
+    raw: String,
+    clean_end: bool,
+}
+
+impl Mock {
+    fn stream_url(&self) -> String {
+        format!(
+            "{}/v1beta/models/{MODEL}:streamGenerateContent?alt=sse",
+            self.base
+        )
+    }
+
+    async fn stream(&self, key: &str, text: &str) -> Streamed {
+        let mut response = self
+            .client
+            .post(self.stream_url())
+            .header("x-goog-api-key", key)
+            .json(&user(text))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let mut bytes = Vec::new();
+        let clean_end = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        let raw = String::from_utf8(bytes).unwrap();
+        let events = raw
+            .split("\r\n\r\n")
+            .filter_map(|frame| frame.strip_prefix("data: "))
+            .map(|data| serde_json::from_str(data).unwrap_or(Value::String(data.to_owned())))
+            .collect();
+        Streamed {
+            status,
+            content_type,
+            events,
+            raw,
+            clean_end,
+        }
+    }
+}
+
+fn event_text(event: &Value) -> &str {
+    event["candidates"][0]["content"]["parts"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn streamed_replies_come_as_several_events_with_usage_on_the_last() {
+    let mock = start(MockConfig::default()).await;
+    let text = "tell me about the sea and the ships upon it";
+    let (_, whole) = mock.generate("k", text).await;
+    let streamed = mock.stream("k", text).await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.content_type, "text/event-stream");
+    assert!(streamed.clean_end);
+    assert!(
+        streamed.raw.ends_with("\r\n\r\n"),
+        "every frame ends with a blank line: {:?}",
+        streamed.raw
+    );
+    let events = &streamed.events;
+    assert!(events.len() >= 4, "{events:?}");
+    let joined: String = events.iter().map(event_text).collect();
+    assert_eq!(joined, event_text(&whole));
+    let (last, rest) = events.split_last().unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(last["usageMetadata"], whole["usageMetadata"]);
+    for event in rest {
+        assert!(!event_text(event).is_empty(), "{event}");
+        assert!(event.get("usageMetadata").is_none(), "{event}");
+    }
+    assert_eq!(mock.state.stats().ok, 2);
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn every_failure_answers_the_same_on_the_stream_endpoint() {
+    let mock = start(MockConfig {
+        allowed_keys: vec!["k".into()],
+        ..MockConfig::default()
+    })
+    .await;
+    for prompt in [
+        "[[mock:fail=503]] a",
+        "[[mock:fail=400]] b",
+        "[[mock:429=2s]] c",
+        "[[mock:429day]] d",
+        "[[mock:invalid-key]] e",
+        "[[mock:fail-key=k]] f",
+        "[[mock:explode]] g",
+    ] {
+        let (status, body) = mock.generate("k", prompt).await;
+        let streamed = mock.stream("k", prompt).await;
+        assert_eq!(streamed.status, status, "{prompt}");
+        assert!(
+            streamed.content_type.starts_with("application/json"),
+            "{prompt}"
+        );
+        let streamed_body: Value = serde_json::from_str(&streamed.raw).unwrap();
+        assert_eq!(
+            streamed_body["error"]["status"], body["error"]["status"],
+            "{prompt}"
+        );
+        assert_eq!(
+            streamed_body["error"]["details"], body["error"]["details"],
+            "{prompt}"
+        );
+    }
+    assert_eq!(mock.stream("bad", "hi").await.status, 400);
+
+    // Blocked and safety-stopped replies are one event, as from Gemini.
+    let blocked = mock.stream("k", "[[mock:block]] h").await;
+    assert_eq!(blocked.events.len(), 1);
+    assert_eq!(blocked.events[0]["promptFeedback"]["blockReason"], "SAFETY");
+    let stopped = mock.stream("k", "[[mock:safety]] i").await;
+    assert_eq!(stopped.events[0]["candidates"][0]["finishReason"], "SAFETY");
+
+    // Garbage: an event that is not JSON, after a good one.
+    let garbage = mock.stream("k", "[[mock:garbage]] j").await;
+    assert_eq!(garbage.status, 200);
+    assert!(garbage.events[0].is_object());
+    assert!(
+        garbage.events.last().unwrap().is_string(),
+        "{:?}",
+        garbage.events
+    );
+
+    // NUL and oversize replies stream too.
+    let nul = mock.stream("k", "[[mock:nul]] k").await;
+    let joined: String = nul.events.iter().map(event_text).collect();
+    assert!(joined.starts_with("mock\0 reply"), "{joined:?}");
+    let big = mock.stream("k", "[[mock:oversize=100000]] l").await;
+    assert!(big.raw.len() > 100_000);
+    assert_eq!(
+        big.events.last().unwrap()["candidates"][0]["finishReason"],
+        "STOP"
+    );
+
+    // Without alt=sse the stream endpoint refuses, like an unknown method.
+    let response = mock
+        .client
+        .post(mock.stream_url().replace("?alt=sse", ""))
+        .header("x-goog-api-key", "k")
+        .json(&user("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn a_cut_breaks_the_body_halfway_on_both_endpoints() {
+    let mock = start(MockConfig::default()).await;
+    let prompt = "[[mock:cutx1]] one two three four five six seven";
+    let cut = mock.stream("k", prompt).await;
+    assert_eq!(cut.status, 200);
+    assert!(!cut.clean_end, "the connection breaks");
+    assert!(!cut.events.is_empty());
+    assert!(
+        cut.events
+            .iter()
+            .all(|e| e["candidates"][0].get("finishReason").is_none()),
+        "no event before the cut finishes the reply: {:?}",
+        cut.events
+    );
+    // The count is used up: the next call streams the whole reply.
+    let whole = mock.stream("k", prompt).await;
+    assert!(whole.clean_end);
+    assert!(whole.events.len() > cut.events.len());
+
+    let response = mock
+        .client
+        .post(mock.generate_url())
+        .header("x-goog-api-key", "k")
+        .json(&user("[[mock:cut]] plain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err(), "the JSON body breaks off");
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn the_chunk_pause_spaces_the_events() {
+    let mock = start(MockConfig {
+        chunk_pause_ms: 0,
+        ..MockConfig::default()
+    })
+    .await;
+    let prompt = "[[mock:chunk-pause=100]] one two three four five six";
+    let started = Instant::now();
+    let streamed = mock.stream("k", prompt).await;
+    let gaps = u32::try_from(streamed.events.len() - 1).unwrap();
+    assert!(gaps >= 3);
+    assert!(started.elapsed() >= Duration::from_millis(100) * gaps);
+
+    // Shutdown does not wait for a slow stream: it breaks off.
+    let client = mock.client.clone();
+    let url = mock.stream_url();
+    let slow = tokio::spawn(async move {
+        let response = client
+            .post(url)
+            .header("x-goog-api-key", "k")
+            .json(&user("[[mock:chunk-pause=3600000]] one two three"))
+            .send()
+            .await?;
+        response.bytes().await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.stop().await;
+    let body = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(body.is_err(), "{body:?}");
 }

@@ -98,6 +98,11 @@ pub const CATALOG: &[Def] = &[
     def("sluice_consumed_total", Counter, &["queue"], "deliveries received, by queue (requests, responses, dlq)"),
     def("sluice_acked_total", Counter, &["queue"], "deliveries acked, by queue"),
     def("sluice_worker_publishes_refused_total", Counter, &[], "worker publishes the broker refused and that were retried"),
+    // API: live event streams
+    def("sluice_sse_watchers", Gauge, &[], "event streams open on this instance"),
+    def("sluice_sse_events_total", Counter, &["event"], "server-sent events sent, by event (message.created, message.delta, message.snapshot, message.reset, message.completed, message.failed)"),
+    def("sluice_sse_disconnects_total", Counter, &["reason"], "event streams ended, by reason (client, slow, shutdown)"),
+    def("sluice_stream_notices_dropped_total", Counter, &[], "Changed notices dropped because their publisher was behind (watchers catch up on the next one)"),
     // API: replies and dead letters
     def("sluice_replies_stored_total", Counter, &["status"], "workers' answers applied to their replies, by status (a duplicate counts again but changes nothing)"),
     def("sluice_replies_unstorable_total", Counter, &[], "answers the database refused, stored as failed (reply_unstorable)"),
@@ -117,11 +122,14 @@ pub const CATALOG: &[Def] = &[
     def("sluice_provider_duration_seconds", Histogram, &["project"], "upstream latency of a provider call"),
     def("sluice_key_cooldowns_total", Counter, &["project", "reason"], "cooldowns started after a 429 (rate_limited, per_day_quota)"),
     def("sluice_keys_disabled_total", Counter, &["key"], "keys disabled as invalid"),
-    def("sluice_keys_configured", Gauge, &[], "keys this worker was given"),
+    def("sluice_keys_configured", Gauge, &[], "keys this worker runs with (follows reloads of the keys file)"),
+    def("sluice_keys_reloads_total", Counter, &["outcome"], "changes of the keys file applied or refused (applied, refused), by workers and the API"),
     def("sluice_keys_disabled", Gauge, &[], "keys disabled now (fleet-wide with Redis budgets), sampled every probe interval"),
     def("sluice_provider_nul_stripped_total", Counter, &[], "model replies that held U+0000 (removed)"),
     def("sluice_provider_replies_too_large_total", Counter, &[], "replies over provider.max_reply_bytes (failed)"),
     def("sluice_provider_delays_clamped_total", Counter, &[], "retryDelay values clamped to a day"),
+    // Worker: streaming
+    def("sluice_stream_chunks_total", Counter, &["outcome"], "streamed pieces of replies handed to the stream exchange (published) or given up (dropped: queue full, broker slow, refusing or away)"),
 ];
 
 /// The names a histogram shows in the text format besides its own.

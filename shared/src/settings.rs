@@ -190,6 +190,9 @@ pub struct KeySettings {
     pub probe_interval_ms: u64,
     pub disable_after: u32,
     pub no_key_max_wait_ms: u64,
+    /// How often the keys file's contents are compared with the applied ones (SIGHUP also
+    /// re-reads it at once).
+    pub reload_interval_ms: u64,
     /// From `GEMINI_API_KEYS`, not from the SLUICE__ namespace.
     #[serde(skip)]
     pub api_keys: Vec<ApiKey>,
@@ -291,6 +294,12 @@ impl Settings {
             problems.push(invalid(
                 "SLUICE__WORKER__EXPECTED_REPLICAS",
                 "must be at least 1",
+            ));
+        }
+        if self.keys.reload_interval_ms < 100 {
+            problems.push(invalid(
+                "SLUICE__KEYS__RELOAD_INTERVAL_MS",
+                "must be at least 100 ms",
             ));
         }
         if self.limits.window_ms == 0 {

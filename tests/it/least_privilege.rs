@@ -212,8 +212,8 @@ async fn least_privilege_checks(
     let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
     ensure!(reply["status"] == "completed", "reply: {reply}");
 
-    // Everything else is refused to the worker user: declaring a queue, publishing to
-    // another exchange, reading another queue. Each refusal closes its channel.
+    // Everything else is refused to the worker user: declaring a queue, publishing to an
+    // exchange but `work` and `stream`, reading another queue. Each refusal closes its channel.
     let conn = broker::connect(&worker_url, "least-privilege worker").await?;
     let declare = conn
         .create_channel()
@@ -226,9 +226,24 @@ async fn least_privilege_checks(
         .await
         .map(|_| ());
     refused(declare, "queue.declare by the worker user")?;
-    let publish = broker::publish_confirmed(
+    // The stream exchange takes the worker's streamed pieces (nobody is bound here, so the
+    // mandatory publish comes back unroutable, which is not a refusal); any other exchange
+    // refuses.
+    let streamed = broker::publish_confirmed(
         &broker::confirm_channel(&conn).await?,
         &topology.stream_exchange(),
+        "chat",
+        b"{}",
+        broker::json_properties("least-privilege", FieldTable::default()),
+    )
+    .await;
+    ensure!(
+        matches!(streamed, Ok(()) | Err(BrokerError::Returned)),
+        "publish to the stream exchange by the worker user: {streamed:?}"
+    );
+    let publish = broker::publish_confirmed(
+        &broker::confirm_channel(&conn).await?,
+        "amq.topic",
         "chat",
         b"{}",
         broker::json_properties("least-privilege", FieldTable::default()),
@@ -237,12 +252,9 @@ async fn least_privilege_checks(
     let publish = match publish {
         Ok(()) => Ok(()),
         Err(BrokerError::Amqp(e)) => Err(e),
-        Err(other) => bail!("publish to the stream exchange: {other}"),
+        Err(other) => bail!("publish to amq.topic: {other}"),
     };
-    refused(
-        publish,
-        "basic.publish to the stream exchange by the worker user",
-    )?;
+    refused(publish, "basic.publish to amq.topic by the worker user")?;
     let consume = conn
         .create_channel()
         .await?

@@ -5,7 +5,7 @@
 //! nothing: the API (or `sluice-api migrate`) owns the topology, so a worker's broker user
 //! needs no configure right; while the queues are missing it says so and keeps retrying.
 
-use crate::handler::{self, Context};
+use crate::handler::{self, Live};
 use crate::health::Health;
 use crate::routing::{self, Attempts, Route};
 use futures_util::StreamExt;
@@ -41,7 +41,8 @@ pub struct Consumer {
     pub prefetch: u16,
     /// `keys.no_key_max_wait_ms`: how long a message waits while every key is disabled.
     pub no_key_max_wait_ms: u64,
-    pub context: Arc<Context>,
+    /// The keys and clients running now (swapped on a reload of the keys file).
+    pub context: Arc<Live>,
     pub health: Arc<Health>,
     /// `worker.shutdown_grace_ms`: how long deliveries in hand may take once shutdown begins.
     pub shutdown_grace: std::time::Duration,
@@ -167,7 +168,7 @@ fn is_not_found(error: &lapin::Error) -> bool {
 }
 
 /// Handles one delivery end to end; an `Err` means it was neither acked nor rejected.
-async fn process(delivery: Delivery, context: &Context, link: &Link) -> Result<(), BrokerError> {
+async fn process(delivery: Delivery, context: &Live, link: &Link) -> Result<(), BrokerError> {
     let before = Attempts {
         counted: broker::header_u32(&delivery.properties, HEADER_ATTEMPT).unwrap_or_default(),
         errors: broker::header_string(&delivery.properties, HEADER_ERRORS).unwrap_or_default(),
@@ -211,10 +212,10 @@ async fn answer(
     delivery: Delivery,
     request: RequestEnvelope,
     before: Attempts,
-    context: &Context,
+    context: &Live,
     link: &Link,
 ) -> Result<(), BrokerError> {
-    let outcome = handler::handle(&request, context).await;
+    let outcome = handler::handle(&request, context, before.counted.saturating_add(1)).await;
     let rules = routing::Rules {
         retry_delays_ms: &link.retry_delays_ms,
         no_key_max_wait_ms: link.no_key_max_wait_ms,

@@ -2,13 +2,17 @@
 //! calls the provider, and feeds what happened back into the pool — a 429 cools the key's
 //! project down and hands the call to another key at once, an invalid key is disabled — all
 //! without counting an attempt. Keys behind a cooling egress route are skipped before
-//! reserving, so a message waits for them as it waits for budget. It knows nothing of the
-//! broker.
+//! reserving, so a message waits for them as it waits for budget. Each reservation is made
+//! on the keys running at that moment ([`Live`]), so a reload of the keys file reaches waiting
+//! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come, numbered per
+//! call. It knows nothing of the broker.
 
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
+use crate::chunks::ChunkSink;
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
+use sluice_shared::stream::{self, Delta};
 use std::time::{Duration, Instant};
 
 /// A 429 without `retryDelay` cools down this long.
@@ -16,11 +20,18 @@ const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
 /// A waiting worker looks again at least this often (other workers finish calls meanwhile).
 const BUDGET_POLL: Duration = Duration::from_millis(250);
 
+/// The context running now; a reload of the keys file swaps in a new one. A delivery that
+/// holds a reservation settles it on the context it came from (removed keys drain), and
+/// makes its next reservation on the current one.
+pub type Live = arc_swap::ArcSwap<Context>;
+
 pub struct Context {
     pub provider: Gemini,
     pub budgets: Budgets,
     pub budget_wait: Duration,
     pub disable_after: u32,
+    /// Where streamed pieces of text go.
+    pub chunks: ChunkSink,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,15 +97,21 @@ fn called(key: &KeySpec, outcome: &'static str) {
     .increment(1);
 }
 
-pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
+/// Handles one request. `attempt` is the counted provider call this delivery makes (counted
+/// calls before it + 1): every piece it streams carries it.
+pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Outcome {
     let model = request.model.as_str();
     let estimate = estimate_tokens(request);
     let started = Instant::now();
-    let deadline = instant_after(started, ctx.budget_wait);
+    let deadline = instant_after(started, live.load().budget_wait);
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
     let mut waiting = Some(started);
     loop {
+        // Every reservation below is settled before the loop comes round again, so taking
+        // the current keys here never strands one: removed keys get no new reservation.
+        let current = live.load_full();
+        let ctx: &Context = &current;
         let reservation = match reserve(ctx, model, estimate).await {
             Ok(reservation) => reservation,
             Err(no_budget) => {
@@ -133,7 +150,22 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
         }
         let alias = key.alias.clone();
         let call_started = Instant::now();
-        let result = ctx.provider.generate(key, request).await;
+        // Each call numbers its pieces from 0: a call after a 429 or an invalid key (same
+        // attempt, uncounted) starts the text over.
+        let mut seq = 0u32;
+        let mut on_text = |text: &str| {
+            ctx.chunks.offer(Delta {
+                v: stream::VERSION,
+                chat_id: request.chat_id,
+                message_id: request.request_id,
+                generation: request.generation,
+                attempt,
+                seq,
+                text: text.to_owned(),
+            });
+            seq = seq.saturating_add(1);
+        };
+        let result = ctx.provider.generate(key, request, &mut on_text).await;
         // A cooling egress route sends nothing: no duration, no log line. A call made gets
         // one info line, which under the delivery's span names the trace.
         if !matches!(result, Err(ProviderError::EgressCooling)) {
@@ -174,7 +206,7 @@ pub async fn handle(request: &RequestEnvelope, ctx: &Context) -> Outcome {
                 metrics::counter!(
                     "sluice_key_cooldowns_total",
                     "project" => key.project.clone(),
-                    "reason" => cooldown.reason(),
+                    "reason" => cooldown.reason().as_str(),
                 )
                 .increment(1);
                 ctx.budgets
@@ -250,16 +282,17 @@ mod tests {
     async fn context(
         keys: Arc<Vec<KeySpec>>,
         proxy: &str,
-    ) -> Result<Context, Box<dyn std::error::Error>> {
+    ) -> Result<Live, Box<dyn std::error::Error>> {
         let mut settings = Settings::defaults()?.provider;
         settings.proxy = Secret::new(proxy.to_owned());
         settings.connect_timeout_ms = 2_000;
-        Ok(Context {
+        Ok(Live::from_pointee(Context {
             provider: Gemini::new(&settings, &keys)?,
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,
-        })
+            chunks: ChunkSink::discard(),
+        }))
     }
 
     /// A local address nobody listens on: connections to it are refused.
@@ -274,31 +307,33 @@ mod tests {
     async fn a_refused_proxy_costs_one_attempt_then_messages_wait_without_spending() -> TestResult {
         // Two calls per window on the only key.
         let ctx = context(keys(1, 2), &refusing_address().await?).await?;
-        match handle(&request(), &ctx).await {
+        match handle(&request(), &ctx, 1).await {
             Outcome::Retryable { error, .. } => assert_eq!(error.kind, "proxy_unreachable"),
             other => panic!("the call that met the refusal counts: {other:?}"),
         }
         assert_eq!(
-            handle(&request(), &ctx).await,
+            handle(&request(), &ctx, 1).await,
             Outcome::NoBudget,
             "during the route's cooldown a message waits, it does not fail"
         );
         // The wait reserved nothing: the second slot of the window is still there.
-        assert!(ctx.budgets.reserve("m", 1, &[]).await.is_ok());
-        assert!(ctx.budgets.reserve("m", 1, &[]).await.is_err());
+        let budgets = &ctx.load().budgets;
+        assert!(budgets.reserve("m", 1, &[]).await.is_ok());
+        assert!(budgets.reserve("m", 1, &[]).await.is_err());
         Ok(())
     }
 
     #[tokio::test]
     async fn every_key_disabled_is_no_usable_key_but_cooling_is_not() -> TestResult {
         let ctx = context(keys(2, 100), "").await?;
-        ctx.budgets
+        let budgets = &ctx.load().budgets;
+        budgets
             .cool_down(0, "m", Cooldown::RateLimited(Duration::from_secs(60)))
             .await;
-        ctx.budgets.disable(1, "test").await;
-        assert_eq!(handle(&request(), &ctx).await, Outcome::NoBudget);
-        ctx.budgets.disable(0, "test").await;
-        assert_eq!(handle(&request(), &ctx).await, Outcome::NoUsableKey);
+        budgets.disable(1, "test").await;
+        assert_eq!(handle(&request(), &ctx, 1).await, Outcome::NoBudget);
+        budgets.disable(0, "test").await;
+        assert_eq!(handle(&request(), &ctx, 1).await, Outcome::NoUsableKey);
         Ok(())
     }
 }

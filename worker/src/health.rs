@@ -3,7 +3,7 @@
 //! Redis is unreachable), which egress routes are cooling down after refusing connections, and
 //! how busy it is. `GET /ready` is 503 while the broker is disconnected or the worker drains.
 
-use crate::handler::Context;
+use crate::handler::Live;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -24,7 +24,7 @@ pub struct Health {
 }
 
 /// `GET /health`; the worker merges its `GET /metrics` beside it.
-pub fn router(health: Arc<Health>, context: Arc<Context>) -> Router {
+pub fn router(health: Arc<Health>, context: Arc<Live>) -> Router {
     Router::new()
         .route("/health", get(report))
         .route("/ready", get(ready))
@@ -32,9 +32,10 @@ pub fn router(health: Arc<Health>, context: Arc<Context>) -> Router {
 }
 
 async fn report(
-    State((health, context)): State<(Arc<Health>, Arc<Context>)>,
+    State((health, context)): State<(Arc<Health>, Arc<Live>)>,
 ) -> (StatusCode, Json<Value>) {
     let connected = health.broker_connected.load(Ordering::Relaxed);
+    let context = context.load();
     let budgets = context.budgets.mode();
     let ok = connected && budgets != "degraded";
     let body = json!({
@@ -57,9 +58,7 @@ async fn report(
 }
 
 /// Ready to take work: connected to the broker and not shutting down.
-async fn ready(
-    State((health, _)): State<(Arc<Health>, Arc<Context>)>,
-) -> (StatusCode, Json<Value>) {
+async fn ready(State((health, _)): State<(Arc<Health>, Arc<Live>)>) -> (StatusCode, Json<Value>) {
     let connected = health.broker_connected.load(Ordering::Relaxed);
     let draining = health.draining.load(Ordering::Relaxed);
     let status = if connected && !draining {

@@ -3,11 +3,13 @@
 //! everything they need travels in the request envelope.
 //!
 //! [`consumer`] owns the broker side, [`handler`] turns a request into an outcome using the
-//! [`budget`]s of the key pool and the [`provider`] client, [`routing`] decides what the
-//! outcome means for the message, [`probe`] heals disabled keys, and [`health`] serves
-//! `/health` (with the worker's `/metrics` beside it).
+//! [`budget`]s of the key pool and the [`provider`] client, [`chunks`] carries streamed pieces
+//! of replies to the stream exchange and Redis, [`routing`] decides what the outcome means for
+//! the message, [`probe`] heals disabled keys, and [`health`] serves `/health` (with the
+//! worker's `/metrics` beside it).
 
 pub mod budget;
+pub mod chunks;
 pub mod consumer;
 pub mod egress;
 #[cfg(test)]
@@ -18,7 +20,11 @@ pub mod probe;
 pub mod provider;
 pub mod routing;
 
-use sluice_shared::keypool::{RedisLayout, load_keys};
+use arc_swap::ArcSwap;
+use sluice_shared::keypool::{
+    KeyFileWatch, KeySpec, RedisLayout, ReloadTrigger, keys_with_file_text, read_key_file,
+    watch_keys,
+};
 use sluice_shared::metrics::Metrics;
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
@@ -45,57 +51,129 @@ pub enum RunError {
 
 /// Runs one worker until `cancel` fires, serving `/health` and `/metrics` on
 /// `health_listener`. Everything it runs records into a registry of its own (see
-/// [`sluice_shared::metrics`]), so workers in one process count apart.
+/// [`sluice_shared::metrics`]), so workers in one process count apart. The keys file is
+/// re-read when it changes; [`run_with_reload`] also re-reads it when asked.
 pub async fn run(
     settings: Settings,
     health_listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
+    run_with_reload(settings, health_listener, cancel, ReloadTrigger::new()).await
+}
+
+/// [`run`], re-reading the keys file whenever `reload` fires (SIGHUP in `main`).
+pub async fn run_with_reload(
+    settings: Settings,
+    health_listener: TcpListener,
+    cancel: CancellationToken,
+    reload: ReloadTrigger,
+) -> Result<(), RunError> {
     let metrics = Metrics::new();
     metrics
-        .instrument(serve(settings, health_listener, cancel, metrics.clone()))
+        .instrument(serve(
+            settings,
+            health_listener,
+            cancel,
+            reload,
+            metrics.clone(),
+        ))
         .await
+}
+
+/// What every context of this worker shares, whatever keys it runs with.
+struct Shared {
+    settings: Arc<Settings>,
+    redis: Option<Arc<budget::redis::RedisLink>>,
+    egress: Arc<egress::EgressHealth>,
+    /// Streamed pieces go out through one sink whatever the keys.
+    chunks: chunks::ChunkSink,
+}
+
+impl Shared {
+    /// A context for `keys`: budgets and a provider client with a route for each proxy.
+    fn context(&self, keys: Arc<Vec<KeySpec>>) -> Result<handler::Context, RunError> {
+        let settings = &self.settings;
+        let redis = self.redis.clone().map(|link| {
+            budget::redis::RedisBudgets::new(
+                link,
+                RedisLayout::new(settings.redis.prefix.clone()),
+                keys.clone(),
+                settings.provider.timeout_ms,
+            )
+        });
+        Ok(handler::Context {
+            provider: provider::Gemini::with_egress(
+                &settings.provider,
+                &keys,
+                self.egress.clone(),
+            )?,
+            budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
+            budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
+            disable_after: settings.keys.disable_after.max(1),
+            chunks: self.chunks.clone(),
+        })
+    }
 }
 
 async fn serve(
     settings: Settings,
     health_listener: TcpListener,
     cancel: CancellationToken,
+    reload: ReloadTrigger,
     metrics: Metrics,
 ) -> Result<(), RunError> {
     settings.validate()?;
-    let keys = Arc::new(load_keys(&settings)?);
+    let file_text = read_key_file(&settings)?;
+    let keys = Arc::new(keys_with_file_text(&settings, file_text.as_deref())?);
     if keys.is_empty() {
         return Err(RunError::NoKeys);
     }
-    let redis = (settings.limits.backend == "redis")
-        .then(|| redis::Client::open(settings.redis.url.expose().as_str()))
-        .transpose()?
-        .map(|client| {
-            budget::redis::RedisBudgets::new(
-                client,
-                RedisLayout::new(settings.redis.prefix.clone()),
-                keys.clone(),
-                settings.provider.timeout_ms,
-            )
-        });
-    let context = Arc::new(handler::Context {
-        provider: provider::Gemini::new(&settings.provider, &keys)?,
-        budgets: budget::Budgets::new(keys.clone(), redis, settings.worker.expected_replicas),
-        budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
-        disable_after: settings.keys.disable_after.max(1),
-    });
+    let redis_client = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let chunks = chunks::spawn(
+        chunks::Targets {
+            amqp_url: settings.amqp.url.clone(),
+            exchange: Topology::from_settings(&settings).stream_exchange(),
+            // Partial texts live in Redis even when budgets are local (the API reads them).
+            redis: Some(redis_client.clone()),
+            redis_prefix: settings.redis.prefix.clone(),
+            partial_ttl: Duration::from_millis(settings.stream.partial_ttl_ms),
+        },
+        cancel.clone(),
+    );
+    let settings = Arc::new(settings);
+    let shared = Shared {
+        redis: (settings.limits.backend == "redis")
+            .then(|| Arc::new(budget::redis::RedisLink::new(redis_client))),
+        egress: Arc::default(),
+        chunks,
+        settings: settings.clone(),
+    };
+    let live = Arc::new(ArcSwap::from_pointee(shared.context(keys.clone())?));
     let health = Arc::new(health::Health::default());
     metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
     let upkeep = sluice_shared::metrics::spawn(metrics.clone().upkeep(cancel.clone()));
     tracing::info!(
         addr = %health_listener.local_addr()?,
         keys = keys.len(),
-        budgets = context.budgets.mode(),
+        budgets = live.load().budgets.mode(),
         "sluice-worker starting"
     );
+    let watcher = {
+        let live = live.clone();
+        let watch = KeyFileWatch::new(settings.clone(), &keys, file_text);
+        sluice_shared::metrics::spawn(watch_keys(watch, reload, cancel.clone(), move |keys| {
+            let keys = Arc::new(keys);
+            let context = shared.context(keys.clone()).map_err(|e| e.to_string())?;
+            context.budgets.inherit(&live.load().budgets);
+            // Deliveries in hand keep the context they loaded until their reservation is
+            // settled; from here on every reservation is made on the new keys.
+            live.store(Arc::new(context));
+            metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
+            Ok(())
+        }))
+    };
     let prober = sluice_shared::metrics::spawn(probe::run(
-        context.clone(),
+        live.clone(),
         settings.provider.model.clone(),
         Duration::from_millis(settings.keys.probe_interval_ms.max(100)),
         cancel.clone(),
@@ -104,7 +182,7 @@ async fn serve(
     let health_server = tokio::spawn(
         axum::serve(
             health_listener,
-            health::router(health.clone(), context.clone()).merge(metrics.router()),
+            health::router(health.clone(), live.clone()).merge(metrics.router()),
         )
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .into_future(),
@@ -114,12 +192,13 @@ async fn serve(
         topology: Topology::from_settings(&settings),
         prefetch: settings.worker.prefetch,
         no_key_max_wait_ms: settings.keys.no_key_max_wait_ms,
-        context,
+        context: live,
         health,
         shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
     };
     consumer.run(cancel.clone()).await;
     cancel.cancel();
+    let _ = watcher.await;
     let _ = prober.await;
     let _ = upkeep.await;
     match health_server.await {

@@ -25,7 +25,9 @@ async fn main() -> anyhow::Result<()> {
     })?;
     let cancel = CancellationToken::new();
     sluice_shared::shutdown::cancel_on_signal(cancel.clone());
-    sluice_worker::run(settings, listener, cancel).await?;
+    let reload = sluice_shared::keypool::ReloadTrigger::new();
+    sluice_shared::shutdown::reload_on_hangup(reload.clone());
+    sluice_worker::run_with_reload(settings, listener, cancel, reload).await?;
     Ok(())
 }
 

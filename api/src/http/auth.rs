@@ -18,11 +18,20 @@ type HmacSha256 = Hmac<Sha256>;
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
+/// The audience of event-stream tokens; a sign-in token has none.
+const EVENTS_AUDIENCE: &str = "events";
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: Uuid,
     iat: i64,
     exp: i64,
+    /// `events` on an event-stream token, which is good for nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    /// The one chat an event-stream token opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chat: Option<Uuid>,
 }
 
 fn mac(secret: &str) -> Result<HmacSha256, ApiError> {
@@ -32,12 +41,39 @@ fn mac(secret: &str) -> Result<HmacSha256, ApiError> {
 
 /// Signs a token for `user` that expires after `ttl_secs`.
 pub fn issue_token(secret: &str, user: Uuid, ttl_secs: u64) -> Result<String, ApiError> {
+    sign(secret, claims(user, ttl_secs))
+}
+
+/// Signs an event-stream token: `user` may open the event stream of `chat` (and nothing else)
+/// for `ttl_secs`. Stateless, so any replica accepts it.
+pub fn issue_events_token(
+    secret: &str,
+    user: Uuid,
+    chat: Uuid,
+    ttl_secs: u64,
+) -> Result<String, ApiError> {
+    sign(
+        secret,
+        Claims {
+            aud: Some(EVENTS_AUDIENCE.into()),
+            chat: Some(chat),
+            ..claims(user, ttl_secs)
+        },
+    )
+}
+
+fn claims(user: Uuid, ttl_secs: u64) -> Claims {
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims {
+    Claims {
         sub: user,
         iat: now,
         exp: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
-    };
+        aud: None,
+        chat: None,
+    }
+}
+
+fn sign(secret: &str, claims: Claims) -> Result<String, ApiError> {
     let payload =
         serde_json::to_vec(&claims).map_err(|e| ApiError::Internal(format!("claims: {e}")))?;
     let signing_input = format!(
@@ -51,9 +87,30 @@ pub fn issue_token(secret: &str, user: Uuid, ttl_secs: u64) -> Result<String, Ap
     Ok(format!("{signing_input}.{signature}"))
 }
 
-/// Checks signature, algorithm and expiry; returns the user id.
+fn invalid() -> ApiError {
+    ApiError::unauthorized("invalid_token", "the token is not valid")
+}
+
+/// Checks signature, algorithm and expiry of a sign-in token; returns the user id. An
+/// event-stream token is not one.
 pub fn verify_token(secret: &str, token: &str) -> Result<Uuid, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid_token", "the token is not valid");
+    let claims = verify(secret, token)?;
+    if claims.aud.is_some() {
+        return Err(invalid());
+    }
+    Ok(claims.sub)
+}
+
+/// Checks an event-stream token; returns its user and chat. A sign-in token is not one.
+pub fn verify_events_token(secret: &str, token: &str) -> Result<(Uuid, Uuid), ApiError> {
+    let claims = verify(secret, token)?;
+    match (claims.aud.as_deref(), claims.chat) {
+        (Some(EVENTS_AUDIENCE), Some(chat)) => Ok((claims.sub, chat)),
+        _ => Err(invalid()),
+    }
+}
+
+fn verify(secret: &str, token: &str) -> Result<Claims, ApiError> {
     let (signing_input, signature) = token.rsplit_once('.').ok_or_else(invalid)?;
     let (header, payload) = signing_input.split_once('.').ok_or_else(invalid)?;
     let header: serde_json::Value = URL_SAFE_NO_PAD
@@ -79,7 +136,7 @@ pub fn verify_token(secret: &str, token: &str) -> Result<Uuid, ApiError> {
             "the token has expired, log in again",
         ));
     }
-    Ok(claims.sub)
+    Ok(claims)
 }
 
 /// The bounded queue in front of argon2. With the default parameters a hash takes 19 MiB and
@@ -201,6 +258,17 @@ mod tests {
         tampered.insert(token.find('.').map_or(0, |i| i + 3), 'x');
         assert!(verify_token(SECRET, &tampered).is_err());
         assert!(verify_token(SECRET, "a.b").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn event_tokens_and_sign_in_tokens_are_not_interchangeable() -> Result<(), ApiError> {
+        let (user, chat) = (Uuid::now_v7(), Uuid::now_v7());
+        let events = issue_events_token(SECRET, user, chat, 60)?;
+        assert_eq!(verify_events_token(SECRET, &events)?, (user, chat));
+        assert!(verify_token(SECRET, &events).is_err());
+        let sign_in = issue_token(SECRET, user, 60)?;
+        assert!(verify_events_token(SECRET, &sign_in).is_err());
         Ok(())
     }
 

@@ -22,13 +22,14 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
 /// The whole HTTP surface. Every REST route gets the body limit and two timeouts: the body
 /// must arrive within `http.body_timeout_ms` and the answer within `http.request_timeout_ms`
-/// (both 408 `request_timeout`). Streaming routes (the SSE event stream) must not get the
-/// whole-request timeout: merge their router into the result here, after the layers. Every
+/// (both 408 `request_timeout`). The event streams ([`routes::streams`]) must not get the
+/// whole-request timeout: they are merged in after those layers, counted and traced. Every
 /// REST request is counted by [`metrics::track`]; `GET /metrics` (this instance's registry, no
 /// auth: the reverse proxy does not expose it) is merged after the layers too. Outside them all,
 /// [`trace::layer`] gives each REST request an `x-request-id`, a span and one log line.
 pub fn app(state: AppState) -> axum::Router {
     let scrape = state.metrics.router();
+    let streams = routes::streams(state.clone()).layer(axum::middleware::from_fn(metrics::track));
     let http = &state.settings.http;
     let (body_timeout, request_timeout) = (
         Duration::from_millis(http.body_timeout_ms),
@@ -43,7 +44,7 @@ pub fn app(state: AppState) -> axum::Router {
         ))
         .layer(axum::middleware::map_response(timeout_in_json))
         .layer(axum::middleware::from_fn(metrics::track));
-    trace::layer(rest).merge(scrape)
+    trace::layer(rest.merge(streams)).merge(scrape)
 }
 
 /// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already

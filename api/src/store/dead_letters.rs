@@ -65,10 +65,17 @@ impl Store {
             ],
         ))
         .await?;
-        if let Some(fail) = fail {
-            give_up(&txn, fail).await?;
+        let failed = match fail {
+            Some(fail) => give_up(&txn, fail).await?,
+            None => 0,
+        };
+        txn.commit().await?;
+        if let Some(fail) = fail
+            && failed > 0
+        {
+            self.notices.changed(fail.chat_id, vec![fail.request_id]);
         }
-        Ok(txn.commit().await?)
+        Ok(())
     }
 
     /// Oldest first.

@@ -58,6 +58,36 @@ impl Store {
             .await?)
     }
 
+    /// Those of `ids` that are messages of `chat` (for live event streams).
+    pub async fn messages_of(&self, chat: Uuid, ids: &[Uuid]) -> Result<Vec<Message>, StoreError> {
+        Ok(messages::Entity::find()
+            .filter(messages::Column::ChatId.eq(chat))
+            .filter(messages::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The chat's replies still pending, oldest first (what a new watcher may need a snapshot
+    /// of). `'pending'` is written out so the partial index on pending replies serves it.
+    pub async fn pending_in_chat(&self, chat: Uuid) -> Result<Vec<Message>, StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM messages WHERE chat_id = $1 AND status = 'pending' \
+                 AND role = 'assistant' ORDER BY created_at, id",
+                [chat.into()],
+            ))
+            .await?;
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            pending.push(<Message as sea_orm::FromQueryResult>::from_query_result(
+                row, "",
+            )?);
+        }
+        Ok(pending)
+    }
+
     /// The history of the chat up to `end`, at most `limit` messages; `None` when the chat
     /// does not exist or (with `owner`) is not theirs.
     pub async fn history(

@@ -13,6 +13,7 @@ mod entities;
 mod failure;
 pub mod message_state;
 pub mod messages;
+pub mod notices;
 pub mod outbox;
 pub mod paging;
 pub mod posts;
@@ -86,6 +87,8 @@ pub struct Store {
     /// (`synchronous_commit = off`), for writes whose loss in a crash is harmless: deleting
     /// published outbox rows (lost, they are published again, which changes nothing).
     unflushed: DatabaseConnection,
+    /// Told which messages each commit created or changed (for live event streams).
+    notices: notices::Notices,
 }
 
 /// Connections of the `unflushed` pool.
@@ -109,7 +112,14 @@ impl Store {
         Ok(Self {
             db: Database::connect(options(url, max_connections)).await?,
             unflushed: Database::connect(unflushed).await?,
+            notices: notices::Notices::none(),
         })
+    }
+
+    /// The same pools, telling `notices` what every commit changes.
+    pub fn with_notices(mut self, notices: notices::Notices) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Applies pending migrations. The lock is taken and released on one dedicated connection

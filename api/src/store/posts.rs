@@ -187,6 +187,9 @@ async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff, batches: &Ato
     match result {
         Ok(()) => {
             handoff.hand_over(batch.iter().map(|j| j.post.request.clone()).collect());
+            store
+                .notices
+                .changed_all(batch.iter().flat_map(|j| changes(&j.post)));
             for job in batch {
                 let _ = job.done.send(Ok(()));
             }
@@ -203,11 +206,20 @@ async fn commit(store: &Store, batch: Vec<Job>, handoff: &Handoff, batches: &Ato
                 let alone = write_posts(store, &[&job.post]).await;
                 if alone.is_ok() {
                     handoff.hand_over(vec![job.post.request.clone()]);
+                    store.notices.changed_all(changes(&job.post));
                 }
                 let _ = job.done.send(alone);
             }
         }
     }
+}
+
+/// The messages a committed post created, as `(chat, message)`.
+fn changes(post: &NewPost) -> [(Uuid, Uuid); 2] {
+    [
+        (post.question.chat_id, post.question.id),
+        (post.reply.chat_id, post.reply.id),
+    ]
 }
 
 /// One statement, so one round trip and one commit: the chats are locked in id order and

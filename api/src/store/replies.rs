@@ -213,7 +213,11 @@ impl Store {
         if responses.is_empty() {
             return Ok(0);
         }
-        Ok(apply_answers(&self.db, responses).await?)
+        let updated = apply_answers(&self.db, responses).await?;
+        // Stale and duplicate answers are told too: a watcher reads the row and sees nothing new.
+        self.notices
+            .changed_all(responses.iter().map(|r| (r.chat_id, r.request_id)));
+        Ok(updated)
     }
 
     /// Applies `responses` in one transaction; if the database refuses it, one at a time, and
@@ -289,6 +293,9 @@ impl Store {
         touch(&txn, &[g.chat_id]).await?;
         let n = give_up(&txn, g).await?;
         txn.commit().await?;
+        if n > 0 {
+            self.notices.changed(g.chat_id, vec![g.request_id]);
+        }
         Ok(n)
     }
 
@@ -322,8 +329,8 @@ impl Store {
         // `'pending'` is written out, not bound: only then can PostgreSQL use the partial index
         // on pending replies in a prepared (generic) plan. Only replies of the chats just
         // touched are reaped, so every change bumps its chat's version.
-        let result = txn
-            .execute_raw(Statement::from_sql_and_values(
+        let reaped = txn
+            .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "WITH overdue AS ( \
                      SELECT id FROM messages \
@@ -333,7 +340,7 @@ impl Store {
                  UPDATE messages AS m SET status = $4, content = '', error_kind = $5, \
                  error_message = $3, completed_at = now() \
                  FROM overdue WHERE m.id = overdue.id AND m.role = 'assistant' \
-                 AND m.status = 'pending'",
+                 AND m.status = 'pending' RETURNING m.id, m.chat_id",
                 [
                     horizon_ms.into(),
                     max.into(),
@@ -344,8 +351,16 @@ impl Store {
                 ],
             ))
             .await?;
+        let mut changes = Vec::with_capacity(reaped.len());
+        for row in &reaped {
+            changes.push((
+                row.try_get::<Uuid>("", "chat_id")?,
+                row.try_get::<Uuid>("", "id")?,
+            ));
+        }
         txn.commit().await?;
-        Ok(result.rows_affected())
+        self.notices.changed_all(changes.iter().copied());
+        Ok(changes.len() as u64)
     }
 
     /// [`Transition::Cancel`]: fails the chat's reply if it is still pending, kind
@@ -376,6 +391,9 @@ impl Store {
             .await?;
         let message = row.map(|r| message_from_row(&r)).transpose()?;
         txn.commit().await?;
+        if message.is_some() {
+            self.notices.changed(chat_id, vec![reply_id]);
+        }
         Ok(message)
     }
 
@@ -486,6 +504,7 @@ impl Store {
             .await?;
         }
         txn.commit().await?;
+        self.notices.changed(chat_id, vec![reply_id]);
         Ok(Restart::Done {
             reply: Box::new(reply),
             request,

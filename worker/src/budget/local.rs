@@ -37,6 +37,41 @@ impl LocalBudgets {
         }
     }
 
+    /// Carries this process's spending over from `old`, the budgets before a key reload: day
+    /// counts, cooldowns, and the limiters of every (project, model) whose limits did not
+    /// change; disabled keys and strikes follow their alias.
+    pub fn inherit(&self, old: &LocalBudgets) {
+        let before = old.state();
+        let mut state = self.state();
+        state.days = before.days.clone();
+        state.cooldowns = before.cooldowns.clone();
+        let limits = |keys: &[KeySpec], project: &str, model: &str| {
+            keys.iter()
+                .find(|k| k.project == project)
+                .map(|k| (k.limits(model), k.window_ms))
+        };
+        state.limiters = before
+            .limiters
+            .iter()
+            .filter(|((project, model), _)| {
+                limits(&old.keys, project, model).is_some_and(|l| {
+                    old.replicas == self.replicas && Some(l) == limits(&self.keys, project, model)
+                })
+            })
+            .map(|(bucket, limiter)| (bucket.clone(), limiter.clone()))
+            .collect();
+        let now_at = |i: &usize| {
+            let alias = &old.keys.get(*i)?.alias;
+            self.keys.iter().position(|k| &k.alias == alias)
+        };
+        state.disabled = before.disabled.iter().filter_map(now_at).collect();
+        state.strikes = before
+            .strikes
+            .iter()
+            .filter_map(|(i, n)| Some((now_at(i)?, *n)))
+            .collect();
+    }
+
     fn share(&self, limit: u32) -> u32 {
         (limit / self.replicas).max(1)
     }
@@ -209,6 +244,32 @@ mod tests {
             assert_eq!(budgets.reserve("m", 1, &[0, 2]).map(|r| r.key), Ok(1));
         }
         assert_eq!(budgets.reserve("m", 1, &[0, 1, 2]), Err(NoBudget::NoKeys));
+    }
+
+    #[test]
+    fn a_reload_keeps_what_was_spent_and_who_is_disabled() {
+        let old_keys = keys(2, 2);
+        let old = LocalBudgets::new(old_keys.clone(), 1);
+        while old.reserve("m", 1, &[1]).is_ok() {}
+        old.disable(1);
+        old.cool_down(&old_keys[0], "x", Duration::from_secs(60));
+        // k1 moves to the front; k0 stays with the same limits.
+        let new_keys = std::sync::Arc::new(vec![old_keys[1].clone(), old_keys[0].clone()]);
+        let new = LocalBudgets::new(new_keys, 1);
+        new.inherit(&old);
+        assert_eq!(
+            new.disabled(),
+            [0],
+            "k1 is still disabled, at its new place"
+        );
+        assert!(
+            matches!(new.reserve("m", 1, &[]), Err(NoBudget::RetryIn(_))),
+            "k0's window is still spent"
+        );
+        assert!(matches!(
+            new.reserve("x", 1, &[]),
+            Err(NoBudget::RetryIn(_))
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod local;
 pub mod redis;
 
 use crate::provider::MAX_PROVIDER_DELAY;
-use sluice_shared::keypool::{KeySpec, next_pacific_midnight};
+use sluice_shared::keypool::{CooldownReason, KeySpec, next_pacific_midnight};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -70,10 +70,10 @@ impl Cooldown {
         }
     }
 
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> CooldownReason {
         match self {
-            Cooldown::RateLimited(_) => "rate_limited",
-            Cooldown::PerDay => "per_day_quota",
+            Cooldown::RateLimited(_) => CooldownReason::RateLimited,
+            Cooldown::PerDay => CooldownReason::PerDayQuota,
         }
     }
 }
@@ -100,6 +100,15 @@ impl Budgets {
             degraded: AtomicBool::new(false),
             last_check: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Takes over what `old` (the budgets before a key reload) knew that lives in this
+    /// process: local spending, and whether Redis was unreachable. Fleet-wide state is in
+    /// Redis and needs no carrying.
+    pub fn inherit(&self, old: &Budgets) {
+        self.local.inherit(&old.local);
+        self.degraded
+            .store(old.degraded.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub fn keys(&self) -> &[KeySpec] {
@@ -186,7 +195,7 @@ impl Budgets {
     /// Cools the key's (project, model) down fleet-wide; never shortens a longer cooldown.
     pub async fn cool_down(&self, key: usize, model: &str, cooldown: Cooldown) {
         let spec = &self.keys[key];
-        tracing::warn!(project = %spec.project, model, reason = cooldown.reason(), duration = ?cooldown.duration(), "cooling down");
+        tracing::warn!(project = %spec.project, model, reason = cooldown.reason().as_str(), duration = ?cooldown.duration(), "cooling down");
         if let Some(redis) = self.redis().await
             && let Err(e) = redis.cool_down(spec, model, cooldown).await
         {

@@ -1,12 +1,16 @@
 //! Fleet-wide budgets in Redis. Choosing a key and reserving its slot is one Lua script on
-//! Redis server time (`reserve.lua`), so two workers never take the same last slot; completing,
-//! releasing and cooling down are small scripts of their own. Every call has a short timeout:
-//! an unreachable Redis must turn into degraded mode, not a stuck worker.
+//! Redis server time (`reserve.lua`), so two workers never take the same last slot; completing
+//! and releasing are small scripts of their own. The rest of the pool's state (cooldowns,
+//! disabled keys, strikes, egress marks, probe claims) is read and changed through the shared
+//! [`KeyPoolState`]. Every call has a short timeout: an unreachable Redis must turn into
+//! degraded mode, not a stuck worker.
 
 use super::{Cooldown, NoBudget, Reservation};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError, Script};
-use sluice_shared::keypool::{KeySpec, RedisLayout, next_pacific_midnight, pacific_day};
+use redis::{RedisError, Script};
+use sluice_shared::keypool::{
+    KeyPoolState, KeySpec, RedisLayout, next_pacific_midnight, pacific_day,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -35,29 +39,22 @@ if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
 end
 return 1";
 
-/// Extends, never shortens: a later, shorter cooldown leaves an earlier, longer one alone.
-const COOL_DOWN: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local untl = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-if untl > current then
-  redis.call('HSET', KEYS[1], 'until', untl, 'reason', ARGV[2])
-  redis.call('PEXPIREAT', KEYS[1], untl)
-end
-return 1";
-
-pub struct RedisBudgets {
+/// The worker's one Redis connection, opened on first use and kept across key reloads.
+pub struct RedisLink {
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
+}
+
+pub struct RedisBudgets {
+    link: Arc<RedisLink>,
     layout: RedisLayout,
+    state: KeyPoolState,
     keys: Arc<Vec<KeySpec>>,
     /// How long an unfinished call holds its slot: the provider's total timeout.
     inflight_ms: u64,
     reserve: Script,
     complete: Script,
     release: Script,
-    cool_down: Script,
 }
 
 fn timeout_error() -> RedisError {
@@ -67,23 +64,11 @@ fn timeout_error() -> RedisError {
     ))
 }
 
-impl RedisBudgets {
-    pub fn new(
-        client: redis::Client,
-        layout: RedisLayout,
-        keys: Arc<Vec<KeySpec>>,
-        inflight_ms: u64,
-    ) -> Self {
+impl RedisLink {
+    pub fn new(client: redis::Client) -> Self {
         Self {
             client,
             connection: Mutex::new(None),
-            layout,
-            keys,
-            inflight_ms,
-            reserve: Script::new(include_str!("reserve.lua")),
-            complete: Script::new(COMPLETE),
-            release: Script::new(RELEASE),
-            cool_down: Script::new(COOL_DOWN),
         }
     }
 
@@ -105,6 +90,31 @@ impl RedisBudgets {
         *slot = Some(conn.clone());
         Ok(conn)
     }
+}
+
+impl RedisBudgets {
+    pub fn new(
+        link: Arc<RedisLink>,
+        layout: RedisLayout,
+        keys: Arc<Vec<KeySpec>>,
+        inflight_ms: u64,
+    ) -> Self {
+        Self {
+            link,
+            state: KeyPoolState::new(layout.clone()),
+            layout,
+            keys,
+            inflight_ms,
+            reserve: Script::new(include_str!("reserve.lua")),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    /// The connection this budget's keys share with every other of the worker.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
 
     /// Runs one Redis operation with the timeout.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
@@ -112,7 +122,7 @@ impl RedisBudgets {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let conn = self.connection().await?;
+        let conn = self.link.connection().await?;
         tokio::time::timeout(TIMEOUT, op(conn))
             .await
             .map_err(|_| timeout_error())?
@@ -228,57 +238,49 @@ impl RedisBudgets {
         model: &str,
         cooldown: Cooldown,
     ) -> Result<(), RedisError> {
-        let ms = u64::try_from(cooldown.duration().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut invocation = self
-            .cool_down
-            .key(self.layout.cooldown(&key.project, model));
-        invocation.arg(ms).arg(cooldown.reason());
-        self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
-            .await
-            .map(|_| ())
-    }
-
-    pub async fn disable(&self, alias: &str, reason: &str) -> Result<(), RedisError> {
-        let (hash, alias, reason) = (self.layout.disabled(), alias.to_owned(), reason.to_owned());
-        self.run(|mut c| async move { c.hset::<_, _, _, i64>(hash, alias, reason).await })
-            .await
-            .map(|_| ())
-    }
-
-    pub async fn enable(&self, alias: &str) -> Result<(), RedisError> {
-        let (disabled, strikes, alias) = (
-            self.layout.disabled(),
-            self.layout.strikes(),
-            alias.to_owned(),
-        );
+        let state = &self.state;
         self.run(|mut c| async move {
-            redis::pipe()
-                .hdel(disabled, &alias)
-                .hdel(strikes, &alias)
-                .query_async::<()>(&mut c)
+            state
+                .cool_down(
+                    &mut c,
+                    &key.project,
+                    model,
+                    cooldown.reason(),
+                    cooldown.duration(),
+                )
                 .await
         })
         .await
     }
 
+    pub async fn disable(&self, alias: &str, reason: &str) -> Result<(), RedisError> {
+        let state = &self.state;
+        self.run(|mut c| async move { state.disable(&mut c, alias, reason).await })
+            .await
+    }
+
+    pub async fn enable(&self, alias: &str) -> Result<(), RedisError> {
+        let state = &self.state;
+        self.run(|mut c| async move { state.enable(&mut c, alias).await })
+            .await
+    }
+
     pub async fn disabled(&self) -> Result<Vec<String>, RedisError> {
-        let hash = self.layout.disabled();
-        self.run(|mut c| async move { c.hkeys(hash).await }).await
+        let state = &self.state;
+        self.run(|mut c| async move { state.disabled(&mut c).await })
+            .await
     }
 
     pub async fn strike(&self, alias: &str) -> Result<u32, RedisError> {
-        let (hash, alias) = (self.layout.strikes(), alias.to_owned());
-        self.run(|mut c| async move { c.hincr(hash, alias, 1).await })
+        let state = &self.state;
+        self.run(|mut c| async move { state.strike(&mut c, alias).await })
             .await
     }
 
     pub async fn clear_strikes(&self, alias: &str) -> Result<(), RedisError> {
-        let (hash, alias) = (self.layout.strikes(), alias.to_owned());
-        self.run(|mut c| async move { c.hdel::<_, _, i64>(hash, alias).await })
+        let state = &self.state;
+        self.run(|mut c| async move { state.clear_strikes(&mut c, alias).await })
             .await
-            .map(|_| ())
     }
 
     /// Remembers until when `route` looked throttled.
@@ -287,30 +289,19 @@ impl RedisBudgets {
         route: &str,
         for_how_long: Duration,
     ) -> Result<(), RedisError> {
-        let until = chrono::Utc::now()
-            .timestamp_millis()
-            .saturating_add(i64::try_from(for_how_long.as_millis()).unwrap_or(i64::MAX));
-        let (hash, route) = (self.layout.egress(), route.to_owned());
-        self.run(|mut c| async move { c.hset::<_, _, _, i64>(hash, route, until).await })
-            .await
-            .map(|_| ())
-    }
-
-    /// `SET NX PX`: true for the one worker that gets to probe this key this interval.
-    pub async fn claim_probe(&self, alias: &str, interval: Duration) -> Result<bool, RedisError> {
-        let lock = self.layout.probe_lock(alias);
-        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let state = &self.state;
         self.run(|mut c| async move {
-            redis::cmd("SET")
-                .arg(lock)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query_async::<Option<String>>(&mut c)
+            state
+                .mark_egress_throttled(&mut c, route, for_how_long)
                 .await
-                .map(|r| r.is_some())
         })
         .await
+    }
+
+    /// True for the one worker that gets to probe this key this interval.
+    pub async fn claim_probe(&self, alias: &str, interval: Duration) -> Result<bool, RedisError> {
+        let state = &self.state;
+        self.run(|mut c| async move { state.claim_probe(&mut c, alias, interval).await })
+            .await
     }
 }

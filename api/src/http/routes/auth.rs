@@ -216,6 +216,11 @@ mod tests {
         let redis = redis::Client::open("redis://127.0.0.1:6379")?;
         let (posts, _writer) =
             PostWriter::start(store.clone(), BatchBounds::default(), Handoff::none());
+        let (hub, _) = crate::live::Hub::new(
+            8,
+            crate::live::partials::Partials::new(redis.clone(), String::new()),
+            tokio_util::sync::CancellationToken::new(),
+        );
         let state = AppState {
             limits: Arc::new(Limits::new(&settings, redis.clone(), store.clone())),
             hashing: Arc::new(HashQueue::new(8)),
@@ -228,6 +233,7 @@ mod tests {
             redis,
             keys: Arc::default(),
             metrics: sluice_shared::metrics::Metrics::new(),
+            hub,
         };
         let email = "long@example.com";
         let (status, body) = call(

@@ -9,10 +9,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use redis::AsyncCommands;
 use serde::Serialize;
-use sluice_shared::keypool::{KeySpec, Limits, RedisLayout, pacific_day, route_label};
-use std::collections::HashMap;
+use sluice_shared::keypool::state::Usage as UsageState;
+use sluice_shared::keypool::{KeyPoolState, KeySnapshot, KeySpec, Limits, RedisLayout};
 use std::time::Duration;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +30,16 @@ struct Usage {
     calls_in_window: u64,
     tokens_in_window: u64,
     calls_today: u64,
+}
+
+impl From<UsageState> for Usage {
+    fn from(u: UsageState) -> Self {
+        Self {
+            calls_in_window: u.calls_in_window,
+            tokens_in_window: u.tokens_in_window,
+            calls_today: u.calls_today,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,15 +108,33 @@ async fn connection(state: &AppState) -> Result<redis::aio::MultiplexedConnectio
     .map_err(|_| unavailable())
 }
 
-fn models_of(key: &KeySpec, default_model: &str) -> Vec<String> {
-    let mut models = vec![default_model.to_owned()];
-    models.extend(
-        key.model_limits
-            .keys()
-            .filter(|m| *m != default_model)
-            .cloned(),
-    );
-    models
+fn pool_state(state: &AppState) -> KeyPoolState {
+    KeyPoolState::new(RedisLayout::new(state.settings.redis.prefix.clone()))
+}
+
+/// The admin JSON of one key: its configuration beside its state in Redis.
+fn key_view(key: &KeySpec, snapshot: KeySnapshot) -> KeyView {
+    KeyView {
+        alias: snapshot.alias,
+        project: key.project.clone(),
+        weight: key.weight,
+        window_ms: key.window_ms,
+        state: snapshot.state.name(),
+        egress: snapshot.egress,
+        egress_throttled_until: snapshot.egress_throttled_until,
+        disabled_reason: snapshot.state.disabled_reason().map(str::to_owned),
+        models: snapshot
+            .models
+            .into_iter()
+            .map(|m| ModelView {
+                limits: key.limits(&m.model).into(),
+                state: m.state.name(),
+                until: m.state.until(),
+                usage: m.usage.into(),
+                model: m.model,
+            })
+            .collect(),
+    }
 }
 
 /// Every key's state and usage, read from the fleet-wide state in Redis. Never the secret.
@@ -121,90 +148,15 @@ fn models_of(key: &KeySpec, default_model: &str) -> Vec<String> {
     ))]
 async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>, ApiError> {
     let mut conn = connection(&state).await?;
-    let layout = RedisLayout::new(state.settings.redis.prefix.clone());
-    let read = async {
-        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        let now_ms = secs * 1000 + micros / 1000;
-        let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
-        let day = pacific_day(now);
-        let disabled: HashMap<String, String> = conn.hgetall(layout.disabled()).await?;
-        let throttled: HashMap<String, i64> = conn.hgetall(layout.egress()).await?;
-        let mut items = Vec::with_capacity(state.keys.len());
-        for key in state.keys.iter() {
-            let mut models = Vec::new();
-            for model in models_of(key, &state.settings.provider.model) {
-                let since = now_ms - i64::try_from(key.window_ms).unwrap_or(i64::MAX);
-                let live: u64 = conn
-                    .zcount(
-                        layout.calls(&key.project, &model),
-                        format!("({since}"),
-                        "+inf",
-                    )
-                    .await?;
-                // Includes calls of the last window not yet swept by a reservation.
-                let tokens: Option<i64> = conn.get(layout.tokens(&key.project, &model)).await?;
-                let today: Option<u64> = conn.get(layout.day(&key.project, &model, &day)).await?;
-                let cool: HashMap<String, String> =
-                    conn.hgetall(layout.cooldown(&key.project, &model)).await?;
-                let until_ms = cool.get("until").and_then(|u| u.parse::<i64>().ok());
-                let (model_state, until) = match until_ms {
-                    Some(u) if u > now_ms => (
-                        if cool.get("reason").map(String::as_str) == Some("per_day_quota") {
-                            "parked"
-                        } else {
-                            "cooling"
-                        },
-                        DateTime::from_timestamp_millis(u),
-                    ),
-                    _ => ("ok", None),
-                };
-                models.push(ModelView {
-                    limits: key.limits(&model).into(),
-                    model,
-                    usage: Usage {
-                        calls_in_window: live,
-                        tokens_in_window: u64::try_from(tokens.unwrap_or(0)).unwrap_or(0),
-                        calls_today: today.unwrap_or(0),
-                    },
-                    state: model_state,
-                    until,
-                });
-            }
-            let disabled_reason = disabled.get(&key.alias).cloned();
-            let key_state = if disabled_reason.is_some() {
-                "disabled"
-            } else if models.iter().any(|m| m.state == "parked") {
-                "parked"
-            } else if models.iter().any(|m| m.state == "cooling") {
-                "cooling"
-            } else {
-                "ok"
-            };
-            let proxy = key
-                .proxy
-                .as_ref()
-                .map_or(state.settings.provider.proxy.expose().as_str(), |p| {
-                    p.expose().as_str()
-                });
-            let egress = route_label(proxy);
-            let egress_throttled_until = throttled
-                .get(&egress)
-                .filter(|until| **until > now_ms)
-                .and_then(|until| DateTime::from_timestamp_millis(*until));
-            items.push(KeyView {
-                egress,
-                egress_throttled_until,
-                alias: key.alias.clone(),
-                project: key.project.clone(),
-                weight: key.weight,
-                window_ms: key.window_ms,
-                state: key_state,
-                disabled_reason,
-                models,
-            });
-        }
-        Ok::<_, redis::RedisError>(items)
-    };
+    let keys = state.keys.load_full();
+    let pool = pool_state(&state);
+    let read = pool.snapshot(
+        &mut conn,
+        &keys,
+        &state.settings.provider.model,
+        state.settings.provider.proxy.expose(),
+        Utc::now(),
+    );
     let items = tokio::time::timeout(REDIS_TIMEOUT, read)
         .await
         .map_err(|_| unavailable())?
@@ -212,6 +164,11 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
             tracing::warn!(error = %e, "cannot read the key pool");
             unavailable()
         })?;
+    let items = keys
+        .iter()
+        .zip(items)
+        .map(|(key, snapshot)| key_view(key, snapshot))
+        .collect();
     Ok(Json(KeysView { items }))
 }
 
@@ -237,7 +194,7 @@ async fn enable(
     _: Admin,
     Path(alias): Path<String>,
 ) -> Result<Json<Enabled>, ApiError> {
-    if !state.keys.iter().any(|k| k.alias == alias) {
+    if !state.keys.load().iter().any(|k| k.alias == alias) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "key_not_found",
@@ -245,17 +202,10 @@ async fn enable(
         ));
     }
     let mut conn = connection(&state).await?;
-    let layout = RedisLayout::new(state.settings.redis.prefix.clone());
-    tokio::time::timeout(
-        REDIS_TIMEOUT,
-        redis::pipe()
-            .hdel(layout.disabled(), &alias)
-            .hdel(layout.strikes(), &alias)
-            .query_async::<()>(&mut conn),
-    )
-    .await
-    .map_err(|_| unavailable())?
-    .map_err(|_| unavailable())?;
+    tokio::time::timeout(REDIS_TIMEOUT, pool_state(&state).enable(&mut conn, &alias))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())?;
     tracing::info!(key = %alias, "key re-enabled by an operator");
     Ok(Json(Enabled { alias, state: "ok" }))
 }

@@ -5,13 +5,14 @@ mod admin;
 mod auth;
 mod chats;
 mod docs;
+mod events;
 mod health;
 mod keys;
 mod me;
 mod messages;
 mod prompts;
 mod reply_actions;
-mod views;
+pub(crate) mod views;
 mod web;
 
 use crate::AppState;
@@ -24,6 +25,11 @@ use utoipa_axum::router::OpenApiRouter;
 /// Every route with its `#[utoipa::path]`: modules register routes only through
 /// `utoipa_axum::routes!`, which refuses a handler that has no path annotation.
 fn documented() -> OpenApiRouter<AppState> {
+    rest().merge(events::streams())
+}
+
+/// The REST routes: everything but the event streams.
+fn rest() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(health::router())
         .merge(admin::router())
@@ -32,6 +38,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(chats::router())
         .merge(messages::router())
         .merge(reply_actions::router())
+        .merge(events::router())
         .merge(me::router())
         .merge(prompts::router())
         .merge(docs::router())
@@ -42,8 +49,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     documented().into_openapi()
 }
 
+/// The REST routes, with the fallback 404.
 pub fn router(state: AppState) -> Router {
-    let (routes, _) = documented().split_for_parts();
+    let (routes, _) = rest().split_for_parts();
     // The web page is not REST: served beside the documented routes, not in the document.
     routes
         .merge(web::router())
@@ -51,4 +59,12 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .with_state(state)
+}
+
+/// The event streams: long-lived responses, served without the REST timeouts.
+pub fn streams(state: AppState) -> Router {
+    let (routes, _) = OpenApiRouter::new()
+        .merge(events::streams())
+        .split_for_parts();
+    routes.with_state(state)
 }

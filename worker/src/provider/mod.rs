@@ -1,16 +1,21 @@
-//! The Gemini REST client: `POST {base}/v1beta/models/{model}:generateContent` with the key
-//! in `x-goog-api-key`, through the configured proxy when there is one. Every way a call can
-//! end is mapped to a [`ProviderError`] that says what should happen next. Whatever the provider
-//! says is bounded here: bodies by `provider.max_reply_bytes`, delays by [`MAX_PROVIDER_DELAY`],
-//! and model text goes through [`model_text`] (the text rules) before anything else sees it.
+//! The Gemini REST client: `POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse`
+//! (or `:generateContent` with `provider.stream = false`) with the key in `x-goog-api-key`,
+//! through the configured proxy when there is one. Every way a call can end is mapped to a
+//! [`ProviderError`] that says what should happen next. Whatever the provider says is bounded
+//! here: bodies by `provider.max_reply_bytes`, delays by [`MAX_PROVIDER_DELAY`], and model text
+//! goes through [`model_text`] (the text rules) before anything else sees it — a streamed piece
+//! included. The event stream itself is read in [`sse`].
+
+mod sse;
 
 use crate::egress::EgressHealth;
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
-use sluice_shared::keypool::{KeySpec, route_label};
+use sluice_shared::keypool::{KeySpec, egress_proxy, route_label};
 use sluice_shared::settings::ProviderSettings;
 use sluice_shared::text;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The longest wait a provider's `retryDelay` may impose; anything longer (or absurd, such as
@@ -55,11 +60,21 @@ pub enum ProviderError {
 /// Text the model produced, made storable: the ONE place the worker applies the text rules
 /// (`sluice_shared::text`), so history, stored replies and streamed text agree.
 pub fn model_text(raw: String) -> String {
-    if text::is_storable(&raw) {
-        return raw;
+    let (text, stripped) = storable(raw);
+    if stripped {
+        metrics::counter!("sluice_provider_nul_stripped_total").increment(1);
     }
-    metrics::counter!("sluice_provider_nul_stripped_total").increment(1);
-    text::strip_nul_owned(raw)
+    text
+}
+
+/// `raw` under the text rules, and whether that removed anything. A streamed reply counts
+/// its NULs once, in [`Reply::conclude`], not once per piece.
+fn storable(raw: String) -> (String, bool) {
+    if text::is_storable(&raw) {
+        (raw, false)
+    } else {
+        (text::strip_nul_owned(raw), true)
+    }
 }
 
 pub struct Gemini {
@@ -69,13 +84,26 @@ pub struct Gemini {
     global_proxy: String,
     base_url: String,
     max_reply_bytes: u64,
-    egress: EgressHealth,
+    /// `provider.stream`: stream calls and hand each piece of text over as it comes.
+    stream: bool,
+    /// Shared by the clients built for each reload of the keys: a route's health belongs
+    /// to the route, not to one set of keys.
+    egress: Arc<EgressHealth>,
 }
 
 impl Gemini {
     /// Builds every route up front. With a proxy configured, no call goes direct: a key's own
     /// proxy replaces the global one, and nothing falls back to a direct connection.
     pub fn new(settings: &ProviderSettings, keys: &[KeySpec]) -> Result<Self, reqwest::Error> {
+        Self::with_egress(settings, keys, Arc::default())
+    }
+
+    /// Like [`Gemini::new`], sharing `egress` (the routes' health) with earlier clients.
+    pub fn with_egress(
+        settings: &ProviderSettings,
+        keys: &[KeySpec],
+        egress: Arc<EgressHealth>,
+    ) -> Result<Self, reqwest::Error> {
         let global_proxy = settings.proxy.expose().clone();
         let mut clients = HashMap::new();
         clients.insert(String::new(), client(settings, &global_proxy)?);
@@ -91,7 +119,8 @@ impl Gemini {
             global_proxy,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             max_reply_bytes: settings.max_reply_bytes,
-            egress: EgressHealth::default(),
+            stream: settings.stream,
+            egress,
         })
     }
 
@@ -100,12 +129,14 @@ impl Gemini {
         key.proxy.as_ref().map_or("", |p| p.expose().as_str())
     }
 
-    /// The proxy `key`'s calls go through (`""`: direct).
+    /// The proxy `key`'s calls go through (`""`: direct); the choice is the shared one.
     fn egress_of<'a>(&'a self, key: &'a KeySpec) -> &'a str {
-        match self.route(key) {
-            "" => &self.global_proxy,
-            own => own,
-        }
+        egress_proxy(key, &self.global_proxy)
+    }
+
+    /// The routes' health, to share with the client of the next key reload.
+    pub fn egress_health(&self) -> Arc<EgressHealth> {
+        self.egress.clone()
     }
 
     /// Whether calls with `key` leave through a proxy.
@@ -171,15 +202,21 @@ impl Gemini {
             })
     }
 
+    /// Calls the model. With `provider.stream`, every piece of text (through the text rules,
+    /// in order, never empty) goes to `on_text` as it arrives; the returned [`Generation`]
+    /// holds them all. Without it, `on_text` is never called.
     pub async fn generate(
         &self,
         key: &KeySpec,
         request: &RequestEnvelope,
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Generation, ProviderError> {
-        let url = format!(
-            "{}/v1beta/models/{}:generateContent",
-            self.base_url, request.model
-        );
+        let method = if self.stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        let url = format!("{}/v1beta/models/{}:{method}", self.base_url, request.model);
         let started = Instant::now();
         let response = self
             .http(key)?
@@ -190,29 +227,46 @@ impl Gemini {
             .await
             .map_err(|e| self.transport_error(key, &e))?;
         let status = response.status().as_u16();
+        let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if status == 200 && self.stream {
+            return match sse::read(response, self.max_reply_bytes, on_text).await {
+                Ok(reply) => reply.conclude(elapsed_ms()),
+                Err(sse::ReadError::Transport(e)) => Err(self.transport_error(key, &e)),
+                Err(sse::ReadError::TooLarge) => Err(self.too_large()),
+                Err(sse::ReadError::Garbage) => Err(garbage()),
+                Err(sse::ReadError::Unfinished) => Err(ProviderError::Transient {
+                    kind: "connection_lost",
+                    message: "the model provider's stream ended before the reply was finished"
+                        .into(),
+                }),
+            };
+        }
         let body = read_body(response, self.max_reply_bytes)
             .await
             .map_err(|e| self.transport_error(key, &e))?;
-        let upstream_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let upstream_ms = elapsed_ms();
         match (status, body) {
             (200, Body::Whole(body)) => parse_success(&body, upstream_ms),
-            (200, Body::TooLarge) => {
-                metrics::counter!("sluice_provider_replies_too_large_total").increment(1);
-                tracing::warn!(
-                    max_bytes = self.max_reply_bytes,
-                    "reply body over provider.max_reply_bytes; failing it"
-                );
-                Err(ProviderError::Permanent {
-                    kind: "reply_too_large",
-                    message: format!(
-                        "the model's reply was larger than {} bytes",
-                        self.max_reply_bytes
-                    ),
-                })
-            }
+            (200, Body::TooLarge) => Err(self.too_large()),
             (_, Body::Whole(body)) => Err(classify_error(status, &body)),
             // An error body that large carries nothing we need: the status decides.
             (_, Body::TooLarge) => Err(classify_error(status, b"")),
+        }
+    }
+
+    /// A reply over `provider.max_reply_bytes`: counted, logged, failed for good.
+    fn too_large(&self) -> ProviderError {
+        metrics::counter!("sluice_provider_replies_too_large_total").increment(1);
+        tracing::warn!(
+            max_bytes = self.max_reply_bytes,
+            "reply body over provider.max_reply_bytes; failing it"
+        );
+        ProviderError::Permanent {
+            kind: "reply_too_large",
+            message: format!(
+                "the model's reply was larger than {} bytes",
+                self.max_reply_bytes
+            ),
         }
     }
 
@@ -417,62 +471,121 @@ const SAFETY_STOPS: &[&str] = &[
     "IMAGE_SAFETY",
 ];
 
-fn parse_success(body: &[u8], upstream_ms: u64) -> Result<Generation, ProviderError> {
-    let garbage = || ProviderError::Transient {
+/// A 200 that is not a reply we can read: worth another try.
+fn garbage() -> ProviderError {
+    ProviderError::Transient {
         kind: "bad_provider_response",
         message: "the model provider answered with something that is not a valid reply".into(),
-    };
+    }
+}
+
+/// What a reply said so far: from one body, or gathered from the events of a stream (the text
+/// of each, the `finishReason` and `usageMetadata` of the last event that has them).
+#[derive(Default)]
+struct Reply {
+    block_reason: Option<String>,
+    /// Whether any answer had a candidate.
+    candidate: bool,
+    finish_reason: Option<String>,
+    text: String,
+    /// Whether the text rules removed something from the text.
+    stripped: bool,
+    usage: Option<UsageMetadata>,
+}
+
+impl Reply {
+    /// Takes in one answer (a whole body, or one event); returns the new text it carried,
+    /// through the text rules (empty when it carried none).
+    fn absorb(&mut self, answer: GenerateResponse) -> String {
+        if let Some(reason) = answer.prompt_feedback.and_then(|f| f.block_reason) {
+            self.block_reason = Some(reason);
+        }
+        if let Some(usage) = answer.usage_metadata {
+            self.usage = Some(usage);
+        }
+        let Some(candidate) = answer.candidates.into_iter().next() else {
+            return String::new();
+        };
+        self.candidate = true;
+        if let Some(reason) = candidate.finish_reason {
+            self.finish_reason = Some(reason);
+        }
+        let raw: String = candidate
+            .content
+            .map(|c| {
+                c.parts
+                    .into_iter()
+                    .filter(|p| !p.thought)
+                    .filter_map(|p| p.text)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (piece, stripped) = storable(raw);
+        self.stripped |= stripped;
+        self.text.push_str(&piece);
+        piece
+    }
+
+    /// Whether the provider said the reply is over (a finish reason or a blocked prompt).
+    fn finished(&self) -> bool {
+        self.finish_reason.is_some() || self.block_reason.is_some()
+    }
+
+    /// The call's result: a blocked prompt, a safety stop, nothing usable, or the reply.
+    fn conclude(self, upstream_ms: u64) -> Result<Generation, ProviderError> {
+        if let Some(reason) = self.block_reason {
+            return Err(ProviderError::Permanent {
+                kind: "prompt_blocked",
+                message: format!(
+                    "the provider blocked this message ({})",
+                    reason.to_lowercase()
+                ),
+            });
+        }
+        let usage = self
+            .usage
+            .map(|u| Usage {
+                prompt_tokens: u.prompt_token_count,
+                completion_tokens: u
+                    .candidates_token_count
+                    .saturating_add(u.thoughts_token_count),
+            })
+            .unwrap_or_default();
+        if !self.candidate {
+            return Err(garbage());
+        }
+        let finish_reason = self.finish_reason.map(model_text);
+        if let Some(reason) = finish_reason.as_deref()
+            && SAFETY_STOPS.contains(&reason)
+        {
+            return Err(ProviderError::Permanent {
+                kind: "safety_stop",
+                message: format!(
+                    "the provider stopped the answer for safety reasons ({})",
+                    reason.to_lowercase()
+                ),
+            });
+        }
+        if self.text.is_empty() && finish_reason.as_deref() != Some("MAX_TOKENS") {
+            return Err(garbage());
+        }
+        if self.stripped {
+            metrics::counter!("sluice_provider_nul_stripped_total").increment(1);
+        }
+        Ok(Generation {
+            text: self.text,
+            finish_reason,
+            usage,
+            upstream_ms,
+        })
+    }
+}
+
+fn parse_success(body: &[u8], upstream_ms: u64) -> Result<Generation, ProviderError> {
     let parsed: GenerateResponse = serde_json::from_slice(body).map_err(|_| garbage())?;
-    if let Some(reason) = parsed.prompt_feedback.and_then(|f| f.block_reason) {
-        return Err(ProviderError::Permanent {
-            kind: "prompt_blocked",
-            message: format!(
-                "the provider blocked this message ({})",
-                reason.to_lowercase()
-            ),
-        });
-    }
-    let usage = parsed
-        .usage_metadata
-        .map(|u| Usage {
-            prompt_tokens: u.prompt_token_count,
-            completion_tokens: u
-                .candidates_token_count
-                .saturating_add(u.thoughts_token_count),
-        })
-        .unwrap_or_default();
-    let candidate = parsed.candidates.into_iter().next().ok_or_else(garbage)?;
-    let finish_reason = candidate.finish_reason.map(model_text);
-    if let Some(reason) = finish_reason.as_deref()
-        && SAFETY_STOPS.contains(&reason)
-    {
-        return Err(ProviderError::Permanent {
-            kind: "safety_stop",
-            message: format!(
-                "the provider stopped the answer for safety reasons ({})",
-                reason.to_lowercase()
-            ),
-        });
-    }
-    let text: String = candidate
-        .content
-        .map(|c| {
-            c.parts
-                .into_iter()
-                .filter(|p| !p.thought)
-                .filter_map(|p| p.text)
-                .collect()
-        })
-        .unwrap_or_default();
-    if text.is_empty() && finish_reason.as_deref() != Some("MAX_TOKENS") {
-        return Err(garbage());
-    }
-    Ok(Generation {
-        text: model_text(text),
-        finish_reason,
-        usage,
-        upstream_ms,
-    })
+    let mut reply = Reply::default();
+    reply.absorb(parsed);
+    reply.conclude(upstream_ms)
 }
 
 #[derive(Deserialize)]
@@ -874,6 +987,10 @@ mod tests {
             EndlessChunks(u16),
             /// A chunked 200 that fits under the cap.
             SmallChunked,
+            /// A 200 event stream: these pieces, written apart, then the end of the body.
+            Events(&'static [&'static str]),
+            /// A 200 event stream that sends one event and then nothing, never ending.
+            Stalls,
         }
 
         async fn read_request(socket: &mut TcpStream) -> std::io::Result<()> {
@@ -930,6 +1047,24 @@ mod tests {
                     socket.write_all(head.as_bytes()).await?;
                     socket.write_all(chunked.as_bytes()).await?;
                 }
+                Answer::Events(pieces) => {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    socket.write_all(head.as_bytes()).await?;
+                    for piece in pieces {
+                        let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                        socket.write_all(chunk.as_bytes()).await?;
+                        socket.flush().await?;
+                    }
+                    socket.write_all(b"0\r\n\r\n").await?;
+                }
+                Answer::Stalls => {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    socket.write_all(head.as_bytes()).await?;
+                    let event = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    socket.write_all(chunk.as_bytes()).await?;
+                    std::future::pending::<()>().await;
+                }
             }
             socket.shutdown().await
         }
@@ -945,11 +1080,15 @@ mod tests {
             Ok(format!("http://{addr}"))
         }
 
-        fn gemini(base_url: String) -> Result<(Gemini, KeySpec), Box<dyn std::error::Error>> {
+        fn gemini(
+            base_url: String,
+            stream: bool,
+        ) -> Result<(Gemini, KeySpec), Box<dyn std::error::Error>> {
             let mut settings = Settings::defaults()?.provider;
             settings.base_url = base_url;
             settings.max_reply_bytes = MAX;
-            settings.timeout_ms = 10_000;
+            settings.timeout_ms = if stream { 1_000 } else { 10_000 };
+            settings.stream = stream;
             let key = KeySpec {
                 alias: "k".into(),
                 secret: sluice_shared::Secret::from("s"),
@@ -967,11 +1106,103 @@ mod tests {
             Ok((Gemini::new(&settings, std::slice::from_ref(&key))?, key))
         }
 
+        /// A call without streaming (`provider.stream = false`).
         async fn call(
             answer: Answer,
         ) -> Result<Result<Generation, ProviderError>, Box<dyn std::error::Error>> {
-            let (gemini, key) = gemini(server(answer).await?)?;
-            Ok(gemini.generate(&key, &request()).await)
+            let (gemini, key) = gemini(server(answer).await?, false)?;
+            let mut pieces = 0;
+            let result = gemini
+                .generate(&key, &request(), &mut |_| pieces += 1)
+                .await;
+            assert_eq!(pieces, 0, "only streamed calls hand pieces over");
+            Ok(result)
+        }
+
+        /// A streamed call: its result and the pieces handed over meanwhile.
+        async fn stream(
+            answer: Answer,
+        ) -> Result<(Result<Generation, ProviderError>, Vec<String>), Box<dyn std::error::Error>>
+        {
+            let (gemini, key) = gemini(server(answer).await?, true)?;
+            let mut pieces = Vec::new();
+            let result = gemini
+                .generate(&key, &request(), &mut |piece| pieces.push(piece.to_owned()))
+                .await;
+            Ok((result, pieces))
+        }
+
+        fn transient(result: &Result<Generation, ProviderError>, want: &str) -> bool {
+            matches!(result, Err(ProviderError::Transient { kind, .. }) if *kind == want)
+        }
+
+        #[tokio::test]
+        async fn a_stream_hands_each_piece_over_and_ends_with_the_last_usage()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let (result, pieces) = stream(Answer::Events(&[
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\r\n\r\nda",
+                "ta: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"thinking\",\"thought\":true}]}}],\"usageMetadata\":{\"promptTokenCount\":1}}\r\n\r\n",
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"l\\u0000o\"}]},\"finishReason\":\"STOP\"}],",
+                "\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2,\"thoughtsTokenCount\":1}}\r\n\r\n",
+            ]))
+            .await?;
+            assert_eq!(pieces, ["Hel", "lo"]);
+            let generation = result?;
+            assert_eq!(generation.text, "Hello");
+            assert_eq!(generation.finish_reason.as_deref(), Some("STOP"));
+            assert_eq!(
+                generation.usage,
+                Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 3
+                }
+            );
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_stream_without_a_finish_reason_or_with_garbage_is_retried()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let (result, pieces) = stream(Answer::Events(&[
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\r\n\r\n",
+            ]))
+            .await?;
+            assert!(transient(&result, "connection_lost"), "{result:?}");
+            assert_eq!(pieces, ["Hel"]);
+            let (result, _) = stream(Answer::Events(&[
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\r\n\r\n",
+                "data: {\"candidates\": <html>\r\n\r\n",
+            ]))
+            .await?;
+            assert!(transient(&result, "bad_provider_response"), "{result:?}");
+            let (result, _) = stream(Answer::Events(&[
+                "data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}\r\n\r\n",
+            ]))
+            .await?;
+            assert!(
+                matches!(
+                    result,
+                    Err(ProviderError::Permanent {
+                        kind: "prompt_blocked",
+                        ..
+                    })
+                ),
+                "{result:?}"
+            );
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_stalled_stream_times_out_and_an_endless_one_is_cut_at_the_cap()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let (result, pieces) = stream(Answer::Stalls).await?;
+            assert!(transient(&result, "timeout"), "{result:?}");
+            assert_eq!(pieces, ["a"]);
+            let (result, _) = stream(Answer::EndlessChunks(200)).await?;
+            assert!(too_large(&result), "{result:?}");
+            let (result, _) = stream(Answer::EndlessChunks(503)).await?;
+            assert!(transient(&result, "upstream_unavailable"), "{result:?}");
+            Ok(())
         }
 
         fn too_large(result: &Result<Generation, ProviderError>) -> bool {

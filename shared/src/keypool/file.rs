@@ -1,43 +1,11 @@
-//! The key pool's shared vocabulary: which keys exist (from `GEMINI_API_KEYS` and
-//! `SLUICE__KEYS__FILE`), their projects and limits, and where their fleet-wide state lives in
-//! Redis. Workers reserve budget against it; the API reads it for `GET /api/admin/keys`.
+//! Which keys exist: `GEMINI_API_KEYS` and the keys file (`SLUICE__KEYS__FILE`), parsed and
+//! checked into [`KeySpec`]s. A reload parses the file's new text the same way.
 
+use super::{KeySpec, Limits};
 use crate::Secret;
 use crate::settings::{Settings, is_model_name};
-use chrono::{DateTime, Datelike, TimeZone, Utc};
-use chrono_tz::America::Los_Angeles;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct Limits {
-    pub rpm: u32,
-    pub tpm: u32,
-    pub rpd: u32,
-}
-
-/// One provider key. Budgets belong to its `project` (Gemini limits are per Google Cloud
-/// project); a key without one is its own project.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeySpec {
-    pub alias: String,
-    pub secret: Secret<String>,
-    pub project: String,
-    pub default_limits: Limits,
-    pub model_limits: BTreeMap<String, Limits>,
-    pub window_ms: u64,
-    pub proxy: Option<Secret<String>>,
-    pub weight: u32,
-}
-
-impl KeySpec {
-    pub fn limits(&self, model: &str) -> Limits {
-        self.model_limits
-            .get(model)
-            .copied()
-            .unwrap_or(self.default_limits)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -86,13 +54,39 @@ struct ModelLimits {
     rpd: Option<u32>,
 }
 
-/// Every configured key: `GEMINI_API_KEYS` first, then the keys file; aliases are unique.
-pub fn load_keys(settings: &Settings) -> Result<Vec<KeySpec>, KeyFileError> {
-    let defaults = Limits {
+fn default_limits(settings: &Settings) -> Limits {
+    Limits {
         rpm: settings.limits.rpm,
         tpm: settings.limits.tpm,
         rpd: settings.limits.rpd,
+    }
+}
+
+/// Every configured key: `GEMINI_API_KEYS` first, then the keys file; aliases are unique.
+pub fn load_keys(settings: &Settings) -> Result<Vec<KeySpec>, KeyFileError> {
+    keys_with_file_text(settings, read_key_file(settings)?.as_deref())
+}
+
+/// The keys file's text (`None` when no file is set).
+pub fn read_key_file(settings: &Settings) -> Result<Option<String>, KeyFileError> {
+    let Some(path) = settings.keys_file() else {
+        return Ok(None);
     };
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|source| KeyFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Every configured key, with `file_text` standing for the keys file's contents (`None`: no
+/// keys file). A reload reads the file itself and hands its text here.
+pub fn keys_with_file_text(
+    settings: &Settings,
+    file_text: Option<&str>,
+) -> Result<Vec<KeySpec>, KeyFileError> {
+    let defaults = default_limits(settings);
     let mut keys: Vec<KeySpec> = settings
         .keys
         .api_keys
@@ -108,14 +102,9 @@ pub fn load_keys(settings: &Settings) -> Result<Vec<KeySpec>, KeyFileError> {
             weight: 1,
         })
         .collect();
-    if let Some(path) = settings.keys_file() {
-        let display = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| KeyFileError::Read {
-            path: display.clone(),
-            source,
-        })?;
-        let file: KeyFile = toml::from_str(&text).map_err(|source| KeyFileError::Parse {
-            path: display,
+    if let Some(text) = file_text {
+        let file: KeyFile = toml::from_str(text).map_err(|source| KeyFileError::Parse {
+            path: settings.keys.file.clone(),
             source,
         })?;
         let offset = keys.len();
@@ -210,102 +199,6 @@ fn key_from_entry(
     })
 }
 
-/// Where the pool's fleet-wide state lives in Redis, all under one prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisLayout {
-    prefix: String,
-}
-
-impl RedisLayout {
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
-    }
-
-    /// Sorted set of calls in the window: member `id:tokens`, score = when its slot frees
-    /// (completion time; a far score while the call is in flight).
-    pub fn calls(&self, project: &str, model: &str) -> String {
-        format!("{}calls:{project}:{model}", self.prefix)
-    }
-
-    /// Tokens held by the calls in `calls` (kept beside it so no script has to scan).
-    pub fn tokens(&self, project: &str, model: &str) -> String {
-        format!("{}tokens:{project}:{model}", self.prefix)
-    }
-
-    /// Calls counted today (Pacific), for rpd.
-    pub fn day(&self, project: &str, model: &str, day: &str) -> String {
-        format!("{}day:{project}:{model}:{day}", self.prefix)
-    }
-
-    /// Hash `{until, reason}`: the (project, model) is cooling down or parked until `until` ms.
-    pub fn cooldown(&self, project: &str, model: &str) -> String {
-        format!("{}cool:{project}:{model}", self.prefix)
-    }
-
-    /// Hash alias → reason of every disabled key.
-    pub fn disabled(&self) -> String {
-        format!("{}disabled", self.prefix)
-    }
-
-    /// Hash alias → ambiguous failures in a row.
-    pub fn strikes(&self) -> String {
-        format!("{}strikes", self.prefix)
-    }
-
-    /// Hash route label → until (ms) it looked throttled: 429s on every key behind it.
-    pub fn egress(&self) -> String {
-        format!("{}egress", self.prefix)
-    }
-
-    /// Lock so that one worker probes a disabled key per interval.
-    pub fn probe_lock(&self, alias: &str) -> String {
-        format!("{}probe:{alias}", self.prefix)
-    }
-
-    /// Every key under the prefix (tests delete them).
-    pub fn pattern(&self) -> String {
-        format!("{}*", self.prefix)
-    }
-}
-
-/// A proxy's name for logs and the admin view: scheme and host:port, never credentials.
-/// `""` (no proxy) is `direct`.
-pub fn route_label(proxy: &str) -> String {
-    if proxy.is_empty() {
-        return "direct".into();
-    }
-    let (scheme, rest) = proxy.split_once("://").unwrap_or(("proxy", proxy));
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}")
-}
-
-/// The Pacific calendar day of `now` (Gemini's daily quotas reset at midnight Pacific).
-pub fn pacific_day(now: DateTime<Utc>) -> String {
-    let local = now.with_timezone(&Los_Angeles);
-    format!(
-        "{:04}-{:02}-{:02}",
-        local.year(),
-        local.month(),
-        local.day()
-    )
-}
-
-/// The next midnight in America/Los_Angeles after `now`.
-pub fn next_pacific_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
-    let local = now.with_timezone(&Los_Angeles).date_naive();
-    let tomorrow = local.succ_opt().unwrap_or(local);
-    tomorrow
-        .and_hms_opt(0, 0, 0)
-        .and_then(|t| Los_Angeles.from_local_datetime(&t).earliest())
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or(now + chrono::Duration::hours(24))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +251,27 @@ project = "shared"
     }
 
     #[test]
+    fn file_text_is_checked_like_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let mut settings = Settings::defaults()?;
+        settings.keys.api_keys = vec![ApiKey {
+            alias: "env".into(),
+            secret: Secret::from("x"),
+        }];
+        settings.keys.file = "/etc/keys.toml".into();
+        let keys = keys_with_file_text(&settings, Some("[[keys]]\nalias = \"b\"\nsecret = \"y\""))?;
+        assert_eq!(keys.len(), 2);
+        let twice =
+            keys_with_file_text(&settings, Some("[[keys]]\nalias = \"env\"\nsecret = \"y\""));
+        assert!(matches!(twice, Err(KeyFileError::Invalid(_))), "{twice:?}");
+        let garbage = keys_with_file_text(&settings, Some("not [ toml"));
+        let Err(error) = garbage else {
+            panic!("garbage is refused")
+        };
+        assert!(error.to_string().contains("/etc/keys.toml"), "{error}");
+        Ok(())
+    }
+
+    #[test]
     fn bad_key_files_say_what_is_wrong() -> Result<(), Box<dyn std::error::Error>> {
         let entry = |toml_text: &str| -> Result<KeySpec, KeyFileError> {
             let file: KeyFile =
@@ -386,31 +300,5 @@ project = "shared"
         assert!(entry("[[keys]]\nsecret = \"x\"\nproxy = \"ftp://x\"").is_err());
         assert!(entry("[[keys]]\nsecret = \"x\"\nsurprise = 1").is_err());
         Ok(())
-    }
-
-    #[test]
-    fn route_labels_hide_credentials() {
-        assert_eq!(route_label(""), "direct");
-        assert_eq!(
-            route_label("socks5h://user:pw@10.0.0.1:1080"),
-            "socks5h://10.0.0.1:1080"
-        );
-        assert_eq!(
-            route_label("http://proxy.local:3128/"),
-            "http://proxy.local:3128"
-        );
-    }
-
-    #[test]
-    fn pacific_days_follow_los_angeles() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 24, 7, 59, 0).single();
-        let Some(t) = t else { panic!("valid time") };
-        assert_eq!(pacific_day(t), "2026-11-23", "23:59 PST is still the 23rd");
-        assert_eq!(
-            next_pacific_midnight(t),
-            Utc.with_ymd_and_hms(2026, 11, 24, 8, 0, 0)
-                .single()
-                .unwrap_or(t)
-        );
     }
 }

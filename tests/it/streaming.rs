@@ -1,0 +1,303 @@
+//! Streamed replies end to end: a test-owned queue bound to the stream exchange with the chat id
+//! receives the worker's deltas — in order, without gaps, adding up to the stored reply — the
+//! partial text waits in Redis with a TTL, a cut stream's retry starts over as attempt 2, and a
+//! broker that refuses the stream publishes costs the pieces, not the reply.
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use sluice_shared::broker;
+use sluice_shared::stream::{Delta, Partial, StreamEvent, partial_key};
+use sluice_tests::{AMQP_ADDR, TestApp, TestOptions, eventually, run};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Every delta published for one chat, as they arrive.
+struct Watcher {
+    deltas: Arc<Mutex<Vec<Delta>>>,
+    connection: lapin::Connection,
+    task: JoinHandle<()>,
+}
+
+impl Watcher {
+    /// Binds a queue of the test's own (exclusive, gone with the connection) to the stream
+    /// exchange with `chat` as the routing key, and starts collecting.
+    async fn start(app: &TestApp, chat: &str) -> anyhow::Result<Self> {
+        let connection = broker::connect(
+            &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),
+            "sluice-tests stream watcher",
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().as_str().into(),
+                app.topology.stream_exchange().as_str().into(),
+                chat.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let deltas = Arc::new(Mutex::new(Vec::new()));
+        let sink = deltas.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                match StreamEvent::from_bytes(&delivery.data) {
+                    Some(StreamEvent::Delta(delta)) => sink.lock().unwrap().push(delta),
+                    other => panic!("not a delta: {other:?}"),
+                }
+            }
+        });
+        Ok(Self {
+            deltas,
+            connection,
+            task,
+        })
+    }
+
+    fn deltas(&self) -> Vec<Delta> {
+        self.deltas.lock().unwrap().clone()
+    }
+
+    /// Waits until the deltas of `attempt` add up to `text`; returns them.
+    async fn wait_for(&self, attempt: u32, text: &str) -> anyhow::Result<Vec<Delta>> {
+        eventually(
+            &format!("the deltas of attempt {attempt} to spell the reply"),
+            WAIT,
+            || async {
+                let deltas: Vec<Delta> = self
+                    .deltas()
+                    .into_iter()
+                    .filter(|d| d.attempt == attempt)
+                    .collect();
+                let joined: String = deltas.iter().map(|d| d.text.as_str()).collect();
+                Ok((joined == text).then_some(deltas))
+            },
+        )
+        .await
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// `seq` runs 0, 1, 2… with no gap and no repeat.
+fn assert_in_order(deltas: &[Delta]) {
+    let seqs: Vec<u32> = deltas.iter().map(|d| d.seq).collect();
+    let expected: Vec<u32> = (0..u32::try_from(seqs.len()).unwrap()).collect();
+    assert_eq!(seqs, expected);
+}
+
+/// The reply's partial text in Redis and its TTL in ms.
+async fn partial(app: &TestApp, message: &str) -> anyhow::Result<(Option<Partial>, i64)> {
+    let client = redis::Client::open(app.settings.redis.url.expose().as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let key = partial_key(&app.settings.redis.prefix, message.parse()?);
+    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await?;
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
+    Ok((Partial::from_fields(&fields), ttl))
+}
+
+/// Waits until Redis holds `text` as the partial of `message`, written by `attempt`.
+async fn wait_partial(
+    app: &TestApp,
+    message: &str,
+    attempt: u32,
+    text: &str,
+) -> anyhow::Result<(Partial, i64)> {
+    eventually("the partial text in Redis", WAIT, || async {
+        let (found, ttl) = partial(app, message).await?;
+        Ok(found
+            .filter(|p| p.attempt == attempt && p.text == text)
+            .map(|p| (p, ttl)))
+    })
+    .await
+}
+
+fn content(reply: &Value) -> String {
+    reply["content"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_spell_the_stored_reply_in_order_and_redis_keeps_it() {
+    run(TestOptions::default(), |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let watcher = Watcher::start(&app, &chat).await?;
+        let id = app
+            .post_message(
+                &token,
+                &chat,
+                json!({"content": "tell me about rivers, lakes and the open sea"}),
+            )
+            .await?;
+        let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        let text = content(&reply);
+
+        let deltas = watcher.wait_for(1, &text).await?;
+        assert!(deltas.len() >= 3, "several pieces: {deltas:?}");
+        assert_in_order(&deltas);
+        for delta in &deltas {
+            assert_eq!(delta.message_id.to_string(), id);
+            assert_eq!(delta.chat_id.to_string(), chat);
+            assert_eq!(delta.generation, 0);
+            assert!(!delta.text.is_empty());
+        }
+        assert_eq!(
+            watcher.deltas().len(),
+            deltas.len(),
+            "one attempt, nothing else"
+        );
+
+        let (partial, ttl) = wait_partial(&app, &id, 1, &text).await?;
+        assert_eq!(partial.generation, 0);
+        assert_eq!(partial.seq as usize, deltas.len() - 1);
+        let max_ttl = i64::try_from(app.settings.stream.partial_ttl_ms)?;
+        assert!(ttl > 0 && ttl <= max_ttl, "PTTL {ttl}");
+        watcher.stop().await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_retried_and_attempt_two_starts_at_seq_zero() {
+    run(TestOptions::default(), |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let watcher = Watcher::start(&app, &chat).await?;
+        let id = app
+            .post_message(
+                &token,
+                &chat,
+                json!({"content": "[[mock:cutx1]] one two three four five six seven"}),
+            )
+            .await?;
+        let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        assert_eq!(reply["attempts"], 2, "{reply}");
+        let text = content(&reply);
+
+        let second = watcher.wait_for(2, &text).await?;
+        assert_in_order(&second);
+        let first: Vec<Delta> = watcher
+            .deltas()
+            .into_iter()
+            .filter(|d| d.attempt == 1)
+            .collect();
+        assert!(!first.is_empty(), "the cut call streamed something first");
+        assert_in_order(&first);
+        let cut: String = first.iter().map(|d| d.text.as_str()).collect();
+        assert!(
+            text.starts_with(&cut) && cut.len() < text.len(),
+            "{cut:?} / {text:?}"
+        );
+
+        // Redis holds the second attempt's text only.
+        let (partial, _) = wait_partial(&app, &id, 2, &text).await?;
+        assert_eq!(partial.seq as usize, second.len() - 1);
+        watcher.stop().await;
+        Ok(())
+    })
+    .await;
+}
+
+/// `sluice_stream_chunks_total{outcome}` on the stack's first worker.
+async fn chunks_counted(app: &TestApp, outcome: &str) -> anyhow::Result<f64> {
+    let url = app.workers.lock().unwrap()[0]
+        .health
+        .replace("/health", "/metrics");
+    let text = app.http.get(url).send().await?.text().await?;
+    let wanted = format!("sluice_stream_chunks_total{{outcome=\"{outcome}\"}}");
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix(&wanted))
+        .filter_map(|value| value.trim().parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_stored_when_the_broker_refuses_stream_publishes() {
+    run(TestOptions::default(), |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        // Without the exchange every stream publish is refused (the channel is closed 404).
+        let (conn, channel) = app.broker_channel().await?;
+        channel
+            .exchange_delete(
+                app.topology.stream_exchange().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .context("deleting the stream exchange")?;
+        for n in 0..2 {
+            let id = app
+                .post_message(
+                    &token,
+                    &chat,
+                    json!({"content": format!("message {n}: one two three four five six")}),
+                )
+                .await?;
+            let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+            assert_eq!(reply["status"], "completed", "{reply}");
+            assert_eq!(reply["attempts"], 1, "a refused stream is no failed call");
+            // Redis does not depend on the broker: the partial text is whole.
+            wait_partial(&app, &id, 1, &content(&reply)).await?;
+        }
+        eventually("dropped pieces to be counted", WAIT, || async {
+            Ok((chunks_counted(&app, "dropped").await? > 0.0).then_some(()))
+        })
+        .await?;
+        // Put it back, as the stack found it.
+        conn.create_channel()
+            .await?
+            .exchange_declare(
+                app.topology.stream_exchange().as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("declaring the stream exchange again")?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    })
+    .await;
+}
