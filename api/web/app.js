@@ -173,12 +173,19 @@ async function createChat(event) {
 
 async function deleteChat(chat) {
   if (!confirm(`Delete the chat “${chat.title}” and all its messages?`)) return;
+  const open = state.chatId === chat.id;
+  // The open chat's stream would end with the chat and retry into a 404: close it first.
+  if (open && state.live) {
+    state.live.stop();
+    state.live = null;
+  }
   try {
     await call("DELETE", `/api/chats/${chat.id}`);
   } catch (e) {
     // Already gone is what was asked for.
     if (!(e instanceof ApiError && e.status === 404)) {
       report(e);
+      if (open) await selectChat(chat.id);
       return;
     }
   }
@@ -331,6 +338,8 @@ function onEvent(type, data) {
     case "message.reset":
       if (!newer(data) && !same(data)) return;
       state.partials.set(id, { ...pick(data), seq: -1, text: "" });
+      // A reset of a reply this page holds as finished: retried elsewhere; read it again.
+      if (state.messages.some((m) => m.id === id && m.status !== "pending")) sync();
       break;
     case "message.snapshot":
       if (!newer(data) && !(same(data) && data.seq >= current.seq)) return;

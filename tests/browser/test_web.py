@@ -16,8 +16,7 @@ CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("SLUICE_SCREENSHOTS", "target/browser")
 # A reply takes the mock's latency plus the pipeline; generous, as the machine may be busy.
 REPLY_MS = 30_000
-# Set once the event stream is merged: the reply must then arrive streamed.
-EXPECT_STREAM = os.environ.get("SLUICE_EXPECT_STREAM") == "1"
+PASSWORD = "correct horse battery"
 
 expect.set_options(timeout=10_000)
 
@@ -39,12 +38,12 @@ def step(name):
     print(f"browser-test: {name}", file=sys.stderr, flush=True)
 
 
-def run(page, dialogs):
+def run(page, dialogs, email):
     step("register")
     page.goto(BASE + "/")
     expect(page.locator("#auth-view")).to_be_visible()
-    page.fill("#email", f"browser-{uuid.uuid4().hex[:12]}@example.com")
-    page.fill("#password", "correct horse battery")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
     page.click("#register-button")
     expect(page.locator("#app-view")).to_be_visible()
     expect(page.locator("#auth-view")).to_be_hidden()
@@ -55,23 +54,29 @@ def run(page, dialogs):
     expect(page.locator("#chat-title")).to_have_text("Browser test")
     expect(page.locator("#chat-list .chat-open[aria-current=true]")).to_have_text("Browser test")
 
-    step("send; Shift+Enter is a new line, Enter sends")
-    page.fill("#input", "Hello **world**")
+    step("send; Shift+Enter is a new line, Enter sends; the reply streams in")
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "streaming")
+    # The mock streams its reply a few words per chunk, 200 ms apart.
+    page.fill("#input", "Hello **world** [[mock:chunk-pause=200]]")
     page.press("#input", "Shift+Enter")
     page.keyboard.type("second line")
     expect(page.locator("article.msg")).to_have_count(0)
     page.press("#input", "Enter")
     user = page.locator("article.msg.user").last
-    expect(user.locator(".body")).to_have_text("Hello **world**\nsecond line")
+    expect(user.locator(".body")).to_have_text("Hello **world** [[mock:chunk-pause=200]]\nsecond line")
     expect(page.locator("#input")).to_have_value("")
     reply = last_reply(page)
-    if EXPECT_STREAM:
-        expect(page.locator("#live-state")).to_have_attribute("data-mode", "streaming")
+    # Part of the text is shown while the reply is still pending: it streamed.
+    expect(reply).to_have_class(re.compile(r"\bstreaming\b"), timeout=REPLY_MS)
+    expect(reply).to_have_attribute("data-status", "pending")
+    expect(reply.locator(".body")).to_contain_text("mock reply")
+    shot(page, "01-streaming")
     expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
     expect(reply.locator(".body")).to_contain_text("mock reply to: Hello world")
     # Markdown rendered: the model's ** became <strong>; the user's own text stayed text.
     expect(reply.locator(".body strong")).to_have_text("world")
     expect(user.locator(".body strong")).to_have_count(0)
+    expect(reply).not_to_have_class(re.compile(r"\bstreaming\b"))
     shot(page, "01-reply")
 
     step("reload: the history is there")
@@ -93,11 +98,12 @@ def run(page, dialogs):
     expect(reply.locator(".body")).to_contain_text("mock reply to: fail once please")
     expect(reply.get_by_role("button", name="Retry")).to_have_count(0)
 
-    step("a slow reply is stopped")
-    send(page, "take your time [[mock:latency=5000]]")
+    step("a slow reply is stopped while it streams")
+    send(page, "take your time [[mock:chunk-pause=1000]]")
     reply = last_reply(page)
     expect(reply).to_have_attribute("data-status", "pending")
     expect(reply.locator(".spinner")).to_be_visible()
+    expect(reply).to_have_class(re.compile(r"\bstreaming\b"), timeout=REPLY_MS)
     shot(page, "03-pending")
     reply.get_by_role("button", name="Stop").click()
     expect(reply).to_have_attribute("data-status", "failed")
@@ -152,9 +158,33 @@ def run(page, dialogs):
     assert not alerts, f"a dialog fired: {alerts}"
 
 
+def run_polling(page, email):
+    """The same account in a browser whose event stream is refused (the token route answers
+    404, as an API without it would): the page polls, and the reply still arrives."""
+    step("no event stream: the page falls back to polling")
+    page.route(
+        "**/events/token",
+        lambda route: route.fulfill(
+            status=404,
+            content_type="application/json",
+            body='{"error":{"code":"not_found","message":"no such endpoint"}}',
+        ),
+    )
+    page.goto(BASE + "/")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    expect(page.locator("#chat-title")).to_have_text("Browser test")
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "polling")
+    send(page, "polled please")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    expect(reply.locator(".body")).to_contain_text("mock reply to: polled please")
+    shot(page, "08-polling")
+
+
 def is_our_error(message):
-    """A console error, except the expected ones: the 404 of the hostile reply's `<img src=x>`;
-    while the API has no event stream, the 404 of its token endpoint (the page then polls);
+    """A console error, except the expected ones: the 404 of the hostile reply's `<img src=x>`,
     and Chromium's CSP report when DOMPurify parses the hostile HTML in its inert document
     (the handler is refused by the CSP there too, then removed by DOMPurify; the DOM checks
     above prove it never reached the page)."""
@@ -163,7 +193,6 @@ def is_our_error(message):
     url = (message.location or {}).get("url", "")
     expected = (
         url.endswith("/x")
-        or (not EXPECT_STREAM and url.endswith("/events/token"))
         or (url.endswith("/assets/purify.min.js") and "inline event handler" in message.text)
     )
     return not expected
@@ -189,13 +218,23 @@ def main():
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             # CSP violations and failed loads of our own files show up here.
-            page.on("console", lambda m: errors.append(m.text) if is_our_error(m) else None)
+            page.on(
+                "console",
+                lambda m: errors.append(f"{m.text} ({m.location.get('url')})") if is_our_error(m) else None,
+            )
+            email = f"browser-{uuid.uuid4().hex[:12]}@example.com"
             try:
-                run(page, dialogs)
+                run(page, dialogs, email)
             except BaseException:
                 shot(page, "failure")
                 raise
             assert not errors, f"errors in the page: {errors}"
+            polling = browser.new_page(viewport={"width": 1200, "height": 800})
+            try:
+                run_polling(polling, email)
+            except BaseException:
+                shot(polling, "failure-polling")
+                raise
         finally:
             browser.close()
     print(f"browser-test: all steps passed in {time.monotonic() - started:.1f} s", file=sys.stderr)
