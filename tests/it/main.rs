@@ -29,3 +29,4 @@ mod sizes;
 mod streaming;
 mod topology;
 mod user_limits;
+mod web;

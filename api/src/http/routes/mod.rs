@@ -13,6 +13,7 @@ mod messages;
 mod prompts;
 mod reply_actions;
 pub(crate) mod views;
+mod web;
 
 use crate::AppState;
 use crate::http::error::ApiError;
@@ -51,7 +52,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The REST routes, with the fallback 404.
 pub fn router(state: AppState) -> Router {
     let (routes, _) = rest().split_for_parts();
+    // The web page is not REST: served beside the documented routes, not in the document.
     routes
+        .merge(web::router())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

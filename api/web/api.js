@@ -1,0 +1,86 @@
+// The REST client: JSON in and out, the bearer token kept in localStorage, and the API's
+// error shape ({"error": {"code", "message"}}) turned into an ApiError.
+
+const TOKEN_KEY = "sluice.token";
+
+/** An answer that was not 2xx/304, with the API's code and readable message. */
+export class ApiError extends Error {
+  constructor(status, code, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+export function token() {
+  return localStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(value) {
+  if (value) localStorage.setItem(TOKEN_KEY, value);
+  else localStorage.removeItem(TOKEN_KEY);
+}
+
+/**
+ * Calls the API. Resolves to {status, data, etag}; data is null for 204 and 304. Rejects with
+ * an ApiError for any other status (or a network failure, status 0).
+ */
+export async function call(method, path, { body, etag } = {}) {
+  const headers = { accept: "application/json" };
+  const bearer = token();
+  if (bearer) headers.authorization = `Bearer ${bearer}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (etag) headers["if-none-match"] = etag;
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      // The ETag dance is ours: the browser's cache must not answer 304s for us.
+      cache: "no-store",
+    });
+  } catch (e) {
+    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.");
+  }
+  const tag = response.headers.get("etag");
+  if (response.status === 304 || response.status === 204) {
+    return { status: response.status, data: null, etag: tag };
+  }
+  let data = null;
+  const text = await response.text();
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    const error = data && data.error ? data.error : {};
+    const retry = Number(response.headers.get("retry-after")) || undefined;
+    throw new ApiError(
+      response.status,
+      error.code || "http_" + response.status,
+      error.message || `The server answered ${response.status}.`,
+      retry,
+    );
+  }
+  return { status: response.status, data, etag: tag };
+}
+
+/** Every item of a paged list ({items, next}), following `next`. */
+export async function all(path) {
+  const items = [];
+  let after = null;
+  for (let page = 0; page < 100; page += 1) {
+    const sep = path.includes("?") ? "&" : "?";
+    const url = after ? `${path}${sep}after=${encodeURIComponent(after)}` : path;
+    const { data } = await call("GET", url);
+    items.push(...data.items);
+    if (!data.next) break;
+    after = data.next;
+  }
+  return items;
+}

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The web page tested in a real browser: Debian's headless Chromium (installed when missing)
+# driven by Playwright for Python (from PyPI, in target/browser-venv; its own browser download
+# is never used: `playwright install` cannot reach its servers here). It starts mock-gemini, a
+# sluice-api and a sluice-worker on free loopback ports, with a database, a RabbitMQ vhost, a
+# queue prefix and a Redis prefix of their own, and runs tests/browser/test_web.py against
+# the API: register, create a chat, send and watch the reply stream in, reload and see the
+# history, a reply failing once and retried, a slow reply stopped mid-stream, hostile HTML
+# kept inert, a chat deleted, the phone layout, and polling when the event stream is refused. Screenshots go to target/browser/. Everything this
+# started and created is removed on exit (trap). Under two minutes.
+# shellcheck disable=SC2317 # cleanup runs from a trap, probes from wait_until
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source scripts/lib.sh
+
+with_sbin_on_path
+
+# Pinned: the Python package and its driver; the browser is Debian's.
+PLAYWRIGHT_VERSION=1.65.2
+CHROMIUM=${SLUICE_CHROMIUM:-/usr/bin/chromium}
+VENV=target/browser-venv
+SHOTS=target/browser
+
+as_root() {
+    if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
+}
+
+# Debian's packages, as scripts/nginx-test.sh installs nginx: lists updated only when needed.
+install_packages() {
+    have apt-get || die "browser-test: apt-get not found; install $* by hand"
+    local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
+    info "browser-test: installing $* (Chromium takes a minute the first time)"
+    if ! compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null || ! as_root "${cmd[@]}" >/dev/null 2>&1; then
+        as_root apt-get update -q >/dev/null 2>&1 || die "browser-test: apt-get update failed"
+        as_root "${cmd[@]}" >/dev/null || die "browser-test: apt-get install $* failed"
+    fi
+}
+missing=()
+[[ -x $CHROMIUM ]] || missing+=(chromium)
+have python3 || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+have curl || missing+=(curl)
+((${#missing[@]} == 0)) || install_packages "${missing[@]}"
+[[ -x $CHROMIUM ]] || die "browser-test: $CHROMIUM is missing after installing chromium"
+
+# The venv: made once, Playwright pinned; `pip install` only.
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_VERSION')" 2>/dev/null; then
+    info "browser-test: installing playwright==$PLAYWRIGHT_VERSION into $VENV"
+    python3 -m venv "$VENV" || die "browser-test: cannot create $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION" ||
+        die "browser-test: pip install playwright==$PLAYWRIGHT_VERSION failed"
+fi
+
+scripts/ensure-services.sh
+ADMIN_URL="${SLUICE_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+have psql || die "browser-test: psql (postgresql-client) is needed"
+
+BIN=target/debug
+if have cargo; then
+    # The targets of scripts/test.sh's cargo test, so this is a no-op after it.
+    info "browser-test: building the debug binaries (a no-op after cargo test)…"
+    cargo build --locked --workspace --all-targets >&2
+fi
+for bin in sluice-api sluice-worker mock-gemini; do
+    [[ -x $BIN/$bin ]] || die "browser-test: $BIN/$bin is missing and cargo is not installed"
+done
+
+# ---------------------------------------------------------------------------------------
+# Own directories, ports, database, vhost and prefixes; all removed on exit.
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-browser.XXXXXX")
+RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+DB=sluice_browser_$RUN_ID
+VHOST=sluice-browser-$RUN_ID
+REDIS_PREFIX="sluice-browser-$RUN_ID:"
+pick_port API_PORT
+pick_port WORKER_PORT
+pick_port MOCK_PORT
+
+declare -A PID=()
+MGMT=(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u guest:guest)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    local name
+    for name in "${!PID[@]}"; do
+        { kill "${PID[$name]}" && wait "${PID[$name]}"; } 2>/dev/null
+    done
+    if ((rc != 0)); then
+        for name in api worker mock migrate; do
+            [[ -s $WORK/$name.log ]] && show_log "$WORK/$name.log" 30
+        done
+    fi
+    PGCONNECT_TIMEOUT=5 psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
+    "${MGMT[@]}" -X DELETE "http://127.0.0.1:15672/api/vhosts/$VHOST" >/dev/null
+    if have redis-cli; then
+        redis-cli -h 127.0.0.1 --scan --pattern "$REDIS_PREFIX*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # NAME CMD...: CMD in the background, its output in $WORK/NAME.log
+    local name=$1
+    shift
+    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
+    PID[$name]=$!
+}
+
+psql -X -q "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || die "browser-test: cannot create database $DB"
+[[ $("${MGMT[@]}" -X PUT "http://127.0.0.1:15672/api/vhosts/$VHOST") == 20[14] ]] ||
+    die "browser-test: cannot create RabbitMQ vhost $VHOST"
+[[ $("${MGMT[@]}" -X PUT -H 'content-type: application/json' \
+    -d '{"configure":".*","write":".*","read":".*"}' \
+    "http://127.0.0.1:15672/api/permissions/$VHOST/guest") == 20[14] ]] ||
+    die "browser-test: cannot grant guest the vhost $VHOST"
+
+# ---------------------------------------------------------------------------------------
+# mock-gemini (a little latency, so a pending reply can be seen), the API and one worker.
+
+MOCK_KEY="browser-key-$RUN_ID"
+start mock "$BIN/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --keys "$MOCK_KEY" --latency-ms 300
+wait_for_port 127.0.0.1 "$MOCK_PORT" 20 || die "browser-test: mock-gemini did not listen on :$MOCK_PORT"
+
+export RUST_LOG=info,sqlx=warn
+export SLUICE__DATABASE__URL="${ADMIN_URL%/*}/$DB"
+export SLUICE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
+export SLUICE__QUEUES__PREFIX="sluice-browser-$RUN_ID."
+export SLUICE__REDIS__URL=redis://127.0.0.1:6379
+export SLUICE__REDIS__PREFIX=$REDIS_PREFIX
+SLUICE__AUTH__JWT_SECRET="browser-test-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export SLUICE__AUTH__JWT_SECRET
+export SLUICE__PROVIDER__BASE_URL="http://127.0.0.1:$MOCK_PORT"
+export GEMINI_API_KEYS="browser=$MOCK_KEY"
+
+"$BIN/sluice-api" migrate >"$WORK/migrate.log" 2>&1 || die "browser-test: sluice-api migrate failed"
+SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT" start api "$BIN/sluice-api"
+api_ready() { curl --noproxy '*' -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$API_PORT/api/ready" 2>/dev/null; }
+wait_until 60 api_ready || die "browser-test: the API was not ready within 60 s"
+# After the API: it declares the topology the worker uses.
+SLUICE__WORKER__HEALTH_ADDR="127.0.0.1:$WORKER_PORT" start worker "$BIN/sluice-worker"
+wait_for_port 127.0.0.1 "$WORKER_PORT" 30 || die "browser-test: the worker did not listen on :$WORKER_PORT"
+info "browser-test: API :$API_PORT, worker :$WORKER_PORT, mock-gemini :$MOCK_PORT"
+
+# ---------------------------------------------------------------------------------------
+# The browser test.
+
+mkdir -p "$SHOTS"
+SLUICE_WEB_URL="http://127.0.0.1:$API_PORT" SLUICE_CHROMIUM=$CHROMIUM SLUICE_SCREENSHOTS=$SHOTS \
+    NO_PROXY='*' timeout 150 "$VENV/bin/python" tests/browser/test_web.py ||
+    die "browser-test: FAILED (screenshots in $SHOTS)"
+info "browser-test: passed (screenshots in $SHOTS)"
