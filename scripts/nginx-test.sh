@@ -287,7 +287,7 @@ events_token=$("${CURL[@]}" -X POST "$EDGE/api/chats/$chat/events/token" -H "aut
 "${CURL[@]}" -N --max-time 60 -D "$WORK/events.headers" -o "$WORK/events" \
     "$EDGE/api/chats/$chat/events?token=$events_token" &
 PID[events]=$!
-wait_until 10 grep -q '^HTTP/[0-9.]* 200' "$WORK/events.headers" ||
+wait_until 10 grep -qs '^HTTP/[0-9.]* 200' "$WORK/events.headers" ||
     fail "the event stream was not opened: $(cat "$WORK/events.headers" "$WORK/events" 2>/dev/null)"
 r=$(fetch "$WORK/b" -H "authorization: Bearer $user_token" -H 'content-type: application/json' \
     -d '{"content":"hello through nginx"}' "$EDGE/api/chats/$chat/messages")
