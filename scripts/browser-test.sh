@@ -22,26 +22,12 @@ CHROMIUM=${SLUICE_CHROMIUM:-/usr/bin/chromium}
 VENV=target/browser-venv
 SHOTS=target/browser
 
-as_root() {
-    if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
-}
-
-# Debian's packages, as scripts/nginx-test.sh installs nginx: lists updated only when needed.
-install_packages() {
-    have apt-get || die "browser-test: apt-get not found; install $* by hand"
-    local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
-    info "browser-test: installing $* (Chromium takes a minute the first time)"
-    if ! compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null || ! as_root "${cmd[@]}" >/dev/null 2>&1; then
-        as_root apt-get update -q >/dev/null 2>&1 || die "browser-test: apt-get update failed"
-        as_root "${cmd[@]}" >/dev/null || die "browser-test: apt-get install $* failed"
-    fi
-}
 missing=()
 [[ -x $CHROMIUM ]] || missing+=(chromium)
 have python3 || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 have curl || missing+=(curl)
-((${#missing[@]} == 0)) || install_packages "${missing[@]}"
+((${#missing[@]} == 0)) || install_packages browser-test "${missing[@]}"
 [[ -x $CHROMIUM ]] || die "browser-test: $CHROMIUM is missing after installing chromium"
 
 # The venv: made once, Playwright pinned; `pip install` only.

@@ -89,9 +89,6 @@ as_user() {
         sudo -n -E -u "$user" -- "$@"
     fi
 }
-as_root() {
-    if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
-}
 ((EUID == 0)) || sudo -n true 2>/dev/null || die "needs root (or passwordless sudo) to run PostgreSQL and RabbitMQ as their users"
 
 BIN=target/debug

@@ -77,3 +77,22 @@ pick_port() {
     done
     die "no free port found"
 }
+
+# as_root CMD...: CMD as root, directly or through passwordless sudo.
+as_root() {
+    if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
+}
+
+# install_packages LABEL PKG...: Debian's packages, as scripts/ensure-services.sh installs the
+# services: the package lists are updated only when the install fails without it.
+install_packages() {
+    local label=$1
+    shift
+    have apt-get || die "$label: apt-get not found; install $* by hand"
+    local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
+    info "$label: installing $*"
+    if ! compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null || ! as_root "${cmd[@]}" >/dev/null 2>&1; then
+        as_root apt-get update -q >/dev/null 2>&1 || die "$label: apt-get update failed"
+        as_root "${cmd[@]}" >/dev/null || die "$label: apt-get install $* failed"
+    fi
+}

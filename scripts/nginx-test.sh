@@ -28,27 +28,12 @@ source scripts/lib.sh
 
 with_sbin_on_path
 
-as_root() {
-    if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi
-}
-
-# Debian's nginx (the `nginx` package: the server itself, with the ssl module), installed as
-# scripts/ensure-services.sh installs the services: lists updated only when needed.
-install_packages() {
-    have apt-get || die "nginx-test: apt-get not found; install $* by hand"
-    local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
-    info "nginx-test: installing $*"
-    if ! compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null || ! as_root "${cmd[@]}" >/dev/null 2>&1; then
-        as_root apt-get update -q >/dev/null 2>&1 || die "nginx-test: apt-get update failed"
-        as_root "${cmd[@]}" >/dev/null || die "nginx-test: apt-get install $* failed"
-    fi
-}
 missing=()
 have nginx || missing+=(nginx)
 have openssl || missing+=(openssl)
 have envsubst || missing+=(gettext-base)
 have curl || missing+=(curl)
-((${#missing[@]} == 0)) || install_packages "${missing[@]}"
+((${#missing[@]} == 0)) || install_packages nginx-test "${missing[@]}"
 
 scripts/ensure-services.sh
 ADMIN_URL="${SLUICE_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
