@@ -77,11 +77,13 @@ struct Event {
     data: Value,
 }
 
-/// Opens the chat's event stream on `api` and forwards each event as it is parsed.
+/// Opens the chat's event stream on `api`, says so on `opened`, and forwards each event as it
+/// is parsed.
 async fn listen(
     api: &Api,
     user: &User,
     chat: Uuid,
+    opened: tokio::sync::oneshot::Sender<()>,
     events: mpsc::UnboundedSender<Event>,
 ) -> anyhow::Result<()> {
     let token: Value = api
@@ -96,6 +98,8 @@ async fn listen(
         "events: {}",
         response.status()
     );
+    // The API binds the chat before it answers the headers: from here on nothing is missed.
+    let _ = opened.send(());
     let mut buffer = String::new();
     while let Some(bytes) = response.chunk().await? {
         buffer.push_str(&String::from_utf8_lossy(&bytes));
@@ -153,11 +157,16 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
             let (tx, mut rx) = mpsc::unbounded_channel();
             if listener {
                 let (api, user) = (watch.clone(), user.clone());
+                let (opened_tx, opened) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {
-                    if let Err(e) = listen(&api, &user, chat, tx).await {
+                    if let Err(e) = listen(&api, &user, chat, opened_tx, tx).await {
                         eprintln!("event stream of chat {chat} ended: {e:#}");
                     }
                 });
+                // A reply finished before the stream is open would never be told of.
+                if tokio::time::timeout(reply_timeout, opened).await.is_err() {
+                    f.errors.add("event stream not opened", chat);
+                }
             }
             for round in 0..rounds {
                 let content = format!("live bench {i}.{round} [[mock:stamp]]");
