@@ -121,7 +121,7 @@ pub fn spawn(targets: Targets, cancel: CancellationToken) -> ChunkSink {
     }
 }
 
-/// Publishes pieces on a connection of its own, opened at the first piece.
+/// Publishes pieces on a connection of its own, opened at start (and again after a failure).
 struct Publisher {
     amqp_url: Secret<String>,
     exchange: String,
@@ -132,6 +132,12 @@ struct Publisher {
 
 impl Publisher {
     async fn run(mut self, mut from_calls: mpsc::Receiver<Delta>, cancel: CancellationToken) {
+        // Connected before the first call streams: pieces that arrive while a connection is
+        // being opened queue up, and a full queue drops them.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = self.channel() => {}
+        }
         loop {
             let delta = tokio::select! {
                 _ = cancel.cancelled() => break,
