@@ -55,55 +55,10 @@ done
 # ---------------------------------------------------------------------------------------
 # Own directories, ports, database, vhost and prefixes; all removed on exit.
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-browser.XXXXXX")
-RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
-DB=sluice_browser_$RUN_ID
-VHOST=sluice-browser-$RUN_ID
-REDIS_PREFIX="sluice-browser-$RUN_ID:"
+scratch_stack browser api worker mock migrate
 pick_port API_PORT
 pick_port WORKER_PORT
 pick_port MOCK_PORT
-
-declare -A PID=()
-MGMT=(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u guest:guest)
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    set +e
-    local name
-    for name in "${!PID[@]}"; do
-        { kill "${PID[$name]}" && wait "${PID[$name]}"; } 2>/dev/null
-    done
-    if ((rc != 0)); then
-        for name in api worker mock migrate; do
-            [[ -s $WORK/$name.log ]] && show_log "$WORK/$name.log" 30
-        done
-    fi
-    PGCONNECT_TIMEOUT=5 psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
-    "${MGMT[@]}" -X DELETE "http://127.0.0.1:15672/api/vhosts/$VHOST" >/dev/null
-    if have redis-cli; then
-        redis-cli -h 127.0.0.1 --scan --pattern "$REDIS_PREFIX*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() { # NAME CMD...: CMD in the background, its output in $WORK/NAME.log
-    local name=$1
-    shift
-    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
-    PID[$name]=$!
-}
-
-psql -X -q "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || die "browser-test: cannot create database $DB"
-[[ $("${MGMT[@]}" -X PUT "http://127.0.0.1:15672/api/vhosts/$VHOST") == 20[14] ]] ||
-    die "browser-test: cannot create RabbitMQ vhost $VHOST"
-[[ $("${MGMT[@]}" -X PUT -H 'content-type: application/json' \
-    -d '{"configure":".*","write":".*","read":".*"}' \
-    "http://127.0.0.1:15672/api/permissions/$VHOST/guest") == 20[14] ]] ||
-    die "browser-test: cannot grant guest the vhost $VHOST"
 
 # ---------------------------------------------------------------------------------------
 # mock-gemini (a little latency, so a pending reply can be seen), the API and one worker.

@@ -96,3 +96,60 @@ install_packages() {
         as_root "${cmd[@]}" >/dev/null || die "$label: apt-get install $* failed"
     fi
 }
+
+# scratch_stack NAME LOG...: what a script that runs Sluice's processes needs of its own, named
+# after NAME: a work directory ($WORK), an id ($RUN_ID), a database ($DB, through $ADMIN_URL),
+# a RabbitMQ vhost guest may use ($VHOST) and a Redis prefix ($REDIS_PREFIX). `start NAME CMD…`
+# runs a process with its output in $WORK/NAME.log. On exit, whatever happens, every process
+# started is stopped, the logs named LOG are shown if the script failed, and all of it removed.
+declare -A PID=()
+SCRATCH_LOGS=()
+SCRATCH_MGMT=(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u guest:guest)
+scratch_stack() {
+    local name=$1
+    shift
+    SCRATCH_LOGS=("$@")
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-$name.XXXXXX")
+    RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    DB=sluice_${name}_$RUN_ID
+    VHOST=sluice-$name-$RUN_ID
+    REDIS_PREFIX="sluice-$name-$RUN_ID:"
+    trap scratch_cleanup EXIT
+    trap 'exit 130' INT TERM
+    psql -X -q "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || die "$name: cannot create database $DB"
+    [[ $("${SCRATCH_MGMT[@]}" -X PUT "http://127.0.0.1:15672/api/vhosts/$VHOST") == 20[14] ]] ||
+        die "$name: cannot create RabbitMQ vhost $VHOST"
+    [[ $("${SCRATCH_MGMT[@]}" -X PUT -H 'content-type: application/json' \
+        -d '{"configure":".*","write":".*","read":".*"}' \
+        "http://127.0.0.1:15672/api/permissions/$VHOST/guest") == 20[14] ]] ||
+        die "$name: cannot grant guest the vhost $VHOST"
+}
+
+scratch_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    local name
+    for name in "${!PID[@]}"; do
+        { kill "${PID[$name]}" && wait "${PID[$name]}"; } 2>/dev/null
+    done
+    if ((rc != 0)); then
+        for name in "${SCRATCH_LOGS[@]}"; do
+            [[ -s $WORK/$name.log ]] && show_log "$WORK/$name.log" 30
+        done
+    fi
+    PGCONNECT_TIMEOUT=5 psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
+    "${SCRATCH_MGMT[@]}" -X DELETE "http://127.0.0.1:15672/api/vhosts/$VHOST" >/dev/null
+    if have redis-cli; then
+        redis-cli -h 127.0.0.1 --scan --pattern "$REDIS_PREFIX*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+
+start() { # NAME CMD...: CMD in the background, its output in $WORK/NAME.log
+    local name=$1
+    shift
+    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
+    PID[$name]=$!
+}

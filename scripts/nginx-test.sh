@@ -50,56 +50,11 @@ fi
 # ---------------------------------------------------------------------------------------
 # Own directories, ports, database, vhost and prefix; all removed on exit.
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-nginx.XXXXXX")
+scratch_stack nginx nginx api-1 api-2 migrate
 chmod 755 "$WORK" # nginx's workers (another user when started as root) use its temp dir
-RUN_ID=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
-DB=sluice_nginx_$RUN_ID
-VHOST=sluice-nginx-$RUN_ID
-REDIS_PREFIX="sluice-nginx-$RUN_ID:"
 pick_port API1_PORT
 pick_port API2_PORT
 pick_port NGINX_PORT
-
-declare -A PID=()
-MGMT=(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u guest:guest)
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    set +e
-    local name
-    for name in "${!PID[@]}"; do
-        { kill "${PID[$name]}" && wait "${PID[$name]}"; } 2>/dev/null
-    done
-    if ((rc != 0)); then
-        for name in nginx api-1 api-2 migrate; do
-            [[ -s $WORK/$name.log ]] && show_log "$WORK/$name.log" 20
-        done
-    fi
-    PGCONNECT_TIMEOUT=5 psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
-    "${MGMT[@]}" -X DELETE "http://127.0.0.1:15672/api/vhosts/$VHOST" >/dev/null
-    if have redis-cli; then
-        redis-cli -h 127.0.0.1 --scan --pattern "$REDIS_PREFIX*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() { # NAME CMD...: CMD in the background, its output in $WORK/NAME.log
-    local name=$1
-    shift
-    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
-    PID[$name]=$!
-}
-
-psql -X -q "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || die "nginx-test: cannot create database $DB"
-[[ $("${MGMT[@]}" -X PUT "http://127.0.0.1:15672/api/vhosts/$VHOST") == 20[14] ]] ||
-    die "nginx-test: cannot create RabbitMQ vhost $VHOST"
-[[ $("${MGMT[@]}" -X PUT -H 'content-type: application/json' \
-    -d '{"configure":".*","write":".*","read":".*"}' \
-    "http://127.0.0.1:15672/api/permissions/$VHOST/guest") == 20[14] ]] ||
-    die "nginx-test: cannot grant guest the vhost $VHOST"
 
 # ---------------------------------------------------------------------------------------
 # Two API replicas. Each has its own admin token (how a reply shows which one served it);
@@ -277,7 +232,7 @@ wait_until 10 grep -qs '^HTTP/[0-9.]* 200' "$WORK/events.headers" ||
 r=$(fetch "$WORK/b" -H "authorization: Bearer $user_token" -H 'content-type: application/json' \
     -d '{"content":"hello through nginx"}' "$EDGE/api/chats/$chat/messages")
 [[ $r == 202* ]] || fail "POST a message: $r $(cat "$WORK/b")"
-wait_until 10 grep -q '^event: message.created' "$WORK/events" ||
+wait_until 10 grep -qs '^event: message.created' "$WORK/events" ||
     fail "no message.created came through nginx: $(cat "$WORK/events")"
 kill -0 "${PID[events]}" 2>/dev/null || fail "the event stream ended early"
 kill "${PID[events]}" && wait "${PID[events]}" 2>/dev/null || true
