@@ -121,6 +121,17 @@ pub fn spawn(targets: Targets, cancel: CancellationToken) -> ChunkSink {
     }
 }
 
+/// The next piece to pass on; `None` once the worker stops or every sender is gone.
+async fn next_piece(
+    from_calls: &mut mpsc::Receiver<Delta>,
+    cancel: &CancellationToken,
+) -> Option<Delta> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        delta = from_calls.recv() => delta,
+    }
+}
+
 /// Publishes pieces on a connection of its own, opened at start (and again after a failure).
 struct Publisher {
     amqp_url: Secret<String>,
@@ -139,12 +150,8 @@ impl Publisher {
             _ = self.channel() => {}
         }
         loop {
-            let delta = tokio::select! {
-                _ = cancel.cancelled() => break,
-                delta = from_calls.recv() => match delta {
-                    Some(delta) => delta,
-                    None => break,
-                },
+            let Some(delta) = next_piece(&mut from_calls, &cancel).await else {
+                break;
             };
             let outcome = if self.publish(&delta).await {
                 "published"
@@ -246,12 +253,8 @@ struct Partials {
 impl Partials {
     async fn run(mut self, mut from_calls: mpsc::Receiver<Delta>, cancel: CancellationToken) {
         loop {
-            let delta = tokio::select! {
-                _ = cancel.cancelled() => break,
-                delta = from_calls.recv() => match delta {
-                    Some(delta) => delta,
-                    None => break,
-                },
+            let Some(delta) = next_piece(&mut from_calls, &cancel).await else {
+                break;
             };
             if self
                 .resting_until
