@@ -12,6 +12,9 @@
 //!
 //! The [`reaper`] fails what stays pending past the retry horizon.
 
+// Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 pub mod http;
 pub mod live;
 pub mod messaging;
@@ -23,7 +26,8 @@ use messaging::consume::QueueConsumer;
 use sluice_shared::keypool::{
     KeyFileWatch, KeySpec, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
 };
-use sluice_shared::metrics::{Metrics, in_current};
+use sluice_shared::metrics::Metrics;
+use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHealth, TaskHooks};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -33,7 +37,6 @@ use store::posts::{BatchBounds, PostWriter};
 use store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Rows handed to the relay that may wait for it; past this they wait for the sweep.
 const HANDOFF_QUEUE: usize = 1024;
@@ -57,6 +60,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The watchers of this instance's event streams.
     pub hub: live::Hub,
+    /// Whether every background task still runs (readiness reports the first that stopped).
+    pub tasks: TaskHealth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,8 @@ pub enum RunError {
     Keys(#[from] sluice_shared::keypool::KeyFileError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
 /// Migrates (unless `database.migrate_on_start` is off), then serves on `listener` with the
@@ -83,7 +90,14 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
-    run_with_reload(settings, listener, cancel, ReloadTrigger::new()).await
+    run_with(
+        settings,
+        listener,
+        cancel,
+        ReloadTrigger::new(),
+        TaskHooks::default(),
+    )
+    .await
 }
 
 /// [`run`], re-reading the keys file whenever `reload` fires (SIGHUP in `main`).
@@ -93,16 +107,36 @@ pub async fn run_with_reload(
     cancel: CancellationToken,
     reload: ReloadTrigger,
 ) -> Result<(), RunError> {
+    run_with(settings, listener, cancel, reload, TaskHooks::default()).await
+}
+
+/// [`run_with_reload`] with test hooks that can end a named task. Every long-running task runs
+/// in one [`Supervisor`]: if one ends before `cancel` fires, the rest stop and this returns
+/// [`RunError::Task`] naming it (and `main` exits 1, so the orchestrator restarts the process).
+pub async fn run_with(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    reload: ReloadTrigger,
+    hooks: TaskHooks,
+) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    let supervisor = Supervisor::new(cancel, hooks);
     metrics
-        .instrument(serve(settings, listener, cancel, reload, metrics.clone()))
+        .instrument(serve(
+            settings,
+            listener,
+            supervisor,
+            reload,
+            metrics.clone(),
+        ))
         .await
 }
 
 async fn serve(
     settings: Settings,
     listener: TcpListener,
-    cancel: CancellationToken,
+    mut supervisor: Supervisor,
     reload: ReloadTrigger,
     metrics: Metrics,
 ) -> Result<(), RunError> {
@@ -124,6 +158,7 @@ async fn serve(
         .with_notices(store::notices::Notices::new(notices_tx));
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let cancel = supervisor.cancel_token().clone();
     let (hub, hub_link) = live::Hub::new(
         settings.stream.watcher_buffer,
         live::partials::Partials::new(redis.clone(), settings.redis.prefix.clone()),
@@ -131,8 +166,7 @@ async fn serve(
     );
     let (fresh_tx, fresh_rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
     let handoff = Handoff::new(fresh_tx);
-    let (posts, writer) = PostWriter::start(store.clone(), BatchBounds::default(), handoff.clone());
-    let broker_up = Arc::new(AtomicBool::new(false));
+    let (posts, writer) = PostWriter::new(store.clone(), BatchBounds::default(), handoff.clone());
     let key_file_text = read_key_file(&settings)?;
     let keys = keys_with_file_text(&settings, key_file_text.as_deref())?;
     let state = AppState {
@@ -148,95 +182,126 @@ async fn serve(
         trusted_proxies: Arc::new(trusted_proxies),
         redis,
         keys: Arc::new(ArcSwap::from_pointee(keys)),
-        broker_up: broker_up.clone(),
+        broker_up: Arc::new(AtomicBool::new(false)),
         settings: Arc::new(settings),
         metrics: metrics.clone(),
         hub,
+        tasks: supervisor.health(),
     };
-
-    let tasks = TaskTracker::new();
-    tasks.spawn(metrics.upkeep(cancel.clone()));
-    let watch = KeyFileWatch::new(state.settings.clone(), &state.keys.load(), key_file_text);
-    let keys = state.keys.clone();
-    tasks.spawn(in_current(watch_keys(
-        watch,
+    let background = Background {
+        topology,
+        fresh: fresh_rx,
+        notices: notices_rx,
+        hub_link,
+        key_file_text,
         reload,
-        cancel.clone(),
-        move |new| {
-            keys.store(Arc::new(new));
-            Ok(())
-        },
-    )));
-    let relay = messaging::relay::Relay {
-        store: store.clone(),
-        amqp_url: state.settings.amqp.url.clone(),
-        topology: topology.clone(),
-        fresh: tokio::sync::Mutex::new(fresh_rx),
-        sweep_after: Duration::from_millis(state.settings.relay.sweep_after_ms),
-        broker_up,
     };
-    tasks.spawn(in_current(relay.run(cancel.clone())));
-    tasks.spawn(in_current(messaging::relay::watch_backlog(
-        store.clone(),
-        cancel.clone(),
-    )));
-    let reaper = reaper::Reaper::new(store.clone(), &state.settings.retry);
-    tasks.spawn(in_current(reaper.run(cancel.clone())));
-    let responses = QueueConsumer {
-        amqp_url: state.settings.amqp.url.clone(),
-        queue: topology.responses(),
-        topology: topology.clone(),
-        prefetch: messaging::responses::BATCH,
-        name: "sluice-api responses",
-        label: "responses",
-        handler: messaging::responses::ResponseHandler {
-            store: store.clone(),
-        },
-    };
-    tasks.spawn(in_current(responses.run(cancel.clone())));
-    let dead_letters = QueueConsumer {
-        amqp_url: state.settings.amqp.url.clone(),
-        queue: topology.dead_letters(),
-        topology: topology.clone(),
-        prefetch: messaging::dead_letters::PREFETCH,
-        name: "sluice-api dead letters",
-        label: "dlq",
-        handler: messaging::dead_letters::DeadLetterHandler {
-            store: store.clone(),
-            topology: topology.clone(),
-        },
-    };
-    tasks.spawn(in_current(dead_letters.run(cancel.clone())));
-    tasks.spawn(in_current(hub_link.run(
-        state.settings.amqp.url.clone(),
-        topology.clone(),
-        cancel.clone(),
-    )));
-    let notices = live::publisher::NoticePublisher {
-        amqp_url: state.settings.amqp.url.clone(),
-        topology: topology.clone(),
-        notices: tokio::sync::Mutex::new(notices_rx),
-    };
-    tasks.spawn(in_current(notices.run(cancel.clone())));
-    tasks.close();
+    background.spawn(&state, &mut supervisor);
+    supervisor.spawn("post writer", writer);
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
     let http_settings = &state.settings.http;
     let header_read_timeout = Duration::from_millis(http_settings.header_read_timeout_ms);
     // In-flight requests end within the request timeout; give them that long to finish.
     let drain = Duration::from_millis(http_settings.request_timeout_ms);
-    http::server::serve(
-        listener,
-        http::app(state),
-        header_read_timeout,
-        drain,
-        cancel.clone(),
-    )
-    .await;
-    // The server and every handle of the writer are gone: it has answered all it took.
-    let _ = writer.await;
-    cancel.cancel();
-    tasks.wait().await;
+    supervisor.spawn(
+        "http server",
+        http::server::serve(
+            listener,
+            http::app(state),
+            header_read_timeout,
+            drain,
+            cancel,
+        ),
+    );
+    // The server and every handle of the writer are gone once all tasks have stopped: the
+    // writer has answered all it took.
+    let stopped = supervisor.run().await;
     store.close().await?;
-    Ok(())
+    Ok(stopped?)
+}
+
+/// What the API runs beside its HTTP server, before it is handed to the supervisor.
+struct Background {
+    topology: Topology,
+    fresh: tokio::sync::mpsc::Receiver<Vec<store::outbox::OutboxRow>>,
+    notices: tokio::sync::mpsc::Receiver<sluice_shared::stream::Changed>,
+    hub_link: live::hub::HubLink,
+    key_file_text: Option<String>,
+    reload: ReloadTrigger,
+}
+
+impl Background {
+    /// Spawns each task under its name: metrics upkeep, the keys-file watch, the relay and
+    /// its backlog gauge, the reaper, the two consumers, the event-stream hub and the notice
+    /// publisher.
+    fn spawn(self, state: &AppState, supervisor: &mut Supervisor) {
+        let cancel = supervisor.cancel_token().clone();
+        let settings = &state.settings;
+        let (store, topology) = (&state.store, self.topology);
+        supervisor.spawn(
+            "metrics upkeep",
+            state.metrics.clone().upkeep(cancel.clone()),
+        );
+        let watch = KeyFileWatch::new(settings.clone(), &state.keys.load(), self.key_file_text);
+        let keys = state.keys.clone();
+        supervisor.spawn(
+            "keys watch",
+            watch_keys(watch, self.reload, cancel.clone(), move |new| {
+                keys.store(Arc::new(new));
+                Ok(())
+            }),
+        );
+        let relay = messaging::relay::Relay {
+            store: store.clone(),
+            amqp_url: settings.amqp.url.clone(),
+            topology: topology.clone(),
+            fresh: tokio::sync::Mutex::new(self.fresh),
+            sweep_after: Duration::from_millis(settings.relay.sweep_after_ms),
+            broker_up: state.broker_up.clone(),
+        };
+        supervisor.spawn("relay", relay.run(cancel.clone()));
+        supervisor.spawn(
+            "outbox backlog",
+            messaging::relay::watch_backlog(store.clone(), cancel.clone()),
+        );
+        let reaper = reaper::Reaper::new(store.clone(), &settings.retry);
+        supervisor.spawn("reaper", reaper.run(cancel.clone()));
+        let responses = QueueConsumer {
+            amqp_url: settings.amqp.url.clone(),
+            queue: topology.responses(),
+            topology: topology.clone(),
+            prefetch: messaging::responses::BATCH,
+            name: "sluice-api responses",
+            label: "responses",
+            handler: messaging::responses::ResponseHandler {
+                store: store.clone(),
+            },
+        };
+        supervisor.spawn("responses consumer", responses.run(cancel.clone()));
+        let dead_letters = QueueConsumer {
+            amqp_url: settings.amqp.url.clone(),
+            queue: topology.dead_letters(),
+            topology: topology.clone(),
+            prefetch: messaging::dead_letters::PREFETCH,
+            name: "sluice-api dead letters",
+            label: "dlq",
+            handler: messaging::dead_letters::DeadLetterHandler {
+                store: store.clone(),
+                topology: topology.clone(),
+            },
+        };
+        supervisor.spawn("dead-letter consumer", dead_letters.run(cancel.clone()));
+        supervisor.spawn(
+            "event-stream hub",
+            self.hub_link
+                .run(settings.amqp.url.clone(), topology.clone(), cancel.clone()),
+        );
+        let notices = live::publisher::NoticePublisher {
+            amqp_url: settings.amqp.url.clone(),
+            topology,
+            notices: tokio::sync::Mutex::new(self.notices),
+        };
+        supervisor.spawn("notice publisher", notices.run(cancel));
+    }
 }

@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 /// size from per-thread heaps it never hands back; a fixed threshold keeps them mmapped, so
 /// the memory returns to the system after each hash.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(
+    unsafe_code,
+    reason = "mallopt is a C call; it only tunes the allocator"
+)]
 fn return_large_allocations() {
     // SAFETY: mallopt only tunes the allocator; it is called before any other thread starts.
     unsafe {
@@ -76,7 +80,8 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             sluice_shared::shutdown::cancel_on_signal(cancel.clone());
             let reload = sluice_shared::keypool::ReloadTrigger::new();
             sluice_shared::shutdown::reload_on_hangup(reload.clone());
-            sluice_api::run_with_reload(settings, listener, cancel, reload).await?;
+            let hooks = sluice_shared::supervisor::TaskHooks::from_env();
+            sluice_api::run_with(settings, listener, cancel, reload, hooks).await?;
             Ok(())
         }
     }

@@ -1,6 +1,8 @@
 //! The RabbitMQ connection and confirmed publishing. A publish counts only when the broker
 //! confirms it and did not return it as unroutable (`mandatory`).
 
+use crate::retry::Retry;
+use backon::ExponentialBuilder;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -33,7 +35,7 @@ pub enum BrokerError {
 /// (`Ok`) — again and again until `cancel` fires, waiting between attempts with a backoff
 /// that starts over once a session has lasted a while. Every long-lived broker user (the
 /// relay, the consumers) reconnects through this one loop.
-pub async fn reconnect_forever<F, Fut>(what: &str, cancel: &CancellationToken, mut session: F)
+pub async fn reconnect_forever<F, Fut>(what: &str, cancel: &CancellationToken, session: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), BrokerError>>,
@@ -41,24 +43,18 @@ where
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
     const STABLE: Duration = Duration::from_secs(10);
-    let mut backoff = FIRST;
-    while !cancel.is_cancelled() {
-        let started = std::time::Instant::now();
-        match session().await {
-            Ok(()) => return,
-            Err(e) => {
-                if started.elapsed() > STABLE {
-                    backoff = FIRST;
-                }
-                tracing::warn!(%what, error = %e, retry_in = ?backoff, "lost the broker; reconnecting");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX);
-            }
-        }
-    }
+    let schedule = ExponentialBuilder::default()
+        .with_min_delay(FIRST)
+        .with_max_delay(MAX)
+        .without_max_times();
+    // Only shutdown ends it: every broker error is worth reconnecting for.
+    let _ = Retry::new("broker_reconnect", schedule)
+        .fresh_after(STABLE)
+        .notify(|error, wait| {
+            tracing::warn!(%what, %error, retry_in = ?wait, "lost the broker; reconnecting");
+        })
+        .run_until(cancel, |_| true, session)
+        .await;
 }
 
 /// Opens a named connection (the name shows in the management UI).

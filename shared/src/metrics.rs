@@ -80,6 +80,8 @@ use Kind::{Counter, Gauge, Histogram};
 /// tests keep the code, that table, the alerts and the dashboard in step with this list.
 #[rustfmt::skip]
 pub const CATALOG: &[Def] = &[
+    // Both: in-process retries
+    def("sluice_retries_in_process_total", Counter, &["site"], "retries of an operation inside a process after a failure, by site (broker_reconnect, db_outage, db_conflict, dead_letter_record, relay_sweep, worker_publish)"),
     // API: HTTP
     def("sluice_http_requests_total", Counter, &["route", "method", "status"], "HTTP requests answered, by matched route template, method and status"),
     def("sluice_http_request_duration_seconds", Histogram, &["route", "method"], "time to answer an HTTP request"),
@@ -277,6 +279,10 @@ pub fn in_current<F: Future>(future: F) -> Instrumented<F> {
 }
 
 /// `tokio::spawn` that keeps the task in the current instance.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the instrumented spawn helper that clippy.toml points to"
+)]
 pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 /// file is the only way).
 pub fn reload_on_hangup(trigger: ReloadTrigger) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    crate::metrics::spawn(async move {
         let mut hangups = match tokio::signal::unix::signal(
             tokio::signal::unix::SignalKind::hangup(),
         ) {
@@ -29,7 +29,7 @@ pub fn reload_on_hangup(trigger: ReloadTrigger) {
 
 /// Cancels `token` on the first Ctrl-C or SIGTERM.
 pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
+    crate::metrics::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {

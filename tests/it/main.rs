@@ -1,6 +1,6 @@
 //! End-to-end tests against the real PostgreSQL, RabbitMQ and Redis; only the model provider is
 //! stood in for, by mock-gemini over real HTTP. Each test owns its database and prefixes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod accounts;
 mod api_errors;
@@ -27,6 +27,7 @@ mod rolling_restart;
 mod row_isolation;
 mod sizes;
 mod streaming;
+mod supervision;
 mod topology;
 mod user_limits;
 mod web;

@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sluice_shared::Secret;
 use sluice_shared::broker;
 use sluice_shared::stream::{Delta, StreamEvent, partial_key};
+use sluice_shared::supervisor::Supervisor;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -92,8 +93,10 @@ pub struct Targets {
     pub partial_ttl: Duration,
 }
 
-/// Starts the drain tasks (they end with `cancel`) and returns the sink that feeds them.
-pub fn spawn(targets: Targets, cancel: CancellationToken) -> ChunkSink {
+/// Starts the drain tasks under `supervisor` (they end with its token) and returns the sink
+/// that feeds them.
+pub fn start(targets: Targets, supervisor: &mut Supervisor) -> ChunkSink {
+    let cancel = supervisor.cancel_token().clone();
     let (to_broker, from_calls) = mpsc::channel(QUEUE);
     let publisher = Publisher {
         amqp_url: targets.amqp_url,
@@ -101,7 +104,10 @@ pub fn spawn(targets: Targets, cancel: CancellationToken) -> ChunkSink {
         link: None,
         resting_until: None,
     };
-    sluice_shared::metrics::spawn(publisher.run(from_calls, cancel.clone()));
+    supervisor.spawn(
+        "stream publisher",
+        publisher.run(from_calls, cancel.clone()),
+    );
     let to_redis = targets.redis.map(|client| {
         let (to_redis, from_calls) = mpsc::channel(QUEUE);
         let partials = Partials {
@@ -112,7 +118,7 @@ pub fn spawn(targets: Targets, cancel: CancellationToken) -> ChunkSink {
             append: Script::new(APPEND),
             resting_until: None,
         };
-        sluice_shared::metrics::spawn(partials.run(from_calls, cancel));
+        supervisor.spawn("partials writer", partials.run(from_calls, cancel));
         to_redis
     });
     ChunkSink {
@@ -202,7 +208,7 @@ impl Publisher {
             // A channel the broker closed (a missing exchange, say) is useless; a connection
             // that may be blocked is too.
             if let Some((connection, _)) = self.link.take() {
-                tokio::spawn(async move {
+                sluice_shared::metrics::spawn(async move {
                     let _ = connection.close(200, "stream publisher reset".into()).await;
                 });
             }

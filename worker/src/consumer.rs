@@ -21,6 +21,7 @@ use sluice_shared::envelope::{
     self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_NO_KEY_SINCE, HEADER_REASON,
     RequestEnvelope, ResponseEnvelope,
 };
+use sluice_shared::retry::Retry;
 use sluice_shared::topology::{ROUTE_DEAD, ROUTE_REQUEST, ROUTE_RESPONSE};
 use sluice_shared::{Secret, Topology};
 use std::sync::Arc;
@@ -367,28 +368,27 @@ async fn publish(
     message_id: &str,
     headers: FieldTable,
 ) -> Result<(), BrokerError> {
-    use backon::{ExponentialBuilder, Retryable};
-    let attempt = || {
-        broker::publish_confirmed(
-            &link.publisher,
-            &link.exchange,
-            routing_key,
-            body,
-            broker::json_properties(message_id, headers.clone()),
-        )
-    };
-    let published = attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(REFUSED_FIRST_WAIT)
-                .with_max_delay(REFUSED_MAX_WAIT)
-                .with_max_times(REFUSED_RETRIES),
-        )
-        .when(|e| matches!(e, BrokerError::Nacked))
+    let schedule = backon::ExponentialBuilder::default()
+        .with_min_delay(REFUSED_FIRST_WAIT)
+        .with_max_delay(REFUSED_MAX_WAIT)
+        .with_max_times(REFUSED_RETRIES);
+    let published = Retry::new("worker_publish", schedule)
         .notify(|_, wait| {
             metrics::counter!("sluice_worker_publishes_refused_total").increment(1);
             tracing::debug!(routing_key, retry_in = ?wait, "the broker refused a publish; retrying");
         })
+        .run(
+            |e| matches!(e, BrokerError::Nacked),
+            || {
+                broker::publish_confirmed(
+                    &link.publisher,
+                    &link.exchange,
+                    routing_key,
+                    body,
+                    broker::json_properties(message_id, headers.clone()),
+                )
+            },
+        )
         .await;
     if published.is_ok() {
         metrics::counter!("sluice_published_total", "queue" => queue_label(routing_key))

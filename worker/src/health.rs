@@ -1,7 +1,8 @@
 //! Each worker's `GET /health` (alive: always 200, the body says what it lacks): whether it
 //! holds a broker connection, where its budgets live (`redis`, `local`, or `degraded` while
 //! Redis is unreachable), which egress routes are cooling down after refusing connections, and
-//! how busy it is. `GET /ready` is 503 while the broker is disconnected or the worker drains.
+//! how busy it is, and whether every background task runs. `GET /ready` is 503 while the broker
+//! is disconnected, the worker drains, or a task has stopped (the process exits soon after).
 
 use crate::handler::Live;
 use axum::extract::State;
@@ -9,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use sluice_shared::supervisor::TaskHealth;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -21,6 +23,16 @@ pub struct Health {
     pub handled: AtomicU64,
     /// Shutdown has begun: no new deliveries are taken.
     pub draining: AtomicBool,
+    pub tasks: TaskHealth,
+}
+
+impl Health {
+    /// `ok`, or which task stopped.
+    fn tasks_word(&self) -> String {
+        self.tasks
+            .failed()
+            .map_or_else(|| "ok".to_owned(), ToString::to_string)
+    }
 }
 
 /// `GET /health`; the worker merges its `GET /metrics` beside it.
@@ -37,7 +49,7 @@ async fn report(
     let connected = health.broker_connected.load(Ordering::Relaxed);
     let context = context.load();
     let budgets = context.budgets.mode();
-    let ok = connected && budgets != "degraded";
+    let ok = connected && budgets != "degraded" && health.tasks.failed().is_none();
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "broker": if connected {
@@ -52,24 +64,27 @@ async fn report(
         "in_flight": health.in_flight.load(Ordering::Relaxed),
         "handled": health.handled.load(Ordering::Relaxed),
         "draining": health.draining.load(Ordering::Relaxed),
+        "tasks": health.tasks_word(),
     });
     // The process is alive either way; the body says what it lacks.
     (StatusCode::OK, Json(body))
 }
 
-/// Ready to take work: connected to the broker and not shutting down.
+/// Ready to take work: connected to the broker, not shutting down, every task running.
 async fn ready(State((health, _)): State<(Arc<Health>, Arc<Live>)>) -> (StatusCode, Json<Value>) {
     let connected = health.broker_connected.load(Ordering::Relaxed);
     let draining = health.draining.load(Ordering::Relaxed);
-    let status = if connected && !draining {
+    let status = if connected && !draining && health.tasks.failed().is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(
-            json!({"broker": if connected { "connected" } else { "disconnected" }, "draining": draining}),
-        ),
+        Json(json!({
+            "broker": if connected { "connected" } else { "disconnected" },
+            "draining": draining,
+            "tasks": health.tasks_word(),
+        })),
     )
 }

@@ -8,6 +8,9 @@
 //! the message, [`probe`] heals disabled keys, and [`health`] serves `/health` (with the
 //! worker's `/metrics` beside it).
 
+// Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 pub mod budget;
 pub mod chunks;
 pub mod consumer;
@@ -26,6 +29,7 @@ use sluice_shared::keypool::{
     watch_keys,
 };
 use sluice_shared::metrics::Metrics;
+use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -47,6 +51,8 @@ pub enum RunError {
     Client(#[from] reqwest::Error),
     #[error("health server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
 /// Runs one worker until `cancel` fires, serving `/health` and `/metrics` on
@@ -68,12 +74,27 @@ pub async fn run_with_reload(
     cancel: CancellationToken,
     reload: ReloadTrigger,
 ) -> Result<(), RunError> {
+    let hooks = TaskHooks::default();
+    run_with(settings, health_listener, cancel, reload, hooks).await
+}
+
+/// [`run_with_reload`] with test hooks that can end a named task. Every long-running task runs
+/// in one [`Supervisor`]: if one ends before `cancel` fires, the rest stop and this returns
+/// [`RunError::Task`] naming it (and `main` exits 1, so the orchestrator restarts the process).
+pub async fn run_with(
+    settings: Settings,
+    health_listener: TcpListener,
+    cancel: CancellationToken,
+    reload: ReloadTrigger,
+    hooks: TaskHooks,
+) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    let supervisor = Supervisor::new(cancel, hooks);
     metrics
         .instrument(serve(
             settings,
             health_listener,
-            cancel,
+            supervisor,
             reload,
             metrics.clone(),
         ))
@@ -90,6 +111,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// Moves the worker onto `keys`: budgets inherit what the old context knew. Deliveries in
+    /// hand keep the context they loaded until their reservation is settled; from here on
+    /// every reservation is made on the new keys.
+    fn swap_keys(&self, live: &handler::Live, keys: Vec<KeySpec>) -> Result<(), String> {
+        let keys = Arc::new(keys);
+        let context = self.context(keys.clone()).map_err(|e| e.to_string())?;
+        context.budgets.inherit(&live.load().budgets);
+        live.store(Arc::new(context));
+        metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
+        Ok(())
+    }
+
     /// A context for `keys`: budgets and a provider client with a route for each proxy.
     fn context(&self, keys: Arc<Vec<KeySpec>>) -> Result<handler::Context, RunError> {
         let settings = &self.settings;
@@ -118,7 +151,7 @@ impl Shared {
 async fn serve(
     settings: Settings,
     health_listener: TcpListener,
-    cancel: CancellationToken,
+    mut supervisor: Supervisor,
     reload: ReloadTrigger,
     metrics: Metrics,
 ) -> Result<(), RunError> {
@@ -128,8 +161,9 @@ async fn serve(
     if keys.is_empty() {
         return Err(RunError::NoKeys);
     }
+    let cancel = supervisor.cancel_token().clone();
     let redis_client = redis::Client::open(settings.redis.url.expose().as_str())?;
-    let chunks = chunks::spawn(
+    let chunks = chunks::start(
         chunks::Targets {
             amqp_url: settings.amqp.url.clone(),
             exchange: Topology::from_settings(&settings).stream_exchange(),
@@ -138,7 +172,7 @@ async fn serve(
             redis_prefix: settings.redis.prefix.clone(),
             partial_ttl: Duration::from_millis(settings.stream.partial_ttl_ms),
         },
-        cancel.clone(),
+        &mut supervisor,
     );
     let settings = Arc::new(settings);
     let shared = Shared {
@@ -149,37 +183,38 @@ async fn serve(
         settings: settings.clone(),
     };
     let live = Arc::new(ArcSwap::from_pointee(shared.context(keys.clone())?));
-    let health = Arc::new(health::Health::default());
+    let health = Arc::new(health::Health {
+        tasks: supervisor.health(),
+        ..health::Health::default()
+    });
     metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
-    let upkeep = sluice_shared::metrics::spawn(metrics.clone().upkeep(cancel.clone()));
     tracing::info!(
         addr = %health_listener.local_addr()?,
         keys = keys.len(),
         budgets = live.load().budgets.mode(),
         "sluice-worker starting"
     );
-    let watcher = {
-        let live = live.clone();
-        let watch = KeyFileWatch::new(settings.clone(), &keys, file_text);
-        sluice_shared::metrics::spawn(watch_keys(watch, reload, cancel.clone(), move |keys| {
-            let keys = Arc::new(keys);
-            let context = shared.context(keys.clone()).map_err(|e| e.to_string())?;
-            context.budgets.inherit(&live.load().budgets);
-            // Deliveries in hand keep the context they loaded until their reservation is
-            // settled; from here on every reservation is made on the new keys.
-            live.store(Arc::new(context));
-            metrics::gauge!("sluice_keys_configured").set(keys.len() as f64);
-            Ok(())
-        }))
-    };
-    let prober = sluice_shared::metrics::spawn(probe::run(
-        live.clone(),
-        settings.provider.model.clone(),
-        Duration::from_millis(settings.keys.probe_interval_ms.max(100)),
-        cancel.clone(),
-    ));
+    supervisor.spawn("metrics upkeep", metrics.clone().upkeep(cancel.clone()));
+    let watch = KeyFileWatch::new(settings.clone(), &keys, file_text);
+    supervisor.spawn(
+        "keys watch",
+        watch_keys(watch, reload, cancel.clone(), {
+            let live = live.clone();
+            move |keys| shared.swap_keys(&live, keys)
+        }),
+    );
+    supervisor.spawn(
+        "key prober",
+        probe::run(
+            live.clone(),
+            settings.provider.model.clone(),
+            Duration::from_millis(settings.keys.probe_interval_ms.max(100)),
+            cancel.clone(),
+        ),
+    );
     let shutdown = cancel.clone();
-    let health_server = tokio::spawn(
+    supervisor.spawn(
+        "health server",
         axum::serve(
             health_listener,
             health::router(health.clone(), live.clone()).merge(metrics.router()),
@@ -196,14 +231,6 @@ async fn serve(
         health,
         shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
     };
-    consumer.run(cancel.clone()).await;
-    cancel.cancel();
-    let _ = watcher.await;
-    let _ = prober.await;
-    let _ = upkeep.await;
-    match health_server.await {
-        Ok(result) => result?,
-        Err(e) => tracing::warn!(error = %e, "health server task failed"),
-    }
-    Ok(())
+    supervisor.spawn("consumer", consumer.run(cancel));
+    Ok(supervisor.run().await?)
 }

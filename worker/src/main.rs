@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
     sluice_shared::shutdown::cancel_on_signal(cancel.clone());
     let reload = sluice_shared::keypool::ReloadTrigger::new();
     sluice_shared::shutdown::reload_on_hangup(reload.clone());
-    sluice_worker::run_with_reload(settings, listener, cancel, reload).await?;
+    let hooks = sluice_shared::supervisor::TaskHooks::from_env();
+    sluice_worker::run_with(settings, listener, cancel, reload, hooks).await?;
     Ok(())
 }
 

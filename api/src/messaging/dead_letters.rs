@@ -9,6 +9,7 @@ use super::consume::BatchHandler;
 use crate::store::dead_letters::NewDeadLetter;
 use crate::store::replies::{GiveUp, Stored};
 use crate::store::{Store, StoreError, with_db_retry};
+use backon::ConstantBuilder;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
@@ -20,6 +21,7 @@ use sluice_shared::envelope::{
     self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_REASON, RequestEnvelope,
     ResponseEnvelope,
 };
+use sluice_shared::retry::Retry;
 use sluice_shared::text::strip_nul_owned;
 use sluice_shared::topology::ROUTE_PARKED;
 use std::time::Duration;
@@ -28,9 +30,10 @@ use uuid::Uuid;
 
 /// Dead letters are rare; a small prefetch is plenty.
 pub const PREFETCH: u16 = 32;
-/// Tries at recording a letter the database refuses before it is parked. A refusal is not an
-/// outage (those are waited out without limit), so a few tries only cover a passing cause.
-const RECORD_TRIES: u32 = 3;
+/// Tries at recording a letter the database refuses, after the first, before it is parked. A
+/// refusal is not an outage (those are waited out without limit), so a few tries only cover a
+/// passing cause.
+const RECORD_RETRIES: usize = 2;
 /// The pause between those tries.
 const RECORD_RETRY: Duration = Duration::from_millis(500);
 /// Why a parked letter could not be recorded (the database's words).
@@ -243,25 +246,27 @@ impl DeadLetterHandler {
             }
         }
         let (record, fail) = (letter.record(), letter.give_up());
-        let mut tries = 1;
-        loop {
-            match with_db_retry(cancel, "record a dead letter", || {
-                self.store.record_dead_letter(&record, fail.as_ref())
+        let refusals = ConstantBuilder::default()
+            .with_delay(RECORD_RETRY)
+            .with_max_times(RECORD_RETRIES);
+        // Outages are waited out inside each try; a refusal is tried a few more times.
+        Retry::new("dead_letter_record", refusals)
+            .notify(|error, _| {
+                tracing::warn!(%error, "the database refused a dead letter; trying again");
             })
-            .await?
-            {
-                Ok(()) => return Some(Ok(())),
-                Err(e) if tries >= RECORD_TRIES => return Some(Err(e)),
-                Err(e) => {
-                    tracing::warn!(error = %e, tries, "the database refused a dead letter; trying again");
-                    tries += 1;
-                }
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                _ = tokio::time::sleep(RECORD_RETRY) => {}
-            }
-        }
+            .run_until(
+                cancel,
+                |_| true,
+                || async {
+                    with_db_retry(cancel, "record a dead letter", || {
+                        self.store.record_dead_letter(&record, fail.as_ref())
+                    })
+                    .await
+                    // Shutdown: the outer loop sees the token and stops, whatever this says.
+                    .unwrap_or_else(|| Err(StoreError::shutting_down()))
+                },
+            )
+            .await
     }
 
     /// Sets a letter aside in the parking queue, whole, with the database's refusal in a

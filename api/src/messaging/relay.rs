@@ -16,11 +16,13 @@
 
 use crate::store::outbox::OutboxRow;
 use crate::store::{Store, StoreError};
+use backon::ExponentialBuilder;
 use futures_util::future::join_all;
 use lapin::Channel;
 use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::HEADER_ATTEMPT;
+use sluice_shared::retry::Retry;
 use sluice_shared::topology::ROUTE_REQUEST;
 use sluice_shared::{Secret, Topology};
 use std::sync::Arc;
@@ -73,6 +75,8 @@ enum RelayError {
     Database(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("the broker refused requests (is the requests queue full?)")]
+    Refused,
 }
 
 pub struct Relay {
@@ -124,7 +128,6 @@ impl Relay {
         let every = (self.sweep_after / 2).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX);
         let mut sweeps = tokio::time::interval(every);
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut refused_pause: Option<Duration> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -136,25 +139,12 @@ impl Relay {
                     }
                     self.publish_fresh(channel, rows).await?;
                 }
-                _ = sweeps.tick() => {
-                    let refused = match self.sweep(channel).await {
-                        Ok(refused) => refused,
-                        Err(RelayError::Broker(e)) => return Err(e),
-                        Err(RelayError::Database(e)) => {
-                            tracing::warn!(error = %e, "relay cannot read the outbox");
-                            false
-                        }
-                    };
-                    if refused {
-                        let pause = self.refused(&mut refused_pause);
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                    } else if refused_pause.take().is_some() {
-                        tracing::info!("the broker accepts requests again");
-                    }
-                }
+                _ = sweeps.tick() => match self.sweep_until_accepted(channel, cancel).await {
+                    None => return Ok(()),
+                    Some(Ok(())) => {}
+                    Some(Err(RelayError::Broker(e))) => return Err(e),
+                    Some(Err(e)) => tracing::warn!(error = %e, "relay cannot read the outbox"),
+                },
             }
             if !channel.status().connected() {
                 return Err(BrokerError::ChannelClosed);
@@ -162,21 +152,40 @@ impl Relay {
         }
     }
 
-    /// The pause after a refused sweep; logged once per episode, the metric counts every try.
-    fn refused(&self, last: &mut Option<Duration>) -> Duration {
-        metrics::counter!("sluice_relay_refused_batches_total").increment(1);
-        let pause = match *last {
-            None => {
-                tracing::warn!(
-                    "the broker refuses new requests (is the requests queue full?); \
-                     the outbox keeps them and the relay tries again"
-                );
-                REFUSED_PAUSE_FIRST
-            }
-            Some(last) => (last * 2).min(REFUSED_PAUSE_MAX),
-        };
-        *last = Some(pause);
-        pause
+    /// Sweeps, and sweeps again after a growing pause while the broker refuses (a full
+    /// queue): fresh rows wait in the outbox meanwhile, as the broker would refuse them too.
+    /// Logged once per episode; the metric counts every refused sweep. `None` on shutdown.
+    async fn sweep_until_accepted(
+        &self,
+        channel: &Channel,
+        cancel: &CancellationToken,
+    ) -> Option<Result<(), RelayError>> {
+        let pauses = ExponentialBuilder::default()
+            .with_min_delay(REFUSED_PAUSE_FIRST)
+            .with_max_delay(REFUSED_PAUSE_MAX)
+            .without_max_times();
+        let mut refusals = 0_u32;
+        let swept = Retry::new("relay_sweep", pauses)
+            .notify(|_, _| {
+                metrics::counter!("sluice_relay_refused_batches_total").increment(1);
+                if refusals == 0 {
+                    tracing::warn!(
+                        "the broker refuses new requests (is the requests queue full?); \
+                         the outbox keeps them and the relay tries again"
+                    );
+                }
+                refusals += 1;
+            })
+            .run_until(
+                cancel,
+                |e| matches!(e, RelayError::Refused),
+                || self.sweep(channel),
+            )
+            .await;
+        if refusals > 0 && matches!(swept, Some(Ok(()))) {
+            tracing::info!("the broker accepts requests again");
+        }
+        swept
     }
 
     /// Publishes rows just committed and deletes the confirmed ones. A refused or unpublished
@@ -202,9 +211,9 @@ impl Relay {
         Ok(())
     }
 
-    /// Claims, publishes and deletes batches of old rows until none is left; returns whether
-    /// the broker refused some (a full queue).
-    async fn sweep(&self, channel: &Channel) -> Result<bool, RelayError> {
+    /// Claims, publishes and deletes batches of old rows until none is left, or the broker
+    /// refuses some (a full queue: [`RelayError::Refused`]).
+    async fn sweep(&self, channel: &Channel) -> Result<(), RelayError> {
         loop {
             let claim = self
                 .store
@@ -212,7 +221,7 @@ impl Relay {
                 .await?;
             if claim.rows.is_empty() {
                 claim.finish(&[]).await?;
-                return Ok(false);
+                return Ok(());
             }
             let more = claim.more;
             let published = self.publish(channel, &claim.rows).await;
@@ -221,10 +230,10 @@ impl Relay {
                 return Err(e.into());
             }
             if published.refused > 0 {
-                return Ok(true);
+                return Err(RelayError::Refused);
             }
             if !more {
-                return Ok(false);
+                return Ok(());
             }
         }
     }

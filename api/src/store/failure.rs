@@ -2,8 +2,10 @@
 //! loop built on that: outages are waited out, lost deadlocks tried again a few times.
 
 use super::StoreError;
+use backon::ExponentialBuilder;
 use sea_orm::sqlx;
 use sea_orm::{DbErr, RuntimeErr};
+use sluice_shared::retry::Retry;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -72,47 +74,38 @@ impl DbFailure {
 pub async fn with_db_retry<T, F, Fut>(
     cancel: &CancellationToken,
     what: &str,
-    mut op: F,
+    op: F,
 ) -> Option<Result<T, StoreError>>
 where
-    F: FnMut() -> Fut,
+    F: Fn() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    use backon::{BackoffBuilder, ExponentialBuilder};
-    let mut outage = ExponentialBuilder::default()
+    let outage = ExponentialBuilder::default()
         .with_max_delay(MAX_BACKOFF)
-        .without_max_times()
-        .build();
+        .without_max_times();
     // Jittered, so two replicas that deadlocked do not meet again in step.
-    let mut conflict = ExponentialBuilder::default()
+    let conflict = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(10))
         .with_max_delay(Duration::from_millis(500))
         .with_max_times(CONFLICT_RETRIES)
-        .with_jitter()
-        .build();
-    loop {
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return None,
-            result = op() => result,
-        };
-        let e = match result {
-            Ok(value) => return Some(Ok(value)),
-            Err(e) => e,
-        };
-        let wait = match e.failure() {
-            DbFailure::Outage => outage.next().unwrap_or(MAX_BACKOFF),
-            DbFailure::Conflict => match conflict.next() {
-                Some(wait) => wait,
-                None => return Some(Err(e)),
+        .with_jitter();
+    let log = |error: &str, wait: Duration| {
+        tracing::warn!(%error, retry_in = ?wait, "cannot {what} yet");
+    };
+    // Outages are waited out for as long as they last; within each try, a lost deadlock is
+    // tried again a few times.
+    Retry::new("db_outage", outage)
+        .notify(log)
+        .run_until(
+            cancel,
+            |e: &StoreError| e.failure() == DbFailure::Outage,
+            || {
+                Retry::new("db_conflict", conflict)
+                    .notify(log)
+                    .run(|e: &StoreError| e.failure() == DbFailure::Conflict, &op)
             },
-            DbFailure::Refused => return Some(Err(e)),
-        };
-        tracing::warn!(error = %e, retry_in = ?wait, "cannot {what} yet");
-        tokio::select! {
-            _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
+        )
+        .await
 }
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ impl StoreError {
         )
     }
 
+    /// What a retry loop cut short by shutdown holds instead of a result (never stored or
+    /// shown: the loop's caller sees the token and stops).
+    pub fn shutting_down() -> Self {
+        Self(DbErr::Custom("shutting down".into()))
+    }
+
     /// A test hook: an error that reads as an outage.
     #[cfg(test)]
     pub fn outage(detail: &str) -> Self {

@@ -121,18 +121,28 @@ impl std::fmt::Debug for Job {
 }
 
 impl PostWriter {
-    /// Starts the writer task on the current runtime.
+    /// The handlers' side and the writer task, for the caller to run (the API supervises it).
+    pub fn new(
+        store: Store,
+        bounds: BatchBounds,
+        handoff: Handoff,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        // Enough to hold several full batches; a full queue makes handlers wait their turn.
+        let (queue, jobs) = mpsc::channel(bounds.max_posts.max(1) * 4);
+        let batches = Arc::new(AtomicU64::new(0));
+        let task = run(store, bounds, handoff, jobs, batches.clone());
+        (Self { queue, batches }, task)
+    }
+
+    /// [`PostWriter::new`] with the writer task spawned on the current runtime.
+    #[cfg(test)]
     pub fn start(
         store: Store,
         bounds: BatchBounds,
         handoff: Handoff,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        // Enough to hold several full batches; a full queue makes handlers wait their turn.
-        let (queue, jobs) = mpsc::channel(bounds.max_posts.max(1) * 4);
-        let batches = Arc::new(AtomicU64::new(0));
-        let task =
-            sluice_shared::metrics::spawn(run(store, bounds, handoff, jobs, batches.clone()));
-        (Self { queue, batches }, task)
+        let (writer, task) = Self::new(store, bounds, handoff);
+        (writer, sluice_shared::metrics::spawn(task))
     }
 
     /// Posts waiting for the writer.

@@ -234,6 +234,7 @@ mod tests {
             keys: Arc::default(),
             metrics: sluice_shared::metrics::Metrics::new(),
             hub,
+            tasks: Default::default(),
         };
         let email = "long@example.com";
         let (status, body) = call(

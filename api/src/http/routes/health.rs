@@ -1,5 +1,6 @@
-//! Liveness (`/api/health`) and readiness (`/api/ready`): ready means PostgreSQL answers; the
-//! broker and Redis are reported but do not fail readiness, since the outbox absorbs outages.
+//! Liveness (`/api/health`) and readiness (`/api/ready`): ready means PostgreSQL answers and
+//! every background task runs; the broker and Redis are reported but do not fail readiness,
+//! since the outbox absorbs outages.
 
 use crate::AppState;
 use axum::Json;
@@ -27,12 +28,15 @@ struct Health {
     status: &'static str,
 }
 
-/// Each dependency as `ok` or `down`.
+/// Each dependency as `ok` or `down`, and the background tasks.
 #[derive(Serialize, ToSchema)]
 struct Readiness {
     database: &'static str,
     broker: &'static str,
     redis: &'static str,
+    /// `ok`, or which task stopped (the process exits within seconds after that).
+    #[schema(example = "ok")]
+    tasks: String,
 }
 
 /// Liveness: the process answers.
@@ -48,13 +52,14 @@ fn word(up: bool) -> &'static str {
     if up { "ok" } else { "down" }
 }
 
-/// Readiness: PostgreSQL answers. The broker and Redis are reported but never fail it.
+/// Readiness: PostgreSQL answers and no background task has stopped. The broker and Redis
+/// are reported but never fail it.
 #[utoipa::path(get,
     path = "/api/ready",
     operation_id = "ready", tag = "ops",
     responses(
         (status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "PostgreSQL does not answer", body = Readiness),
+        (status = 503, description = "PostgreSQL does not answer, or a task stopped", body = Readiness),
     ))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.store.ping())
@@ -64,7 +69,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let redis = tokio::time::timeout(PROBE_TIMEOUT, ping_redis(&state.redis))
         .await
         .is_ok_and(|ok| ok);
-    let status = if database {
+    let failed = state.tasks.failed();
+    let status = if database && failed.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -75,6 +81,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
             database: word(database),
             broker: word(broker),
             redis: word(redis),
+            tasks: failed.map_or_else(|| "ok".to_owned(), ToString::to_string),
         }),
     )
 }
