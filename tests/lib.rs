@@ -1,7 +1,7 @@
 //! The test harness: [`TestApp`] runs a whole Sluice — API, workers and mock-gemini — in the
 //! test process against the real PostgreSQL, RabbitMQ and Redis, isolated by a fresh database,
 //! a unique queue prefix and a unique Redis prefix, and removes all of it afterwards.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod forwarder;
 pub mod proxy;

@@ -255,7 +255,12 @@ impl Settings {
             )
             .build()?;
         let mut settings: Settings = config.try_deserialize()?;
-        if let Ok(list) = std::env::var("GEMINI_API_KEYS") {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the settings loader is where the environment is read"
+        )]
+        let keys = std::env::var("GEMINI_API_KEYS");
+        if let Ok(list) = keys {
             settings.keys.api_keys = parse_api_keys(&list)?;
         }
         settings.validate()?;

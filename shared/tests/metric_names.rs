@@ -1,12 +1,12 @@
 //! Keeps the metric names in step: every name the API and the worker record, every name the
 //! alert rules and the Grafana dashboard query, and the table in docs/OPERATIONS.md, against
-//! `sluice_shared::metrics::CATALOG`. The YAML is read with yaml-rust2, the JSON with serde_json.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `sluice_shared::metrics::CATALOG`. The YAML is read with yaml_serde, the JSON with serde_json.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
 use sluice_shared::metrics::{CATALOG, Kind, is_defined};
 use std::path::{Path, PathBuf};
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_serde::Value as Yaml;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -32,10 +32,10 @@ fn names_in(expr: &str) -> Vec<String> {
 }
 
 fn alert_exprs() -> Vec<(String, String)> {
-    let docs = YamlLoader::load_from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    let doc: Yaml = yaml_serde::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
     let mut exprs = Vec::new();
-    for group in docs[0]["groups"].as_vec().expect("groups") {
-        for rule in group["rules"].as_vec().expect("rules") {
+    for group in doc["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
             let name = rule["alert"].as_str().expect("alert name").to_owned();
             let expr = rule["expr"].as_str().expect("expr").to_owned();
             exprs.push((name, expr));
@@ -72,10 +72,9 @@ fn alerts_query_only_defined_metrics() {
 
 #[test]
 fn prometheus_config_scrapes_api_and_workers_and_loads_the_rules() {
-    let docs = YamlLoader::load_from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
-    let config = &docs[0];
+    let config: Yaml = yaml_serde::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
     let rules: Vec<&str> = config["rule_files"]
-        .as_vec()
+        .as_sequence()
         .expect("rule_files")
         .iter()
         .filter_map(Yaml::as_str)
@@ -88,7 +87,7 @@ fn prometheus_config_scrapes_api_and_workers_and_loads_the_rules() {
         );
     }
     let jobs: Vec<&str> = config["scrape_configs"]
-        .as_vec()
+        .as_sequence()
         .expect("scrape_configs")
         .iter()
         .map(|job| {

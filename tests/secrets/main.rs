@@ -1,7 +1,7 @@
 //! No secret ever shows: not in logs (captured here at debug level), not in errors, not in
 //! any HTTP response, not in what is stored about failures. A binary of its own, because it
 //! installs a global log subscriber that captures everything.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use serde_json::json;
 use sluice_tests::{TestApp, TestOptions, run};
