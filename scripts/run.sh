@@ -65,11 +65,13 @@ stop_all() {
 trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
+declare -A LABELS
 start() { # LABEL COMMAND...
     local label=$1
     shift
     "$@" > >(sed -u "s/^/[$label] /") 2>&1 &
     PIDS+=($!)
+    LABELS[$!]=$label
 }
 
 if [[ -z "${GEMINI_API_KEYS:-}" ]]; then
@@ -108,6 +110,14 @@ Try it:
 Ctrl-C stops Sluice (PostgreSQL, RabbitMQ and Redis keep running).
 MSG
 
-# Stop everything when any one process exits, so a crash is not hidden.
-wait -n "${PIDS[@]}" || true
-die "a Sluice process exited; stopping the rest"
+# Stop everything when any one process exits, so a crash is not hidden. Ctrl-C reaches the
+# processes as well (they share the terminal's process group): they drain and exit 0, which is
+# a clean stop, not a crash.
+status=0
+exited=""
+wait -n -p exited "${PIDS[@]}" || status=$?
+if ((status == 0)); then
+    info "stopped"
+    exit 0
+fi
+die "${LABELS[$exited]:-a Sluice process} exited with status $status; stopping the rest"
