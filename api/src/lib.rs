@@ -17,11 +17,13 @@ pub mod live;
 pub mod messaging;
 pub mod reaper;
 pub mod store;
+pub mod views;
 
 use arc_swap::ArcSwap;
+pub use http::AppState;
 use messaging::consume::QueueConsumer;
 use sluice_shared::keypool::{
-    KeyFileWatch, KeySpec, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
+    KeyFileWatch, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
 };
 use sluice_shared::metrics::{Metrics, in_current};
 use sluice_shared::{Settings, Topology};
@@ -37,27 +39,6 @@ use tokio_util::task::TaskTracker;
 
 /// Rows handed to the relay that may wait for it; past this they wait for the sweep.
 const HANDOFF_QUEUE: usize = 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub posts: PostWriter,
-    /// Where restarted requests go after their commit (posts go through the writer).
-    pub handoff: Handoff,
-    pub settings: Arc<Settings>,
-    pub broker_up: Arc<AtomicBool>,
-    pub redis: redis::Client,
-    /// The configured provider keys (for the admin view; workers hold their own copy),
-    /// swapped when the keys file changes.
-    pub keys: Arc<ArcSwap<Vec<KeySpec>>>,
-    pub limits: Arc<http::limits::Limits>,
-    pub hashing: Arc<http::auth::HashQueue>,
-    pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
-    /// This instance's registry, served on `GET /metrics`.
-    pub metrics: Metrics,
-    /// The watchers of this instance's event streams.
-    pub hub: live::Hub,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

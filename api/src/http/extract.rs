@@ -2,7 +2,7 @@
 //! (both refuse text PostgreSQL cannot store), the signed-in user, the admin token, the
 //! client's address, and path ids (a malformed id is a 404 like an unknown one).
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::auth;
 use crate::http::error::ApiError;
 use axum::extract::rejection::JsonRejection;

@@ -1,7 +1,7 @@
 //! Liveness (`/api/health`) and readiness (`/api/ready`): ready means PostgreSQL answers; the
 //! broker and Redis are reported but do not fail readiness, since the outbox absorbs outages.
 
-use crate::AppState;
+use crate::http::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;

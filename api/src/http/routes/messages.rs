@@ -4,14 +4,15 @@
 //! an unchanged chat is a `304` that reads no message row.
 
 use super::chats::owned_chat;
-use super::views::{MessageView, Page, PageQuery};
-use crate::AppState;
+use super::paging::PageQuery;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::messaging::request::{self, Ask, BuildError, Question};
 use crate::store::Chat;
 use crate::store::messages::HistoryEnd;
 use crate::store::posts::{NewPost, PostError, exchange};
+use crate::views::{MessageView, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

@@ -2,16 +2,15 @@
 //! restart as an operator's replay) or stop a `pending` one (failed, kind `cancelled`; a late
 //! answer then changes nothing). Both count against the user's message limits.
 
-use super::admin::rebuild;
 use super::chats::owned_chat;
-use super::views::MessageView;
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthUser, parse_id};
 use crate::messaging::request::{self, Question};
 use crate::store::Message;
 use crate::store::replies::{Restart, RestartOf};
 use crate::store::{Role, Status};
+use crate::views::MessageView;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -84,7 +83,7 @@ async fn retry(
     let settings = &state.settings;
     match state
         .store
-        .restart(of, limit, |r| rebuild(settings, r))
+        .restart(of, limit, |r| request::rebuild(settings, r))
         .await?
     {
         Restart::Done { reply, request } => {
