@@ -10,7 +10,7 @@
 use crate::store::messages::History;
 use crate::store::outbox::OutboxRow;
 use crate::store::paging::now_micros;
-use crate::store::replies::Restarted;
+use crate::store::replies::{Restarted, SkipReason};
 use chrono::{DateTime, Utc};
 use sluice_shared::Settings;
 use sluice_shared::envelope::{self, Params, RequestEnvelope, Role, Turn};
@@ -103,13 +103,13 @@ pub fn build(settings: &Settings, ask: Ask, history: History) -> Result<OutboxRo
 /// The request of a restarted reply, rebuilt from the database (history, template, model,
 /// owner), never from the stored body, which came back from the broker and is only kept for
 /// inspection. A model no longer allowed is skipped.
-pub fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, &'static str> {
+pub fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, SkipReason> {
     let model = r
         .model
         .clone()
         .unwrap_or_else(|| settings.provider.model.clone());
     if !settings.allowed_model(&model) {
-        return Err("unknown_model");
+        return Err(SkipReason::UnknownModel);
     }
     let ask = Ask {
         chat_id: r.chat_id,
@@ -121,9 +121,9 @@ pub fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, &'static 
         enqueued_at: now_micros(),
     };
     build(settings, ask, r.history).map_err(|e| match e {
-        BuildError::NoQuestion => "question_not_found",
-        BuildError::TooLarge { .. } => "message_too_large",
-        BuildError::Encode(_) => "cannot_encode",
+        BuildError::NoQuestion => SkipReason::QuestionNotFound,
+        BuildError::TooLarge { .. } => SkipReason::MessageTooLarge,
+        BuildError::Encode(_) => SkipReason::CannotEncode,
     })
 }
 

@@ -76,7 +76,60 @@ pub enum Restart {
         request: OutboxRow,
     },
     /// Nothing changed, for this reason.
-    Skipped(&'static str),
+    Skipped(SkipReason),
+}
+
+/// How a cancel ended.
+#[derive(Debug)]
+pub enum Cancel {
+    /// Committed: the reply is `failed`, kind `cancelled`.
+    Done(Box<Message>),
+    /// Nothing changed, for this reason.
+    Skipped(SkipReason),
+}
+
+/// Why a restart or a cancel changed nothing. The first reasons are the store's; the last
+/// ones, from [`SkipReason::UnknownModel`] on, are the request rebuild's refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// No dead letter of that id.
+    NotFound,
+    AlreadyReplayed,
+    /// A dead letter without a request id (undecodable): there is no reply to restart.
+    PoisonCannotBeReplayed,
+    /// The reply is not `failed` (or no longer exists).
+    MessageNotFailed,
+    /// The reply is not `pending` (a cancel came too late).
+    MessageNotPending,
+    /// The reply is not in the chat that was named.
+    MessageNotFound,
+    ChatNotFound,
+    /// The reply's model is no longer offered.
+    UnknownModel,
+    /// No user message before the reply.
+    QuestionNotFound,
+    /// With its history the request is now over `queues.max_message_bytes`.
+    MessageTooLarge,
+    CannotEncode,
+}
+
+impl SkipReason {
+    /// The code reported for it (the admin replay's `skipped[].reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::AlreadyReplayed => "already_replayed",
+            Self::PoisonCannotBeReplayed => "poison_cannot_be_replayed",
+            Self::MessageNotFailed => "message_not_failed",
+            Self::MessageNotPending => "message_not_pending",
+            Self::MessageNotFound => "message_not_found",
+            Self::ChatNotFound => "chat_not_found",
+            Self::UnknownModel => "unknown_model",
+            Self::QuestionNotFound => "question_not_found",
+            Self::MessageTooLarge => "message_too_large",
+            Self::CannotEncode => "cannot_encode",
+        }
+    }
 }
 
 fn message_from_row(row: &QueryResult) -> Result<Message, DbErr> {
@@ -364,12 +417,8 @@ impl Store {
     }
 
     /// [`Transition::Cancel`]: fails the chat's reply if it is still pending, kind
-    /// `cancelled`; a late answer then changes nothing. `None` when no such pending reply.
-    pub async fn cancel_reply(
-        &self,
-        chat_id: Uuid,
-        reply_id: Uuid,
-    ) -> Result<Option<Message>, StoreError> {
+    /// `cancelled`; a late answer then changes nothing. Skipped when no such pending reply.
+    pub async fn cancel_reply(&self, chat_id: Uuid, reply_id: Uuid) -> Result<Cancel, StoreError> {
         let txn = self.db.begin().await?;
         touch(&txn, &[chat_id]).await?;
         let row = txn
@@ -391,10 +440,11 @@ impl Store {
             .await?;
         let message = row.map(|r| message_from_row(&r)).transpose()?;
         txn.commit().await?;
-        if message.is_some() {
-            self.notices.changed(chat_id, vec![reply_id]);
-        }
-        Ok(message)
+        let Some(message) = message else {
+            return Ok(Cancel::Skipped(SkipReason::MessageNotPending));
+        };
+        self.notices.changed(chat_id, vec![reply_id]);
+        Ok(Cancel::Done(Box::new(message)))
     }
 
     /// [`Transition::Restart`]: puts a failed reply back to `pending` at the next generation,
@@ -405,7 +455,7 @@ impl Store {
         &self,
         of: RestartOf,
         history_limit: i64,
-        build: impl FnOnce(Restarted) -> Result<OutboxRow, &'static str>,
+        build: impl FnOnce(Restarted) -> Result<OutboxRow, SkipReason>,
     ) -> Result<Restart, StoreError> {
         use super::entities::dead_letters;
         let txn = self.db.begin().await?;
@@ -417,13 +467,13 @@ impl Store {
                     .one(&txn)
                     .await?
                 else {
-                    return Ok(Restart::Skipped("not_found"));
+                    return Ok(Restart::Skipped(SkipReason::NotFound));
                 };
                 if letter.replayed_at.is_some() {
-                    return Ok(Restart::Skipped("already_replayed"));
+                    return Ok(Restart::Skipped(SkipReason::AlreadyReplayed));
                 }
                 let Some(request_id) = letter.request_id else {
-                    return Ok(Restart::Skipped("poison_cannot_be_replayed"));
+                    return Ok(Restart::Skipped(SkipReason::PoisonCannotBeReplayed));
                 };
                 (request_id, Some(id))
             }
@@ -437,13 +487,13 @@ impl Store {
             ))
             .await?;
         let Some(chat) = chat else {
-            return Ok(Restart::Skipped("message_not_failed"));
+            return Ok(Restart::Skipped(SkipReason::MessageNotFailed));
         };
         let chat_id: Uuid = chat.try_get("", "chat_id")?;
         if let RestartOf::Reply { chat_id: asked, .. } = of
             && asked != chat_id
         {
-            return Ok(Restart::Skipped("message_not_found"));
+            return Ok(Restart::Skipped(SkipReason::MessageNotFound));
         }
         touch(&txn, &[chat_id]).await?;
         // Dropping `txn` without a commit (any skip below) undoes this.
@@ -464,7 +514,7 @@ impl Store {
             ))
             .await?;
         let Some(row) = bumped else {
-            return Ok(Restart::Skipped("message_not_failed"));
+            return Ok(Restart::Skipped(SkipReason::MessageNotFailed));
         };
         let reply = message_from_row(&row)?;
         // The template's current body; a deleted one (template_id set to NULL) means none.
@@ -480,7 +530,7 @@ impl Store {
             reply_id,
         };
         let Some(history) = history(&txn, chat_id, None, end, history_limit).await? else {
-            return Ok(Restart::Skipped("chat_not_found"));
+            return Ok(Restart::Skipped(SkipReason::ChatNotFound));
         };
         let restarted = Restarted {
             reply_id,
@@ -610,11 +660,15 @@ mod tests {
             let chat = chats(&store, 1).await?[0];
             let p = post(chat, "q");
             write_posts(&store, &[&p]).await?;
-            let cancelled = store.cancel_reply(chat, p.reply.id).await?;
-            let cancelled = cancelled.ok_or("the pending reply was cancelled")?;
+            let Cancel::Done(cancelled) = store.cancel_reply(chat, p.reply.id).await? else {
+                return Err("the pending reply was not cancelled".into());
+            };
             assert_eq!(cancelled.status, Status::Failed);
             assert_eq!(cancelled.error_kind.as_deref(), Some(kind::CANCELLED));
-            assert!(store.cancel_reply(chat, p.reply.id).await?.is_none());
+            assert!(matches!(
+                store.cancel_reply(chat, p.reply.id).await?,
+                Cancel::Skipped(SkipReason::MessageNotPending)
+            ));
             assert_eq!(
                 store
                     .apply_responses(&[answer(&p.reply, 0, "late")])
@@ -644,13 +698,18 @@ mod tests {
             };
             let pending = store.restart(of, 10, |_| Ok(row(Uuid::now_v7()))).await?;
             assert!(
-                matches!(pending, Restart::Skipped("message_not_failed")),
+                matches!(pending, Restart::Skipped(SkipReason::MessageNotFailed)),
                 "{pending:?}"
             );
 
             store.cancel_reply(chat, p.reply.id).await?;
-            let refused = store.restart(of, 10, |_| Err("unknown_model")).await?;
-            assert!(matches!(refused, Restart::Skipped("unknown_model")));
+            let refused = store
+                .restart(of, 10, |_| Err(SkipReason::UnknownModel))
+                .await?;
+            assert!(matches!(
+                refused,
+                Restart::Skipped(SkipReason::UnknownModel)
+            ));
             let still = reply_of(&store, &p.reply).await?;
             assert_eq!((still.status, still.generation), (Status::Failed, 0));
 
@@ -685,6 +744,30 @@ mod tests {
             Ok(())
         })
         .await
+    }
+
+    #[test]
+    fn skip_reasons_keep_the_codes_the_replay_report_names() {
+        // Operators' scripts match on these (`skipped[].reason`): they must not drift.
+        let codes = [
+            (SkipReason::NotFound, "not_found"),
+            (SkipReason::AlreadyReplayed, "already_replayed"),
+            (
+                SkipReason::PoisonCannotBeReplayed,
+                "poison_cannot_be_replayed",
+            ),
+            (SkipReason::MessageNotFailed, "message_not_failed"),
+            (SkipReason::MessageNotPending, "message_not_pending"),
+            (SkipReason::MessageNotFound, "message_not_found"),
+            (SkipReason::ChatNotFound, "chat_not_found"),
+            (SkipReason::UnknownModel, "unknown_model"),
+            (SkipReason::QuestionNotFound, "question_not_found"),
+            (SkipReason::MessageTooLarge, "message_too_large"),
+            (SkipReason::CannotEncode, "cannot_encode"),
+        ];
+        for (reason, code) in codes {
+            assert_eq!(reason.as_str(), code);
+        }
     }
 
     #[tokio::test]

@@ -191,7 +191,10 @@ async fn replay(
                 state.handoff.hand_over(vec![request]);
                 report.replayed.push(id);
             }
-            Restart::Skipped(reason) => report.skipped.push(Skipped { id, reason }),
+            Restart::Skipped(reason) => report.skipped.push(Skipped {
+                id,
+                reason: reason.as_str(),
+            }),
         }
     }
     Ok(Json(report))
