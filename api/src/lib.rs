@@ -1,16 +1,20 @@
-//! `sluice-api`: the HTTP front of Sluice, in three parts.
+//! `sluice-api`: the HTTP front of Sluice, in five parts, each importing only those below it
+//! (checked by `tests/layers.rs`).
 //!
-//! - [`http`]: the REST API. Posting a message submits it to the store's group-commit writer —
-//!   user message, pending reply and outbox row, committed with whatever else is queued — and
-//!   answers 202 once committed.
-//! - [`messaging`]: the relay publishes each committed request at once (and sweeps the outbox
-//!   for what an outage left); workers answer on `responses`, whose consumer writes each answer
-//!   onto its pending reply, and the dead-letter consumer records what could not be answered.
-//! - [`store`]: every SQL statement and the message state machine.
+//! - [`http`] (top): the REST API and the event-stream endpoints, with sign-in and limits. A
+//!   post goes to the store's group-commit writer (user message, pending reply and outbox row,
+//!   committed with whatever else is queued) and is answered 202 once committed.
+//! - [`messaging`]: the broker side. The relay publishes each committed request (and sweeps the
+//!   outbox for what an outage left); workers answer on `responses`, whose consumer writes each
+//!   answer onto its pending reply; the dead-letter consumer records what could not be answered.
+//! - [`live`]: live replies for browsers: the hub fans the stream exchange's events out to
+//!   server-sent event streams, which read each change back from the store.
+//! - [`reaper`]: fails what stays pending past the retry horizon.
+//! - [`store`] (bottom): every SQL statement and the message state machine. Its commits' change
+//!   notices leave through a channel that [`run`] hands to `live`'s publisher.
 //!
-//! - [`live`]: live replies for browsers (server-sent events), fed by the stream exchange.
-//!
-//! The [`reaper`] fails what stays pending past the retry horizon.
+//! [`views`] are the JSON shapes of stored rows that `http` and `live` both send. [`run`] wires
+//! the parts together and runs them beside the server.
 
 pub mod http;
 pub mod live;

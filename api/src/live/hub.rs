@@ -96,7 +96,8 @@ impl Inner {
     }
 }
 
-/// The process's hub; cheap to clone.
+/// The process's fan-out of live events to the event streams: watchers register per chat, and
+/// the [`HubLink`] binds those chats on the broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub(Arc<Inner>);
 

@@ -75,6 +75,8 @@ enum RelayError {
     Broker(#[from] BrokerError),
 }
 
+/// The outbox's publisher: the rows handed over after each commit, at once, and the sweep of
+/// what stayed behind; [`Relay::run`] reconnects until shutdown.
 pub struct Relay {
     pub store: Store,
     pub amqp_url: Secret<String>,
