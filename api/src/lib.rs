@@ -1,16 +1,20 @@
-//! `sluice-api`: the HTTP front of Sluice, in three parts.
+//! `sluice-api`: the HTTP front of Sluice, in five parts, each importing only those below it
+//! (checked by `tests/layers.rs`).
 //!
-//! - [`http`]: the REST API. Posting a message submits it to the store's group-commit writer —
-//!   user message, pending reply and outbox row, committed with whatever else is queued — and
-//!   answers 202 once committed.
-//! - [`messaging`]: the relay publishes each committed request at once (and sweeps the outbox
-//!   for what an outage left); workers answer on `responses`, whose consumer writes each answer
-//!   onto its pending reply, and the dead-letter consumer records what could not be answered.
-//! - [`store`]: every SQL statement and the message state machine.
+//! - [`http`] (top): the REST API and the event-stream endpoints, with sign-in and limits. A
+//!   post goes to the store's group-commit writer (user message, pending reply and outbox row,
+//!   committed with whatever else is queued) and is answered 202 once committed.
+//! - [`messaging`]: the broker side. The relay publishes each committed request (and sweeps the
+//!   outbox for what an outage left); workers answer on `responses`, whose consumer writes each
+//!   answer onto its pending reply; the dead-letter consumer records what could not be answered.
+//! - [`live`]: live replies for browsers: the hub fans the stream exchange's events out to
+//!   server-sent event streams, which read each change back from the store.
+//! - [`reaper`]: fails what stays pending past the retry horizon.
+//! - [`store`] (bottom): every SQL statement and the message state machine. Its commits' change
+//!   notices leave through a channel that [`run`] hands to `live`'s publisher.
 //!
-//! - [`live`]: live replies for browsers (server-sent events), fed by the stream exchange.
-//!
-//! The [`reaper`] fails what stays pending past the retry horizon.
+//! [`views`] are the JSON shapes of stored rows that `http` and `live` both send. [`run`] wires
+//! the parts together and runs them beside the server.
 
 // Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
@@ -20,14 +24,16 @@ pub mod live;
 pub mod messaging;
 pub mod reaper;
 pub mod store;
+pub mod views;
 
 use arc_swap::ArcSwap;
+pub use http::AppState;
 use messaging::consume::QueueConsumer;
 use sluice_shared::keypool::{
-    KeyFileWatch, KeySpec, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
+    KeyFileWatch, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
 };
 use sluice_shared::metrics::Metrics;
-use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHealth, TaskHooks};
+use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -40,29 +46,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows handed to the relay that may wait for it; past this they wait for the sweep.
 const HANDOFF_QUEUE: usize = 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub posts: PostWriter,
-    /// Where restarted requests go after their commit (posts go through the writer).
-    pub handoff: Handoff,
-    pub settings: Arc<Settings>,
-    pub broker_up: Arc<AtomicBool>,
-    pub redis: redis::Client,
-    /// The configured provider keys (for the admin view; workers hold their own copy),
-    /// swapped when the keys file changes.
-    pub keys: Arc<ArcSwap<Vec<KeySpec>>>,
-    pub limits: Arc<http::limits::Limits>,
-    pub hashing: Arc<http::auth::HashQueue>,
-    pub trusted_proxies: Arc<http::limits::address::TrustedProxies>,
-    /// This instance's registry, served on `GET /metrics`.
-    pub metrics: Metrics,
-    /// The watchers of this instance's event streams.
-    pub hub: live::Hub,
-    /// Whether every background task still runs (readiness reports the first that stopped).
-    pub tasks: TaskHealth,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

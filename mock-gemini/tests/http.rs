@@ -1,6 +1,11 @@
 //! The mock driven over real HTTP, the way Sluice's provider client uses it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! (both refuse text PostgreSQL cannot store), the signed-in user, the admin token, the
 //! client's address, and path ids (a malformed id is a 404 like an unknown one).
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::auth;
 use crate::http::error::ApiError;
 use axum::extract::rejection::JsonRejection;
@@ -16,6 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_shared::text::is_storable;
 use std::net::SocketAddr;
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 /// `axum::Json`, but a bad body comes back as `{"error": …}`, and a body holding text that
@@ -213,16 +214,13 @@ where
 
 /// Compares the SHA-256 digests of two tokens in constant time: both digests are 32 bytes
 /// whatever the tokens' lengths, so neither a length mismatch nor the first differing byte
-/// ends the comparison early.
+/// ends the comparison early (`ct_eq` on slices is constant-time only for equal lengths).
 fn tokens_match(presented: &str, expected: &str) -> bool {
     let (a, b) = (
         Sha256::digest(presented.as_bytes()),
         Sha256::digest(expected.as_bytes()),
     );
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 /// The client's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`

@@ -8,12 +8,13 @@ pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+mod state;
 pub mod trace;
 
-use crate::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+pub use state::AppState;
 use std::time::Duration;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 

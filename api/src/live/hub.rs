@@ -8,7 +8,7 @@ use super::partials::Partials;
 use futures_util::StreamExt;
 use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::stream::StreamEvent;
 use sluice_shared::{Secret, Topology};
@@ -96,7 +96,8 @@ impl Inner {
     }
 }
 
-/// The process's hub; cheap to clone.
+/// The process's fan-out of live events to the event streams: watchers register per chat, and
+/// the [`HubLink`] binds those chats on the broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub(Arc<Inner>);
 
@@ -228,6 +229,8 @@ impl HubLink {
         result
     }
 
+    /// One connection's life: the queue, the bindings of every watched chat, then commands and
+    /// deliveries until shutdown or a broker error.
     async fn serve(
         &self,
         channel: &Channel,
@@ -235,7 +238,86 @@ impl HubLink {
         cancel: &CancellationToken,
     ) -> Result<(), BrokerError> {
         topology.declare(channel).await?;
-        let exchange = topology.stream_exchange();
+        let queue = HubQueue::declare(channel, topology.stream_exchange()).await?;
+        let mut commands = self.commands.lock().await;
+        self.catch_up(&queue, &mut commands).await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.name.clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %queue.name, "stream hub consuming");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                command = commands.recv() => match command {
+                    None => return Ok(()),
+                    Some(command) => self.obey(&queue, command).await?,
+                },
+                delivery = consumer.next() => match delivery {
+                    None => return Err(BrokerError::ConsumerEnded),
+                    Some(delivery) => {
+                        if let Some(event) = StreamEvent::from_bytes(&delivery?.data) {
+                            self.inner.fan_out(event);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// What was asked while disconnected: the map of watched chats says what to bind now; the
+    /// waiting watchers are answered once it is.
+    async fn catch_up(
+        &self,
+        queue: &HubQueue<'_>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), lapin::Error> {
+        let mut waiting = Vec::new();
+        while let Ok(command) = commands.try_recv() {
+            if let Command::Bind(_, done) = command {
+                waiting.push(done);
+            }
+        }
+        for chat in self.inner.watched() {
+            queue.bind(chat).await?;
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
+    async fn obey(&self, queue: &HubQueue<'_>, command: Command) -> Result<(), lapin::Error> {
+        match command {
+            Command::Bind(chat, done) => {
+                queue.bind(chat).await?;
+                let _ = done.send(());
+            }
+            // A watcher may have come back since the unbind was asked for.
+            Command::Unbind(chat) if !self.inner.is_watched(chat) => queue.unbind(chat).await?,
+            Command::Unbind(_) => {}
+        }
+        Ok(())
+    }
+}
+
+/// One connection's queue of the hub, and the bindings of chats to it.
+struct HubQueue<'a> {
+    channel: &'a Channel,
+    name: ShortString,
+    exchange: String,
+}
+
+impl<'a> HubQueue<'a> {
+    async fn declare(channel: &'a Channel, exchange: String) -> Result<Self, lapin::Error> {
         let mut arguments = FieldTable::default();
         // Explicitly classic: a vhost whose default queue type is quorum would refuse an
         // exclusive, auto-delete queue.
@@ -252,80 +334,33 @@ impl HubLink {
                 arguments,
             )
             .await?;
-        let queue = queue.name().clone();
-        let bind = |chat: Uuid| {
-            let (queue, exchange) = (queue.clone(), exchange.clone());
-            async move {
-                channel
-                    .queue_bind(
-                        queue,
-                        exchange.as_str().into(),
-                        chat.to_string().as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            }
-        };
-        let mut commands = self.commands.lock().await;
-        // What was asked while disconnected: the map of watched chats says what to bind now;
-        // the waiting watchers are answered once it is.
-        let mut waiting = Vec::new();
-        while let Ok(command) = commands.try_recv() {
-            if let Command::Bind(_, done) = command {
-                waiting.push(done);
-            }
-        }
-        for chat in self.inner.watched() {
-            bind(chat).await?;
-        }
-        for done in waiting {
-            let _ = done.send(());
-        }
-        let mut consumer = channel
-            .basic_consume(
-                queue.clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
+        Ok(Self {
+            channel,
+            name: queue.name().clone(),
+            exchange,
+        })
+    }
+
+    async fn bind(&self, chat: Uuid) -> Result<(), lapin::Error> {
+        self.channel
+            .queue_bind(
+                self.name.clone(),
+                self.exchange.as_str().into(),
+                chat.to_string().as_str().into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        tracing::info!(queue = %queue, "stream hub consuming");
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                command = commands.recv() => match command {
-                    None => return Ok(()),
-                    Some(Command::Bind(chat, done)) => {
-                        bind(chat).await?;
-                        let _ = done.send(());
-                    }
-                    // A watcher may have come back since the unbind was asked for.
-                    Some(Command::Unbind(chat)) if !self.inner.is_watched(chat) => {
-                        channel
-                            .queue_unbind(
-                                queue.clone(),
-                                exchange.as_str().into(),
-                                chat.to_string().as_str().into(),
-                                FieldTable::default(),
-                            )
-                            .await?;
-                    }
-                    Some(Command::Unbind(_)) => {}
-                },
-                delivery = consumer.next() => match delivery {
-                    None => return Err(BrokerError::ConsumerEnded),
-                    Some(delivery) => {
-                        if let Some(event) = StreamEvent::from_bytes(&delivery?.data) {
-                            self.inner.fan_out(event);
-                        }
-                    }
-                },
-            }
-        }
+            .await
+    }
+
+    async fn unbind(&self, chat: Uuid) -> Result<(), lapin::Error> {
+        self.channel
+            .queue_unbind(
+                self.name.clone(),
+                self.exchange.as_str().into(),
+                chat.to_string().as_str().into(),
+                FieldTable::default(),
+            )
+            .await
     }
 }

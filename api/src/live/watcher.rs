@@ -6,8 +6,8 @@
 
 use super::Watch;
 use super::reorder::{Out, Reorder};
-use crate::http::routes::views::MessageView;
 use crate::store::{Message, Role, Status, Store, StoreError};
+use crate::views::MessageView;
 use axum::response::sse::Event;
 use serde::Serialize;
 use sluice_shared::stream::{Changed, Delta, StreamEvent};

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// PostgreSQL's limit for one message. 4 MiB keeps a batch small; a larger delivery goes alone.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// What a [`QueueConsumer`] does with each batch of deliveries: apply them and settle each one
+/// (ack or reject) on the channel they came on.
 pub trait BatchHandler: Send + Sync {
     /// Settles (acks or rejects) every delivery of the batch. Returns `false` when shutdown
     /// interrupted it, leaving the rest unacked for redelivery.
@@ -29,6 +31,8 @@ pub trait BatchHandler: Send + Sync {
     ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
 }
 
+/// One durable queue's consumer: reconnects for ever and hands the deliveries to `handler` in
+/// batches (see the module doc); [`QueueConsumer::run`] returns on shutdown.
 pub struct QueueConsumer<H> {
     pub amqp_url: Secret<String>,
     pub topology: Topology,

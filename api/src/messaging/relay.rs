@@ -79,6 +79,8 @@ enum RelayError {
     Refused,
 }
 
+/// The outbox's publisher: the rows handed over after each commit, at once, and the sweep of
+/// what stayed behind; [`Relay::run`] reconnects until shutdown.
 pub struct Relay {
     pub store: Store,
     pub amqp_url: Secret<String>,

@@ -1,5 +1,6 @@
 //! Builds a reply's request envelope — the one place that chooses the history a model sees —
-//! for a new post and for a restart alike, from the history the store read.
+//! for a new post and for a restart alike, from the history the store read ([`rebuild`] for a
+//! restart).
 //!
 //! History is the chat's completed messages before the question, newest first, cut to
 //! `chat.history_turns` turns (by the store's query) and then to the newest that fit in
@@ -8,6 +9,8 @@
 
 use crate::store::messages::History;
 use crate::store::outbox::OutboxRow;
+use crate::store::paging::now_micros;
+use crate::store::replies::{Restarted, SkipReason};
 use chrono::{DateTime, Utc};
 use sluice_shared::Settings;
 use sluice_shared::envelope::{self, Params, RequestEnvelope, Role, Turn};
@@ -94,6 +97,33 @@ pub fn build(settings: &Settings, ask: Ask, history: History) -> Result<OutboxRo
         id: Uuid::now_v7(),
         request_id: ask.request_id,
         payload: payload.to_string(),
+    })
+}
+
+/// The request of a restarted reply, rebuilt from the database (history, template, model,
+/// owner), never from the stored body, which came back from the broker and is only kept for
+/// inspection. A model no longer allowed is skipped.
+pub fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, SkipReason> {
+    let model = r
+        .model
+        .clone()
+        .unwrap_or_else(|| settings.provider.model.clone());
+    if !settings.allowed_model(&model) {
+        return Err(SkipReason::UnknownModel);
+    }
+    let ask = Ask {
+        chat_id: r.chat_id,
+        request_id: r.reply_id,
+        generation: r.generation,
+        model,
+        system: r.system,
+        question: Question::Stored,
+        enqueued_at: now_micros(),
+    };
+    build(settings, ask, r.history).map_err(|e| match e {
+        BuildError::NoQuestion => SkipReason::QuestionNotFound,
+        BuildError::TooLarge { .. } => SkipReason::MessageTooLarge,
+        BuildError::Encode(_) => SkipReason::CannotEncode,
     })
 }
 

@@ -85,7 +85,8 @@ impl StoreError {
     }
 }
 
-/// The connection pools; cheap to clone.
+/// The way into PostgreSQL: its connection pools, and the notices told of each change. Every
+/// query and transition is a method of this (in the submodules); cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,

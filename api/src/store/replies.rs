@@ -4,13 +4,14 @@
 //! changes nothing, and every transaction touches the chats first (see `store`).
 
 use super::chats::touch;
+use super::entities::{dead_letters, prompt_templates};
 use super::message_state::{Transition, kind};
 use super::messages::{History, HistoryEnd, history};
 use super::outbox::{self, OutboxRow, ints, texts};
 use super::{Message, Status, Store, StoreError, with_db_retry};
 use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QuerySelect,
-    Statement, TransactionTrait,
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryResult, QuerySelect, Statement, TransactionTrait,
 };
 use sluice_shared::envelope::{ResponseEnvelope, ResponseStatus};
 use sluice_shared::text::strip_nul;
@@ -76,7 +77,60 @@ pub enum Restart {
         request: OutboxRow,
     },
     /// Nothing changed, for this reason.
-    Skipped(&'static str),
+    Skipped(SkipReason),
+}
+
+/// How a cancel ended.
+#[derive(Debug)]
+pub enum Cancel {
+    /// Committed: the reply is `failed`, kind `cancelled`.
+    Done(Box<Message>),
+    /// Nothing changed, for this reason.
+    Skipped(SkipReason),
+}
+
+/// Why a restart or a cancel changed nothing. The first reasons are the store's; the last
+/// ones, from [`SkipReason::UnknownModel`] on, are the request rebuild's refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// No dead letter of that id.
+    NotFound,
+    AlreadyReplayed,
+    /// A dead letter without a request id (undecodable): there is no reply to restart.
+    PoisonCannotBeReplayed,
+    /// The reply is not `failed` (or no longer exists).
+    MessageNotFailed,
+    /// The reply is not `pending` (a cancel came too late).
+    MessageNotPending,
+    /// The reply is not in the chat that was named.
+    MessageNotFound,
+    ChatNotFound,
+    /// The reply's model is no longer offered.
+    UnknownModel,
+    /// No user message before the reply.
+    QuestionNotFound,
+    /// With its history the request is now over `queues.max_message_bytes`.
+    MessageTooLarge,
+    CannotEncode,
+}
+
+impl SkipReason {
+    /// The code reported for it (the admin replay's `skipped[].reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::AlreadyReplayed => "already_replayed",
+            Self::PoisonCannotBeReplayed => "poison_cannot_be_replayed",
+            Self::MessageNotFailed => "message_not_failed",
+            Self::MessageNotPending => "message_not_pending",
+            Self::MessageNotFound => "message_not_found",
+            Self::ChatNotFound => "chat_not_found",
+            Self::UnknownModel => "unknown_model",
+            Self::QuestionNotFound => "question_not_found",
+            Self::MessageTooLarge => "message_too_large",
+            Self::CannotEncode => "cannot_encode",
+        }
+    }
 }
 
 fn message_from_row(row: &QueryResult) -> Result<Message, DbErr> {
@@ -364,12 +418,8 @@ impl Store {
     }
 
     /// [`Transition::Cancel`]: fails the chat's reply if it is still pending, kind
-    /// `cancelled`; a late answer then changes nothing. `None` when no such pending reply.
-    pub async fn cancel_reply(
-        &self,
-        chat_id: Uuid,
-        reply_id: Uuid,
-    ) -> Result<Option<Message>, StoreError> {
+    /// `cancelled`; a late answer then changes nothing. Skipped when no such pending reply.
+    pub async fn cancel_reply(&self, chat_id: Uuid, reply_id: Uuid) -> Result<Cancel, StoreError> {
         let txn = self.db.begin().await?;
         touch(&txn, &[chat_id]).await?;
         let row = txn
@@ -391,10 +441,11 @@ impl Store {
             .await?;
         let message = row.map(|r| message_from_row(&r)).transpose()?;
         txn.commit().await?;
-        if message.is_some() {
-            self.notices.changed(chat_id, vec![reply_id]);
-        }
-        Ok(message)
+        let Some(message) = message else {
+            return Ok(Cancel::Skipped(SkipReason::MessageNotPending));
+        };
+        self.notices.changed(chat_id, vec![reply_id]);
+        Ok(Cancel::Done(Box::new(message)))
     }
 
     /// [`Transition::Restart`]: puts a failed reply back to `pending` at the next generation,
@@ -405,111 +456,159 @@ impl Store {
         &self,
         of: RestartOf,
         history_limit: i64,
-        build: impl FnOnce(Restarted) -> Result<OutboxRow, &'static str>,
+        build: impl FnOnce(Restarted) -> Result<OutboxRow, SkipReason>,
     ) -> Result<Restart, StoreError> {
-        use super::entities::dead_letters;
         let txn = self.db.begin().await?;
-        let (reply_id, letter) = match of {
-            RestartOf::Reply { reply_id, .. } => (reply_id, None),
-            RestartOf::DeadLetter(id) => {
-                let Some(letter) = dead_letters::Entity::find_by_id(id)
-                    .lock_exclusive()
-                    .one(&txn)
-                    .await?
-                else {
-                    return Ok(Restart::Skipped("not_found"));
-                };
-                if letter.replayed_at.is_some() {
-                    return Ok(Restart::Skipped("already_replayed"));
-                }
-                let Some(request_id) = letter.request_id else {
-                    return Ok(Restart::Skipped("poison_cannot_be_replayed"));
-                };
-                (request_id, Some(id))
-            }
+        let attempt = async {
+            let (reply_id, letter) = restart_target(&txn, of).await?;
+            let reply = reopen(&txn, of, reply_id).await?;
+            let request = build(restart_inputs(&txn, &reply, history_limit).await?)?;
+            record_restart(&txn, &request, letter).await?;
+            Ok((reply, request))
         };
-        // The chat first (lock order), then the message.
-        let chat = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT chat_id FROM messages WHERE id = $1",
-                [reply_id.into()],
-            ))
-            .await?;
-        let Some(chat) = chat else {
-            return Ok(Restart::Skipped("message_not_failed"));
+        // Dropping `txn` without a commit (any skip) undoes what the attempt changed.
+        let (reply, request) = match attempt.await {
+            Ok(done) => done,
+            Err(Halt::Skip(reason)) => return Ok(Restart::Skipped(reason)),
+            Err(Halt::Db(e)) => return Err(e.into()),
         };
-        let chat_id: Uuid = chat.try_get("", "chat_id")?;
-        if let RestartOf::Reply { chat_id: asked, .. } = of
-            && asked != chat_id
-        {
-            return Ok(Restart::Skipped("message_not_found"));
-        }
-        touch(&txn, &[chat_id]).await?;
-        // Dropping `txn` without a commit (any skip below) undoes this.
-        let bumped = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE messages SET status = $2, generation = generation + 1, content = '', \
-                 error_kind = NULL, error_message = NULL, attempts = 0, prompt_tokens = NULL, \
-                 completion_tokens = NULL, key_alias = NULL, completed_at = NULL, \
-                 pending_since = now() \
-                 WHERE id = $1 AND role = 'assistant' AND status = $3 \
-                 RETURNING *",
-                [
-                    reply_id.into(),
-                    Status::Pending.as_str().into(),
-                    Transition::Restart.from().as_str().into(),
-                ],
-            ))
-            .await?;
-        let Some(row) = bumped else {
-            return Ok(Restart::Skipped("message_not_failed"));
-        };
-        let reply = message_from_row(&row)?;
-        // The template's current body; a deleted one (template_id set to NULL) means none.
-        let system = match reply.template_id {
-            Some(template) => super::entities::prompt_templates::Entity::find_by_id(template)
-                .one(&txn)
-                .await?
-                .map(|t| t.body),
-            None => None,
-        };
-        let end = HistoryEnd::Before {
-            reply_created_at: reply.created_at,
-            reply_id,
-        };
-        let Some(history) = history(&txn, chat_id, None, end, history_limit).await? else {
-            return Ok(Restart::Skipped("chat_not_found"));
-        };
-        let restarted = Restarted {
-            reply_id,
-            chat_id,
-            generation: reply.generation,
-            model: reply.model.clone(),
-            system,
-            history,
-        };
-        let request = match build(restarted) {
-            Ok(request) => request,
-            Err(reason) => return Ok(Restart::Skipped(reason)),
-        };
-        outbox::insert(&txn, std::slice::from_ref(&request)).await?;
-        if let Some(letter) = letter {
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE dead_letters SET replayed_at = now() WHERE id = $1",
-                [letter.into()],
-            ))
-            .await?;
-        }
         txn.commit().await?;
-        self.notices.changed(chat_id, vec![reply_id]);
+        self.notices.changed(reply.chat_id, vec![reply.id]);
         Ok(Restart::Done {
             reply: Box::new(reply),
             request,
         })
     }
+}
+
+/// Why a restart stops before its commit.
+enum Halt {
+    Skip(SkipReason),
+    Db(DbErr),
+}
+
+impl From<SkipReason> for Halt {
+    fn from(reason: SkipReason) -> Self {
+        Self::Skip(reason)
+    }
+}
+
+impl From<DbErr> for Halt {
+    fn from(e: DbErr) -> Self {
+        Self::Db(e)
+    }
+}
+
+/// The reply `of` names, and for a replay the dead letter to mark (locked, and checked to be
+/// neither replayed already nor poison).
+async fn restart_target(
+    txn: &DatabaseTransaction,
+    of: RestartOf,
+) -> Result<(Uuid, Option<Uuid>), Halt> {
+    match of {
+        RestartOf::Reply { reply_id, .. } => Ok((reply_id, None)),
+        RestartOf::DeadLetter(id) => {
+            let letter = dead_letters::Entity::find_by_id(id)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .ok_or(SkipReason::NotFound)?;
+            if letter.replayed_at.is_some() {
+                return Err(SkipReason::AlreadyReplayed.into());
+            }
+            let request_id = letter
+                .request_id
+                .ok_or(SkipReason::PoisonCannotBeReplayed)?;
+            Ok((request_id, Some(id)))
+        }
+    }
+}
+
+/// The state change of a restart: locks the reply's chat (lock order: the chat first), then
+/// puts the reply, if `failed`, back to `pending` at the next generation with a clean slate.
+async fn reopen(txn: &DatabaseTransaction, of: RestartOf, reply_id: Uuid) -> Result<Message, Halt> {
+    let chat = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT chat_id FROM messages WHERE id = $1",
+            [reply_id.into()],
+        ))
+        .await?
+        .ok_or(SkipReason::MessageNotFailed)?;
+    let chat_id: Uuid = chat.try_get("", "chat_id")?;
+    if let RestartOf::Reply { chat_id: asked, .. } = of
+        && asked != chat_id
+    {
+        return Err(SkipReason::MessageNotFound.into());
+    }
+    touch(txn, &[chat_id]).await?;
+    let bumped = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE messages SET status = $2, generation = generation + 1, content = '', \
+             error_kind = NULL, error_message = NULL, attempts = 0, prompt_tokens = NULL, \
+             completion_tokens = NULL, key_alias = NULL, completed_at = NULL, \
+             pending_since = now() \
+             WHERE id = $1 AND role = 'assistant' AND status = $3 \
+             RETURNING *",
+            [
+                reply_id.into(),
+                Status::Pending.as_str().into(),
+                Transition::Restart.from().as_str().into(),
+            ],
+        ))
+        .await?
+        .ok_or(SkipReason::MessageNotFailed)?;
+    Ok(message_from_row(&bumped)?)
+}
+
+/// What the reopened `reply`'s request is rebuilt from, read in the restart's transaction: its
+/// template's current body (a deleted template means none) and the history before it.
+async fn restart_inputs(
+    txn: &DatabaseTransaction,
+    reply: &Message,
+    history_limit: i64,
+) -> Result<Restarted, Halt> {
+    let system = match reply.template_id {
+        Some(template) => prompt_templates::Entity::find_by_id(template)
+            .one(txn)
+            .await?
+            .map(|t| t.body),
+        None => None,
+    };
+    let end = HistoryEnd::Before {
+        reply_created_at: reply.created_at,
+        reply_id: reply.id,
+    };
+    let history = history(txn, reply.chat_id, None, end, history_limit)
+        .await?
+        .ok_or(SkipReason::ChatNotFound)?;
+    Ok(Restarted {
+        reply_id: reply.id,
+        chat_id: reply.chat_id,
+        generation: reply.generation,
+        model: reply.model.clone(),
+        system,
+        history,
+    })
+}
+
+/// The rebuilt request into the outbox and, for a replay, its dead letter marked replayed.
+async fn record_restart(
+    txn: &DatabaseTransaction,
+    request: &OutboxRow,
+    letter: Option<Uuid>,
+) -> Result<(), DbErr> {
+    outbox::insert(txn, std::slice::from_ref(request)).await?;
+    if let Some(letter) = letter {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE dead_letters SET replayed_at = now() WHERE id = $1",
+            [letter.into()],
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -610,11 +709,15 @@ mod tests {
             let chat = chats(&store, 1).await?[0];
             let p = post(chat, "q");
             write_posts(&store, &[&p]).await?;
-            let cancelled = store.cancel_reply(chat, p.reply.id).await?;
-            let cancelled = cancelled.ok_or("the pending reply was cancelled")?;
+            let Cancel::Done(cancelled) = store.cancel_reply(chat, p.reply.id).await? else {
+                return Err("the pending reply was not cancelled".into());
+            };
             assert_eq!(cancelled.status, Status::Failed);
             assert_eq!(cancelled.error_kind.as_deref(), Some(kind::CANCELLED));
-            assert!(store.cancel_reply(chat, p.reply.id).await?.is_none());
+            assert!(matches!(
+                store.cancel_reply(chat, p.reply.id).await?,
+                Cancel::Skipped(SkipReason::MessageNotPending)
+            ));
             assert_eq!(
                 store
                     .apply_responses(&[answer(&p.reply, 0, "late")])
@@ -644,13 +747,18 @@ mod tests {
             };
             let pending = store.restart(of, 10, |_| Ok(row(Uuid::now_v7()))).await?;
             assert!(
-                matches!(pending, Restart::Skipped("message_not_failed")),
+                matches!(pending, Restart::Skipped(SkipReason::MessageNotFailed)),
                 "{pending:?}"
             );
 
             store.cancel_reply(chat, p.reply.id).await?;
-            let refused = store.restart(of, 10, |_| Err("unknown_model")).await?;
-            assert!(matches!(refused, Restart::Skipped("unknown_model")));
+            let refused = store
+                .restart(of, 10, |_| Err(SkipReason::UnknownModel))
+                .await?;
+            assert!(matches!(
+                refused,
+                Restart::Skipped(SkipReason::UnknownModel)
+            ));
             let still = reply_of(&store, &p.reply).await?;
             assert_eq!((still.status, still.generation), (Status::Failed, 0));
 
@@ -685,6 +793,30 @@ mod tests {
             Ok(())
         })
         .await
+    }
+
+    #[test]
+    fn skip_reasons_keep_the_codes_the_replay_report_names() {
+        // Operators' scripts match on these (`skipped[].reason`): they must not drift.
+        let codes = [
+            (SkipReason::NotFound, "not_found"),
+            (SkipReason::AlreadyReplayed, "already_replayed"),
+            (
+                SkipReason::PoisonCannotBeReplayed,
+                "poison_cannot_be_replayed",
+            ),
+            (SkipReason::MessageNotFailed, "message_not_failed"),
+            (SkipReason::MessageNotPending, "message_not_pending"),
+            (SkipReason::MessageNotFound, "message_not_found"),
+            (SkipReason::ChatNotFound, "chat_not_found"),
+            (SkipReason::UnknownModel, "unknown_model"),
+            (SkipReason::QuestionNotFound, "question_not_found"),
+            (SkipReason::MessageTooLarge, "message_too_large"),
+            (SkipReason::CannotEncode, "cannot_encode"),
+        ];
+        for (reason, code) in codes {
+            assert_eq!(reason.as_str(), code);
+        }
     }
 
     #[tokio::test]

@@ -1,20 +1,18 @@
 //! Operators' endpoints (admin token): list dead letters and replay them.
 
-use super::views::{Page, PageQuery};
-use crate::AppState;
+use super::paging::PageQuery;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Admin, AppJson, AppQuery};
-use crate::messaging::request::{self, Ask, BuildError, Question};
+use crate::messaging::request::{self, Question};
 use crate::store::DeadLetterRow;
 use crate::store::dead_letters::DeadLetterFilter;
-use crate::store::outbox::OutboxRow;
-use crate::store::paging::now_micros;
-use crate::store::replies::{Restart, RestartOf, Restarted};
+use crate::store::replies::{Restart, RestartOf};
+use crate::views::Page;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_shared::Settings;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -183,7 +181,9 @@ async fn replay(
         let settings = &state.settings;
         let restart = state
             .store
-            .restart(RestartOf::DeadLetter(id), limit, |r| rebuild(settings, r))
+            .restart(RestartOf::DeadLetter(id), limit, |r| {
+                request::rebuild(settings, r)
+            })
             .await?;
         match restart {
             Restart::Done { reply, request } => {
@@ -191,35 +191,11 @@ async fn replay(
                 state.handoff.hand_over(vec![request]);
                 report.replayed.push(id);
             }
-            Restart::Skipped(reason) => report.skipped.push(Skipped { id, reason }),
+            Restart::Skipped(reason) => report.skipped.push(Skipped {
+                id,
+                reason: reason.as_str(),
+            }),
         }
     }
     Ok(Json(report))
-}
-
-/// The request of a restarted reply, rebuilt from the database (history, template, model,
-/// owner), never from the stored body, which came back from the broker and is only kept for
-/// inspection. A model no longer allowed is skipped.
-pub(crate) fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, &'static str> {
-    let model = r
-        .model
-        .clone()
-        .unwrap_or_else(|| settings.provider.model.clone());
-    if !settings.allowed_model(&model) {
-        return Err("unknown_model");
-    }
-    let ask = Ask {
-        chat_id: r.chat_id,
-        request_id: r.reply_id,
-        generation: r.generation,
-        model,
-        system: r.system,
-        question: Question::Stored,
-        enqueued_at: now_micros(),
-    };
-    request::build(settings, ask, r.history).map_err(|e| match e {
-        BuildError::NoQuestion => "question_not_found",
-        BuildError::TooLarge { .. } => "message_too_large",
-        BuildError::Encode(_) => "cannot_encode",
-    })
 }

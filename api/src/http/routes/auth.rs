@@ -1,7 +1,7 @@
 //! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`. Both
 //! are throttled per client address (logins per email too) before any password is hashed.
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::auth::issue_token;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, ClientAddr};

@@ -1,12 +1,13 @@
 //! `POST /api/chats`, `GET /api/chats` (newest first, paged), `GET /api/chats/{id}` and
 //! `DELETE /api/chats/{id}` (with its messages).
 
-use super::views::{ChatView, Page, PageQuery};
-use crate::AppState;
+use super::paging::PageQuery;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::store::paging::now_micros;
 use crate::store::{Chat, Store};
+use crate::views::{ChatView, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,7 +1,7 @@
 //! `GET /api/openapi.json` (the OpenAPI document built from the handlers' annotations) and
 //! `GET /api/docs`, a page embedded in the binary that renders it with no outside resource.
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody, ErrorDetail};
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};

@@ -4,7 +4,7 @@
 //! whole-request timeout (see [`crate::http::app`]) and ends on shutdown.
 
 use super::chats::owned_chat;
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::auth;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppQuery, AuthUser, bearer_token, parse_id};

@@ -2,7 +2,7 @@
 //! every background task runs; the broker and Redis are reported but do not fail readiness,
 //! since the outbox absorbs outages.
 
-use crate::AppState;
+use crate::http::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;

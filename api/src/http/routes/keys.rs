@@ -2,7 +2,7 @@
 //! parked until, disabled with its reason — and its usage in the current window, read from
 //! the fleet-wide state in Redis. Never the secret.
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::Admin;
 use axum::Json;

@@ -1,6 +1,6 @@
 //! `GET /api/me/limits`: the signed-in user's limits and what remains of each.
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::AuthUser;
 use crate::http::limits::LimitUsage;

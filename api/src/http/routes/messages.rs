@@ -4,14 +4,16 @@
 //! an unchanged chat is a `304` that reads no message row.
 
 use super::chats::owned_chat;
-use super::views::{MessageView, Page, PageQuery};
-use crate::AppState;
+use super::paging::PageQuery;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::messaging::request::{self, Ask, BuildError, Question};
 use crate::store::Chat;
 use crate::store::messages::HistoryEnd;
+use crate::store::outbox::OutboxRow;
 use crate::store::posts::{NewPost, PostError, exchange};
+use crate::views::{MessageView, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -23,6 +25,7 @@ use sluice_shared::settings::is_model_name;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 pub const CONTENT_MAX_CHARS: usize = 32_000;
 
@@ -84,30 +87,9 @@ async fn create(
 ) -> Result<(StatusCode, Json<Posted>), ApiError> {
     let chat_id = parse_id(&chat_id, "chat")?;
     validate_content(&input.content)?;
-    let model = match input.model {
-        Some(m) if !is_model_name(&m) => {
-            return Err(ApiError::unprocessable(
-                "invalid_model",
-                "`model` may hold letters, digits, '.', '-' and '_' only",
-            ));
-        }
-        Some(m) => m,
-        None => state.settings.provider.model.clone(),
-    };
-    // Budgets are keyed by model, so only the configured ones may be asked for.
-    if !state.settings.allowed_model(&model) {
-        return Err(unknown_model(&state.settings));
-    }
+    let model = chosen_model(&state.settings, input.model)?;
     let (template_id, system) = match input.template_id {
-        Some(raw) => {
-            let id = parse_id(&raw, "template")?;
-            let template = state
-                .store
-                .owned_template(user, id)
-                .await?
-                .ok_or_else(|| ApiError::not_found("template"))?;
-            (Some(id), Some(template.body))
-        }
+        Some(raw) => template(&state, user, &raw).await?,
         None => (None, None),
     };
 
@@ -121,24 +103,7 @@ async fn create(
         question: Question::New(question.content.clone()),
         enqueued_at: question.created_at,
     };
-    // One query proves ownership and reads the history.
-    let limit = request::history_limit(&state.settings, &ask.question);
-    let history = state
-        .store
-        .history(chat_id, Some(user), HistoryEnd::Now, limit)
-        .await?
-        .ok_or_else(|| ApiError::not_found("chat"))?;
-    let request = request::build(&state.settings, ask, history).map_err(|e| match e {
-        BuildError::TooLarge { size, max } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
-            format!(
-                "with its template and history the request would be {size} bytes; \
-                 at most {max} are allowed"
-            ),
-        ),
-        e @ (BuildError::NoQuestion | BuildError::Encode(_)) => ApiError::Internal(e.to_string()),
-    })?;
+    let request = request_for(&state, user, ask).await?;
     // Limits are spent only by a post that would otherwise be accepted: a 404 or a 422
     // costs the user nothing.
     state.limits.admit_message(user).await?;
@@ -149,15 +114,7 @@ async fn create(
         request,
     };
     let (question, reply) = (post.question.clone(), post.reply.clone());
-    match state.posts.write(post).await {
-        Ok(()) => {}
-        // The chat was deleted between the history read and the commit.
-        Err(PostError::Store(e)) if e.is_foreign_key_violation() => {
-            return Err(ApiError::not_found("chat"));
-        }
-        Err(PostError::Store(e)) => return Err(e.into()),
-        Err(PostError::Stopped) => return Err(ApiError::busy("the server is shutting down", 1)),
-    }
+    commit(&state, post).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Posted {
@@ -165,6 +122,75 @@ async fn create(
             assistant_message: reply.into(),
         }),
     ))
+}
+
+/// The model asked for, or the default; it must be one of the configured ones, as budgets are
+/// keyed by model.
+fn chosen_model(settings: &Settings, asked: Option<String>) -> Result<String, ApiError> {
+    let model = match asked {
+        Some(m) if !is_model_name(&m) => {
+            return Err(ApiError::unprocessable(
+                "invalid_model",
+                "`model` may hold letters, digits, '.', '-' and '_' only",
+            ));
+        }
+        Some(m) => m,
+        None => settings.provider.model.clone(),
+    };
+    if !settings.allowed_model(&model) {
+        return Err(unknown_model(settings));
+    }
+    Ok(model)
+}
+
+/// The user's template `raw` names: its id and body (the system instruction).
+async fn template(
+    state: &AppState,
+    user: Uuid,
+    raw: &str,
+) -> Result<(Option<Uuid>, Option<String>), ApiError> {
+    let id = parse_id(raw, "template")?;
+    let template = state
+        .store
+        .owned_template(user, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    Ok((Some(id), Some(template.body)))
+}
+
+/// The post's request, built on the chat's history; one query proves the chat is the user's
+/// and reads that history.
+async fn request_for(state: &AppState, user: Uuid, ask: Ask) -> Result<OutboxRow, ApiError> {
+    let limit = request::history_limit(&state.settings, &ask.question);
+    let history = state
+        .store
+        .history(ask.chat_id, Some(user), HistoryEnd::Now, limit)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))?;
+    request::build(&state.settings, ask, history).map_err(|e| match e {
+        BuildError::TooLarge { size, max } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!(
+                "with its template and history the request would be {size} bytes; \
+                 at most {max} are allowed"
+            ),
+        ),
+        e @ (BuildError::NoQuestion | BuildError::Encode(_)) => ApiError::Internal(e.to_string()),
+    })
+}
+
+/// Hands the post to the group-commit writer and waits for its commit.
+async fn commit(state: &AppState, post: NewPost) -> Result<(), ApiError> {
+    match state.posts.write(post).await {
+        Ok(()) => Ok(()),
+        // The chat was deleted between the history read and the commit.
+        Err(PostError::Store(e)) if e.is_foreign_key_violation() => {
+            Err(ApiError::not_found("chat"))
+        }
+        Err(PostError::Store(e)) => Err(e.into()),
+        Err(PostError::Stopped) => Err(ApiError::busy("the server is shutting down", 1)),
+    }
 }
 
 /// 422 naming every model users may ask for.
@@ -309,7 +335,6 @@ async fn show(
 mod tests {
     use super::*;
     use crate::store::paging::now_micros;
-    use uuid::Uuid;
 
     fn chat(version: i64) -> Chat {
         Chat {

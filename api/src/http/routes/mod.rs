@@ -10,12 +10,12 @@ mod health;
 mod keys;
 mod me;
 mod messages;
+mod paging;
 mod prompts;
 mod reply_actions;
-pub(crate) mod views;
 mod web;
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::ApiError;
 use axum::Router;
 use axum::http::StatusCode;

@@ -1,11 +1,11 @@
 //! `POST /api/prompts` and `GET /api/prompts`: a user's reusable system instructions.
 
-use super::views::TemplateView;
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AuthUser};
 use crate::store::Template;
 use crate::store::paging::now_micros;
+use crate::views::TemplateView;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -2,19 +2,20 @@
 //! restart as an operator's replay) or stop a `pending` one (failed, kind `cancelled`; a late
 //! answer then changes nothing). Both count against the user's message limits.
 
-use super::admin::rebuild;
 use super::chats::owned_chat;
-use super::views::MessageView;
-use crate::AppState;
+use super::messages::unknown_model;
+use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthUser, parse_id};
 use crate::messaging::request::{self, Question};
 use crate::store::Message;
-use crate::store::replies::{Restart, RestartOf};
+use crate::store::replies::{Cancel, Restart, RestartOf, SkipReason};
 use crate::store::{Role, Status};
+use crate::views::MessageView;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use sluice_shared::Settings;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -42,8 +43,33 @@ async fn reply_of(
         .ok_or_else(|| ApiError::not_found("message"))
 }
 
-fn conflict(code: &'static str, message: &'static str) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, code, message)
+/// The answer to a retry or a stop that changed nothing: the one place a [`SkipReason`] becomes
+/// an HTTP error. Every reason is named, so a new one must be given its answer here.
+fn skipped(reason: SkipReason, settings: &Settings) -> ApiError {
+    let conflict = |code, message| ApiError::new(StatusCode::CONFLICT, code, message);
+    match reason {
+        SkipReason::MessageNotFailed => {
+            conflict("message_not_failed", "only a failed reply can be retried")
+        }
+        SkipReason::MessageNotPending => {
+            conflict("message_not_pending", "only a pending reply can be stopped")
+        }
+        SkipReason::UnknownModel => unknown_model(settings),
+        SkipReason::MessageTooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            "with the chat's history the request would now be too large",
+        ),
+        SkipReason::ChatNotFound => ApiError::not_found("chat"),
+        // Dead-letter reasons cannot arise from a user's retry; the rest look like a reply
+        // that is not there, as before.
+        SkipReason::MessageNotFound
+        | SkipReason::NotFound
+        | SkipReason::AlreadyReplayed
+        | SkipReason::PoisonCannotBeReplayed
+        | SkipReason::QuestionNotFound
+        | SkipReason::CannotEncode => ApiError::not_found("message"),
+    }
 }
 
 /// Asks again for a `failed` reply: it goes back to `pending` at the next generation and its
@@ -72,7 +98,7 @@ async fn retry(
 ) -> Result<(StatusCode, Json<MessageView>), ApiError> {
     let reply = reply_of(&state, user, &chat_id, &message_id).await?;
     if reply.status != Status::Failed {
-        return Err(not_failed());
+        return Err(skipped(SkipReason::MessageNotFailed, &state.settings));
     }
     // Spent only by a retry that would otherwise go ahead.
     state.limits.admit_message(user).await?;
@@ -84,7 +110,7 @@ async fn retry(
     let settings = &state.settings;
     match state
         .store
-        .restart(of, limit, |r| rebuild(settings, r))
+        .restart(of, limit, |r| request::rebuild(settings, r))
         .await?
     {
         Restart::Done { reply, request } => {
@@ -92,21 +118,9 @@ async fn retry(
             state.handoff.hand_over(vec![request]);
             Ok((StatusCode::ACCEPTED, Json(MessageView::from(*reply))))
         }
-        // Another retry (or a replay) took it first.
-        Restart::Skipped("message_not_failed") => Err(not_failed()),
-        Restart::Skipped("unknown_model") => Err(super::messages::unknown_model(settings)),
-        Restart::Skipped("message_too_large") => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
-            "with the chat's history the request would now be too large",
-        )),
-        Restart::Skipped("chat_not_found") => Err(ApiError::not_found("chat")),
-        Restart::Skipped(_) => Err(ApiError::not_found("message")),
+        // E.g. another retry (or a replay) took it first: `message_not_failed`.
+        Restart::Skipped(reason) => Err(skipped(reason, settings)),
     }
-}
-
-fn not_failed() -> ApiError {
-    conflict("message_not_failed", "only a failed reply can be retried")
 }
 
 /// Stops a `pending` reply: it becomes `failed`, kind `cancelled`, and an answer arriving
@@ -133,19 +147,14 @@ async fn cancel(
 ) -> Result<Json<MessageView>, ApiError> {
     let reply = reply_of(&state, user, &chat_id, &message_id).await?;
     if reply.status != Status::Pending {
-        return Err(not_pending());
+        return Err(skipped(SkipReason::MessageNotPending, &state.settings));
     }
     state.limits.admit_action(user).await?;
-    let stopped = state
-        .store
-        .cancel_reply(reply.chat_id, reply.id)
-        .await?
+    let stopped = match state.store.cancel_reply(reply.chat_id, reply.id).await? {
+        Cancel::Done(stopped) => stopped,
         // The answer (or another stop) arrived between the read and the update.
-        .ok_or_else(not_pending)?;
+        Cancel::Skipped(reason) => return Err(skipped(reason, &state.settings)),
+    };
     tracing::info!(request = %stopped.id, generation = stopped.generation, "reply stopped by its user");
-    Ok(Json(MessageView::from(stopped)))
-}
-
-fn not_pending() -> ApiError {
-    conflict("message_not_pending", "only a pending reply can be stopped")
+    Ok(Json(MessageView::from(*stopped)))
 }

@@ -4,7 +4,7 @@
 //! Not REST, so not in the OpenAPI document: this module registers plain axum routes and is
 //! merged into the router next to the documented ones (see `super::router`).
 
-use crate::AppState;
+use crate::http::AppState;
 use crate::http::error::ApiError;
 use axum::Router;
 use axum::extract::Path;
