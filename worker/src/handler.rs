@@ -7,7 +7,8 @@
 //! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come, numbered per
 //! call. It knows nothing of the broker.
 
-use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
+use crate::bounds::instant_after;
+use crate::budget::{Budgets, Cooldown, NoBudget, Reservation};
 use crate::chunks::ChunkSink;
 use crate::provider::{Gemini, Generation, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};

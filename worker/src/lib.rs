@@ -8,16 +8,17 @@
 //! the message, [`probe`] heals disabled keys, and [`health`] serves `/health` (with the
 //! worker's `/metrics` beside it).
 
+pub mod bounds;
 pub mod budget;
 pub mod chunks;
 pub mod consumer;
-pub mod egress;
 #[cfg(test)]
 mod fixtures;
 pub mod handler;
 pub mod health;
 pub mod probe;
 pub mod provider;
+pub mod route_health;
 pub mod routing;
 
 use arc_swap::ArcSwap;
@@ -84,7 +85,7 @@ pub async fn run_with_reload(
 struct Shared {
     settings: Arc<Settings>,
     redis: Option<Arc<budget::redis::RedisLink>>,
-    egress: Arc<egress::EgressHealth>,
+    egress: Arc<route_health::RouteHealth>,
     /// Streamed pieces go out through one sink whatever the keys.
     chunks: chunks::ChunkSink,
 }

@@ -8,7 +8,8 @@
 
 mod sse;
 
-use crate::egress::EgressHealth;
+use crate::bounds::MAX_PROVIDER_DELAY;
+use crate::route_health::RouteHealth;
 use serde::{Deserialize, Serialize};
 use sluice_shared::envelope::{RequestEnvelope, Role, Usage};
 use sluice_shared::keypool::{KeySpec, egress_proxy, route_label};
@@ -17,10 +18,6 @@ use sluice_shared::text;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The longest wait a provider's `retryDelay` may impose; anything longer (or absurd, such as
-/// `1e20s`) is clamped to it. A per-day quota parks until midnight Pacific instead.
-pub const MAX_PROVIDER_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A successful answer; its texts have been through [`model_text`].
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +85,7 @@ pub struct Gemini {
     stream: bool,
     /// Shared by the clients built for each reload of the keys: a route's health belongs
     /// to the route, not to one set of keys.
-    egress: Arc<EgressHealth>,
+    egress: Arc<RouteHealth>,
 }
 
 impl Gemini {
@@ -102,7 +99,7 @@ impl Gemini {
     pub fn with_egress(
         settings: &ProviderSettings,
         keys: &[KeySpec],
-        egress: Arc<EgressHealth>,
+        egress: Arc<RouteHealth>,
     ) -> Result<Self, reqwest::Error> {
         let global_proxy = settings.proxy.expose().clone();
         let mut clients = HashMap::new();
@@ -135,7 +132,7 @@ impl Gemini {
     }
 
     /// The routes' health, to share with the client of the next key reload.
-    pub fn egress_health(&self) -> Arc<EgressHealth> {
+    pub fn egress_health(&self) -> Arc<RouteHealth> {
         self.egress.clone()
     }
 
