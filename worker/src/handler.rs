@@ -10,7 +10,7 @@
 use crate::bounds::instant_after;
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation};
 use crate::chunks::ChunkSink;
-use crate::provider::{Gemini, Generation, ProviderError};
+use crate::provider::{Generation, Provider, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::stream::{self, Delta};
@@ -27,7 +27,7 @@ const BUDGET_POLL: Duration = Duration::from_millis(250);
 pub type Live = arc_swap::ArcSwap<Context>;
 
 pub struct Context {
-    pub provider: Gemini,
+    pub provider: Provider,
     pub budgets: Budgets,
     pub budget_wait: Duration,
     pub disable_after: u32,
@@ -288,7 +288,7 @@ mod tests {
         settings.proxy = Secret::new(proxy.to_owned());
         settings.connect_timeout_ms = 2_000;
         Ok(Live::from_pointee(Context {
-            provider: Gemini::new(&settings, &keys)?,
+            provider: Provider::new(&settings, &keys, Arc::default())?,
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,

@@ -103,11 +103,7 @@ impl Shared {
             )
         });
         Ok(handler::Context {
-            provider: provider::Gemini::with_egress(
-                &settings.provider,
-                &keys,
-                self.egress.clone(),
-            )?,
+            provider: provider::Provider::new(&settings.provider, &keys, self.egress.clone())?,
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
             budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
             disable_after: settings.keys.disable_after.max(1),
