@@ -35,6 +35,8 @@ const REFUSED_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis
 const REFUSED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const REFUSED_RETRIES: usize = 15;
 
+/// The broker side of one worker: consumes `requests` with `prefetch` deliveries in hand, runs
+/// each through the handler on the keys running now, and publishes its route before acking.
 pub struct Consumer {
     pub amqp_url: Secret<String>,
     pub topology: Topology,

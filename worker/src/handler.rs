@@ -26,10 +26,15 @@ const BUDGET_POLL: Duration = Duration::from_millis(250);
 /// makes its next reservation on the current one.
 pub type Live = arc_swap::ArcSwap<Context>;
 
+/// What handling a request needs, for one set of keys: the provider client and the budgets of
+/// those keys, how long to wait for budget, and where streamed pieces go. A reload of the keys
+/// file builds a new one (see [`Live`]).
 pub struct Context {
     pub provider: Provider,
     pub budgets: Budgets,
+    /// `worker.budget_wait_ms`: how long a request waits for a key before it is requeued.
     pub budget_wait: Duration,
+    /// `keys.disable_after`: ambiguous key failures in a row before the key is disabled.
     pub disable_after: u32,
     /// Where streamed pieces of text go.
     pub chunks: ChunkSink,

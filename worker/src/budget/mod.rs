@@ -68,6 +68,8 @@ impl Cooldown {
     }
 }
 
+/// The budgets of one set of keys: reserves a slot for each call and settles it, cools down,
+/// disables and strikes keys — in Redis for the whole fleet, or locally while Redis is away.
 pub struct Budgets {
     keys: Arc<Vec<KeySpec>>,
     redis: Option<redis::RedisBudgets>,
