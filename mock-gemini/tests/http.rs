@@ -549,7 +549,9 @@ async fn latency_is_applied_and_shutdown_cuts_hangs_short() {
         .await;
     assert!(timed_out.unwrap_err().is_timeout());
 
-    // ...and one still waiting does not hold up shutdown (stop() asserts it).
+    // ...and one still waiting does not hold up shutdown (stop() asserts it): it is woken
+    // and answered 503. Shut down only once the mock has the call, or this proves nothing.
+    let arrived = mock.state.stats().calls + 1;
     let client = mock.client.clone();
     let url = mock.generate_url();
     let hung = tokio::spawn(async move {
@@ -561,13 +563,23 @@ async fn latency_is_applied_and_shutdown_cuts_hangs_short() {
             .await
             .map(|response| response.status().as_u16())
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.state.stats().calls < arrived {
+        assert!(
+            Instant::now() < deadline,
+            "the hung call never reached the mock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     mock.stop().await;
     let status = tokio::time::timeout(Duration::from_secs(5), hung)
         .await
         .unwrap()
         .unwrap();
-    assert!(matches!(status, Ok(503) | Err(_)), "{status:?}");
+    assert!(
+        matches!(status, Ok(503)),
+        "a hung call is answered 503 at shutdown: {status:?}"
+    );
 }
 
 /// What a streamed call answered: status, content type, the events (each

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 use sluice_shared::Settings;
+use sluice_shared::topology::DELIVERY_LIMIT;
 use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
@@ -261,6 +262,28 @@ async fn relay_batches_bounded_by_bytes_still_publish_every_row() {
     .await;
 }
 
+/// Messages posted to wait for budget (two more are answered at once).
+const POSTS_WAITING: u64 = 18;
+/// Well under the keys' one-minute window, so the two answered stay the only ones.
+const REFUSALS_WAIT: Duration = Duration::from_secs(45);
+
+/// `sluice_worker_publishes_refused_total` on the stack's worker (0 before its first).
+async fn publishes_refused(app: &TestApp) -> anyhow::Result<f64> {
+    let url = app.workers.lock().unwrap()[0]
+        .health
+        .replace("/health", "/metrics");
+    let page = app.http.get(url).send().await?.text().await?;
+    Ok(page
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("sluice_worker_publishes_refused_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0))
+}
+
 /// Messages waiting for budget go back to `requests`; when it is full the broker refuses
 /// them (reject-publish). A refusal must not be handed back as a nack-requeue, which counts
 /// toward the delivery limit and would dead-letter a message that was only waiting.
@@ -277,16 +300,21 @@ async fn waiting_messages_meeting_a_full_queue_are_not_dead_lettered() {
     run(options, |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         let mut ids = Vec::new();
-        for n in 0..20 {
+        for n in 0..POSTS_WAITING + 2 {
             ids.push(
                 app.post_message(&token, &chat, json!({"content": format!("waiting {n}")}))
                     .await?,
             );
         }
-        // Kept as a sleep: this is "nothing gets dead-lettered for a while", and neither the
-        // worker nor the API exposes a count of refused republishes to wait on instead.
-        // Long enough for more than twenty delivery rounds of each waiting message.
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // Wait until the worker has been refused more republishes than the waiting messages
+        // could take as nack-requeues (DELIVERY_LIMIT each): had refusals been handed back,
+        // one of them would have been dead-lettered by now. About 30 s of retry backoff;
+        // done well inside the minute after which the keys would answer again.
+        let absorbable = POSTS_WAITING * u64::try_from(DELIVERY_LIMIT)?;
+        eventually("refused republishes", REFUSALS_WAIT, || async {
+            Ok((publishes_refused(&app).await? > absorbable as f64).then_some(()))
+        })
+        .await?;
         assert_eq!(
             app.count("dead_letters").await?,
             0,

@@ -36,6 +36,8 @@ const REFUSED_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis
 const REFUSED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const REFUSED_RETRIES: usize = 15;
 
+/// The broker side of one worker: consumes `requests` with `prefetch` deliveries in hand, runs
+/// each through the handler on the keys running now, and publishes its route before acking.
 pub struct Consumer {
     pub amqp_url: Secret<String>,
     pub topology: Topology,
@@ -117,20 +119,7 @@ impl Consumer {
                 Some(Err(e)) => break Err(BrokerError::from(e)),
                 None => break Err(BrokerError::ConsumerEnded),
             };
-            let context = self.context.clone();
-            let health = self.health.clone();
-            let link = link.clone();
-            metrics::counter!("sluice_consumed_total", "queue" => "requests").increment(1);
-            tasks.spawn(sluice_shared::metrics::in_current(async move {
-                health.in_flight.fetch_add(1, Ordering::Relaxed);
-                metrics::gauge!("sluice_deliveries_in_flight").increment(1.0);
-                if let Err(e) = process(delivery, &context, &link).await {
-                    tracing::warn!(error = %e, "delivery left unacked; RabbitMQ will redeliver it");
-                }
-                metrics::gauge!("sluice_deliveries_in_flight").decrement(1.0);
-                health.in_flight.fetch_sub(1, Ordering::Relaxed);
-                health.handled.fetch_add(1, Ordering::Relaxed);
-            }));
+            self.dispatch(&tasks, delivery, &link);
         };
         // On shutdown, let what is in hand finish, for at most the grace period, before
         // leaving; closing the connection hands whatever is still running back to RabbitMQ
@@ -156,6 +145,25 @@ impl Consumer {
             let _ = connection.close(200, "worker stopping".into()).await;
         }
         result
+    }
+
+    /// Handles one delivery in a task of its own, counted in `/health` and the metrics while
+    /// it runs; what it cannot settle is left to RabbitMQ to redeliver.
+    fn dispatch(&self, tasks: &TaskTracker, delivery: Delivery, link: &Arc<Link>) {
+        let context = self.context.clone();
+        let health = self.health.clone();
+        let link = link.clone();
+        metrics::counter!("sluice_consumed_total", "queue" => "requests").increment(1);
+        tasks.spawn(sluice_shared::metrics::in_current(async move {
+            health.in_flight.fetch_add(1, Ordering::Relaxed);
+            metrics::gauge!("sluice_deliveries_in_flight").increment(1.0);
+            if let Err(e) = process(delivery, &context, &link).await {
+                tracing::warn!(error = %e, "delivery left unacked; RabbitMQ will redeliver it");
+            }
+            metrics::gauge!("sluice_deliveries_in_flight").decrement(1.0);
+            health.in_flight.fetch_sub(1, Ordering::Relaxed);
+            health.handled.fetch_add(1, Ordering::Relaxed);
+        }));
     }
 }
 

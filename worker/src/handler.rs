@@ -7,9 +7,10 @@
 //! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come, numbered per
 //! call. It knows nothing of the broker.
 
-use crate::budget::{Budgets, Cooldown, NoBudget, Reservation, instant_after};
+use crate::bounds::instant_after;
+use crate::budget::{Budgets, Cooldown, NoBudget, Reservation};
 use crate::chunks::ChunkSink;
-use crate::provider::{Gemini, Generation, ProviderError};
+use crate::provider::{Generation, Provider, ProviderError};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::stream::{self, Delta};
@@ -25,10 +26,15 @@ const BUDGET_POLL: Duration = Duration::from_millis(250);
 /// makes its next reservation on the current one.
 pub type Live = arc_swap::ArcSwap<Context>;
 
+/// What handling a request needs, for one set of keys: the provider client and the budgets of
+/// those keys, how long to wait for budget, and where streamed pieces go. A reload of the keys
+/// file builds a new one (see [`Live`]).
 pub struct Context {
-    pub provider: Gemini,
+    pub provider: Provider,
     pub budgets: Budgets,
+    /// `worker.budget_wait_ms`: how long a request waits for a key before it is requeued.
     pub budget_wait: Duration,
+    /// `keys.disable_after`: ambiguous key failures in a row before the key is disabled.
     pub disable_after: u32,
     /// Where streamed pieces of text go.
     pub chunks: ChunkSink,
@@ -114,32 +120,15 @@ pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Out
         let ctx: &Context = &current;
         let reservation = match reserve(ctx, model, estimate).await {
             Ok(reservation) => reservation,
-            Err(no_budget) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    let (outcome, label) = match no_budget {
-                        NoBudget::NoKeys => (Outcome::NoUsableKey, "no_usable_key"),
-                        NoBudget::RetryIn(_) => (Outcome::NoBudget, "no_budget"),
-                    };
-                    // A request that already had a reservation (then a 429 or an invalid key)
-                    // was counted then: one observation per request.
-                    if let Some(since) = waiting.take() {
-                        waited(since, label);
-                    }
-                    return outcome;
-                }
-                let wait = match no_budget {
-                    NoBudget::RetryIn(wait) => wait.min(BUDGET_POLL),
-                    NoBudget::NoKeys => BUDGET_POLL,
-                };
-                tokio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
-                continue;
-            }
+            Err(no_budget) => match wait_or_give_up(no_budget, deadline, &mut waiting).await {
+                Some(outcome) => return outcome,
+                None => continue,
+            },
         };
-        let key = &ctx.budgets.keys()[reservation.key];
         if let Some(since) = waiting.take() {
             waited(since, "reserved");
         }
+        let key = &ctx.budgets.keys()[reservation.key];
         if let Some(left) = reservation.remaining_today {
             metrics::gauge!(
                 "sluice_key_budget_remaining_today",
@@ -148,109 +137,169 @@ pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Out
             )
             .set(f64::from(left));
         }
-        let alias = key.alias.clone();
-        let call_started = Instant::now();
-        // Each call numbers its pieces from 0: a call after a 429 or an invalid key (same
-        // attempt, uncounted) starts the text over.
-        let mut seq = 0u32;
-        let mut on_text = |text: &str| {
-            ctx.chunks.offer(Delta {
-                v: stream::VERSION,
-                chat_id: request.chat_id,
-                message_id: request.request_id,
-                generation: request.generation,
-                attempt,
-                seq,
-                text: text.to_owned(),
-            });
-            seq = seq.saturating_add(1);
-        };
-        let result = ctx.provider.generate(key, request, &mut on_text).await;
-        // A cooling egress route sends nothing: no duration, no log line. A call made gets
-        // one info line, which under the delivery's span names the trace.
-        if !matches!(result, Err(ProviderError::EgressCooling)) {
-            let elapsed = call_started.elapsed();
-            metrics::histogram!("sluice_provider_duration_seconds", "project" => key.project.clone())
-                .record(elapsed.as_secs_f64());
-            tracing::info!(
-                key = %alias,
-                outcome = call_outcome(&result),
-                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                "provider call"
-            );
+        let result = call(ctx, key, request, attempt).await;
+        if let Some(outcome) = settle(ctx, request, estimate, &reservation, result).await {
+            return outcome;
         }
-        called(key, call_outcome(&result));
-        match result {
-            Ok(generation) => {
-                let used = generation
-                    .usage
-                    .prompt_tokens
-                    .saturating_add(generation.usage.completion_tokens);
-                ctx.budgets.complete(model, &reservation, used).await;
-                ctx.budgets.clear_strikes(reservation.key).await;
-                return Outcome::Completed {
-                    generation,
-                    key_alias: alias,
-                };
+    }
+}
+
+/// No key had budget: past the `deadline` the wait ends with its [`Outcome`] (recorded once
+/// per request, see `waiting`); before it, sleeps a little for the next try and returns `None`.
+async fn wait_or_give_up(
+    no_budget: NoBudget,
+    deadline: Instant,
+    waiting: &mut Option<Instant>,
+) -> Option<Outcome> {
+    let now = Instant::now();
+    if now >= deadline {
+        let (outcome, label) = match no_budget {
+            NoBudget::NoKeys => (Outcome::NoUsableKey, "no_usable_key"),
+            NoBudget::RetryIn(_) => (Outcome::NoBudget, "no_budget"),
+        };
+        // A request that already had a reservation (then a 429 or an invalid key) was
+        // counted then: one observation per request.
+        if let Some(since) = waiting.take() {
+            waited(since, label);
+        }
+        return Some(outcome);
+    }
+    let wait = match no_budget {
+        NoBudget::RetryIn(wait) => wait.min(BUDGET_POLL),
+        NoBudget::NoKeys => BUDGET_POLL,
+    };
+    tokio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
+    None
+}
+
+/// Makes one provider call with `key`, streaming its pieces to the chunk sink, and records
+/// how long it took and how it ended.
+async fn call(
+    ctx: &Context,
+    key: &KeySpec,
+    request: &RequestEnvelope,
+    attempt: u32,
+) -> Result<Generation, ProviderError> {
+    let call_started = Instant::now();
+    // Each call numbers its pieces from 0: a call after a 429 or an invalid key (same
+    // attempt, uncounted) starts the text over.
+    let mut seq = 0u32;
+    let mut on_text = |text: &str| {
+        ctx.chunks.offer(Delta {
+            v: stream::VERSION,
+            chat_id: request.chat_id,
+            message_id: request.request_id,
+            generation: request.generation,
+            attempt,
+            seq,
+            text: text.to_owned(),
+        });
+        seq = seq.saturating_add(1);
+    };
+    let result = ctx.provider.generate(key, request, &mut on_text).await;
+    // A cooling egress route sends nothing: no duration, no log line. A call made gets
+    // one info line, which under the delivery's span names the trace.
+    if !matches!(result, Err(ProviderError::EgressCooling)) {
+        let elapsed = call_started.elapsed();
+        metrics::histogram!("sluice_provider_duration_seconds", "project" => key.project.clone())
+            .record(elapsed.as_secs_f64());
+        tracing::info!(
+            key = %key.alias,
+            outcome = call_outcome(&result),
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "provider call"
+        );
+    }
+    called(key, call_outcome(&result));
+    result
+}
+
+/// Feeds the call's `result` back into the pool — settles the reservation, cools down,
+/// disables or strikes the key — and returns the request's [`Outcome`], or `None` when the
+/// call was not counted and another key should be tried.
+async fn settle(
+    ctx: &Context,
+    request: &RequestEnvelope,
+    estimate: u32,
+    reservation: &Reservation,
+    result: Result<Generation, ProviderError>,
+) -> Option<Outcome> {
+    let model = request.model.as_str();
+    let key = &ctx.budgets.keys()[reservation.key];
+    let key_alias = key.alias.clone();
+    match result {
+        Ok(generation) => {
+            let used = generation
+                .usage
+                .prompt_tokens
+                .saturating_add(generation.usage.completion_tokens);
+            ctx.budgets.complete(model, reservation, used).await;
+            ctx.budgets.clear_strikes(reservation.key).await;
+            Some(Outcome::Completed {
+                generation,
+                key_alias,
+            })
+        }
+        Err(ProviderError::RateLimited {
+            retry_after,
+            per_day,
+        }) => {
+            ctx.budgets.release(model, reservation).await;
+            let cooldown = if per_day {
+                Cooldown::PerDay
+            } else {
+                Cooldown::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN))
+            };
+            metrics::counter!(
+                "sluice_key_cooldowns_total",
+                "project" => key.project.clone(),
+                "reason" => cooldown.reason().as_str(),
+            )
+            .increment(1);
+            ctx.budgets
+                .cool_down(reservation.key, model, cooldown)
+                .await;
+            if let Some(route) = ctx.provider.note_rate_limited(key, ctx.budgets.keys()) {
+                tracing::warn!(%route, "every key behind this egress route got a 429: egress throttling suspected");
+                ctx.budgets.mark_egress_throttled(&route).await;
             }
-            Err(ProviderError::RateLimited {
-                retry_after,
-                per_day,
-            }) => {
-                ctx.budgets.release(model, &reservation).await;
-                let cooldown = if per_day {
-                    Cooldown::PerDay
-                } else {
-                    Cooldown::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN))
-                };
-                metrics::counter!(
-                    "sluice_key_cooldowns_total",
-                    "project" => key.project.clone(),
-                    "reason" => cooldown.reason().as_str(),
-                )
-                .increment(1);
+            None
+        }
+        Err(ProviderError::InvalidKey { reason, definitive }) => {
+            ctx.budgets.release(model, reservation).await;
+            if definitive {
+                ctx.budgets.disable(reservation.key, &reason).await;
+            } else {
                 ctx.budgets
-                    .cool_down(reservation.key, model, cooldown)
+                    .strike(reservation.key, &reason, ctx.disable_after)
                     .await;
-                if let Some(route) = ctx.provider.note_rate_limited(key, ctx.budgets.keys()) {
-                    tracing::warn!(%route, "every key behind this egress route got a 429: egress throttling suspected");
-                    ctx.budgets.mark_egress_throttled(&route).await;
-                }
             }
-            Err(ProviderError::InvalidKey { reason, definitive }) => {
-                ctx.budgets.release(model, &reservation).await;
-                if definitive {
-                    ctx.budgets.disable(reservation.key, &reason).await;
-                } else {
-                    ctx.budgets
-                        .strike(reservation.key, &reason, ctx.disable_after)
-                        .await;
-                }
-            }
-            Err(ProviderError::EgressCooling) => {
-                // Nothing was sent: give the slot back and wait for the route like for budget.
-                ctx.budgets.release(model, &reservation).await;
-            }
-            Err(ProviderError::Transient { kind, message }) => {
-                ctx.budgets.complete(model, &reservation, estimate).await;
-                return Outcome::Retryable {
-                    error: ErrorInfo {
-                        kind: kind.into(),
-                        message,
-                    },
-                    key_alias: alias,
-                };
-            }
-            Err(ProviderError::Permanent { kind, message }) => {
-                ctx.budgets.complete(model, &reservation, estimate).await;
-                return Outcome::Permanent {
-                    error: ErrorInfo {
-                        kind: kind.into(),
-                        message,
-                    },
-                    key_alias: alias,
-                };
-            }
+            None
+        }
+        Err(ProviderError::EgressCooling) => {
+            // Nothing was sent: give the slot back and wait for the route like for budget.
+            ctx.budgets.release(model, reservation).await;
+            None
+        }
+        Err(ProviderError::Transient { kind, message }) => {
+            ctx.budgets.complete(model, reservation, estimate).await;
+            Some(Outcome::Retryable {
+                error: ErrorInfo {
+                    kind: kind.into(),
+                    message,
+                },
+                key_alias,
+            })
+        }
+        Err(ProviderError::Permanent { kind, message }) => {
+            ctx.budgets.complete(model, reservation, estimate).await;
+            Some(Outcome::Permanent {
+                error: ErrorInfo {
+                    kind: kind.into(),
+                    message,
+                },
+                key_alias,
+            })
         }
     }
 }
@@ -287,7 +336,7 @@ mod tests {
         settings.proxy = Secret::new(proxy.to_owned());
         settings.connect_timeout_ms = 2_000;
         Ok(Live::from_pointee(Context {
-            provider: Gemini::new(&settings, &keys)?,
+            provider: Provider::new(&settings, &keys, Arc::default())?,
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,

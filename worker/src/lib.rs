@@ -11,16 +11,17 @@
 // Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod bounds;
 pub mod budget;
 pub mod chunks;
 pub mod consumer;
-pub mod egress;
 #[cfg(test)]
 mod fixtures;
 pub mod handler;
 pub mod health;
 pub mod probe;
 pub mod provider;
+pub mod route_health;
 pub mod routing;
 
 use arc_swap::ArcSwap;
@@ -105,7 +106,7 @@ pub async fn run_with(
 struct Shared {
     settings: Arc<Settings>,
     redis: Option<Arc<budget::redis::RedisLink>>,
-    egress: Arc<egress::EgressHealth>,
+    egress: Arc<route_health::RouteHealth>,
     /// Streamed pieces go out through one sink whatever the keys.
     chunks: chunks::ChunkSink,
 }
@@ -135,11 +136,7 @@ impl Shared {
             )
         });
         Ok(handler::Context {
-            provider: provider::Gemini::with_egress(
-                &settings.provider,
-                &keys,
-                self.egress.clone(),
-            )?,
+            provider: provider::Provider::new(&settings.provider, &keys, self.egress.clone())?,
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
             budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
             disable_after: settings.keys.disable_after.max(1),

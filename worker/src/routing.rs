@@ -59,7 +59,6 @@ pub fn route(
     rules: &Rules<'_>,
     now_ms: u64,
 ) -> Route {
-    let retry_delays_ms = rules.retry_delays_ms;
     let counted = before.counted.saturating_add(1);
     match outcome {
         Outcome::Completed {
@@ -79,74 +78,100 @@ pub fn route(
             ..failed(request, counted, Some(error))
         }),
         Outcome::Retryable { error, key_alias } => {
-            let errors = push_error(&before.errors, counted, &error.kind);
-            // With N delays a message gets at most N + 1 counted calls.
-            match retry_delays_ms.get(usize::try_from(before.counted).unwrap_or(usize::MAX)) {
-                Some(&delay_ms) => Route::Retry {
-                    delay_ms,
-                    attempts: counted,
-                    errors,
-                },
-                None => {
-                    let message = format!(
-                        "gave up after {counted} attempt{}: {}",
-                        if counted == 1 { "" } else { "s" },
-                        error.message
-                    );
-                    Route::DeadLetter {
-                        reason: "retries_exhausted",
-                        attempts: counted,
-                        errors,
-                        response: ResponseEnvelope {
-                            key_alias: Some(key_alias),
-                            ..failed(
-                                request,
-                                counted,
-                                Some(ErrorInfo {
-                                    kind: error.kind,
-                                    message,
-                                }),
-                            )
-                        },
-                    }
-                }
-            }
+            retry_or_give_up(request, error, key_alias, before, rules)
         }
         // Busy, cooling or parked keys come back by themselves: keep waiting, and restart the
         // no-key clock, since a key was usable (or about to be) meanwhile.
         Outcome::NoBudget => Route::Requeue {
             no_key_since_ms: None,
         },
-        Outcome::NoUsableKey => match before.no_key_since_ms {
-            None => Route::Requeue {
-                no_key_since_ms: Some(now_ms),
-            },
-            Some(since) if now_ms.saturating_sub(since) < rules.no_key_max_wait_ms => {
-                Route::Requeue {
-                    no_key_since_ms: Some(since),
-                }
-            }
-            Some(_) => {
-                let message = format!(
-                    "no provider key could be used: every key has been disabled for {} or more; \
-                     an operator must re-enable or replace them",
-                    readable_wait(rules.no_key_max_wait_ms)
-                );
-                Route::DeadLetter {
-                    reason: "no_usable_key",
-                    attempts: before.counted,
-                    errors: before.errors.clone(),
-                    response: failed(
+        Outcome::NoUsableKey => wait_for_a_key(request, before, rules, now_ms),
+    }
+}
+
+/// A counted call that may succeed later climbs to the next retry level; past the last one
+/// the message is dead-lettered and answered `failed`.
+fn retry_or_give_up(
+    request: &RequestEnvelope,
+    error: ErrorInfo,
+    key_alias: String,
+    before: &Attempts,
+    rules: &Rules<'_>,
+) -> Route {
+    let counted = before.counted.saturating_add(1);
+    let errors = push_error(&before.errors, counted, &error.kind);
+    // With N delays a message gets at most N + 1 counted calls.
+    match rules
+        .retry_delays_ms
+        .get(usize::try_from(before.counted).unwrap_or(usize::MAX))
+    {
+        Some(&delay_ms) => Route::Retry {
+            delay_ms,
+            attempts: counted,
+            errors,
+        },
+        None => {
+            let message = format!(
+                "gave up after {counted} attempt{}: {}",
+                if counted == 1 { "" } else { "s" },
+                error.message
+            );
+            Route::DeadLetter {
+                reason: "retries_exhausted",
+                attempts: counted,
+                errors,
+                response: ResponseEnvelope {
+                    key_alias: Some(key_alias),
+                    ..failed(
                         request,
-                        before.counted,
+                        counted,
                         Some(ErrorInfo {
-                            kind: "no_usable_key".into(),
+                            kind: error.kind,
                             message,
                         }),
-                    ),
-                }
+                    )
+                },
             }
+        }
+    }
+}
+
+/// Every key is disabled: the message waits, on the no-key clock started at its first
+/// republish, for up to `keys.no_key_max_wait_ms`; then it is dead-lettered and answered
+/// `failed`, uncounted, since no call was made.
+fn wait_for_a_key(
+    request: &RequestEnvelope,
+    before: &Attempts,
+    rules: &Rules<'_>,
+    now_ms: u64,
+) -> Route {
+    match before.no_key_since_ms {
+        None => Route::Requeue {
+            no_key_since_ms: Some(now_ms),
         },
+        Some(since) if now_ms.saturating_sub(since) < rules.no_key_max_wait_ms => Route::Requeue {
+            no_key_since_ms: Some(since),
+        },
+        Some(_) => {
+            let message = format!(
+                "no provider key could be used: every key has been disabled for {} or more; \
+                 an operator must re-enable or replace them",
+                readable_wait(rules.no_key_max_wait_ms)
+            );
+            Route::DeadLetter {
+                reason: "no_usable_key",
+                attempts: before.counted,
+                errors: before.errors.clone(),
+                response: failed(
+                    request,
+                    before.counted,
+                    Some(ErrorInfo {
+                        kind: "no_usable_key".into(),
+                        message,
+                    }),
+                ),
+            }
+        }
     }
 }
 

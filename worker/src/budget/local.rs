@@ -4,6 +4,7 @@
 //! exact as the division.
 
 use super::{NoBudget, Reservation};
+use crate::bounds::instant_after;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sluice_shared::keypool::{KeySpec, pacific_day};
@@ -153,7 +154,7 @@ impl LocalBudgets {
     }
 
     pub fn cool_down(&self, key: &KeySpec, model: &str, duration: Duration) {
-        let until = super::instant_after(Instant::now(), duration);
+        let until = instant_after(Instant::now(), duration);
         let mut state = self.state();
         let entry = state
             .cooldowns
@@ -280,7 +281,7 @@ mod tests {
         budgets.cool_down(&ks[0], "m", Duration::from_secs_f64(1e19));
         budgets.cool_down(&ks[0], "m", Duration::MAX);
         match budgets.reserve("m", 1, &[]) {
-            Err(NoBudget::RetryIn(wait)) => assert!(wait <= super::super::LONGEST_WAIT),
+            Err(NoBudget::RetryIn(wait)) => assert!(wait <= crate::bounds::LONGEST_WAIT),
             other => panic!("{other:?}"),
         }
     }

@@ -7,7 +7,7 @@
 pub mod local;
 pub mod redis;
 
-use crate::provider::MAX_PROVIDER_DELAY;
+use crate::bounds::{MAX_PROVIDER_DELAY, THROTTLE_WINDOW};
 use sluice_shared::keypool::{CooldownReason, KeySpec, next_pacific_midnight};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,16 +16,6 @@ use tokio::sync::Mutex;
 
 /// How often a degraded worker asks whether Redis is back.
 const REDIS_RECHECK: Duration = Duration::from_secs(1);
-
-/// The furthest ahead any deadline of the worker is set: beyond every cooldown (at most a day)
-/// and every per-day park (at most 25 hours, across a DST change).
-pub const LONGEST_WAIT: Duration = Duration::from_secs(2 * 24 * 60 * 60);
-
-/// `now + wait` without overflow: a wait over [`LONGEST_WAIT`] is cut to it, and in the
-/// impossible case that even that is not representable, `now` is returned.
-pub fn instant_after(now: Instant, wait: Duration) -> Instant {
-    now.checked_add(wait.min(LONGEST_WAIT)).unwrap_or(now)
-}
 
 /// A reserved slot for one call with `keys[key]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +68,8 @@ impl Cooldown {
     }
 }
 
+/// The budgets of one set of keys: reserves a slot for each call and settles it, cools down,
+/// disables and strikes keys — in Redis for the whole fleet, or locally while Redis is away.
 pub struct Budgets {
     keys: Arc<Vec<KeySpec>>,
     redis: Option<redis::RedisBudgets>,
@@ -279,9 +271,7 @@ impl Budgets {
     /// Records fleet-wide that `route` looks throttled (shown by `GET /api/admin/keys`).
     pub async fn mark_egress_throttled(&self, route: &str) {
         if let Some(redis) = self.redis().await
-            && let Err(e) = redis
-                .mark_egress_throttled(route, crate::egress::THROTTLE_WINDOW)
-                .await
+            && let Err(e) = redis.mark_egress_throttled(route, THROTTLE_WINDOW).await
         {
             self.degrade(&e);
         }

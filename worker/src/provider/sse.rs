@@ -1,8 +1,11 @@
-//! Reading a `streamGenerateContent?alt=sse` answer as it arrives: server-sent events, each
-//! `data:` a whole GenerateContentResponse (no `[DONE]`; `\r\n` or `\n` line ends), gathered into
-//! a [`Reply`] while each new piece of text goes out at once. The size cap counts every byte read.
-
-use super::{GenerateResponse, Reply};
+//! Reading a server-sent event stream as it arrives, for any provider kind: `\r\n` or `\n`
+//! line ends, events split anywhere across reads, comments and fields other than `data`
+//! ignored, and an unended last event still counted at the end of the body. The size cap counts
+//! every byte read; a stall is cut by the HTTP client's timeout, which covers the whole body.
+//!
+//! Hand-written rather than `eventsource-stream` or `sse-stream`: both drop an event left
+//! unended at the end of the body (a finished reply would read as cut), neither counts bytes
+//! (the cap would stay a layer of ours), and `eventsource-stream` has had no release in years.
 
 /// How reading a stream can fail (the caller maps each to a [`super::ProviderError`]).
 #[derive(Debug)]
@@ -11,51 +14,41 @@ pub(super) enum ReadError {
     Transport(reqwest::Error),
     /// Over `provider.max_reply_bytes`; reading stopped there.
     TooLarge,
-    /// An event that is not UTF-8 or not a GenerateContentResponse.
+    /// An event that is not UTF-8, or whose data the caller rejected.
     Garbage,
-    /// The stream ended cleanly, but before any event finished the reply.
-    Unfinished,
 }
 
-/// Reads the events of `response`, handing each non-empty piece of text to `on_text` as soon as
-/// its event is complete; stops at `max` bytes.
+/// The caller could not use an event's data: reading stops with [`ReadError::Garbage`].
+#[derive(Debug)]
+pub(super) struct Rejected;
+
+/// Reads the events of `response`, handing the data of each to `on_data` as soon as the event
+/// is complete; stops at `max` bytes. Whether the stream said all it had to is the caller's to
+/// judge.
 pub(super) async fn read(
     mut response: reqwest::Response,
     max: u64,
-    on_text: &mut (dyn FnMut(&str) + Send),
-) -> Result<Reply, ReadError> {
+    on_data: &mut (dyn FnMut(String) -> Result<(), Rejected> + Send),
+) -> Result<(), ReadError> {
     if response.content_length().is_some_and(|n| n > max) {
         return Err(ReadError::TooLarge);
     }
-    let mut reply = Reply::default();
     let mut events = Events::default();
     let mut total: u64 = 0;
-    let mut take = |data: String, reply: &mut Reply| -> Result<(), ReadError> {
-        let answer: GenerateResponse =
-            serde_json::from_str(&data).map_err(|_| ReadError::Garbage)?;
-        let piece = reply.absorb(answer);
-        if !piece.is_empty() {
-            on_text(&piece);
-        }
-        Ok(())
-    };
+    let mut take = |data: String| on_data(data).map_err(|Rejected| ReadError::Garbage);
     while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
         total = total.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
         if total > max {
             return Err(ReadError::TooLarge);
         }
         for data in events.push(&chunk)? {
-            take(data, &mut reply)?;
+            take(data)?;
         }
     }
     for data in events.finish()? {
-        take(data, &mut reply)?;
+        take(data)?;
     }
-    if reply.finished() {
-        Ok(reply)
-    } else {
-        Err(ReadError::Unfinished)
-    }
+    Ok(())
 }
 
 /// Splits bytes into lines and lines into events, across chunk boundaries.

@@ -1,16 +1,16 @@
-//! Egress health, kept apart from key health: a proxy that refuses connections cools down (its
-//! keys are skipped before reserving, so messages wait instead of failing, and no key is
-//! blamed), and 429s on every key behind one route within a short window are reported as the
-//! egress address being throttled.
+//! The health of egress routes (the proxy a key's calls leave through, chosen by
+//! `sluice_shared::keypool::egress_proxy`), kept apart from key health: a proxy that refuses
+//! connections cools down (its keys are skipped before reserving, so messages wait instead of
+//! failing, and no key is blamed), and 429s on every key behind one route within a short window
+//! are reported as the egress address being throttled.
 
+use crate::bounds::{THROTTLE_WINDOW, instant_after};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a route that refused a connection is left alone.
 pub const PROXY_COOLDOWN: Duration = Duration::from_secs(5);
-/// 429s on every key of a route within this long look like egress throttling.
-pub const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct RouteState {
@@ -18,12 +18,14 @@ struct RouteState {
     rate_limited: HashMap<String, Instant>,
 }
 
+/// What this worker knows of each route's health, shared by the provider clients of every
+/// reload of the keys (a route's health belongs to the route, not to one set of keys).
 #[derive(Default)]
-pub struct EgressHealth {
+pub struct RouteHealth {
     routes: Mutex<HashMap<String, RouteState>>,
 }
 
-impl EgressHealth {
+impl RouteHealth {
     fn with<T>(&self, route: &str, f: impl FnOnce(&mut RouteState) -> T) -> T {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         f(routes.entry(route.to_owned()).or_default())
@@ -57,8 +59,9 @@ impl EgressHealth {
         cooling
     }
 
+    /// `route` refused a connection: it is left alone for [`PROXY_COOLDOWN`].
     pub fn refused(&self, route: &str) {
-        let until = crate::budget::instant_after(Instant::now(), PROXY_COOLDOWN);
+        let until = instant_after(Instant::now(), PROXY_COOLDOWN);
         self.with(route, |s| s.cooling_until = Some(until));
     }
 
@@ -81,7 +84,7 @@ mod tests {
 
     #[test]
     fn refused_routes_cool_down() {
-        let health = EgressHealth::default();
+        let health = RouteHealth::default();
         assert!(!health.cooling("http://p:1"));
         health.refused("http://p:1");
         assert!(health.cooling("http://p:1"));
@@ -94,7 +97,7 @@ mod tests {
 
     #[test]
     fn throttling_needs_every_key_of_the_route() {
-        let health = EgressHealth::default();
+        let health = RouteHealth::default();
         assert!(!health.rate_limited("r", "a", 3));
         assert!(!health.rate_limited("r", "b", 3));
         assert!(!health.rate_limited("r", "b", 3));

@@ -1,0 +1,173 @@
+//! The Gemini REST client: `POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse`
+//! (or `:generateContent` with `provider.stream = false`) with the key in `x-goog-api-key`,
+//! through the key's egress route. [`wire`] holds the JSON bodies, [`reply`] gathers answers
+//! into a [`Generation`] (a stream's events as they come), and [`classify`] maps error answers
+//! to [`ProviderError`]s.
+
+mod classify;
+mod reply;
+mod wire;
+
+pub use classify::{classify_error, parse_duration};
+
+use super::http::{self, Body, Routes};
+use super::sse::{self, ReadError, Rejected};
+use super::{Generation, ProviderError};
+use crate::route_health::RouteHealth;
+use reply::{Reply, garbage, parse_success};
+use sluice_shared::envelope::RequestEnvelope;
+use sluice_shared::keypool::KeySpec;
+use sluice_shared::settings::ProviderSettings;
+use std::sync::Arc;
+use std::time::Instant;
+use wire::{GenerateRequest, GenerateResponse};
+
+/// A client of Gemini's REST API for one set of keys: a route per proxy, the reply cap, and
+/// whether calls stream. Built anew on every reload of the keys.
+pub struct Gemini {
+    routes: Routes,
+    base_url: String,
+    max_reply_bytes: u64,
+    /// `provider.stream`: stream calls and hand each piece of text over as it comes.
+    stream: bool,
+}
+
+impl Gemini {
+    /// Builds every route of `keys` up front, sharing `health` (the routes' health) with the
+    /// clients of earlier reloads.
+    pub fn new(
+        settings: &ProviderSettings,
+        keys: &[KeySpec],
+        health: Arc<RouteHealth>,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            routes: Routes::new(settings, keys, health)?,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            max_reply_bytes: settings.max_reply_bytes,
+            stream: settings.stream,
+        })
+    }
+
+    pub(super) fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Calls the model. With `provider.stream`, every piece of text (through the text rules,
+    /// in order, never empty) goes to `on_text` as it arrives; the returned [`Generation`]
+    /// holds them all. Without it, `on_text` is never called.
+    pub async fn generate(
+        &self,
+        key: &KeySpec,
+        request: &RequestEnvelope,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Generation, ProviderError> {
+        let method = if self.stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        let url = format!("{}/v1beta/models/{}:{method}", self.base_url, request.model);
+        let started = Instant::now();
+        let response = self
+            .routes
+            .client(key)?
+            .post(url)
+            .header("x-goog-api-key", key.secret.expose().as_str())
+            .json(&GenerateRequest::from_envelope(request))
+            .send()
+            .await
+            .map_err(|e| self.routes.transport_error(key, &e))?;
+        let status = response.status().as_u16();
+        let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if status == 200 && self.stream {
+            let reply = self.read_stream(key, response, on_text).await?;
+            return reply.conclude(elapsed_ms());
+        }
+        let body = http::read_body(response, self.max_reply_bytes)
+            .await
+            .map_err(|e| self.routes.transport_error(key, &e))?;
+        let upstream_ms = elapsed_ms();
+        match (status, body) {
+            (200, Body::Whole(body)) => parse_success(&body, upstream_ms),
+            (200, Body::TooLarge) => Err(http::too_large(self.max_reply_bytes)),
+            (_, Body::Whole(body)) => Err(classify_error(status, &body)),
+            // An error body that large carries nothing we need: the status decides.
+            (_, Body::TooLarge) => Err(classify_error(status, b"")),
+        }
+    }
+
+    /// Gathers the events of a streamed 200 into a [`Reply`], handing each new piece of text
+    /// to `on_text` at once. Every event is a whole GenerateContentResponse (no `[DONE]`): a
+    /// stream that ends before one of them finishes the reply was cut.
+    async fn read_stream(
+        &self,
+        key: &KeySpec,
+        response: reqwest::Response,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Reply, ProviderError> {
+        let mut reply = Reply::default();
+        let mut on_data = |data: String| -> Result<(), Rejected> {
+            let answer: GenerateResponse = serde_json::from_str(&data).map_err(|_| Rejected)?;
+            let piece = reply.absorb(answer);
+            if !piece.is_empty() {
+                on_text(&piece);
+            }
+            Ok(())
+        };
+        let read = sse::read(response, self.max_reply_bytes, &mut on_data).await;
+        match read {
+            Ok(()) if reply.finished() => Ok(reply),
+            Ok(()) => Err(ProviderError::Transient {
+                kind: "connection_lost",
+                message: "the model provider's stream ended before the reply was finished".into(),
+            }),
+            Err(ReadError::Transport(e)) => Err(self.routes.transport_error(key, &e)),
+            Err(ReadError::TooLarge) => Err(http::too_large(self.max_reply_bytes)),
+            Err(ReadError::Garbage) => Err(garbage()),
+        }
+    }
+
+    /// A cheap call that tells whether a key works: `GET {base}/v1beta/models/{model}`.
+    pub async fn probe(&self, key: &KeySpec, model: &str) -> Result<(), ProviderError> {
+        let url = format!("{}/v1beta/models/{model}", self.base_url);
+        let response = self
+            .routes
+            .client(key)?
+            .get(url)
+            .header("x-goog-api-key", key.secret.expose().as_str())
+            .send()
+            .await
+            .map_err(|e| self.routes.transport_error(key, &e))?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            return Ok(());
+        }
+        let body = match http::read_body(response, self.max_reply_bytes).await {
+            Ok(Body::Whole(body)) => body,
+            Ok(Body::TooLarge) | Err(_) => Vec::new(),
+        };
+        Err(classify_error(status, &body))
+    }
+}
+
+/// Inputs the property tests of [`classify`] and [`reply`] share.
+#[cfg(test)]
+mod strategies {
+    use proptest::prelude::*;
+
+    pub fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..512)
+    }
+
+    /// Text where NUL and JSON-ish characters are common.
+    pub fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![Just('\0'), Just('"'), Just('\\'), any::<char>()],
+            0..24,
+        )
+        .prop_map(String::from_iter)
+    }
+}
+
+#[cfg(test)]
+mod tests;
