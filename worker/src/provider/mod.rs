@@ -2,8 +2,8 @@
 //! or how it failed ([`ProviderError`], grouped by what should happen next). Gemini ([`gemini`])
 //! is the only kind so far; another (an OpenAI-compatible client) is one more variant of
 //! [`Provider`] and a submodule beside it, and the handler does not change. Whatever a provider
-//! says is bounded here: every kind calls through [`http`] (a client per egress route, bodies
-//! capped by `provider.max_reply_bytes`), reads event streams with [`sse`] (the same cap), and
+//! says is bounded here: every kind calls through `http` (a client per egress route, bodies
+//! capped by `provider.max_reply_bytes`), reads event streams with `sse` (the same cap), and
 //! passes model text through [`model_text`] (the text rules) before anything else sees it.
 
 pub mod gemini;

@@ -1,7 +1,7 @@
 //! The Gemini REST client: `POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse`
 //! (or `:generateContent` with `provider.stream = false`) with the key in `x-goog-api-key`,
-//! through the key's egress route. [`wire`] holds the JSON bodies, [`reply`] gathers answers
-//! into a [`Generation`] (a stream's events as they come), and [`classify`] maps error answers
+//! through the key's egress route. `wire` holds the JSON bodies, `reply` gathers answers
+//! into a [`Generation`] (a stream's events as they come), and `classify` maps error answers
 //! to [`ProviderError`]s.
 
 mod classify;
