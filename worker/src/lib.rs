@@ -6,7 +6,9 @@
 //! [`budget`]s of the key pool and the [`provider`] client, [`chunks`] carries streamed pieces
 //! of replies to the stream exchange and Redis, [`routing`] decides what the outcome means for
 //! the message, [`probe`] heals disabled keys, and [`health`] serves `/health` (with the
-//! worker's `/metrics` beside it).
+//! worker's `/metrics` beside it). [`route_health`] cools down egress routes that refuse
+//! connections, and [`bounds`] holds the time limits that budgets, routes and the provider
+//! share. Every long-running task runs in one supervisor (see [`run_with`]).
 
 // Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
