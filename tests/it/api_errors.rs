@@ -202,7 +202,7 @@ async fn auth_errors_are_clear() {
             assert_eq!(status, 200);
             assert_eq!(
                 body,
-                json!({"database": "ok", "broker": "ok", "redis": "ok"})
+                json!({"database": "ok", "broker": "ok", "redis": "ok", "tasks": "ok"})
             );
             Ok(())
         },
