@@ -161,14 +161,6 @@ impl Shutdown for Never {
     }
 }
 
-/// A schedule that is always `wait` apart and never runs out (with [`Retry::run_until`], only
-/// success or shutdown ends it).
-pub fn forever(wait: Duration) -> backon::ConstantBuilder {
-    backon::ConstantBuilder::default()
-        .with_delay(wait)
-        .without_max_times()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +220,12 @@ mod tests {
     #[tokio::test]
     async fn shutdown_ends_a_wait_and_a_try() {
         let cancel = CancellationToken::new();
-        let waiting = Retry::new("test", forever(Duration::from_secs(3600)));
+        let waiting = Retry::new(
+            "test",
+            backon::ConstantBuilder::default()
+                .with_delay(Duration::from_secs(3600))
+                .without_max_times(),
+        );
         let stop = cancel.clone();
         let stopper = async move {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -8,7 +8,7 @@
 use super::consume::BatchHandler;
 use crate::store::dead_letters::NewDeadLetter;
 use crate::store::replies::{GiveUp, Stored};
-use crate::store::{Store, StoreError, with_db_retry};
+use crate::store::{Store, StoreError, db_retry};
 use backon::ConstantBuilder;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -257,13 +257,10 @@ impl DeadLetterHandler {
             .run_until(
                 cancel,
                 |_| true,
-                || async {
-                    with_db_retry(cancel, "record a dead letter", || {
+                || {
+                    db_retry("record a dead letter", || {
                         self.store.record_dead_letter(&record, fail.as_ref())
                     })
-                    .await
-                    // Shutdown: the outer loop sees the token and stops, whatever this says.
-                    .unwrap_or_else(|| Err(StoreError::shutting_down()))
                 },
             )
             .await

@@ -68,14 +68,28 @@ impl DbFailure {
     }
 }
 
-/// Runs `op` until it succeeds, is refused, or shutdown (`None`): through a database outage it
-/// waits and tries again for as long as it lasts; a deadlock or serialization failure is tried
-/// again a few times, then returned like a refusal.
+/// Runs `op` until it succeeds, is refused, or shutdown (`None`): [`db_retry`], stopped by
+/// `cancel`.
 pub async fn with_db_retry<T, F, Fut>(
     cancel: &CancellationToken,
     what: &str,
     op: F,
 ) -> Option<Result<T, StoreError>>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        result = db_retry(what, op) => Some(result),
+    }
+}
+
+/// Runs `op` until it succeeds or is refused: through a database outage it waits and tries
+/// again for as long as it lasts; a deadlock or serialization failure is tried again a few
+/// times, then returned like a refusal. Dropping the future stops it.
+pub async fn db_retry<T, F, Fut>(what: &str, op: F) -> Result<T, StoreError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -96,8 +110,7 @@ where
     // tried again a few times.
     Retry::new("db_outage", outage)
         .notify(log)
-        .run_until(
-            cancel,
+        .run(
             |e: &StoreError| e.failure() == DbFailure::Outage,
             || {
                 Retry::new("db_conflict", conflict)

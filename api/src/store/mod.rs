@@ -28,7 +28,7 @@ pub use entities::dead_letters::Model as DeadLetterRow;
 pub use entities::messages::Model as Message;
 pub use entities::prompt_templates::Model as Template;
 pub use entities::users::Model as User;
-pub use failure::{DbFailure, with_db_retry};
+pub use failure::{DbFailure, db_retry, with_db_retry};
 pub use message_state::{Role, Status};
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
@@ -64,12 +64,6 @@ impl StoreError {
             self.0.sql_err(),
             Some(SqlErr::ForeignKeyConstraintViolation(_))
         )
-    }
-
-    /// What a retry loop cut short by shutdown holds instead of a result (never stored or
-    /// shown: the loop's caller sees the token and stops).
-    pub fn shutting_down() -> Self {
-        Self(DbErr::Custom("shutting down".into()))
     }
 
     /// A test hook: an error that reads as an outage.
