@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 use sluice_shared::keypool::ReloadTrigger;
-use sluice_shared::settings::ApiKey;
+use sluice_shared::settings::{ApiKey, LimitsBackend};
 use sluice_shared::{Secret, Settings, Topology};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ pub struct TestOptions {
     /// Put a cuttable TCP forwarder between the workers and Redis.
     pub worker_redis_forwarder: bool,
     /// `redis` or `local` budgets, and the replicas local budgets divide by.
-    pub limits_backend: String,
+    pub limits_backend: LimitsBackend,
     pub expected_replicas: u32,
     pub retry_delays_ms: Vec<u64>,
     /// How often the API's reaper looks for overdue replies.
@@ -102,7 +102,7 @@ impl Default for TestOptions {
             keys_file: None,
             keys_reload_interval_ms: 5_000,
             worker_redis_forwarder: false,
-            limits_backend: "redis".into(),
+            limits_backend: LimitsBackend::Redis,
             expected_replicas: 1,
             retry_delays_ms: vec![50, 100],
             reaper_interval_ms: 60_000,
@@ -223,10 +223,10 @@ impl TestApp {
         settings.queues.prefix = format!("t{id}.");
         settings.redis.prefix = format!("t{id}:");
         settings.retry.delays_ms = options.retry_delays_ms;
-        settings.retry.reaper_interval_ms = options.reaper_interval_ms;
+        settings.retry.reaper_interval = Duration::from_millis(options.reaper_interval_ms);
         settings.provider.base_url = mock_url;
-        settings.provider.timeout_ms = 5_000;
-        settings.provider.connect_timeout_ms = 1_000;
+        settings.provider.timeout = Duration::from_secs(5);
+        settings.provider.connect_timeout = Duration::from_secs(1);
         settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}-0123456789abcdefghij"));
         settings.admin.token = Secret::new(format!("admin-token-{id}-0123456789abcdefghij"));
         // Per-user limits are off unless a test is about them.
@@ -240,12 +240,12 @@ impl TestApp {
         settings.limits.rpm = options.rpm;
         settings.limits.tpm = 100_000_000;
         settings.limits.rpd = 1_000_000;
-        settings.limits.window_ms = options.window_ms;
-        settings.worker.budget_wait_ms = options.budget_wait_ms;
-        settings.keys.probe_interval_ms = options.probe_interval_ms;
-        settings.keys.no_key_max_wait_ms = options.no_key_max_wait_ms;
-        settings.keys.reload_interval_ms = options.keys_reload_interval_ms;
-        settings.limits.backend = options.limits_backend.clone();
+        settings.limits.window = Duration::from_millis(options.window_ms);
+        settings.worker.budget_wait = Duration::from_millis(options.budget_wait_ms);
+        settings.keys.probe_interval = Duration::from_millis(options.probe_interval_ms);
+        settings.keys.no_key_max_wait = Duration::from_millis(options.no_key_max_wait_ms);
+        settings.keys.reload_interval = Duration::from_millis(options.keys_reload_interval_ms);
+        settings.limits.backend = options.limits_backend;
         settings.worker.expected_replicas = options.expected_replicas;
         if let Some(contents) = &options.keys_file {
             let path = std::env::temp_dir().join(format!("sluice-test-keys-{id}.toml"));

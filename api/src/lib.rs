@@ -37,7 +37,6 @@ use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 use store::outbox::Handoff;
 use store::posts::{BatchBounds, PostWriter};
 use store::{Store, StoreError};
@@ -184,9 +183,9 @@ async fn serve(
 
     tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
     let http_settings = &state.settings.http;
-    let header_read_timeout = Duration::from_millis(http_settings.header_read_timeout_ms);
+    let header_read_timeout = http_settings.header_read_timeout;
     // In-flight requests end within the request timeout; give them that long to finish.
-    let drain = Duration::from_millis(http_settings.request_timeout_ms);
+    let drain = http_settings.request_timeout;
     supervisor.spawn(
         "http server",
         http::server::serve(
@@ -240,7 +239,7 @@ impl Background {
             amqp_url: settings.amqp.url.clone(),
             topology: topology.clone(),
             fresh: tokio::sync::Mutex::new(self.fresh),
-            sweep_after: Duration::from_millis(settings.relay.sweep_after_ms),
+            sweep_after: settings.relay.sweep_after,
             broker_up: state.broker_up.clone(),
         };
         supervisor.spawn("relay", relay.run(cancel.clone()));

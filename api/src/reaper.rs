@@ -4,7 +4,7 @@
 //! `FOR UPDATE SKIP LOCKED`; a late answer for a reaped reply changes nothing.
 
 use crate::store::{Store, StoreError};
-use sluice_shared::settings::RetrySettings;
+use sluice_shared::settings::{RetrySettings, millis_of};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ impl Reaper {
             horizon: horizon(retry),
             // Zero would make `tokio::time::interval` panic; settings refuse it, this is belt
             // and braces.
-            interval: Duration::from_millis(retry.reaper_interval_ms.max(1)),
+            interval: retry.reaper_interval.max(Duration::from_millis(1)),
         }
     }
 
@@ -74,7 +74,9 @@ pub fn horizon(retry: &RetrySettings) -> Duration {
     let ms = retry
         .delays_ms
         .iter()
-        .fold(retry.reaper_grace_ms, |sum, d| sum.saturating_add(*d))
+        .fold(millis_of(retry.reaper_grace), |sum, d| {
+            sum.saturating_add(*d)
+        })
         .min(MAX_HORIZON_MS);
     Duration::from_millis(ms)
 }
@@ -85,10 +87,10 @@ mod tests {
 
     #[test]
     fn the_horizon_is_the_delays_plus_the_grace_and_never_overflows() {
-        let retry = |delays_ms: Vec<u64>, reaper_grace_ms| RetrySettings {
+        let retry = |delays_ms: Vec<u64>, grace_ms| RetrySettings {
             delays_ms,
-            reaper_grace_ms,
-            reaper_interval_ms: 1,
+            reaper_grace: Duration::from_millis(grace_ms),
+            reaper_interval: Duration::from_millis(1),
         };
         assert_eq!(
             horizon(&retry(vec![60_000, 600_000], 1_000)),

@@ -112,7 +112,7 @@ async fn fidelity_run(args: &FidelityArgs, backend: &str, workers: usize) -> any
         rpm: args.per_window,
         window_ms: args.window_ms,
         budget_wait_ms: 60_000,
-        limits_backend: backend.into(),
+        limits_backend: backend.parse()?,
         expected_replicas: 1,
         retry_delays_ms: vec![args.window_ms],
         ..Default::default()

@@ -7,6 +7,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 
@@ -39,6 +40,21 @@ impl SettingsError {
             _ => Err(SettingsError::Several(problems)),
         }
     }
+}
+
+/// A `…_ms` setting: whole milliseconds, read once into a [`Duration`].
+fn millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
+
+/// Whole milliseconds of `d`, for what stays a number (Redis scripts, headers, key specs).
+pub fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A `…_secs` setting: whole seconds.
+fn secs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_secs)
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> SettingsError {
@@ -110,9 +126,12 @@ pub struct HttpSettings {
     pub addr: SocketAddr,
     /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<String>,
-    pub header_read_timeout_ms: u64,
-    pub body_timeout_ms: u64,
-    pub request_timeout_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", deserialize_with = "millis")]
+    pub header_read_timeout: Duration,
+    #[serde(rename = "body_timeout_ms", deserialize_with = "millis")]
+    pub body_timeout: Duration,
+    #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,9 +139,11 @@ pub struct WorkerSettings {
     pub health_addr: SocketAddr,
     pub prefetch: u16,
     pub expected_replicas: u32,
-    pub budget_wait_ms: u64,
+    #[serde(rename = "budget_wait_ms", deserialize_with = "millis")]
+    pub budget_wait: Duration,
     /// On SIGTERM, how long deliveries in hand may take to finish; the rest go back unacked.
-    pub shutdown_grace_ms: u64,
+    #[serde(rename = "shutdown_grace_ms", deserialize_with = "millis")]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,15 +159,18 @@ pub struct QueueSettings {
 pub struct RelaySettings {
     /// The API publishes new requests itself right after their commit; the relay sweeps only
     /// outbox rows older than this (what a broker outage or a crash left behind).
-    pub sweep_after_ms: u64,
+    #[serde(rename = "sweep_after_ms", deserialize_with = "millis")]
+    pub sweep_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetrySettings {
     pub delays_ms: Vec<u64>,
     /// Added to the sum of the delays: a reply still pending past both is timed out.
-    pub reaper_grace_ms: u64,
-    pub reaper_interval_ms: u64,
+    #[serde(rename = "reaper_grace_ms", deserialize_with = "millis")]
+    pub reaper_grace: Duration,
+    #[serde(rename = "reaper_interval_ms", deserialize_with = "millis")]
+    pub reaper_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,8 +178,10 @@ pub struct ProviderSettings {
     pub base_url: String,
     pub model: String,
     pub proxy: Secret<String>,
-    pub connect_timeout_ms: u64,
-    pub timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
+    pub connect_timeout: Duration,
+    #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+    pub timeout: Duration,
     /// What users may ask for besides `model`.
     pub models: Vec<String>,
     pub max_reply_bytes: u64,
@@ -167,15 +193,19 @@ pub struct ProviderSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StreamSettings {
     /// TTL of a reply's partial text in Redis, refreshed with every chunk.
-    pub partial_ttl_ms: u64,
+    #[serde(rename = "partial_ttl_ms", deserialize_with = "millis")]
+    pub partial_ttl: Duration,
     /// How long an early delta waits for a missing one before a snapshot replaces it.
-    pub gap_timeout_ms: u64,
+    #[serde(rename = "gap_timeout_ms", deserialize_with = "millis")]
+    pub gap_timeout: Duration,
     /// Comment heartbeats on idle event streams.
-    pub heartbeat_ms: u64,
+    #[serde(rename = "heartbeat_ms", deserialize_with = "millis")]
+    pub heartbeat: Duration,
     /// Events queued per watcher before it is disconnected as too slow.
     pub watcher_buffer: usize,
     /// Lifetime of an event-stream token.
-    pub token_ttl_secs: u64,
+    #[serde(rename = "token_ttl_secs", deserialize_with = "secs")]
+    pub token_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,12 +217,15 @@ pub struct ChatSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct KeySettings {
     pub file: String,
-    pub probe_interval_ms: u64,
+    #[serde(rename = "probe_interval_ms", deserialize_with = "millis")]
+    pub probe_interval: Duration,
     pub disable_after: u32,
-    pub no_key_max_wait_ms: u64,
+    #[serde(rename = "no_key_max_wait_ms", deserialize_with = "millis")]
+    pub no_key_max_wait: Duration,
     /// How often the keys file's contents are compared with the applied ones (SIGHUP also
     /// re-reads it at once).
-    pub reload_interval_ms: u64,
+    #[serde(rename = "reload_interval_ms", deserialize_with = "millis")]
+    pub reload_interval: Duration,
     /// From `GEMINI_API_KEYS`, not from the SLUICE__ namespace.
     #[serde(skip)]
     pub api_keys: Vec<ApiKey>,
@@ -210,14 +243,41 @@ pub struct LimitSettings {
     pub rpm: u32,
     pub tpm: u32,
     pub rpd: u32,
-    pub window_ms: u64,
-    pub backend: String,
+    #[serde(rename = "window_ms", deserialize_with = "millis")]
+    pub window: Duration,
+    pub backend: LimitsBackend,
+}
+
+/// Where key budgets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    /// In Redis, shared by every worker: exact fleet-wide.
+    Redis,
+    /// In each worker's memory, at budget ÷ `worker.expected_replicas`.
+    Local,
+}
+
+impl std::str::FromStr for LimitsBackend {
+    type Err = SettingsError;
+
+    fn from_str(s: &str) -> Result<Self, SettingsError> {
+        match s {
+            "redis" => Ok(Self::Redis),
+            "local" => Ok(Self::Local),
+            _ => Err(invalid(
+                "SLUICE__LIMITS__BACKEND",
+                format!("{s:?}: either \"redis\" or \"local\""),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub jwt_secret: Secret<String>,
-    pub token_ttl_secs: u64,
+    #[serde(rename = "token_ttl_secs", deserialize_with = "secs")]
+    pub token_ttl: Duration,
     /// Password hashes that may wait for a hashing slot before new ones are refused (503).
     pub max_waiting_hashes: u32,
 }
@@ -276,22 +336,50 @@ impl Settings {
         Ok(config.try_deserialize()?)
     }
 
-    /// Every problem is reported, each naming its variable, in one error.
+    /// Every problem is reported, each naming its variable and its rule, in one error.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
-        let prefix = &self.queues.prefix;
-        if prefix.is_empty() || prefix.len() > 200 || prefix.chars().any(char::is_whitespace) {
-            problems.push(invalid(
-                "SLUICE__QUEUES__PREFIX",
-                "1..=200 bytes without spaces",
-            ));
+        for check in [
+            Self::check_database,
+            Self::check_http,
+            Self::check_worker,
+            Self::check_queues,
+            Self::check_retry,
+            Self::check_provider,
+            Self::check_stream,
+            Self::check_chat,
+            Self::check_keys,
+            Self::check_limits,
+            Self::check_relay,
+            Self::check_auth,
+        ] {
+            check(self, &mut problems);
         }
-        if self.retry.delays_ms.contains(&0) {
-            problems.push(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
+        SettingsError::all(problems)
+    }
+
+    fn check_database(&self, problems: &mut Vec<SettingsError>) {
+        if self.database.max_connections == 0 {
+            problems.push(invalid("SLUICE__DATABASE__MAX_CONNECTIONS", "must be > 0"));
         }
-        if self.retry.reaper_interval_ms == 0 {
-            problems.push(invalid("SLUICE__RETRY__REAPER_INTERVAL_MS", "must be > 0"));
-        }
+    }
+
+    fn check_http(&self, problems: &mut Vec<SettingsError>) {
+        let http = &self.http;
+        positive(
+            problems,
+            "SLUICE__HTTP__HEADER_READ_TIMEOUT_MS",
+            http.header_read_timeout,
+        );
+        positive(problems, "SLUICE__HTTP__BODY_TIMEOUT_MS", http.body_timeout);
+        positive(
+            problems,
+            "SLUICE__HTTP__REQUEST_TIMEOUT_MS",
+            http.request_timeout,
+        );
+    }
+
+    fn check_worker(&self, problems: &mut Vec<SettingsError>) {
         if self.worker.prefetch == 0 {
             problems.push(invalid("SLUICE__WORKER__PREFETCH", "must be at least 1"));
         }
@@ -301,25 +389,41 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if self.keys.reload_interval_ms < 100 {
+    }
+
+    fn check_queues(&self, problems: &mut Vec<SettingsError>) {
+        let prefix = &self.queues.prefix;
+        if prefix.is_empty() || prefix.len() > 200 || prefix.chars().any(char::is_whitespace) {
             problems.push(invalid(
-                "SLUICE__KEYS__RELOAD_INTERVAL_MS",
-                "must be at least 100 ms",
+                "SLUICE__QUEUES__PREFIX",
+                "1..=200 bytes without spaces",
             ));
         }
-        if self.limits.window_ms == 0 {
-            problems.push(invalid("SLUICE__LIMITS__WINDOW_MS", "must be > 0"));
+        if self.queues.max_message_bytes == 0 {
+            problems.push(invalid("SLUICE__QUEUES__MAX_MESSAGE_BYTES", "must be > 0"));
         }
-        if !matches!(self.limits.backend.as_str(), "redis" | "local") {
+        if self.queues.requests_max_length == 0 {
             problems.push(invalid(
-                "SLUICE__LIMITS__BACKEND",
-                "either \"redis\" or \"local\"",
+                "SLUICE__QUEUES__REQUESTS_MAX_LENGTH",
+                "must be > 0",
             ));
         }
-        if self.database.max_connections == 0 {
-            problems.push(invalid("SLUICE__DATABASE__MAX_CONNECTIONS", "must be > 0"));
+    }
+
+    fn check_retry(&self, problems: &mut Vec<SettingsError>) {
+        if self.retry.delays_ms.contains(&0) {
+            problems.push(invalid("SLUICE__RETRY__DELAYS_MS", "delays must be > 0 ms"));
         }
-        let proxy = self.provider.proxy.expose();
+        positive(
+            problems,
+            "SLUICE__RETRY__REAPER_INTERVAL_MS",
+            self.retry.reaper_interval,
+        );
+    }
+
+    fn check_provider(&self, problems: &mut Vec<SettingsError>) {
+        let provider = &self.provider;
+        let proxy = provider.proxy.expose();
         if !proxy.is_empty()
             && !["http://", "https://", "socks5://", "socks5h://"]
                 .iter()
@@ -330,42 +434,86 @@ impl Settings {
                 "must start with http://, https:// or socks5h://",
             ));
         }
-        if !is_model_name(&self.provider.model) {
+        if !is_model_name(&provider.model) {
             problems.push(invalid(
                 "SLUICE__PROVIDER__MODEL",
                 "letters, digits, '.', '-' and '_' only",
             ));
         }
-        if let Some(bad) = self.provider.models.iter().find(|m| !is_model_name(m)) {
+        if let Some(bad) = provider.models.iter().find(|m| !is_model_name(m)) {
             problems.push(invalid(
                 "SLUICE__PROVIDER__MODELS",
                 format!("{bad:?}: letters, digits, '.', '-' and '_' only"),
             ));
         }
-        if self.provider.max_reply_bytes == 0 {
+        if provider.max_reply_bytes == 0 {
             problems.push(invalid("SLUICE__PROVIDER__MAX_REPLY_BYTES", "must be > 0"));
         }
-        for (name, value) in [
-            ("SLUICE__STREAM__PARTIAL_TTL_MS", self.stream.partial_ttl_ms),
-            ("SLUICE__STREAM__GAP_TIMEOUT_MS", self.stream.gap_timeout_ms),
-            ("SLUICE__STREAM__HEARTBEAT_MS", self.stream.heartbeat_ms),
-            ("SLUICE__STREAM__TOKEN_TTL_SECS", self.stream.token_ttl_secs),
-            (
-                "SLUICE__STREAM__WATCHER_BUFFER",
-                self.stream.watcher_buffer as u64,
-            ),
-        ] {
-            if value == 0 {
-                problems.push(invalid(name, "must be > 0"));
-            }
+        positive(
+            problems,
+            "SLUICE__PROVIDER__CONNECT_TIMEOUT_MS",
+            provider.connect_timeout,
+        );
+        positive(problems, "SLUICE__PROVIDER__TIMEOUT_MS", provider.timeout);
+    }
+
+    fn check_stream(&self, problems: &mut Vec<SettingsError>) {
+        let stream = &self.stream;
+        positive(
+            problems,
+            "SLUICE__STREAM__PARTIAL_TTL_MS",
+            stream.partial_ttl,
+        );
+        positive(
+            problems,
+            "SLUICE__STREAM__GAP_TIMEOUT_MS",
+            stream.gap_timeout,
+        );
+        positive(problems, "SLUICE__STREAM__HEARTBEAT_MS", stream.heartbeat);
+        positive(problems, "SLUICE__STREAM__TOKEN_TTL_SECS", stream.token_ttl);
+        if stream.watcher_buffer == 0 {
+            problems.push(invalid("SLUICE__STREAM__WATCHER_BUFFER", "must be > 0"));
         }
-        if self.queues.max_message_bytes == 0 {
-            problems.push(invalid("SLUICE__QUEUES__MAX_MESSAGE_BYTES", "must be > 0"));
-        }
+    }
+
+    fn check_chat(&self, problems: &mut Vec<SettingsError>) {
         if self.chat.history_bytes == 0 {
             problems.push(invalid("SLUICE__CHAT__HISTORY_BYTES", "must be > 0"));
         }
-        SettingsError::all(problems)
+    }
+
+    fn check_keys(&self, problems: &mut Vec<SettingsError>) {
+        if self.keys.reload_interval < Duration::from_millis(100) {
+            problems.push(invalid(
+                "SLUICE__KEYS__RELOAD_INTERVAL_MS",
+                "must be at least 100 ms",
+            ));
+        }
+        positive(
+            problems,
+            "SLUICE__KEYS__PROBE_INTERVAL_MS",
+            self.keys.probe_interval,
+        );
+    }
+
+    fn check_limits(&self, problems: &mut Vec<SettingsError>) {
+        positive(problems, "SLUICE__LIMITS__WINDOW_MS", self.limits.window);
+    }
+
+    fn check_relay(&self, problems: &mut Vec<SettingsError>) {
+        positive(
+            problems,
+            "SLUICE__RELAY__SWEEP_AFTER_MS",
+            self.relay.sweep_after,
+        );
+    }
+
+    fn check_auth(&self, problems: &mut Vec<SettingsError>) {
+        positive(
+            problems,
+            "SLUICE__AUTH__TOKEN_TTL_SECS",
+            self.auth.token_ttl,
+        );
     }
 
     /// The API refuses to start without a real signing secret.
@@ -394,6 +542,13 @@ impl Settings {
 
     pub fn keys_file(&self) -> Option<PathBuf> {
         (!self.keys.file.is_empty()).then(|| PathBuf::from(&self.keys.file))
+    }
+}
+
+/// A duration that must not be zero.
+fn positive(problems: &mut Vec<SettingsError>, name: &'static str, value: Duration) {
+    if value.is_zero() {
+        problems.push(invalid(name, "must be > 0"));
     }
 }
 
@@ -460,7 +615,7 @@ mod tests {
     #[test]
     fn a_zero_reaper_interval_is_refused() -> Result<(), SettingsError> {
         let mut s = Settings::defaults()?;
-        s.retry.reaper_interval_ms = 0;
+        s.retry.reaper_interval = Duration::ZERO;
         assert!(s.validate().is_err());
         Ok(())
     }
@@ -469,7 +624,7 @@ mod tests {
     fn every_invalid_setting_is_named_in_one_error() -> Result<(), SettingsError> {
         let mut s = Settings::defaults()?;
         s.worker.prefetch = 0;
-        s.limits.backend = "memcached".into();
+        s.relay.sweep_after = Duration::ZERO;
         s.queues.prefix = String::new();
         let message = s
             .validate()
@@ -478,7 +633,7 @@ mod tests {
             .unwrap_or_default();
         for name in [
             "SLUICE__WORKER__PREFETCH",
-            "SLUICE__LIMITS__BACKEND",
+            "SLUICE__RELAY__SWEEP_AFTER_MS",
             "SLUICE__QUEUES__PREFIX",
         ] {
             assert!(message.contains(name), "{name} missing from: {message}");
@@ -522,6 +677,35 @@ mod tests {
         assert_eq!(with("text")?.telemetry.format, LogFormat::Text);
         let refused = with("xml").err().ok_or("xml was accepted")?.to_string();
         assert!(refused.contains("telemetry.format"), "{refused}");
+        Ok(())
+    }
+
+    #[test]
+    fn durations_and_the_backend_are_typed_and_named_in_errors()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let with = |key: &str, value: &str| {
+            Config::builder()
+                .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+                .set_override(key, value)?
+                .build()?
+                .try_deserialize::<Settings>()
+        };
+        let s = with("limits.window_ms", "1500")?;
+        assert_eq!(s.limits.window, Duration::from_millis(1500));
+        assert_eq!(s.limits.backend, LimitsBackend::Redis);
+        assert_eq!(s.auth.token_ttl, Duration::from_secs(86_400));
+        assert_eq!(
+            with("limits.backend", "local")?.limits.backend,
+            LimitsBackend::Local
+        );
+        let refused = with("limits.backend", "memcached")
+            .err()
+            .ok_or("memcached was accepted")?;
+        assert!(refused.to_string().contains("limits.backend"), "{refused}");
+        let refused = with("limits.window_ms", "-5")
+            .err()
+            .ok_or("-5 ms was accepted")?;
+        assert!(refused.to_string().contains("window_ms"), "{refused}");
         Ok(())
     }
 

@@ -210,7 +210,7 @@ fn no_workers() -> TestOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_opens_a_stream_and_event_tokens_open_nothing_else() {
     let options = TestOptions {
-        configure: Some(|s| s.stream.token_ttl_secs = 60),
+        configure: Some(|s| s.stream.token_ttl = Duration::from_secs(60)),
         ..no_workers()
     };
     run(options, |app| async move {
@@ -253,7 +253,7 @@ async fn only_the_owner_opens_a_stream_and_event_tokens_open_nothing_else() {
 
         // A replica whose tokens last a second: its token is refused once expired, here too.
         let mut short = app.settings.clone();
-        short.stream.token_ttl_secs = 1;
+        short.stream.token_ttl = Duration::from_secs(1);
         let replica = app.add_api(short).await?;
         let (status, body) = app
             .http
@@ -360,7 +360,7 @@ async fn a_post_streams_created_messages_its_pieces_and_the_completed_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_come_in_order_gaps_become_snapshots_and_attempts_reset() {
     let options = TestOptions {
-        configure: Some(|s| s.stream.gap_timeout_ms = 300),
+        configure: Some(|s| s.stream.gap_timeout = Duration::from_millis(300)),
         ..no_workers()
     };
     run(options, |app| async move {

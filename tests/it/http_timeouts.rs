@@ -13,16 +13,16 @@ use tokio::net::TcpStream;
 const GIVE_UP: Duration = Duration::from_secs(20);
 
 fn short_timeouts(settings: &mut Settings) {
-    settings.http.header_read_timeout_ms = 500;
-    settings.http.body_timeout_ms = 300;
-    settings.http.request_timeout_ms = 10_000;
+    settings.http.header_read_timeout = Duration::from_millis(500);
+    settings.http.body_timeout = Duration::from_millis(300);
+    settings.http.request_timeout = Duration::from_millis(10_000);
 }
 
 /// The whole-request timeout fires first, while the handler still waits for the body.
 fn short_request_timeout(settings: &mut Settings) {
-    settings.http.header_read_timeout_ms = 10_000;
-    settings.http.body_timeout_ms = 10_000;
-    settings.http.request_timeout_ms = 300;
+    settings.http.header_read_timeout = Duration::from_millis(10_000);
+    settings.http.body_timeout = Duration::from_millis(10_000);
+    settings.http.request_timeout = Duration::from_millis(300);
 }
 
 async fn connect(app: &TestApp) -> anyhow::Result<TcpStream> {

@@ -190,7 +190,7 @@ async fn deltas_spell_the_stored_reply_in_order_and_redis_keeps_it() {
         let (partial, ttl) = wait_partial(&app, &id, 1, &text).await?;
         assert_eq!(partial.generation, 0);
         assert_eq!(partial.seq as usize, deltas.len() - 1);
-        let max_ttl = i64::try_from(app.settings.stream.partial_ttl_ms)?;
+        let max_ttl = i64::try_from(app.settings.stream.partial_ttl.as_millis())?;
         assert!(ttl > 0 && ttl <= max_ttl, "PTTL {ttl}");
         watcher.stop().await;
         Ok(())

@@ -334,7 +334,7 @@ mod tests {
     ) -> Result<Live, Box<dyn std::error::Error>> {
         let mut settings = Settings::defaults()?.provider;
         settings.proxy = Secret::new(proxy.to_owned());
-        settings.connect_timeout_ms = 2_000;
+        settings.connect_timeout = Duration::from_millis(2_000);
         Ok(Live::from_pointee(Context {
             provider: Provider::new(&settings, &keys, Arc::default())?,
             budgets: Budgets::new(keys, None, 1),

@@ -32,6 +32,7 @@ use sluice_shared::keypool::{
     watch_keys,
 };
 use sluice_shared::metrics::Metrics;
+use sluice_shared::settings::{LimitsBackend, millis_of};
 use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
 use std::future::IntoFuture;
@@ -134,13 +135,13 @@ impl Shared {
                 link,
                 RedisLayout::new(settings.redis.prefix.clone()),
                 keys.clone(),
-                settings.provider.timeout_ms,
+                millis_of(settings.provider.timeout),
             )
         });
         Ok(handler::Context {
             provider: provider::Provider::new(&settings.provider, &keys, self.egress.clone())?,
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
-            budget_wait: Duration::from_millis(settings.worker.budget_wait_ms),
+            budget_wait: settings.worker.budget_wait,
             disable_after: settings.keys.disable_after.max(1),
             chunks: self.chunks.clone(),
         })
@@ -169,13 +170,13 @@ async fn serve(
             // Partial texts live in Redis even when budgets are local (the API reads them).
             redis: Some(redis_client.clone()),
             redis_prefix: settings.redis.prefix.clone(),
-            partial_ttl: Duration::from_millis(settings.stream.partial_ttl_ms),
+            partial_ttl: settings.stream.partial_ttl,
         },
         &mut supervisor,
     );
     let settings = Arc::new(settings);
     let shared = Shared {
-        redis: (settings.limits.backend == "redis")
+        redis: (settings.limits.backend == LimitsBackend::Redis)
             .then(|| Arc::new(budget::redis::RedisLink::new(redis_client))),
         egress: Arc::default(),
         chunks,
@@ -207,7 +208,7 @@ async fn serve(
         probe::run(
             live.clone(),
             settings.provider.model.clone(),
-            Duration::from_millis(settings.keys.probe_interval_ms.max(100)),
+            settings.keys.probe_interval.max(Duration::from_millis(100)),
             cancel.clone(),
         ),
     );
@@ -225,10 +226,10 @@ async fn serve(
         amqp_url: settings.amqp.url.clone(),
         topology: Topology::from_settings(&settings),
         prefetch: settings.worker.prefetch,
-        no_key_max_wait_ms: settings.keys.no_key_max_wait_ms,
+        no_key_max_wait_ms: millis_of(settings.keys.no_key_max_wait),
         context: live,
         health,
-        shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
+        shutdown_grace: settings.worker.shutdown_grace,
     };
     supervisor.spawn("consumer", consumer.run(cancel));
     Ok(supervisor.run().await?)

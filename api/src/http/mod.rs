@@ -15,7 +15,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 pub use state::AppState;
-use std::time::Duration;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 /// Request bodies above this are refused with 413.
@@ -32,10 +31,7 @@ pub fn app(state: AppState) -> axum::Router {
     let scrape = state.metrics.router();
     let streams = routes::streams(state.clone()).layer(axum::middleware::from_fn(metrics::track));
     let http = &state.settings.http;
-    let (body_timeout, request_timeout) = (
-        Duration::from_millis(http.body_timeout_ms),
-        Duration::from_millis(http.request_timeout_ms),
-    );
+    let (body_timeout, request_timeout) = (http.body_timeout, http.request_timeout);
     let rest = routes::router(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))

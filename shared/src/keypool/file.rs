@@ -3,7 +3,7 @@
 
 use super::{KeySpec, Limits};
 use crate::Secret;
-use crate::settings::{Settings, is_model_name};
+use crate::settings::{Settings, is_model_name, millis_of};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -97,7 +97,7 @@ pub fn keys_with_file_text(
             project: k.alias.clone(),
             default_limits: defaults,
             model_limits: BTreeMap::new(),
-            window_ms: settings.limits.window_ms,
+            window_ms: millis_of(settings.limits.window),
             proxy: None,
             weight: 1,
         })
@@ -113,7 +113,7 @@ pub fn keys_with_file_text(
                 entry,
                 offset + i,
                 defaults,
-                settings.limits.window_ms,
+                millis_of(settings.limits.window),
             )?);
         }
     }

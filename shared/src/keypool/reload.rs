@@ -177,7 +177,11 @@ pub async fn watch_keys(
 ) {
     let mut triggered = trigger.subscribe();
     let has_file = !watch.path().is_empty();
-    let interval = Duration::from_millis(watch.settings.keys.reload_interval_ms.max(100));
+    let interval = watch
+        .settings
+        .keys
+        .reload_interval
+        .max(Duration::from_millis(100));
     loop {
         let forced = tokio::select! {
             _ = cancel.cancelled() => return,

@@ -147,8 +147,8 @@ impl Routes {
 
 fn client(settings: &ProviderSettings, proxy: &str) -> Result<reqwest::Client, reqwest::Error> {
     let builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .timeout(Duration::from_millis(settings.timeout_ms))
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.timeout)
         .pool_idle_timeout(Duration::from_secs(60));
     let builder = if proxy.is_empty() {
         // `no_proxy` only here: on a proxied client it would clear the proxy itself.

@@ -74,7 +74,7 @@ fn session(state: &AppState, user: User) -> Result<Session, ApiError> {
     let token = issue_token(
         state.settings.auth.jwt_secret.expose(),
         user.id,
-        state.settings.auth.token_ttl_secs,
+        state.settings.auth.token_ttl.as_secs(),
     )?;
     Ok(Session {
         token,

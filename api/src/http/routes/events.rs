@@ -57,7 +57,7 @@ async fn token(
     Path(chat_id): Path<String>,
 ) -> Result<Json<EventsToken>, ApiError> {
     let chat = owned_chat(&state.store, user, &chat_id).await?;
-    let ttl = state.settings.stream.token_ttl_secs;
+    let ttl = state.settings.stream.token_ttl.as_secs();
     let token =
         auth::issue_events_token(state.settings.auth.jwt_secret.expose(), user, chat.id, ttl)?;
     Ok(Json(EventsToken {
@@ -140,8 +140,8 @@ async fn events(
         ),
     };
     let stream_settings = &state.settings.stream;
-    let gap = Duration::from_millis(stream_settings.gap_timeout_ms);
-    let heartbeat = Duration::from_millis(stream_settings.heartbeat_ms.max(1));
+    let gap = stream_settings.gap_timeout;
+    let heartbeat = stream_settings.heartbeat.max(Duration::from_millis(1));
     // Bound before anything is read, so nothing committed or published from here on is missed.
     let watch = state.hub.watch(chat.id).await;
     let watcher = Watcher::start(chat.id, watch, state.store.clone(), gap, resume).await?;

@@ -119,7 +119,7 @@ fn gemini(base_url: String, stream: bool) -> Result<(Gemini, KeySpec), Box<dyn s
     let mut settings = Settings::defaults()?.provider;
     settings.base_url = base_url;
     settings.max_reply_bytes = MAX;
-    settings.timeout_ms = if stream { 1_000 } else { 10_000 };
+    settings.timeout = std::time::Duration::from_millis(if stream { 1_000 } else { 10_000 });
     settings.stream = stream;
     let key = KeySpec {
         alias: "k".into(),
