@@ -55,38 +55,51 @@ impl TaskHealth {
     }
 }
 
-/// Test hooks: end a named task as though it had returned by itself. A process without hooks
-/// (the default) pays one never-firing branch per task.
+/// Test hooks: end a named task as though it had returned by itself. Only [`TaskHooks::armed`]
+/// hooks can: the default ones cost nothing, as the tasks are spawned without them.
 #[derive(Debug, Clone, Default)]
-pub struct TaskHooks(Arc<Mutex<HashMap<String, CancellationToken>>>);
+pub struct TaskHooks(Option<Arc<Mutex<HashMap<String, CancellationToken>>>>);
 
 impl TaskHooks {
+    /// Hooks that [`TaskHooks::end`] can use.
+    pub fn armed() -> Self {
+        Self(Some(Arc::default()))
+    }
+
     /// Hooks that end the task named in `SLUICE_TEST_END_TASK` right after it starts (for
-    /// tests of the binaries; read by `main` only). Empty when the variable is unset.
+    /// tests of the binaries; read by `main` only). Unarmed when the variable is unset.
     #[expect(
         clippy::disallowed_methods,
         reason = "a test hook of the binaries, read once in main beside the settings"
     )]
     pub fn from_env() -> Self {
-        let hooks = Self::default();
-        if let Ok(name) = std::env::var("SLUICE_TEST_END_TASK") {
-            hooks.end(&name);
+        match std::env::var("SLUICE_TEST_END_TASK") {
+            Ok(name) => {
+                let hooks = Self::armed();
+                hooks.end(&name);
+                hooks
+            }
+            Err(_) => Self::default(),
         }
-        hooks
     }
 
-    /// Ends the task `name` (now, or as soon as it is spawned).
+    /// Ends the task `name` (now, or as soon as it is spawned); unarmed hooks ignore it.
     pub fn end(&self, name: &str) {
-        self.token(name).cancel();
+        if let Some(token) = self.token(name) {
+            token.cancel();
+        }
     }
 
-    fn token(&self, name: &str) -> CancellationToken {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
+    fn token(&self, name: &str) -> Option<CancellationToken> {
+        let tokens = self.0.as_ref()?;
+        Some(
+            tokens
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(name.to_owned())
+                .or_default()
+                .clone(),
+        )
     }
 }
 
@@ -128,13 +141,17 @@ impl Supervisor {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        let ended_by_hook = self.hooks.token(name);
-        let handle = self.tasks.spawn(in_current(async move {
-            tokio::select! {
-                output = task => output.failure(),
-                _ = ended_by_hook.cancelled() => None,
-            }
-        }));
+        let handle = match self.hooks.token(name) {
+            None => self
+                .tasks
+                .spawn(in_current(async move { task.await.failure() })),
+            Some(ended_by_hook) => self.tasks.spawn(in_current(async move {
+                tokio::select! {
+                    output = task => output.failure(),
+                    _ = ended_by_hook.cancelled() => None,
+                }
+            })),
+        };
         self.names.insert(handle.id(), name);
     }
 
@@ -269,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn a_hook_ends_a_named_task_before_or_after_it_starts() {
         let cancel = CancellationToken::new();
-        let hooks = TaskHooks::default();
+        let hooks = TaskHooks::armed();
         hooks.end("early");
         let mut supervisor = Supervisor::new(cancel.clone(), hooks.clone());
         supervisor.spawn("early", until_cancelled(&cancel));

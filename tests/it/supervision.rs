@@ -21,7 +21,7 @@ async fn an_api_whose_relay_ends_stops_and_names_it() {
     run(no_workers(), |app| async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let hooks = TaskHooks::default();
+        let hooks = TaskHooks::armed();
         let api = tokio::spawn(sluice_api::run_with(
             app.settings.clone(),
             listener,
@@ -60,7 +60,7 @@ async fn an_api_whose_relay_ends_stops_and_names_it() {
 async fn a_worker_whose_consumer_ends_stops_and_names_it() {
     run(no_workers(), |app| async move {
         let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let hooks = TaskHooks::default();
+        let hooks = TaskHooks::armed();
         hooks.end("consumer");
         let stopped = tokio::time::timeout(
             STOPS_WITHIN,
