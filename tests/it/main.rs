@@ -26,6 +26,7 @@ mod retries;
 mod rolling_restart;
 mod row_isolation;
 mod sizes;
+mod stop_marks;
 mod streaming;
 mod supervision;
 mod topology;
