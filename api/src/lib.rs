@@ -180,6 +180,7 @@ async fn serve(
         hub,
         tasks: supervisor.health(),
         stops,
+        sessions: http::sessions::Sessions::new(store.clone()),
     };
     let background = Background {
         topology,

@@ -171,7 +171,13 @@ impl Marks {
         format!("{}stop:user:{user}", self.prefix)
     }
 
-    fn in_flight_key(&self, user: Uuid) -> String {
+    /// The link the marks go through, for other keys of the same user's work.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
+
+    /// The sorted set of `user`'s calls in flight.
+    pub fn in_flight_key(&self, user: Uuid) -> String {
         format!("{}inflight:{user}", self.prefix)
     }
 
@@ -338,14 +344,6 @@ impl Marks {
         let script = self.calls_in_flight.clone();
         self.link
             .run(|mut c| async move { script.key(key).invoke_async::<u64>(&mut c).await })
-            .await
-    }
-
-    /// Removes what Redis holds of `user`'s work (the account is gone; its stop mark stays).
-    pub async fn forget_user(&self, user: Uuid) -> Result<(), RedisError> {
-        let key = self.in_flight_key(user);
-        self.link
-            .run(|mut c| async move { redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await })
             .await
     }
 }

@@ -26,6 +26,10 @@ struct Claims {
     sub: Uuid,
     iat: i64,
     exp: i64,
+    /// The session: a sign-in token's own id, carried by the event-stream tokens it issues, so
+    /// signing out ends both. Tokens issued before sessions existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<Uuid>,
     /// `events` on an event-stream token, which is good for nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
@@ -39,37 +43,75 @@ fn mac(secret: &str) -> Result<HmacSha256, ApiError> {
         .map_err(|e| ApiError::Internal(format!("hmac key: {e}")))
 }
 
-/// Signs a token for `user` that expires after `ttl_secs`.
-pub fn issue_token(secret: &str, user: Uuid, ttl_secs: u64) -> Result<String, ApiError> {
-    sign(secret, claims(user, ttl_secs))
+/// Who a verified token speaks for, and when it was issued (seconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub user: Uuid,
+    /// `None` only on tokens issued before sessions existed: they cannot be signed out one by
+    /// one (a password change still ends them).
+    pub id: Option<Uuid>,
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
-/// Signs an event-stream token: `user` may open the event stream of `chat` (and nothing else)
-/// for `ttl_secs`. Stateless, so any replica accepts it.
-pub fn issue_events_token(
+/// Signs a token for `user`, a session of its own, that expires after `ttl_secs`.
+pub fn issue_token(secret: &str, user: Uuid, ttl_secs: u64) -> Result<String, ApiError> {
+    issue_token_at(secret, user, ttl_secs, chrono::Utc::now().timestamp())
+}
+
+/// [`issue_token`] dated `issued_at`: after a password change, the new token is dated the
+/// instant from which tokens are valid again.
+pub fn issue_token_at(
     secret: &str,
     user: Uuid,
+    ttl_secs: u64,
+    issued_at: i64,
+) -> Result<String, ApiError> {
+    sign(
+        secret,
+        claims(user, ttl_secs, issued_at, Some(Uuid::new_v4())),
+    )
+}
+
+/// Signs an event-stream token: the session's user may open the event stream of `chat` (and
+/// nothing else) for `ttl_secs`. Stateless, so any replica accepts it; it carries the
+/// session's id, so signing out ends it too.
+pub fn issue_events_token(
+    secret: &str,
+    session: &Session,
     chat: Uuid,
     ttl_secs: u64,
 ) -> Result<String, ApiError> {
+    let now = chrono::Utc::now().timestamp();
     sign(
         secret,
         Claims {
             aud: Some(EVENTS_AUDIENCE.into()),
             chat: Some(chat),
-            ..claims(user, ttl_secs)
+            ..claims(session.user, ttl_secs, now, session.id)
         },
     )
 }
 
-fn claims(user: Uuid, ttl_secs: u64) -> Claims {
-    let now = chrono::Utc::now().timestamp();
+fn claims(user: Uuid, ttl_secs: u64, issued_at: i64, jti: Option<Uuid>) -> Claims {
     Claims {
         sub: user,
-        iat: now,
-        exp: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
+        iat: issued_at,
+        exp: issued_at.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
+        jti,
         aud: None,
         chat: None,
+    }
+}
+
+impl Claims {
+    fn session(&self) -> Session {
+        Session {
+            user: self.sub,
+            id: self.jti,
+            issued_at: self.iat,
+            expires_at: self.exp,
+        }
     }
 }
 
@@ -91,21 +133,22 @@ fn invalid() -> ApiError {
     ApiError::unauthorized("invalid_token", "the token is not valid")
 }
 
-/// Checks signature, algorithm and expiry of a sign-in token; returns the user id. An
-/// event-stream token is not one.
-pub fn verify_token(secret: &str, token: &str) -> Result<Uuid, ApiError> {
+/// Checks signature, algorithm and expiry of a sign-in token; returns its session. An
+/// event-stream token is not one. Whether the session still stands (not signed out, the
+/// account not suspended or deleted) is [`crate::http::sessions::Sessions::check`]'s.
+pub fn verify_token(secret: &str, token: &str) -> Result<Session, ApiError> {
     let claims = verify(secret, token)?;
     if claims.aud.is_some() {
         return Err(invalid());
     }
-    Ok(claims.sub)
+    Ok(claims.session())
 }
 
-/// Checks an event-stream token; returns its user and chat. A sign-in token is not one.
-pub fn verify_events_token(secret: &str, token: &str) -> Result<(Uuid, Uuid), ApiError> {
+/// Checks an event-stream token; returns its session and chat. A sign-in token is not one.
+pub fn verify_events_token(secret: &str, token: &str) -> Result<(Session, Uuid), ApiError> {
     let claims = verify(secret, token)?;
     match (claims.aud.as_deref(), claims.chat) {
-        (Some(EVENTS_AUDIENCE), Some(chat)) => Ok((claims.sub, chat)),
+        (Some(EVENTS_AUDIENCE), Some(chat)) => Ok((claims.session(), chat)),
         _ => Err(invalid()),
     }
 }
@@ -252,7 +295,14 @@ mod tests {
     fn tokens_round_trip_and_reject_tampering() -> Result<(), ApiError> {
         let user = Uuid::now_v7();
         let token = issue_token(SECRET, user, 60)?;
-        assert_eq!(verify_token(SECRET, &token)?, user);
+        let session = verify_token(SECRET, &token)?;
+        assert_eq!(session.user, user);
+        assert!(
+            session.id.is_some(),
+            "every sign-in is a session of its own"
+        );
+        let again = verify_token(SECRET, &issue_token(SECRET, user, 60)?)?;
+        assert_ne!(again.id, session.id);
         assert!(verify_token("another-secret-another-secret-xx", &token).is_err());
         let mut tampered = token.clone();
         tampered.insert(token.find('.').map_or(0, |i| i + 3), 'x');
@@ -264,10 +314,16 @@ mod tests {
     #[test]
     fn event_tokens_and_sign_in_tokens_are_not_interchangeable() -> Result<(), ApiError> {
         let (user, chat) = (Uuid::now_v7(), Uuid::now_v7());
-        let events = issue_events_token(SECRET, user, chat, 60)?;
-        assert_eq!(verify_events_token(SECRET, &events)?, (user, chat));
-        assert!(verify_token(SECRET, &events).is_err());
         let sign_in = issue_token(SECRET, user, 60)?;
+        let session = verify_token(SECRET, &sign_in)?;
+        let events = issue_events_token(SECRET, &session, chat, 60)?;
+        let (of_events, events_chat) = verify_events_token(SECRET, &events)?;
+        assert_eq!((of_events.user, events_chat), (user, chat));
+        assert_eq!(
+            of_events.id, session.id,
+            "signing out ends the streams it opened"
+        );
+        assert!(verify_token(SECRET, &events).is_err());
         assert!(verify_events_token(SECRET, &sign_in).is_err());
         Ok(())
     }

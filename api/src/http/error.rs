@@ -68,6 +68,7 @@ impl ApiError {
             "chat" => "chat_not_found",
             "message" => "message_not_found",
             "template" => "template_not_found",
+            "user" => "user_not_found",
             _ => "not_found",
         };
         Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))

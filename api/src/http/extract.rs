@@ -3,7 +3,7 @@
 //! client's address, and path ids (a malformed id is a 404 like an unknown one).
 
 use crate::http::AppState;
-use crate::http::auth;
+use crate::http::auth::{self, Session};
 use crate::http::error::ApiError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
@@ -180,11 +180,30 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let SignedIn(session) = SignedIn::from_request_parts(parts, state).await?;
+        Ok(AuthUser(session.user))
+    }
+}
+
+/// The session of a valid bearer sign-in token that still stands (not signed out, not
+/// replaced by a password change, its account neither suspended nor deleted).
+pub struct SignedIn(pub Session);
+
+impl<S> FromRequestParts<S> for SignedIn
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let token = bearer(parts).ok_or_else(|| {
             ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>")
         })?;
-        auth::verify_token(state.settings.auth.jwt_secret.expose(), token).map(AuthUser)
+        let session = auth::verify_token(state.settings.auth.jwt_secret.expose(), token)?;
+        state.sessions.check(&session).await?;
+        Ok(SignedIn(session))
     }
 }
 

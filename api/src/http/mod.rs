@@ -8,6 +8,7 @@ pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 mod state;
 pub mod stops;
 pub mod trace;

@@ -4,6 +4,7 @@
 use crate::http::auth::HashQueue;
 use crate::http::limits::Limits;
 use crate::http::limits::address::TrustedProxies;
+use crate::http::sessions::Sessions;
 use crate::http::stops::StopMarks;
 use crate::live::Hub;
 use crate::store::Store;
@@ -42,4 +43,6 @@ pub struct AppState {
     pub tasks: TaskHealth,
     /// Tells workers what is no longer wanted.
     pub stops: StopMarks,
+    /// Whether a token's session still stands.
+    pub sessions: Arc<Sessions>,
 }

@@ -3,8 +3,10 @@
 //! or cut its call short. A Redis failure is logged, never an error: the generation check
 //! still discards whatever answer comes back.
 
+use crate::http::limits::user_keys_pattern;
 use sluice_shared::Settings;
 use sluice_shared::marks::{Marks, StopReason, stop_ttl};
+use sluice_shared::stream::partial_key;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -12,6 +14,7 @@ use uuid::Uuid;
 pub struct StopMarks {
     marks: Marks,
     ttl: Duration,
+    prefix: String,
 }
 
 fn not_written(what: &'static str, error: &redis::RedisError) {
@@ -24,6 +27,7 @@ impl StopMarks {
         Self {
             marks,
             ttl: stop_ttl(settings),
+            prefix: settings.redis.prefix.clone(),
         }
     }
 
@@ -56,6 +60,46 @@ impl StopMarks {
         let ttl = (reason != StopReason::AccountSuspended).then_some(self.ttl);
         if let Err(e) = self.marks.stop_user(user, reason, ttl).await {
             not_written("user", &e);
+        }
+    }
+
+    /// Forgets what Redis holds of a deleted account: the partial texts of its `pending`
+    /// replies, its calls in flight and its limit counters. Its stop mark stays until it
+    /// expires: it names nothing but the id, and keeps queued work from being sent.
+    pub async fn forget_user(&self, user: Uuid, pending: &[Uuid]) {
+        let mut keys: Vec<String> = pending
+            .iter()
+            .map(|m| partial_key(&self.prefix, *m))
+            .collect();
+        keys.push(self.marks.in_flight_key(user));
+        let pattern = user_keys_pattern(&self.prefix, user);
+        let forgotten = self
+            .marks
+            .link()
+            .run(|mut c| async move {
+                let mut limit_keys: Vec<String> = Vec::new();
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut c)
+                        .await?;
+                    limit_keys.extend(found);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                keys.extend(limit_keys);
+                redis::cmd("DEL").arg(keys).query_async::<()>(&mut c).await
+            })
+            .await;
+        if let Err(e) = forgotten {
+            tracing::warn!(error = %e, %user, "Redis keys of a deleted account not removed; they expire by themselves");
         }
     }
 

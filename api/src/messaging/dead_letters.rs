@@ -164,6 +164,10 @@ impl DeadLetter {
     pub fn record(&self) -> NewDeadLetter {
         NewDeadLetter {
             ids: self.ids(),
+            user_id: match &self.payload {
+                Payload::Request(r) => Some(r.user_id),
+                Payload::Response(_) | Payload::Poison => None,
+            },
             reason: self.reason.clone(),
             attempts: self.attempts,
             last_error: self.last_error.clone(),

@@ -6,7 +6,7 @@ use super::paging::{Cursor, Direction, Page, PageRequest, paged};
 use super::{Chat, Store, StoreError};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
-    Statement,
+    Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -50,16 +50,28 @@ impl Store {
             .await?)
     }
 
-    /// Deletes the user's chat and, by cascade, its messages; `false` when there was no such
-    /// chat of the user's. Taking the chat's row lock first keeps the lock order (chats before
-    /// their messages). A reply still on its way finds no row and changes nothing.
+    /// Deletes the user's chat and, by cascade, its messages, and its dead letters with it;
+    /// `false` when there was no such chat of the user's. Taking the chat's row lock first
+    /// keeps the lock order (chats before their messages). A reply still on its way finds no
+    /// row and changes nothing.
     pub async fn delete_chat(&self, user: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
         let deleted = chats::Entity::delete_many()
             .filter(chats::Column::Id.eq(id))
             .filter(chats::Column::UserId.eq(user))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
-        Ok(deleted.rows_affected > 0)
+        if deleted.rows_affected == 0 {
+            return Ok(false);
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM dead_letters WHERE chat_id = $1",
+            [id.into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// The user's chats, newest first.

@@ -17,6 +17,9 @@ use uuid::Uuid;
 pub struct NewDeadLetter {
     /// Request, generation and chat, when the letter says (poison does not).
     pub ids: Option<(Uuid, i32, Uuid)>,
+    /// Whose request it was, when the letter says (a request does; for a response the chat's
+    /// owner is looked up).
+    pub user_id: Option<Uuid>,
     pub reason: String,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -49,8 +52,9 @@ impl Store {
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "INSERT INTO dead_letters (id, request_id, generation, chat_id, reason, attempts, \
-             last_error, headers, body, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
+             last_error, headers, body, created_at, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), \
+             COALESCE($10, (SELECT user_id FROM chats WHERE id = $4))) \
              ON CONFLICT (request_id, generation) WHERE request_id IS NOT NULL DO NOTHING",
             [
                 Uuid::now_v7().into(),
@@ -62,6 +66,7 @@ impl Store {
                 letter.last_error.clone().into(),
                 letter.headers.clone().into(),
                 letter.body.clone().into(),
+                letter.user_id.into(),
             ],
         ))
         .await?;

@@ -94,6 +94,8 @@ pub async fn chats(store: &Store, n: usize) -> Result<Vec<Uuid>, StoreError> {
         email: format!("{}@example.com", Uuid::now_v7()),
         password_hash: "x".into(),
         created_at: now_micros(),
+        tokens_valid_after: None,
+        suspended_at: None,
     };
     store.create_user(&user).await?;
     let mut ids = Vec::new();

@@ -54,6 +54,11 @@ pub struct Limits {
     last_warning: Mutex<Option<Instant>>,
 }
 
+/// Every per-user limit key is `{prefix}user:{id}:{name}`; this matches all of one user's.
+pub fn user_keys_pattern(prefix: &str, user: Uuid) -> String {
+    format!("{prefix}user:{user}:*")
+}
+
 fn refused(limit: &'static str, wait: Duration) -> ApiError {
     metrics::counter!("sluice_user_limits_refused_total", "limit" => limit).increment(1);
     ApiError::rate_limited(limit, wait)

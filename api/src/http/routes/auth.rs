@@ -1,10 +1,12 @@
 //! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`. Both
 //! are throttled per client address (logins per email too) before any password is hashed.
+//! `POST /api/auth/logout` ends the token it is sent with.
 
 use crate::http::AppState;
 use crate::http::auth::issue_token;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AppJson, ClientAddr};
+use crate::http::extract::{AppJson, ClientAddr, SignedIn};
+use crate::http::sessions;
 use crate::store::User;
 use crate::store::paging::now_micros;
 use axum::Json;
@@ -20,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
+        .routes(routes!(logout))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -31,13 +34,13 @@ struct Credentials {
 }
 
 #[derive(Serialize, ToSchema)]
-struct UserView {
+pub(super) struct UserView {
     id: Uuid,
     email: String,
 }
 
 #[derive(Serialize, ToSchema)]
-struct Session {
+pub(super) struct Session {
     /// Send as `Authorization: Bearer <token>`.
     token: String,
     user: UserView,
@@ -50,6 +53,32 @@ const PASSWORD_MAX_BYTES: usize = 1024;
 
 fn invalid_credentials() -> ApiError {
     ApiError::unauthorized("invalid_credentials", "wrong email or password")
+}
+
+/// A password an account may be given: `field` names it in the error.
+pub(super) fn check_new_password(password: &str, field: &str) -> Result<(), ApiError> {
+    if password.chars().count() < PASSWORD_MIN_CHARS || password.len() > PASSWORD_MAX_BYTES {
+        return Err(ApiError::unprocessable(
+            "invalid_password",
+            format!(
+                "`{field}` must be at least {PASSWORD_MIN_CHARS} characters and at most \
+                 {PASSWORD_MAX_BYTES} bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `password` is the user's, spending one hash; an oversize one spends none.
+pub(super) async fn password_matches(
+    state: &AppState,
+    password: String,
+    hash: String,
+) -> Result<bool, ApiError> {
+    if password.len() > PASSWORD_MAX_BYTES {
+        return Ok(false);
+    }
+    state.hashing.verify(password, Some(hash)).await
 }
 
 /// Emails are compared case-insensitively, so they are stored lower-cased.
@@ -76,6 +105,11 @@ fn session(state: &AppState, user: User) -> Result<Session, ApiError> {
         user.id,
         state.settings.auth.token_ttl.as_secs(),
     )?;
+    signed_in(token, user)
+}
+
+/// The answer of a sign-in: `token` for `user`.
+pub(super) fn signed_in(token: String, user: User) -> Result<Session, ApiError> {
     Ok(Session {
         token,
         user: UserView {
@@ -104,22 +138,14 @@ async fn register(
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
     state.limits.admit_register(client).await?;
     let email = normalize_email(&body.email)?;
-    if body.password.chars().count() < PASSWORD_MIN_CHARS
-        || body.password.len() > PASSWORD_MAX_BYTES
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_password",
-            format!(
-                "`password` must be at least {PASSWORD_MIN_CHARS} characters and at most \
-                 {PASSWORD_MAX_BYTES} bytes"
-            ),
-        ));
-    }
+    check_new_password(&body.password, "password")?;
     let user = User {
         id: Uuid::now_v7(),
         email,
         password_hash: state.hashing.hash(body.password).await?,
         created_at: now_micros(),
+        tokens_valid_after: None,
+        suspended_at: None,
     };
     match state.store.create_user(&user).await {
         Err(e) if e.is_unique_violation() => {
@@ -159,9 +185,46 @@ async fn login(
     let user = state.store.user_by_email(&email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     match (state.hashing.verify(body.password, hash).await?, user) {
+        (true, Some(user)) if user.suspended_at.is_some() => Err(sessions::suspended()),
         (true, Some(user)) => Ok(Json(session(&state, user)?)),
         _ => Err(invalid_credentials()),
     }
+}
+
+/// Signs this token out: it stops working on every replica within a couple of seconds, and
+/// the event streams it opened end within a heartbeat. Other sign-ins stay.
+#[utoipa::path(post,
+    path = "/api/auth/logout",
+    operation_id = "logout", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn logout(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+) -> Result<StatusCode, ApiError> {
+    match session.id {
+        Some(jti) => {
+            let expires_at = chrono::DateTime::from_timestamp(session.expires_at, 0)
+                .unwrap_or_else(chrono::Utc::now);
+            state
+                .store
+                .revoke_token(session.user, jti, expires_at)
+                .await?;
+        }
+        // Issued before sessions existed: only a password change can end it.
+        None => {
+            return Err(ApiError::unprocessable(
+                "token_not_revocable",
+                "this token predates sign-out; change the password to end it",
+            ));
+        }
+    }
+    state.sessions.forget(session.user);
+    tracing::info!(user = %session.user, "signed out");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
@@ -227,6 +290,7 @@ mod tests {
         );
         let state = AppState {
             stops: crate::http::stops::StopMarks::new(marks.clone(), &settings),
+            sessions: crate::http::sessions::Sessions::new(store.clone()),
             limits: Arc::new(Limits::new(&settings, redis.clone(), store.clone(), marks)),
             hashing: Arc::new(HashQueue::new(8)),
             trusted_proxies: Arc::new(TrustedProxies::default()),

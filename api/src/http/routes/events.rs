@@ -7,13 +7,14 @@ use super::chats::owned_chat;
 use crate::http::AppState;
 use crate::http::auth;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AppQuery, AuthUser, bearer_token, parse_id};
+use crate::http::extract::{AppQuery, SignedIn, bearer_token, parse_id};
 use crate::live::watcher::{EventId, Watcher};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::time::Duration;
@@ -53,13 +54,17 @@ struct EventsToken {
     ))]
 async fn token(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    SignedIn(session): SignedIn,
     Path(chat_id): Path<String>,
 ) -> Result<Json<EventsToken>, ApiError> {
-    let chat = owned_chat(&state.store, user, &chat_id).await?;
+    let chat = owned_chat(&state.store, session.user, &chat_id).await?;
     let ttl = state.settings.stream.token_ttl.as_secs();
-    let token =
-        auth::issue_events_token(state.settings.auth.jwt_secret.expose(), user, chat.id, ttl)?;
+    let token = auth::issue_events_token(
+        state.settings.auth.jwt_secret.expose(),
+        &session,
+        chat.id,
+        ttl,
+    )?;
     Ok(Json(EventsToken {
         token,
         expires_in: ttl,
@@ -103,10 +108,10 @@ async fn events(
     AppQuery(query): AppQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let secret = state.settings.auth.jwt_secret.expose();
-    let user = match (bearer_token(&headers), query.token.as_deref()) {
+    let session = match (bearer_token(&headers), query.token.as_deref()) {
         (Some(bearer), _) => auth::verify_token(secret, bearer)?,
         (None, Some(token)) => {
-            let (user, chat) = auth::verify_events_token(secret, token)?;
+            let (session, chat) = auth::verify_events_token(secret, token)?;
             // A token of another chat is as good as none, whoever owns that chat.
             if parse_id(&chat_id, "chat").ok() != Some(chat) {
                 return Err(ApiError::unauthorized(
@@ -114,7 +119,7 @@ async fn events(
                     "the token is not valid for this chat",
                 ));
             }
-            user
+            session
         }
         (None, None) => {
             return Err(ApiError::unauthorized(
@@ -123,7 +128,8 @@ async fn events(
             ));
         }
     };
-    let chat = owned_chat(&state.store, user, &chat_id).await?;
+    state.sessions.check(&session).await?;
+    let chat = owned_chat(&state.store, session.user, &chat_id).await?;
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(raw) => Some(
@@ -148,7 +154,10 @@ async fn events(
     let events = futures_util::stream::unfold(watcher, |mut watcher| async move {
         let event = watcher.next().await?;
         Some((Ok::<_, Infallible>(event), watcher))
-    });
+    })
+    // A stream ends within a heartbeat of its session ending (sign-out, password change,
+    // suspension, deletion).
+    .take_until(state.sessions.clone().until_ended(session, heartbeat));
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(heartbeat))
         .into_response();

@@ -2,6 +2,7 @@
 //! OpenAPI document is built from those same routers, so a route and its docs are one entry.
 
 mod admin;
+mod admin_users;
 mod auth;
 mod chats;
 mod docs;
@@ -33,6 +34,7 @@ fn rest() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(health::router())
         .merge(admin::router())
+        .merge(admin_users::router())
         .merge(keys::router())
         .merge(auth::router())
         .merge(chats::router())

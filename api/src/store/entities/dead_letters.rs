@@ -9,6 +9,8 @@ pub struct Model {
     pub request_id: Option<Uuid>,
     pub generation: Option<i32>,
     pub chat_id: Option<Uuid>,
+    /// Whose request it was, when known: kept after the chat is gone.
+    pub user_id: Option<Uuid>,
     pub reason: String,
     pub attempts: i32,
     pub last_error: Option<String>,

@@ -10,6 +10,10 @@ pub struct Model {
     pub email: String,
     pub password_hash: String,
     pub created_at: DateTimeUtc,
+    /// Tokens issued before this instant are refused (set by a password change).
+    pub tokens_valid_after: Option<DateTimeUtc>,
+    /// Set while an operator has the account suspended.
+    pub suspended_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
