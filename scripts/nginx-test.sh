@@ -15,7 +15,12 @@
 #   - the client's address reaches the API: with 3 logins per minute per address, a fourth
 #     from 127.0.0.2 is 429 even with a forged X-Forwarded-For, while 127.0.0.3 is not limited;
 #   - the event-stream route reaches the API, and an event stream passes through unbuffered
-#     (its first event arrives while it is open) without its ?token= in the access log.
+#     (its first event arrives while it is open) without its ?token= in the access log;
+#   - TLS: HSTS on every answer (nginx's own too), no session tickets, a suite without
+#     forward secrecy refused;
+#   - a burst of sign-ins from one address gets nginx's 429 rate_limited (limit_req on
+#     /api/auth/), while another address is still served;
+#   - after a failed upstream (api-2 stopped), no ?token= is in nginx's access or error log.
 #
 # The APIs use the machine's PostgreSQL, Redis and RabbitMQ (scripts/ensure-services.sh) with
 # a database, a RabbitMQ vhost and a Redis prefix of their own, all removed afterwards, with
@@ -65,12 +70,12 @@ export SLUICE__DATABASE__URL="${ADMIN_URL%/*}/$DB"
 export SLUICE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
 export SLUICE__REDIS__URL=redis://127.0.0.1:6379
 export SLUICE__REDIS__PREFIX=$REDIS_PREFIX
-SLUICE__AUTH__JWT_SECRET="nginx-test-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SLUICE__AUTH__JWT_SECRET=$(random_secret)
 export SLUICE__AUTH__JWT_SECRET
 export SLUICE__HTTP__TRUSTED_PROXIES=127.0.0.1
 export SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=3
-TOKEN_1="admin-one-$RUN_ID-0123456789abcdef0123456789"
-TOKEN_2="admin-two-$RUN_ID-0123456789abcdef0123456789"
+TOKEN_1=$(random_secret)
+TOKEN_2=$(random_secret)
 
 "$BIN/sluice-api" migrate >"$WORK/migrate.log" 2>&1 || die "nginx-test: sluice-api migrate failed"
 SLUICE__HTTP__ADDR="127.0.0.1:$API1_PORT" SLUICE__ADMIN__TOKEN=$TOKEN_1 start api-1 "$BIN/sluice-api"
@@ -239,5 +244,62 @@ kill "${PID[events]}" && wait "${PID[events]}" 2>/dev/null || true
 unset 'PID[events]'
 ! grep -q "$events_token" "$WORK/nginx.log" || fail "nginx logged the event-stream token"
 ok "an event stream passes through nginx unbuffered, and its token is not logged"
+
+# TLS: HSTS on the API's answers and on nginx's own, no session tickets, old protocols and
+# CBC suites refused.
+"${CURL[@]}" -o /dev/null -D "$WORK/h" "$EDGE/api/health"
+grep -qi '^strict-transport-security: max-age=31536000; includeSubDomains' "$WORK/h" ||
+    fail "no HSTS header on /api/health: $(cat "$WORK/h")"
+"${CURL[@]}" -o /dev/null -D "$WORK/h" "$EDGE/metrics"
+grep -qi '^strict-transport-security:' "$WORK/h" || fail "no HSTS header on nginx's own 404"
+tls() { openssl s_client -connect "127.0.0.1:$NGINX_PORT" -servername localhost "$@" </dev/null 2>&1; }
+tls -tls1_2 | grep -qiE 'TLS session ticket:' && fail "nginx issues TLS session tickets"
+tls -tls1_2 | grep -q 'Protocol *: TLSv1.2' || fail "TLS 1.2 handshake failed: $(tls -tls1_2 | tail -5)"
+tls -tls1_2 -cipher AES128-SHA | grep -q 'Cipher is (NONE)\|handshake failure\|no cipher' ||
+    fail "a CBC suite without forward secrecy was accepted"
+ok "HSTS on every answer; TLS 1.2+ with forward-secret AEAD suites only; no session tickets"
+
+# limit_req on /api/auth/: 2 a second per address, bursts of 10. 30 sign-ins at once from
+# 127.0.0.4: nginx refuses the excess itself (429 rate_limited, no upstream); 127.0.0.5 is
+# still served.
+codes=()
+for n in $(seq 30); do
+    codes+=("$(login_from 127.0.0.4 "burst-$n" -D "$WORK/burst.headers")")
+done
+limited=$(printf '%s\n' "${codes[@]}" | grep -c '^429$' || true)
+((limited >= 15)) || fail "a burst of 30 sign-ins from one address: only $limited were 429 (${codes[*]})"
+"${CURL[@]}" --interface 127.0.0.4 -o "$WORK/b" -D "$WORK/h" "$EDGE/api/auth/login" \
+    -H 'content-type: application/json' -d '{"email":"x@example.com","password":"x"}' >/dev/null
+grep -q '"code":"rate_limited"' "$WORK/b" || fail "the 429 body: $(cat "$WORK/b")"
+grep -qi '^retry-after:' "$WORK/h" || fail "the 429 has no Retry-After"
+wait_until 5 grep -q '"POST /api/auth/login HTTP/1.1" 429 .* upstream=- ' "$WORK/nginx.log" ||
+    fail "the 429 came from the API, not from nginx's limit_req"
+expect "a sign-in from another address" 401 "$(login_from 127.0.0.5 other)"
+ok "a burst of sign-ins from one address gets nginx's 429 rate_limited ($limited of 30); another address is served"
+
+# A failed upstream with an event-stream token in the query. api-2 stops; first a plain route
+# shows that the error log does record a failed upstream (so the check below reads a log that
+# works). nginx then rests api-2 for fail_timeout (10 s); event-stream requests carrying
+# ?token= are sent until one has tried api-2 and failed over to api-1. Neither the access log
+# nor the error log (stderr, in nginx.log; and error.log) holds the token.
+kill "${PID[api-2]}" && wait "${PID[api-2]}" 2>/dev/null || true
+unset 'PID[api-2]'
+probe_failed_upstream() {
+    "${CURL[@]}" -o /dev/null --max-time 3 "$EDGE/api/health?probe=$RUN_ID" || true
+    grep -q "connect() failed.*/api/health?probe=$RUN_ID" "$WORK/nginx.log"
+}
+wait_until 10 probe_failed_upstream ||
+    fail "the error log did not record the failed upstream of /api/health"
+secret_token="nginx-test-token-$RUN_ID-$(random_secret)"
+events_failed_over() {
+    "${CURL[@]}" -o /dev/null --max-time 3 "$EDGE/api/chats/$chat/events?token=$secret_token" || true
+    grep -qE "GET /api/chats/$chat/events HTTP/1.1\" [0-9]+ .* upstream=127\.0\.0\.1:$API2_PORT, 127\.0\.0\.1:$API1_PORT " "$WORK/nginx.log"
+}
+wait_until 25 events_failed_over ||
+    fail "no event-stream request failed over from api-2: $(grep "/events" "$WORK/nginx.log" | tail -3)"
+for log in "$WORK/nginx.log" "$NGX/error.log"; do
+    [[ ! -e $log ]] || ! grep -q "$secret_token" "$log" || fail "$log holds the event-stream token"
+done
+ok "after a failed upstream, no event-stream token is in nginx's access or error log"
 
 info "nginx-test: $CHECKS passed, 0 failed"
