@@ -789,8 +789,8 @@ mod tests {
     const STRONG: &str = "q7Vd2mXo9LzK4pWb8NcR1sTyE6uHaJfG";
 
     #[test]
-    fn a_strong_secret_passes_and_an_empty_admin_token_turns_admin_off()
-    -> Result<(), SettingsError> {
+    fn a_strong_secret_passes_and_an_empty_admin_token_turns_admin_off() -> Result<(), SettingsError>
+    {
         with_secrets(STRONG, STRONG)??;
         with_secrets(STRONG, "")??;
         Ok(())
@@ -809,18 +809,33 @@ mod tests {
         ] {
             let jwt = with_secrets(weak, STRONG)?;
             assert!(
-                matches!(jwt, Err(SettingsError::Invalid { name: "SLUICE__AUTH__JWT_SECRET", .. })),
+                matches!(
+                    jwt,
+                    Err(SettingsError::Invalid {
+                        name: "SLUICE__AUTH__JWT_SECRET",
+                        ..
+                    })
+                ),
                 "{weak}: {jwt:?}"
             );
             let admin = with_secrets(STRONG, weak)?;
             assert!(
-                matches!(admin, Err(SettingsError::Invalid { name: "SLUICE__ADMIN__TOKEN", .. })),
+                matches!(
+                    admin,
+                    Err(SettingsError::Invalid {
+                        name: "SLUICE__ADMIN__TOKEN",
+                        ..
+                    })
+                ),
                 "{weak}: {admin:?}"
             );
         }
         assert!(matches!(
             with_secrets("", "")?,
-            Err(SettingsError::Invalid { name: "SLUICE__AUTH__JWT_SECRET", .. })
+            Err(SettingsError::Invalid {
+                name: "SLUICE__AUTH__JWT_SECRET",
+                ..
+            })
         ));
         // Both wrong: both named.
         let both = with_secrets("short", "short")?

@@ -452,7 +452,10 @@ fn every_secret_is_a_placeholder_that_compose_env_replaces() {
         }
     }
     let script = read("scripts/compose-env.sh");
-    assert!(script.contains("=change-me$"), "compose-env.sh replaces change-me values");
+    assert!(
+        script.contains("=change-me$"),
+        "compose-env.sh replaces change-me values"
+    );
 }
 
 #[test]
@@ -467,38 +470,76 @@ fn each_process_gets_only_its_own_secrets() {
     };
     // The API: the JWT secret, the admin token, the app role; key aliases, never the keys.
     for api in ["api-1", "api-2"] {
-        assert!(env(api, "SLUICE__AUTH__JWT_SECRET").is_some(), "{api}: JWT secret");
-        assert!(env(api, "SLUICE__ADMIN__TOKEN").is_some(), "{api}: admin token");
-        assert!(env(api, "GEMINI_API_KEYS").is_none(), "{api} gets provider keys");
-        assert!(env(api, "SLUICE__KEYS__FILE").is_none(), "{api} gets a keys file");
+        assert!(
+            env(api, "SLUICE__AUTH__JWT_SECRET").is_some(),
+            "{api}: JWT secret"
+        );
+        assert!(
+            env(api, "SLUICE__ADMIN__TOKEN").is_some(),
+            "{api}: admin token"
+        );
+        assert!(
+            env(api, "GEMINI_API_KEYS").is_none(),
+            "{api} gets provider keys"
+        );
+        assert!(
+            env(api, "SLUICE__KEYS__FILE").is_none(),
+            "{api} gets a keys file"
+        );
         let aliases = env(api, "SLUICE__KEYS__ALIASES").expect("the API lists key aliases");
         assert_eq!(interpolation::with_defaults(&aliases), "dev-1,dev-2,dev-3");
         let url = env(api, "SLUICE__DATABASE__URL").expect("a database URL");
-        assert!(url.starts_with("postgres://sluice_app:${POSTGRES_APP_PASSWORD"), "{url}");
-        assert!(env(api, "SLUICE__LIMITS__RPM").is_some(), "{api}: the limits it shows");
+        assert!(
+            url.starts_with("postgres://sluice_app:${POSTGRES_APP_PASSWORD"),
+            "{url}"
+        );
+        assert!(
+            env(api, "SLUICE__LIMITS__RPM").is_some(),
+            "{api}: the limits it shows"
+        );
     }
     // The migration job alone connects as the owner.
     let url = env("migrate", "SLUICE__DATABASE__URL").expect("a database URL");
-    assert!(url.starts_with("postgres://sluice:${POSTGRES_PASSWORD"), "{url}");
+    assert!(
+        url.starts_with("postgres://sluice:${POSTGRES_PASSWORD"),
+        "{url}"
+    );
     // The workers: their broker user and the keys; no JWT secret, admin token or database.
-    for key in ["SLUICE__AUTH__JWT_SECRET", "SLUICE__ADMIN__TOKEN", "SLUICE__DATABASE__URL"] {
+    for key in [
+        "SLUICE__AUTH__JWT_SECRET",
+        "SLUICE__ADMIN__TOKEN",
+        "SLUICE__DATABASE__URL",
+    ] {
         assert!(env("worker", key).is_none(), "the worker gets {key}");
     }
     assert!(env("worker", "GEMINI_API_KEYS").is_some());
     // The aliases the API lists are those of the workers' default keys.
     let keys = interpolation::with_defaults(&env("worker", "GEMINI_API_KEYS").unwrap());
-    let aliases: Vec<&str> = keys.split(',').filter_map(|k| k.split_once('=')).map(|(a, _)| a).collect();
+    let aliases: Vec<&str> = keys
+        .split(',')
+        .filter_map(|k| k.split_once('='))
+        .map(|(a, _)| a)
+        .collect();
     assert_eq!(aliases.join(","), "dev-1,dev-2,dev-3");
     // Every process signs in to Redis and to RabbitMQ with a password from .env.
     for service in ["api-1", "migrate", "worker"] {
         let redis = env(service, "SLUICE__REDIS__URL").unwrap();
-        assert!(redis.starts_with("redis://:${REDIS_PASSWORD:?"), "{service}: {redis}");
+        assert!(
+            redis.starts_with("redis://:${REDIS_PASSWORD:?"),
+            "{service}: {redis}"
+        );
         let amqp = env(service, "SLUICE__AMQP__URL").unwrap();
-        assert!(amqp.contains(":${RABBITMQ_") && amqp.contains("_PASSWORD:?"), "{service}: {amqp}");
+        assert!(
+            amqp.contains(":${RABBITMQ_") && amqp.contains("_PASSWORD:?"),
+            "{service}: {amqp}"
+        );
     }
     let redis = &compose.services["redis"];
     assert!(
-        redis.command.windows(2).any(|w| w[0] == "--requirepass" && w[1].starts_with("${REDIS_PASSWORD:?")),
+        redis
+            .command
+            .windows(2)
+            .any(|w| w[0] == "--requirepass" && w[1].starts_with("${REDIS_PASSWORD:?")),
         "redis requires a password: {:?}",
         redis.command
     );
@@ -509,10 +550,16 @@ fn each_process_gets_only_its_own_secrets() {
     assert!(mounts("postgres").contains("./postgres/app-role.sql:/sluice/app-role.sql"));
     assert!(read("postgres/initdb/10-app-role.sh").contains("-f /sluice/app-role.sql"));
     assert!(mounts("rabbitmq").contains("./rabbitmq/boot.sh:/usr/local/bin/sluice-rabbitmq-boot"));
-    assert_eq!(compose.services["rabbitmq"].command, ["bash", "/usr/local/bin/sluice-rabbitmq-boot"]);
+    assert_eq!(
+        compose.services["rabbitmq"].command,
+        ["bash", "/usr/local/bin/sluice-rabbitmq-boot"]
+    );
     let boot = read("rabbitmq/boot.sh");
     for user in ["sluice-admin", "sluice-api", "sluice-worker"] {
-        assert!(boot.contains(&format!("change_password {user} ")), "boot.sh sets {user}");
+        assert!(
+            boot.contains(&format!("change_password {user} ")),
+            "boot.sh sets {user}"
+        );
     }
     let definitions: serde_json::Value =
         serde_json::from_str(&read("rabbitmq/definitions.json")).unwrap();

@@ -381,7 +381,10 @@ fn app_role_sql(role: &str, password: &str, owner: &str) -> anyhow::Result<Strin
         .replace(":'app_role'", &literal(role))
         .replace(":'app_password'", &literal(password))
         .replace(":'owner'", &literal(owner));
-    ensure!(!text.contains(":'"), "app-role.sql uses a variable this test does not set");
+    ensure!(
+        !text.contains(":'"),
+        "app-role.sql uses a variable this test does not set"
+    );
     Ok(text)
 }
 
