@@ -320,3 +320,67 @@ fn sha256_source(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(text.as_bytes()))
     )
 }
+
+/// Compose runs Redis with a password, in every process's URL (`redis://:pass@redis:6379`).
+/// Here an ACL user with a generated password on the test server: the API signs in with the
+/// right one (its readiness says Redis is `ok`), and a wrong one is refused (`down`), so the
+/// password in the URL is really what opens Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_signs_in_to_a_redis_that_requires_a_password() {
+    run(
+        TestOptions {
+            workers: 0,
+            ..Default::default()
+        },
+        |app| async move {
+            let user = format!("sluice-it-{}", app.id);
+            let password = uuid::Uuid::new_v4().simple().to_string();
+            let client = redis::Client::open(format!("redis://{}", sluice_tests::REDIS_ADDR))?;
+            let mut redis = client.get_multiplexed_async_connection().await?;
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&user)
+                .arg("on")
+                .arg(format!(">{password}"))
+                .arg("~*")
+                .arg("&*")
+                .arg("+@all")
+                .query_async::<()>(&mut redis)
+                .await?;
+            let checks = {
+                let (app, user, password) = (app.clone(), user.clone(), password.clone());
+                async move {
+                    for (password, expected) in [(password.as_str(), "ok"), ("wrong", "down")] {
+                        let mut settings = app.settings.clone();
+                        settings.redis.url = Secret::new(format!(
+                            "redis://{user}:{password}@{}",
+                            sluice_tests::REDIS_ADDR
+                        ));
+                        let base = app.add_api(settings).await?;
+                        let ready: Value = app
+                            .http
+                            .get(format!("{base}/api/ready"))
+                            .send()
+                            .await?
+                            .json()
+                            .await?;
+                        ensure!(ready["redis"] == expected, "password {password}: {ready}");
+                    }
+                    anyhow::Ok(())
+                }
+            };
+            let outcome = tokio::spawn(checks).await;
+            redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&user)
+                .query_async::<()>(&mut redis)
+                .await?;
+            match outcome {
+                Ok(result) => result,
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(join) => anyhow::bail!("checks task: {join}"),
+            }
+        },
+    )
+    .await;
+}
