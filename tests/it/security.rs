@@ -384,3 +384,51 @@ async fn the_api_signs_in_to_a_redis_that_requires_a_password() {
     )
     .await;
 }
+
+/// The API holds no provider secret: with `keys.aliases` alone its admin keys view lists the
+/// workers' keys by alias, at the default limits. A worker refuses aliases without secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_keys_by_alias_without_their_secrets_and_a_worker_refuses_aliases() {
+    run(
+        TestOptions {
+            workers: 0,
+            ..Default::default()
+        },
+        |app| async move {
+            let mut settings = app.settings.clone();
+            settings.keys.api_keys.clear();
+            settings.keys.aliases = vec!["main".into(), "spare".into()];
+            let base = app.add_api(settings.clone()).await?;
+            let keys: Value = app
+                .http
+                .get(format!("{base}/api/admin/keys"))
+                .bearer_auth(app.settings.admin.token.expose())
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let aliases: Vec<&str> = keys["items"]
+                .as_array()
+                .context("items")?
+                .iter()
+                .filter_map(|k| k["alias"].as_str())
+                .collect();
+            ensure!(aliases == ["main", "spare"], "{keys}");
+            for key in keys["items"].as_array().into_iter().flatten() {
+                ensure!(key["state"] == "ok" && key["egress"] == "direct", "{key}");
+            }
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let refused = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sluice_worker::run(settings, listener, CancellationToken::new()),
+            )
+            .await?;
+            let message = refused.err().context("the worker started")?.to_string();
+            ensure!(message.contains("SLUICE__KEYS__ALIASES"), "{message}");
+            Ok(())
+        },
+    )
+    .await;
+}
