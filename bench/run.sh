@@ -244,7 +244,7 @@ export SLUICE__DATABASE__URL="postgres://postgres:postgres@127.0.0.1:5432/$DB"
 export SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT"
 export SLUICE__QUEUES__PREFIX="$PREFIX"
 export SLUICE__REDIS__PREFIX="$REDIS_PREFIX"
-SLUICE__AUTH__JWT_SECRET="bench-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SLUICE__AUTH__JWT_SECRET=$(random_secret)
 export SLUICE__AUTH__JWT_SECRET
 export SLUICE__PROVIDER__BASE_URL="http://127.0.0.1:$MOCK_PORT"
 export GEMINI_API_KEYS=bench-1,bench-2

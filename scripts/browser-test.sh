@@ -73,7 +73,7 @@ export SLUICE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
 export SLUICE__QUEUES__PREFIX="sluice-browser-$RUN_ID."
 export SLUICE__REDIS__URL=redis://127.0.0.1:6379
 export SLUICE__REDIS__PREFIX=$REDIS_PREFIX
-SLUICE__AUTH__JWT_SECRET="browser-test-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SLUICE__AUTH__JWT_SECRET=$(random_secret)
 export SLUICE__AUTH__JWT_SECRET
 export SLUICE__PROVIDER__BASE_URL="http://127.0.0.1:$MOCK_PORT"
 export GEMINI_API_KEYS="browser=$MOCK_KEY"

@@ -284,7 +284,7 @@ export SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT"
 export SLUICE__PROVIDER__BASE_URL="http://127.0.0.1:$MOCK_PORT"
 export SLUICE__PROVIDER__TIMEOUT_MS=10000
 export GEMINI_API_KEYS=chaos-1,chaos-2,chaos-3
-SLUICE__AUTH__JWT_SECRET="chaos-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SLUICE__AUTH__JWT_SECRET=$(random_secret)
 export SLUICE__AUTH__JWT_SECRET
 export SLUICE__RETRY__DELAYS_MS=500,1000,2000
 export SLUICE__LIMITS__WINDOW_MS=1000 SLUICE__LIMITS__RPM=1000000 \

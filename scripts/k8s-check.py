@@ -12,6 +12,11 @@
   used through `envFrom` — is a real setting: SLUICE__SECTION__KEY of config/default.toml, or
   one of the documented variables outside that namespace.
 - Every secretKeyRef / configMapRef names an object and a key that the manifests define.
+- Secrets: no Secret with values is in the repository; `sluice-secrets` comes from the
+  kustomization's secretGenerator over the untracked secrets.env (its keys are read from
+  secrets.env.example when secrets.env is absent, and every example value is a placeholder the
+  API refuses). The API gets no provider key, the workers no JWT secret or admin token, and only
+  the migration Job the schema owner's database URL.
 - The wiring: every pod runs non-root; the API listens on 0.0.0.0 at its container port and
   does not migrate at start; each worker's health listener is on 0.0.0.0 at the port its
   probes use; the Job runs `sluice-api migrate`.
@@ -184,6 +189,76 @@ def check_environment(path, resource, by_kind, settings):
             fail(where, f"set twice (env wins over envFrom, silently): {sorted(duplicates)}")
 
 
+def read_env_file(path):
+    """KEY=VALUE lines, as kustomize reads a secretGenerator's `envs` file."""
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value
+    return values
+
+
+def generated_secrets(root, kustomization):
+    """The Secrets of the secretGenerator, with their keys, as kustomize would make them."""
+    secrets = {}
+    for generator in kustomization.get("secretGenerator") or []:
+        name = generator.get("name")
+        if generator.get("literals") or generator.get("files"):
+            fail("kustomization.yaml", f"secretGenerator {name}: values in the repository; use envs")
+        if not (generator.get("options") or {}).get("disableNameSuffixHash"):
+            # KEDA's TriggerAuthentication names the Secret, and kustomize does not rewrite it.
+            fail("kustomization.yaml", f"secretGenerator {name}: needs disableNameSuffixHash")
+        keys = {}
+        for env in generator.get("envs") or []:
+            path = root / env
+            example = root / (env + ".example")
+            if not example.exists():
+                fail("kustomization.yaml", f"{env} has no tracked {example.name}")
+                continue
+            for key, value in read_env_file(example).items():
+                if "change-me" not in value.lower():
+                    fail(example.name, f"{key}: not a placeholder the API refuses (holds no change-me)")
+            keys.update(read_env_file(path if path.exists() else example))
+        secrets[name] = {"kind": "Secret", "metadata": {"name": name}, "stringData": keys}
+    gitignore = pathlib.Path(".gitignore").read_text(encoding="utf-8").split()
+    for generator in kustomization.get("secretGenerator") or []:
+        for env in generator.get("envs") or []:
+            if f"/{root}/{env}" not in gitignore:
+                fail(".gitignore", f"/{root}/{env} (secret values) is not ignored")
+    return secrets
+
+
+SECRET_SETTINGS = {
+    # key in sluice-secrets -> the containers that may read it
+    "jwt-secret": {"sluice-api"},
+    "admin-token": {"sluice-api"},
+    "gemini-api-keys": {"sluice-worker"},
+    "database-url": {"sluice-api"},
+    "migrate-database-url": {"sluice-api migrate"},
+}
+
+
+def check_secret_reach(path, resource):
+    """Each process reads only its own secrets."""
+    for container in containers(resource):
+        command = " ".join(container.get("command") or [])
+        where = f"{path} ({container.get('name')})"
+        for variable in container.get("env", []):
+            ref = (variable.get("valueFrom") or {}).get("secretKeyRef") or {}
+            allowed = SECRET_SETTINGS.get(ref.get("key"))
+            if allowed is not None and command not in allowed:
+                fail(where, f"{command} must not read {ref.get('key')}")
+            if command != "sluice-worker" and variable["name"] in ("GEMINI_API_KEYS", "SLUICE__KEYS__FILE"):
+                fail(where, f"{variable['name']}: only the workers hold provider keys")
+            if command != "sluice-api" and variable["name"] in ("SLUICE__AUTH__JWT_SECRET", "SLUICE__ADMIN__TOKEN"):
+                fail(where, f"{variable['name']}: only the API holds it")
+        names = {v["name"] for v in container.get("env", [])}
+        if command == "sluice-api" and "SLUICE__KEYS__ALIASES" not in names:
+            fail(where, "the API lists the keys by SLUICE__KEYS__ALIASES")
+
+
 def env_value(container, name):
     for variable in container.get("env", []):
         if variable["name"] == name:
@@ -252,9 +327,12 @@ def main():
             if resource is not None:
                 resources[root / name] = resource
     by_kind = {}
-    for resource in resources.values():
+    for path, resource in resources.items():
         name = resource.get("metadata", {}).get("name")
         by_kind.setdefault(resource.get("kind"), {})[name] = resource
+        if resource.get("kind") == "Secret" and (resource.get("data") or resource.get("stringData")):
+            fail(path, "a Secret with values in the repository: use the secretGenerator")
+    by_kind.setdefault("Secret", {}).update(generated_secrets(root, kustomization))
 
     config_maps = by_kind.get("ConfigMap", {}).values()
     prefixes = {c.get("data", {}).get("SLUICE__QUEUES__PREFIX") for c in config_maps} - {None}
@@ -274,6 +352,7 @@ def main():
             check_kubernetes(path, resource)
             checked.append(f"{path.name}: {resource.get('kind')} (schemas {', '.join(KUBERNETES_VERSIONS)})")
         check_environment(path, resource, by_kind, settings)
+        check_secret_reach(path, resource)
         check_wiring(path, resource)
 
     if failures:

@@ -15,7 +15,12 @@
 #   - the client's address reaches the API: with 3 logins per minute per address, a fourth
 #     from 127.0.0.2 is 429 even with a forged X-Forwarded-For, while 127.0.0.3 is not limited;
 #   - the event-stream route reaches the API, and an event stream passes through unbuffered
-#     (its first event arrives while it is open) without its ?token= in the access log.
+#     (its first event arrives while it is open) without its ?token= in the access log;
+#   - TLS: HSTS on every answer (nginx's own too), no session tickets, a suite without
+#     forward secrecy refused;
+#   - a burst of sign-ins from one address gets nginx's 429 rate_limited (limit_req on
+#     /api/auth/), while another address is still served;
+#   - after a failed upstream (api-2 stopped), no ?token= is in nginx's access or error log.
 #
 # The APIs use the machine's PostgreSQL, Redis and RabbitMQ (scripts/ensure-services.sh) with
 # a database, a RabbitMQ vhost and a Redis prefix of their own, all removed afterwards, with
@@ -65,12 +70,12 @@ export SLUICE__DATABASE__URL="${ADMIN_URL%/*}/$DB"
 export SLUICE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
 export SLUICE__REDIS__URL=redis://127.0.0.1:6379
 export SLUICE__REDIS__PREFIX=$REDIS_PREFIX
-SLUICE__AUTH__JWT_SECRET="nginx-test-$RUN_ID-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SLUICE__AUTH__JWT_SECRET=$(random_secret)
 export SLUICE__AUTH__JWT_SECRET
 export SLUICE__HTTP__TRUSTED_PROXIES=127.0.0.1
 export SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=3
-TOKEN_1="admin-one-$RUN_ID-0123456789abcdef0123456789"
-TOKEN_2="admin-two-$RUN_ID-0123456789abcdef0123456789"
+TOKEN_1=$(random_secret)
+TOKEN_2=$(random_secret)
 
 "$BIN/sluice-api" migrate >"$WORK/migrate.log" 2>&1 || die "nginx-test: sluice-api migrate failed"
 SLUICE__HTTP__ADDR="127.0.0.1:$API1_PORT" SLUICE__ADMIN__TOKEN=$TOKEN_1 start api-1 "$BIN/sluice-api"
@@ -239,5 +244,71 @@ kill "${PID[events]}" && wait "${PID[events]}" 2>/dev/null || true
 unset 'PID[events]'
 ! grep -q "$events_token" "$WORK/nginx.log" || fail "nginx logged the event-stream token"
 ok "an event stream passes through nginx unbuffered, and its token is not logged"
+
+# TLS: HSTS on the API's answers and on nginx's own, no session tickets, old protocols and
+# CBC suites refused.
+"${CURL[@]}" -o /dev/null -D "$WORK/h" "$EDGE/api/health"
+grep -qi '^strict-transport-security: max-age=31536000; includeSubDomains' "$WORK/h" ||
+    fail "no HSTS header on /api/health: $(cat "$WORK/h")"
+"${CURL[@]}" -o /dev/null -D "$WORK/h" "$EDGE/metrics"
+grep -qi '^strict-transport-security:' "$WORK/h" || fail "no HSTS header on nginx's own 404"
+# s_client's output, whatever its status (a refused handshake exits 1; pipefail is on).
+tls() { openssl s_client -connect "127.0.0.1:$NGINX_PORT" -servername localhost "$@" </dev/null 2>&1 || true; }
+handshake=$(tls -tls1_2)
+grep -q 'Protocol *: TLSv1.2' <<<"$handshake" || fail "TLS 1.2 handshake failed: $(tail -5 <<<"$handshake")"
+grep -q 'Cipher is ECDHE-' <<<"$handshake" || fail "TLS 1.2 without ECDHE: $(grep 'Cipher is' <<<"$handshake")"
+! grep -qi 'TLS session ticket:' <<<"$handshake" || fail "nginx issues TLS session tickets"
+grep -q 'Cipher is (NONE)' <<<"$(tls -tls1_2 -cipher AES128-SHA)" ||
+    fail "a CBC suite without forward secrecy was accepted"
+ok "HSTS on every answer; TLS 1.2+ with forward-secret AEAD suites only; no session tickets"
+
+# limit_req on /api/auth/: 2 a second per address, bursts of 10. 30 sign-ins at once (in
+# parallel, so the bucket's refill lets few extra through) from 127.0.0.4: nginx refuses the
+# excess itself (429 rate_limited, no upstream); 127.0.0.5 is still served.
+burst=()
+for n in $(seq 30); do
+    "${CURL[@]}" --interface 127.0.0.4 -o "$WORK/burst-$n.body" -D "$WORK/burst-$n.headers" \
+        -w '%{http_code}\n' "$EDGE/api/auth/login" -H 'content-type: application/json' \
+        -d "{\"email\":\"burst-$n-$RUN_ID@example.com\",\"password\":\"wrong password\"}" \
+        >"$WORK/burst-$n.status" &
+    burst+=($!)
+done
+wait "${burst[@]}" || true
+codes=$(cat "$WORK"/burst-*.status | tr '\n' ' ')
+# nginx's own refusals are those with no upstream (the API's per-address login limit, 3 a
+# minute here, answers 429 too, for the few nginx lets through).
+limited=$(grep -c '^127\.0\.0\.4 "POST /api/auth/login HTTP/1.1" 429 .* upstream=- ' "$WORK/nginx.log" || true)
+((limited >= 10)) || fail "a burst of 30 sign-ins from one address: nginx refused only $limited ($codes)"
+# nginx's 429 speaks the API's error shape, with Retry-After.
+refusal=$(grep -l '"code":"rate_limited".*"limit":"edge"' "$WORK"/burst-*.body | head -1)
+[[ -n $refusal ]] || fail "no answer of the burst has nginx's 429 body: $(cat "$WORK"/burst-1.body)"
+grep -qi '^retry-after:' "${refusal%.body}.headers" || fail "nginx's 429 has no Retry-After"
+expect "a sign-in from another address" 401 "$(login_from 127.0.0.5 other)"
+ok "a burst of sign-ins from one address gets nginx's 429 rate_limited ($limited of 30); another address is served"
+
+# A failed upstream with an event-stream token in the query. api-2 stops; first a plain route
+# shows that the error log does record a failed upstream (so the check below reads a log that
+# works). nginx then rests api-2 for fail_timeout (10 s); event-stream requests carrying
+# ?token= are sent until one has tried api-2 and failed over to api-1. Neither the access log
+# nor the error log (stderr, in nginx.log; and error.log) holds the token.
+kill "${PID[api-2]}" && wait "${PID[api-2]}" 2>/dev/null || true
+unset 'PID[api-2]'
+probe_failed_upstream() {
+    "${CURL[@]}" -o /dev/null --max-time 3 "$EDGE/api/health?probe=$RUN_ID" || true
+    grep -q "connect() failed.*/api/health?probe=$RUN_ID" "$WORK/nginx.log"
+}
+wait_until 10 probe_failed_upstream ||
+    fail "the error log did not record the failed upstream of /api/health"
+secret_token="nginx-test-token-$RUN_ID-$(random_secret)"
+events_failed_over() {
+    "${CURL[@]}" -o /dev/null --max-time 3 "$EDGE/api/chats/$chat/events?token=$secret_token" || true
+    grep -qE "GET /api/chats/$chat/events HTTP/1.1\" [0-9]+ .* upstream=127\.0\.0\.1:$API2_PORT, 127\.0\.0\.1:$API1_PORT " "$WORK/nginx.log"
+}
+wait_until 25 events_failed_over ||
+    fail "no event-stream request failed over from api-2: $(grep "/events" "$WORK/nginx.log" | tail -3)"
+for log in "$WORK/nginx.log" "$NGX/error.log"; do
+    [[ ! -e $log ]] || ! grep -q "$secret_token" "$log" || fail "$log holds the event-stream token"
+done
+ok "after a failed upstream, no event-stream token is in nginx's access or error log"
 
 info "nginx-test: $CHECKS passed, 0 failed"

@@ -33,11 +33,15 @@ info "building (release)…"
 cargo build --release --locked --bin sluice-api --bin sluice-worker --bin mock-gemini
 BIN=target/release
 
-# Secrets that must outlive a restart (so issued tokens stay valid) live in .run/.
+# Secrets that must outlive a restart (so issued tokens stay valid) live in .run/. One the API
+# would refuse (fewer than 16 distinct bytes: the hex ones earlier versions wrote sometimes
+# have) is replaced.
 mkdir -p .run
 secret_file() { # NAME -> prints the secret, creating it once
     local f=".run/$1"
-    [[ -s $f ]] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f")
+    if [[ ! -s $f || $(fold -w1 "$f" | sort -u | wc -l) -lt 16 ]]; then
+        (umask 077 && random_secret >"$f")
+    fi
     cat "$f"
 }
 export SLUICE__AUTH__JWT_SECRET="${SLUICE__AUTH__JWT_SECRET:-$(secret_file jwt_secret)}"

@@ -226,6 +226,10 @@ pub struct KeySettings {
     /// re-reads it at once).
     #[serde(rename = "reload_interval_ms", deserialize_with = "millis")]
     pub reload_interval: Duration,
+    /// Aliases of keys whose secrets this process does not hold: the API's view of the pool
+    /// (its admin view lists them with the `limits` defaults), so it never receives a provider
+    /// secret. Workers refuse them.
+    pub aliases: Vec<String>,
     /// From `GEMINI_API_KEYS`, not from the SLUICE__ namespace.
     #[serde(skip)]
     pub api_keys: Vec<ApiKey>,
@@ -311,6 +315,7 @@ impl Settings {
                     .with_list_parse_key("retry.delays_ms")
                     .with_list_parse_key("provider.models")
                     .with_list_parse_key("http.trusted_proxies")
+                    .with_list_parse_key("keys.aliases")
                     .try_parsing(true),
             )
             .build()?;
@@ -494,6 +499,12 @@ impl Settings {
             "SLUICE__KEYS__PROBE_INTERVAL_MS",
             self.keys.probe_interval,
         );
+        if let Some(bad) = self.keys.aliases.iter().find(|a| !is_model_name(a)) {
+            problems.push(invalid(
+                "SLUICE__KEYS__ALIASES",
+                format!("{bad:?}: letters, digits, '.', '-' and '_' only"),
+            ));
+        }
     }
 
     fn check_limits(&self, problems: &mut Vec<SettingsError>) {
@@ -516,23 +527,38 @@ impl Settings {
         );
     }
 
-    /// The API refuses to start without a real signing secret.
+    /// The API refuses to start without a real signing secret, and with an admin token (when
+    /// one is set) or signing secret anyone could guess: too short, too few distinct bytes, or
+    /// a placeholder this repository ships (see [`weak_secret`]).
     pub fn validate_api(&self) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
-        if self.auth.jwt_secret.expose().len() < 32 {
-            problems.push(invalid(
-                "SLUICE__AUTH__JWT_SECRET",
-                "must be set to at least 32 characters",
-            ));
-        }
-        let admin = self.admin.token.expose();
-        if !admin.is_empty() && admin.len() < 32 {
-            problems.push(invalid(
-                "SLUICE__ADMIN__TOKEN",
-                "must be empty (admin endpoints off) or at least 32 characters",
-            ));
+        for check in [Self::check_jwt_secret, Self::check_admin_token] {
+            check(self, &mut problems);
         }
         SettingsError::all(problems)
+    }
+
+    fn check_jwt_secret(&self, problems: &mut Vec<SettingsError>) {
+        let secret = self.auth.jwt_secret.expose();
+        let reason = if secret.is_empty() {
+            Some("must be set (required)".to_owned())
+        } else {
+            weak_secret(secret)
+        };
+        if let Some(reason) = reason {
+            problems.push(invalid("SLUICE__AUTH__JWT_SECRET", reason));
+        }
+    }
+
+    fn check_admin_token(&self, problems: &mut Vec<SettingsError>) {
+        let token = self.admin.token.expose();
+        // Empty is allowed: it turns the admin endpoints off.
+        if let Some(reason) = weak_secret(token).filter(|_| !token.is_empty()) {
+            problems.push(invalid(
+                "SLUICE__ADMIN__TOKEN",
+                format!("{reason} (or leave it empty to turn the admin endpoints off)"),
+            ));
+        }
     }
 
     /// Every model users may ask for: `provider.model` and `provider.models`.
@@ -543,6 +569,50 @@ impl Settings {
     pub fn keys_file(&self) -> Option<PathBuf> {
         (!self.keys.file.is_empty()).then(|| PathBuf::from(&self.keys.file))
     }
+}
+
+/// The least length of the JWT secret and the admin token, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The least number of distinct bytes in them: refuses `aaaa…`, `0101…` and the like. (Hex
+/// has only 16 symbols, so 64 random hex characters miss one of them about a time in four:
+/// generate secrets as base64, e.g. `openssl rand -base64 48`.)
+pub const MIN_SECRET_DISTINCT_BYTES: usize = 16;
+/// Parts of the placeholders this repository ships (`.env.example`, `deploy/`, docs), in lower
+/// case: a value holding one was copied, not generated. tests/it/security.rs reads the
+/// templates and checks that every value they ship is refused.
+const PLACEHOLDER_MARKS: [&str; 6] = [
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "placeholder",
+    "example",
+];
+
+/// Why `secret` is not fit to sign tokens or open the admin endpoints, or `None` if it is.
+pub fn weak_secret(secret: &str) -> Option<String> {
+    let lower = secret.to_ascii_lowercase();
+    if let Some(mark) = PLACEHOLDER_MARKS.iter().find(|m| lower.contains(*m)) {
+        return Some(format!(
+            "holds {mark:?}: a placeholder the repository ships; generate a secret (e.g. `openssl rand -base64 48`)"
+        ));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Some(format!(
+            "must be at least {MIN_SECRET_BYTES} bytes (has {})",
+            secret.len()
+        ));
+    }
+    let distinct = secret
+        .bytes()
+        .collect::<std::collections::BTreeSet<u8>>()
+        .len();
+    if distinct < MIN_SECRET_DISTINCT_BYTES {
+        return Some(format!(
+            "must hold at least {MIN_SECRET_DISTINCT_BYTES} distinct bytes (has {distinct}); generate one with `openssl rand -base64 48`"
+        ));
+    }
+    None
 }
 
 /// A duration that must not be zero.
@@ -706,6 +776,76 @@ mod tests {
             .err()
             .ok_or("-5 ms was accepted")?;
         assert!(refused.to_string().contains("window_ms"), "{refused}");
+        Ok(())
+    }
+
+    fn with_secrets(jwt: &str, admin: &str) -> Result<Result<(), SettingsError>, SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.auth.jwt_secret = Secret::new(jwt.to_owned());
+        s.admin.token = Secret::new(admin.to_owned());
+        Ok(s.validate_api())
+    }
+
+    const STRONG: &str = "q7Vd2mXo9LzK4pWb8NcR1sTyE6uHaJfG";
+
+    #[test]
+    fn a_strong_secret_passes_and_an_empty_admin_token_turns_admin_off() -> Result<(), SettingsError>
+    {
+        with_secrets(STRONG, STRONG)??;
+        with_secrets(STRONG, "")??;
+        Ok(())
+    }
+
+    #[test]
+    fn weak_or_shipped_secrets_are_refused_by_name() -> Result<(), SettingsError> {
+        let thirty_one = &STRONG[..31];
+        let few_distinct = "0123456789abcde".repeat(4);
+        for weak in [
+            thirty_one,
+            few_distinct.as_str(),
+            "CHANGE-ME-to-at-least-32-random-characters",
+            "this-is-a-CHANGE-ME-value-Q7vd2mXo9LzK4pWb8NcR1sTy",
+            "xPlaceholderq7Vd2mXo9LzK4pWb8NcR1sTyE6uHaJfG",
+        ] {
+            let jwt = with_secrets(weak, STRONG)?;
+            assert!(
+                matches!(
+                    jwt,
+                    Err(SettingsError::Invalid {
+                        name: "SLUICE__AUTH__JWT_SECRET",
+                        ..
+                    })
+                ),
+                "{weak}: {jwt:?}"
+            );
+            let admin = with_secrets(STRONG, weak)?;
+            assert!(
+                matches!(
+                    admin,
+                    Err(SettingsError::Invalid {
+                        name: "SLUICE__ADMIN__TOKEN",
+                        ..
+                    })
+                ),
+                "{weak}: {admin:?}"
+            );
+        }
+        assert!(matches!(
+            with_secrets("", "")?,
+            Err(SettingsError::Invalid {
+                name: "SLUICE__AUTH__JWT_SECRET",
+                ..
+            })
+        ));
+        // Both wrong: both named.
+        let both = with_secrets("short", "short")?
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            both.contains("SLUICE__AUTH__JWT_SECRET") && both.contains("SLUICE__ADMIN__TOKEN"),
+            "{both}"
+        );
         Ok(())
     }
 

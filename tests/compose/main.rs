@@ -106,7 +106,11 @@ fn read(path: &str) -> String {
 fn compose() -> Compose {
     let mut value: yaml_serde::Value =
         yaml_serde::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
-    value.apply_merge().expect("merge keys apply");
+    // One pass resolves one level: an anchor that merges another (x-migrate-env merges
+    // x-api-env, which merges x-sluice-env) needs one pass per level, as Compose resolves them.
+    for _ in 0..3 {
+        value.apply_merge().expect("merge keys apply");
+    }
     // Extension fields (`x-…`) only hold anchors; Compose ignores them.
     if let Some(map) = value.as_mapping_mut() {
         map.retain(|key, _| !key.as_str().is_some_and(|k| k.starts_with("x-")));
@@ -414,10 +418,157 @@ fn every_variable_is_in_env_example() {
         }
     }
     // And no secret has a default in the compose file: they come from .env.
+    let mut secrets_seen = BTreeSet::new();
     for reference in interpolation::references(&text) {
-        if ["SLUICE__AUTH__JWT_SECRET", "POSTGRES_PASSWORD"].contains(&reference.name.as_str()) {
+        if SECRETS.contains(&reference.name.as_str()) {
             assert_eq!(reference.default, None, "{} has a default", reference.name);
+            secrets_seen.insert(reference.name);
         }
+    }
+    assert_eq!(secrets_seen, SECRETS.map(str::to_owned).into());
+}
+
+/// The variables of .env.example that hold secrets: scripts/compose-env.sh generates each.
+const SECRETS: [&str; 8] = [
+    "SLUICE__AUTH__JWT_SECRET",
+    "SLUICE__ADMIN__TOKEN",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_APP_PASSWORD",
+    "RABBITMQ_ADMIN_PASSWORD",
+    "RABBITMQ_API_PASSWORD",
+    "RABBITMQ_WORKER_PASSWORD",
+    "REDIS_PASSWORD",
+];
+
+#[test]
+fn every_secret_is_a_placeholder_that_compose_env_replaces() {
+    for line in read(".env.example").lines() {
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        if SECRETS.contains(&name) {
+            // scripts/compose-env.sh replaces exactly `NAME=change-me` lines.
+            assert_eq!(value, "change-me", "{name} in .env.example");
+        }
+    }
+    let script = read("scripts/compose-env.sh");
+    assert!(
+        script.contains("=change-me$"),
+        "compose-env.sh replaces change-me values"
+    );
+}
+
+#[test]
+fn each_process_gets_only_its_own_secrets() {
+    let compose = compose();
+    let env = |service: &str, key: &str| -> Option<String> {
+        compose.services[service]
+            .environment
+            .get(key)
+            .cloned()
+            .flatten()
+    };
+    // The API: the JWT secret, the admin token, the app role; key aliases, never the keys.
+    for api in ["api-1", "api-2"] {
+        assert!(
+            env(api, "SLUICE__AUTH__JWT_SECRET").is_some(),
+            "{api}: JWT secret"
+        );
+        assert!(
+            env(api, "SLUICE__ADMIN__TOKEN").is_some(),
+            "{api}: admin token"
+        );
+        assert!(
+            env(api, "GEMINI_API_KEYS").is_none(),
+            "{api} gets provider keys"
+        );
+        assert!(
+            env(api, "SLUICE__KEYS__FILE").is_none(),
+            "{api} gets a keys file"
+        );
+        let aliases = env(api, "SLUICE__KEYS__ALIASES").expect("the API lists key aliases");
+        assert_eq!(interpolation::with_defaults(&aliases), "dev-1,dev-2,dev-3");
+        let url = env(api, "SLUICE__DATABASE__URL").expect("a database URL");
+        assert!(
+            url.starts_with("postgres://sluice_app:${POSTGRES_APP_PASSWORD"),
+            "{url}"
+        );
+        assert!(
+            env(api, "SLUICE__LIMITS__RPM").is_some(),
+            "{api}: the limits it shows"
+        );
+    }
+    // The migration job alone connects as the owner.
+    let url = env("migrate", "SLUICE__DATABASE__URL").expect("a database URL");
+    assert!(
+        url.starts_with("postgres://sluice:${POSTGRES_PASSWORD"),
+        "{url}"
+    );
+    // The workers: their broker user and the keys; no JWT secret, admin token or database.
+    for key in [
+        "SLUICE__AUTH__JWT_SECRET",
+        "SLUICE__ADMIN__TOKEN",
+        "SLUICE__DATABASE__URL",
+    ] {
+        assert!(env("worker", key).is_none(), "the worker gets {key}");
+    }
+    assert!(env("worker", "GEMINI_API_KEYS").is_some());
+    // The aliases the API lists are those of the workers' default keys.
+    let keys = interpolation::with_defaults(&env("worker", "GEMINI_API_KEYS").unwrap());
+    let aliases: Vec<&str> = keys
+        .split(',')
+        .filter_map(|k| k.split_once('='))
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(aliases.join(","), "dev-1,dev-2,dev-3");
+    // Every process signs in to Redis and to RabbitMQ with a password from .env.
+    for service in ["api-1", "migrate", "worker"] {
+        let redis = env(service, "SLUICE__REDIS__URL").unwrap();
+        assert!(
+            redis.starts_with("redis://:${REDIS_PASSWORD:?"),
+            "{service}: {redis}"
+        );
+        let amqp = env(service, "SLUICE__AMQP__URL").unwrap();
+        assert!(
+            amqp.contains(":${RABBITMQ_") && amqp.contains("_PASSWORD:?"),
+            "{service}: {amqp}"
+        );
+    }
+    let redis = &compose.services["redis"];
+    assert!(
+        redis
+            .command
+            .windows(2)
+            .any(|w| w[0] == "--requirepass" && w[1].starts_with("${REDIS_PASSWORD:?")),
+        "redis requires a password: {:?}",
+        redis.command
+    );
+    // PostgreSQL creates the API's role when its volume is new; RabbitMQ sets the users'
+    // passwords at every start, from definitions that hold none.
+    let mounts = |name: &str| compose.services[name].volumes.join(" ");
+    assert!(mounts("postgres").contains("./postgres/initdb:/docker-entrypoint-initdb.d"));
+    assert!(mounts("postgres").contains("./postgres/app-role.sql:/sluice/app-role.sql"));
+    assert!(read("postgres/initdb/10-app-role.sh").contains("-f /sluice/app-role.sql"));
+    assert!(mounts("rabbitmq").contains("./rabbitmq/boot.sh:/usr/local/bin/sluice-rabbitmq-boot"));
+    assert_eq!(
+        compose.services["rabbitmq"].command,
+        ["bash", "/usr/local/bin/sluice-rabbitmq-boot"]
+    );
+    let boot = read("rabbitmq/boot.sh");
+    for user in ["sluice-admin", "sluice-api", "sluice-worker"] {
+        assert!(
+            boot.contains(&format!("change_password {user} ")),
+            "boot.sh sets {user}"
+        );
+    }
+    let definitions: serde_json::Value =
+        serde_json::from_str(&read("rabbitmq/definitions.json")).unwrap();
+    for user in definitions["users"].as_array().unwrap() {
+        assert!(
+            user.get("password_hash").is_none() && user.get("password").is_none(),
+            "definitions.json holds a password for {}",
+            user["name"]
+        );
     }
 }
 

@@ -1,12 +1,16 @@
-//! Least privilege on the broker, for real: the users of `rabbitmq/definitions.json`, with their
-//! permission patterns moved onto the test's prefix, are created through the management API;
-//! the worker runs as the worker user (no configure right at all) and the API's user can
-//! declare the whole topology. Also: a worker started before the topology exists waits for it.
+//! Least privilege, for real. On the broker: the users of `rabbitmq/definitions.json` (which hold
+//! no passwords: compose's boot step sets them from `.env`), with their permission patterns
+//! moved onto the test's prefix and a generated password, are created through the management
+//! API; the worker runs as the worker user (no configure right at all) and the API's user can
+//! declare the whole topology. A worker started before the topology exists waits for it. In
+//! PostgreSQL: the API serves as the role `postgres/app-role.sql` makes, which can read and
+//! write rows and cannot change the schema.
 
 use anyhow::{Context, bail, ensure};
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
+use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::{Secret, Topology};
@@ -23,7 +27,7 @@ const DEFAULT_PREFIX_PATTERN: &str = r"^sluice\.";
 /// A broker user made for one test from one user of the definitions file.
 struct BrokerUser {
     name: String,
-    /// The development password: the definitions' user name (see `rabbitmq/rabbitmq.conf`).
+    /// Generated for the test, as `scripts/compose-env.sh` generates one for compose.
     password: String,
 }
 
@@ -44,8 +48,8 @@ fn for_prefix(pattern: &str, prefix: &str) -> String {
     pattern.replace(DEFAULT_PREFIX_PATTERN, &format!("^{escaped}"))
 }
 
-/// Creates `{user}-{test id}` with the definitions' password hash and permissions (adapted to
-/// `prefix`) through the management API.
+/// Creates `{user}-{test id}` with the definitions' tags and permissions (adapted to `prefix`)
+/// and a generated password through the management API.
 async fn create_user(app: &TestApp, user: &str, prefix: &str) -> anyhow::Result<BrokerUser> {
     let definitions = definitions()?;
     let find = |section: &str, key: &str| {
@@ -56,15 +60,24 @@ async fn create_user(app: &TestApp, user: &str, prefix: &str) -> anyhow::Result<
             .with_context(|| format!("no {section} entry for {user} in definitions.json"))
     };
     let spec = find("users", "name")?;
+    // No password is shipped: a user whose password is in the repository works for anyone.
+    ensure!(
+        spec.get("password_hash").is_none() && spec.get("password").is_none(),
+        "definitions.json holds a password for {user}"
+    );
     let permissions = find("permissions", "user")?;
     let name = format!("{user}-{}", app.id);
+    let password = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let http = reqwest::Client::builder().no_proxy().build()?;
     let answer = http
         .put(format!("{MANAGEMENT}/api/users/{name}"))
         .basic_auth("guest", Some("guest"))
         .json(&json!({
-            "password_hash": spec["password_hash"],
-            "hashing_algorithm": spec["hashing_algorithm"],
+            "password": password,
             "tags": "",
         }))
         .send()
@@ -99,10 +112,7 @@ async fn create_user(app: &TestApp, user: &str, prefix: &str) -> anyhow::Result<
         "permissions of {name}: {}",
         answer.status()
     );
-    Ok(BrokerUser {
-        name,
-        password: user.to_owned(),
-    })
+    Ok(BrokerUser { name, password })
 }
 
 async fn delete_user(name: &str) {
@@ -356,4 +366,127 @@ async fn queue_consumers(app: &TestApp, queue: &str) -> anyhow::Result<Option<u3
         Err(e) if soft_error(&e) == Some(AMQPSoftError::NOTFOUND) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `postgres/app-role.sql` as psql would run it with `-v app_role=… -v app_password=… -v
+/// owner=…`: its `:'name'` variables quoted as literals, its `\o` lines (output only) left out.
+fn app_role_sql(role: &str, password: &str, owner: &str) -> anyhow::Result<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../postgres/app-role.sql");
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let text = std::fs::read_to_string(path)?
+        .lines()
+        .filter(|line| !line.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(":'app_role'", &literal(role))
+        .replace(":'app_password'", &literal(password))
+        .replace(":'owner'", &literal(owner));
+    ensure!(
+        !text.contains(":'"),
+        "app-role.sql uses a variable this test does not set"
+    );
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_as_a_role_that_cannot_change_the_schema() {
+    run(TestOptions::default(), |app| async move {
+        let role = format!("sluice_app_{}", app.id);
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        // The harness migrated as the admin URL's user: the owner of every table.
+        let owner = sluice_tests::admin_url()
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split([':', '@']).next().map(str::to_owned))
+            .context("the admin URL names a user")?;
+        app.db
+            .execute_unprepared(&app_role_sql(&role, &password, &owner)?)
+            .await?;
+        // postgres://owner:pw@host/db → postgres://role:password@host/db
+        let url = format!(
+            "postgres://{role}:{password}@{}",
+            app.settings
+                .database
+                .url
+                .expose()
+                .rsplit_once('@')
+                .map(|(_, host)| host)
+                .context("URL host")?
+        );
+        let checks = {
+            let (app, url) = (app.clone(), url.clone());
+            async move {
+                let mut settings = app.settings.clone();
+                settings.database.url = Secret::new(url.clone());
+                settings.database.migrate_on_start = false;
+                let base = app.add_api(settings).await?;
+                // A whole round trip through that API: sign-up, a chat, a post and its reply.
+                let http = &app.http;
+                let user: Value = http
+                    .post(format!("{base}/api/auth/register"))
+                    .json(&json!({"email": format!("{}@example.com", app.id), "password": "correct horse battery"}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let token = user["token"].as_str().context("token")?;
+                let chat: Value = http
+                    .post(format!("{base}/api/chats"))
+                    .bearer_auth(token)
+                    .json(&json!({"title": "least privilege"}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let chat = chat["id"].as_str().context("chat id")?;
+                let posted: Value = http
+                    .post(format!("{base}/api/chats/{chat}/messages"))
+                    .bearer_auth(token)
+                    .json(&json!({"content": "hello"}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let id = posted["assistant_message"]["id"].as_str().context("id")?;
+                let reply = app.wait_reply(token, chat, id, WAIT).await?;
+                ensure!(reply["status"] == "completed", "reply: {reply}");
+                // The role cannot change the schema.
+                let db = Database::connect(url.as_str()).await?;
+                for ddl in [
+                    "CREATE TABLE sneaky (x int)",
+                    "ALTER TABLE messages ADD COLUMN sneaky int",
+                    "DROP TABLE users",
+                    "CREATE INDEX sneaky ON chats (title)",
+                ] {
+                    ensure!(
+                        db.execute_unprepared(ddl).await.is_err(),
+                        "{ddl} was allowed to the API's role"
+                    );
+                }
+                db.close().await?;
+                Ok(())
+            }
+        };
+        let outcome = tokio::spawn(checks).await;
+        // The role's grants live in the test database; the role itself is the cluster's.
+        app.db
+            .execute_unprepared(&format!("DROP OWNED BY \"{role}\""))
+            .await?;
+        let admin = Database::connect(sluice_tests::admin_url()).await?;
+        if let Err(e) = admin
+            .execute_unprepared(&format!("DROP ROLE IF EXISTS \"{role}\""))
+            .await
+        {
+            eprintln!("could not drop role {role}: {e}");
+        }
+        admin.close().await?;
+        match outcome {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(join) => bail!("checks task: {join}"),
+        }
+    })
+    .await;
 }

@@ -25,6 +25,7 @@ mod responses;
 mod retries;
 mod rolling_restart;
 mod row_isolation;
+mod security;
 mod sizes;
 mod stop_marks;
 mod streaming;

@@ -50,6 +50,10 @@ pub enum RunError {
     Settings(#[from] sluice_shared::settings::SettingsError),
     #[error("no provider keys: set GEMINI_API_KEYS (or SLUICE__KEYS__FILE)")]
     NoKeys,
+    #[error(
+        "invalid setting SLUICE__KEYS__ALIASES: aliases without secrets are the API's view; a worker needs the keys themselves (GEMINI_API_KEYS or SLUICE__KEYS__FILE)"
+    )]
+    AliasesOnly,
     #[error(transparent)]
     Keys(#[from] sluice_shared::keypool::KeyFileError),
     #[error("redis: {0}")]
@@ -161,6 +165,9 @@ async fn serve(
     metrics: Metrics,
 ) -> Result<(), RunError> {
     settings.validate()?;
+    if !settings.keys.aliases.is_empty() {
+        return Err(RunError::AliasesOnly);
+    }
     let file_text = read_key_file(&settings)?;
     let keys = Arc::new(keys_with_file_text(&settings, file_text.as_deref())?);
     if keys.is_empty() {

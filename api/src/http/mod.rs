@@ -14,8 +14,8 @@ pub mod stops;
 pub mod trace;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 pub use state::AppState;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
@@ -28,7 +28,8 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// whole-request timeout: they are merged in after those layers, counted and traced. Every
 /// REST request is counted by [`metrics::track`]; `GET /metrics` (this instance's registry, no
 /// auth: the reverse proxy does not expose it) is merged after the layers too. Outside them all,
-/// [`trace::layer`] gives each REST request an `x-request-id`, a span and one log line.
+/// [`trace::layer`] gives each REST request an `x-request-id`, a span and one log line, and
+/// every answer, whatever made it, says `X-Content-Type-Options: nosniff`.
 pub fn app(state: AppState) -> axum::Router {
     let scrape = state.metrics.router();
     let streams = routes::streams(state.clone()).layer(axum::middleware::from_fn(metrics::track));
@@ -43,7 +44,28 @@ pub fn app(state: AppState) -> axum::Router {
         ))
         .layer(axum::middleware::map_response(timeout_in_json))
         .layer(axum::middleware::from_fn(metrics::track));
-    trace::layer(rest.merge(streams)).merge(scrape)
+    trace::layer(rest.merge(streams))
+        .merge(scrape)
+        .layer(axum::middleware::map_response(nosniff))
+}
+
+/// Browsers take every answer as the type it declares, never one sniffed from its bytes.
+async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// `Cache-Control: no-store` on every answer of the routers that hand out tokens (sign-up,
+/// login, event-stream tokens): no cache between the client and here keeps one. A layer of
+/// theirs (`routes::rest`), so a new token route there gets it too.
+pub(crate) async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// tower-http's timeout answers a bare 408; give it the API's error shape. A 408 that already

@@ -62,7 +62,8 @@ fn default_limits(settings: &Settings) -> Limits {
     }
 }
 
-/// Every configured key: `GEMINI_API_KEYS` first, then the keys file; aliases are unique.
+/// Every configured key: `GEMINI_API_KEYS` first, then `keys.aliases` (alias only, no
+/// secret), then the keys file; aliases are unique.
 pub fn load_keys(settings: &Settings) -> Result<Vec<KeySpec>, KeyFileError> {
     keys_with_file_text(settings, read_key_file(settings)?.as_deref())
 }
@@ -102,6 +103,17 @@ pub fn keys_with_file_text(
             weight: 1,
         })
         .collect();
+    // Alias-only keys (the API's view): no secret, the default limits.
+    keys.extend(settings.keys.aliases.iter().map(|alias| KeySpec {
+        alias: alias.clone(),
+        secret: Secret::new(String::new()),
+        project: alias.clone(),
+        default_limits: defaults,
+        model_limits: BTreeMap::new(),
+        window_ms: millis_of(settings.limits.window),
+        proxy: None,
+        weight: 1,
+    }));
     if let Some(text) = file_text {
         let file: KeyFile = toml::from_str(text).map_err(|source| KeyFileError::Parse {
             path: settings.keys.file.clone(),
@@ -247,6 +259,26 @@ project = "shared"
         assert_eq!(keys[1].weight, 3);
         assert_eq!(keys[2].project, "shared");
         assert!(!format!("{keys:?}").contains("AIza"), "secrets never print");
+        Ok(())
+    }
+
+    #[test]
+    fn aliases_are_keys_without_secrets_at_the_default_limits()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut settings = Settings::defaults()?;
+        settings.keys.aliases = vec!["main".into(), "spare".into()];
+        settings.limits.rpm = 7;
+        let keys = keys_with_file_text(&settings, None)?;
+        let aliases: Vec<_> = keys.iter().map(|k| k.alias.as_str()).collect();
+        assert_eq!(aliases, ["main", "spare"]);
+        assert!(keys.iter().all(|k| k.secret.expose().is_empty()));
+        assert_eq!(keys[1].limits("gemini-2.5-flash").rpm, 7);
+        // An alias is as unique as any other key's.
+        settings.keys.api_keys = vec![ApiKey {
+            alias: "main".into(),
+            secret: Secret::from("x"),
+        }];
+        assert!(keys_with_file_text(&settings, None).is_err());
         Ok(())
     }
 
