@@ -84,6 +84,7 @@ pub fn post(chat_id: Uuid, text: &str) -> NewPost {
         question,
         reply,
         request,
+        idempotency: None,
     }
 }
 
