@@ -68,7 +68,10 @@ pub fn request_hash(request: &impl Serialize) -> String {
 pub fn accepted(body: String) -> Response {
     (
         StatusCode::ACCEPTED,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -139,7 +142,9 @@ mod tests {
 
     #[test]
     fn keys_are_short_visible_ascii() {
-        let ok = |v: &str| parse(&HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static(""))).is_ok();
+        let ok = |v: &str| {
+            parse(&HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static(""))).is_ok()
+        };
         assert!(ok("3f2b9c1e-0000-4000-8000-000000000000"));
         assert!(ok(&"k".repeat(KEY_MAX_CHARS)));
         assert!(!ok(""));

@@ -247,7 +247,10 @@ const NO_TEMPLATE: Uuid = Uuid::nil();
 
 async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbErr> {
     let messages: Vec<&Message> = posts.iter().flat_map(|p| [&p.question, &p.reply]).collect();
-    let keys: Vec<&IdempotencyRecord> = posts.iter().filter_map(|p| p.idempotency.as_ref()).collect();
+    let keys: Vec<&IdempotencyRecord> = posts
+        .iter()
+        .filter_map(|p| p.idempotency.as_ref())
+        .collect();
     let mut chats: Vec<Uuid> = posts.iter().map(|p| p.reply.chat_id).collect();
     chats.sort_unstable();
     chats.dedup();

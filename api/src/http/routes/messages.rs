@@ -96,7 +96,13 @@ async fn create(
     let keyed = Keyed::new(
         user,
         key,
-        &("post_message", chat_id, &input.content, &input.template_id, &input.model),
+        &(
+            "post_message",
+            chat_id,
+            &input.content,
+            &input.template_id,
+            &input.model,
+        ),
     );
     // A repeat is answered before anything else, limits included: it costs nothing.
     if let Some(keyed) = &keyed
@@ -141,7 +147,9 @@ async fn create(
         Ok(()) => Ok(accepted(body)),
         Err(Committed::KeyTaken) => match &keyed {
             Some(keyed) => keyed.lost_race(&state).await,
-            None => Err(ApiError::Internal("a unique violation without a key".into())),
+            None => Err(ApiError::Internal(
+                "a unique violation without a key".into(),
+            )),
         },
         Err(Committed::Refused(e)) => Err(e),
     }
