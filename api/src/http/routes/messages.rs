@@ -301,8 +301,10 @@ fn conditional<T: Serialize>(
     response
 }
 
-/// The chat's messages, oldest first, a user message always before its reply. Conditional:
-/// send the last `ETag` as `If-None-Match` and an unchanged chat answers 304.
+/// The chat's messages, oldest first, a user message always before its reply. A page holds up
+/// to `limit` messages and about `http.max_page_bytes` (1 MiB) of them: it may end early, and
+/// `next` continues; it always holds at least one message, however large. Conditional: send
+/// the last `ETag` as `If-None-Match` and an unchanged chat answers 304.
 #[utoipa::path(get,
     path = "/api/chats/{id}/messages",
     operation_id = "list_messages", tag = "chats", security(("bearer" = [])),
@@ -335,7 +337,8 @@ async fn list(
     if not_modified(&headers, &tag) {
         return Ok(conditional(&headers, tag, || ()));
     }
-    let rows = state.store.messages_page(chat.id, page).await?;
+    let max_bytes = state.settings.http.max_page_bytes;
+    let rows = state.store.messages_page(chat.id, page, max_bytes).await?;
     Ok(conditional(&headers, tag, || Page::<MessageView>::of(rows)))
 }
 
