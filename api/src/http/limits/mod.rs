@@ -1,11 +1,13 @@
 //! Per-user and per-client limits. Message limits (per minute, per day) and login limits (per
 //! email, per client address) are GCRA cells in Redis ([`gcra`]), shared by every replica;
-//! `max_pending` counts the user's pending replies in PostgreSQL. A limit of 0 is off and costs
+//! `max_pending` counts the user's pending replies in PostgreSQL; open event streams are
+//! capped per process and per user ([`streams`]). A limit of 0 is off and costs
 //! nothing. If Redis is unreachable the Redis limits fail open: a warning and a metric, never
 //! a refused request.
 
 pub mod address;
 pub mod gcra;
+pub mod streams;
 
 use crate::http::error::ApiError;
 use crate::store::Store;
@@ -13,10 +15,11 @@ use gcra::{Gcra, Quota};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_shared::Settings;
-use sluice_shared::settings::UserSettings;
+use sluice_shared::settings::{StreamSettings, UserSettings};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use streams::StreamCaps;
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -44,8 +47,10 @@ pub struct LimitUsage {
 
 pub struct Limits {
     users: UserSettings,
+    stream: StreamSettings,
     prefix: String,
     gcra: Gcra,
+    streams: StreamCaps,
     store: Store,
     last_warning: Mutex<Option<Instant>>,
 }
@@ -63,8 +68,10 @@ impl Limits {
     pub fn new(settings: &Settings, redis: redis::Client, store: Store) -> Self {
         Self {
             users: settings.users.clone(),
+            stream: settings.stream.clone(),
             prefix: settings.redis.prefix.clone(),
             gcra: Gcra::new(redis),
+            streams: StreamCaps::new(),
             store,
             last_warning: Mutex::new(None),
         }
