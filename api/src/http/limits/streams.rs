@@ -135,3 +135,58 @@ impl Limits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::gcra::Gcra;
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    async fn slot(
+        gcra: &Gcra,
+        script: &Script,
+        key: &str,
+        mode: &str,
+        id: &str,
+    ) -> Result<i64, GcraError> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key).arg(mode).arg(id).arg(300).arg(2);
+        gcra.invoke(&invocation).await
+    }
+
+    /// Against the real Redis: a full set refuses, a closed entry frees its slot at once, and
+    /// an entry nobody refreshes (its replica died) frees it when its expiry passes.
+    #[tokio::test]
+    async fn slots_are_freed_by_close_or_by_expiry() -> TestResult {
+        let gcra = Gcra::new(redis::Client::open("redis://127.0.0.1:6379")?);
+        let script = Script::new(include_str!("streams.lua"));
+        let key = format!("streams-test-{}", Uuid::new_v4().simple());
+        assert_eq!(slot(&gcra, &script, &key, "open", "a").await?, 1);
+        assert_eq!(slot(&gcra, &script, &key, "open", "b").await?, 1);
+        assert_eq!(slot(&gcra, &script, &key, "open", "c").await?, 0, "full");
+        assert_eq!(slot(&gcra, &script, &key, "close", "a").await?, 1);
+        assert_eq!(
+            slot(&gcra, &script, &key, "open", "c").await?,
+            1,
+            "a's slot"
+        );
+        assert_eq!(
+            slot(&gcra, &script, &key, "open", "d").await?,
+            0,
+            "full again"
+        );
+        // Only c is kept alive; b, never refreshed, expires.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            slot(&gcra, &script, &key, "refresh", "c").await?;
+        }
+        assert_eq!(
+            slot(&gcra, &script, &key, "open", "d").await?,
+            1,
+            "b expired"
+        );
+        assert_eq!(slot(&gcra, &script, &key, "open", "e").await?, 0);
+        Ok(())
+    }
+}
