@@ -88,6 +88,20 @@ async fn a_repeated_post_or_retry_answers_the_first_body_and_writes_nothing() {
         assert_ne!(body["user_message"]["id"], first["user_message"]["id"]);
         assert_eq!(app.count("messages").await?, 6);
 
+        // Repeats racing each other: one post, and every one of them gets its answer.
+        let before = app.count("messages").await?;
+        let racing =
+            (0..6).map(|_| keyed_post(&app, &api, &messages, &token, "race", hello.clone()));
+        let answers = futures_util::future::join_all(racing).await;
+        let mut bodies = Vec::new();
+        for answer in answers {
+            let (status, body) = answer?;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            bodies.push(body);
+        }
+        assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+        assert_eq!(app.count("messages").await?, before + 2, "posted once");
+
         // A retry: stop the reply, then retry it twice with one key.
         let reply = first["assistant_message"]["id"]
             .as_str()

@@ -328,8 +328,10 @@ async fn list(
     // The chat (and its version) is read before the messages: a change committed in between
     // makes the tag older than the page, never newer, so the next poll fetches it.
     let chat = owned_chat(&state.store, user, &chat_id).await?;
+    let max_bytes = state.settings.http.max_page_bytes;
+    // The byte bound shapes the page too: replicas configured apart never share a tag.
     let scope = format!(
-        "list:{}:{}",
+        "list:{}:{}:{max_bytes}",
         page.after.map(|c| c.encode()).unwrap_or_default(),
         page.limit
     );
@@ -337,7 +339,6 @@ async fn list(
     if not_modified(&headers, &tag) {
         return Ok(conditional(&headers, tag, || ()));
     }
-    let max_bytes = state.settings.http.max_page_bytes;
     let rows = state.store.messages_page(chat.id, page, max_bytes).await?;
     Ok(conditional(&headers, tag, || Page::<MessageView>::of(rows)))
 }

@@ -107,7 +107,12 @@ async fn retry(
     IdempotencyKey(key): IdempotencyKey,
     Path((chat_id, message_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let keyed = Keyed::new(user, key, &("retry_reply", &chat_id, &message_id));
+    // Hashed by the ids they name, however they were spelt.
+    let ids = (
+        parse_id(&chat_id, "chat")?,
+        parse_id(&message_id, "message")?,
+    );
+    let keyed = Keyed::new(user, key, &("retry_reply", ids));
     // A repeat gets the first answer, though the reply is no longer `failed`.
     if let Some(keyed) = &keyed
         && let Some(first) = keyed.replay(&state).await?
