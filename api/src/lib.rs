@@ -32,7 +32,9 @@ use messaging::consume::QueueConsumer;
 use sluice_shared::keypool::{
     KeyFileWatch, ReloadTrigger, keys_with_file_text, read_key_file, watch_keys,
 };
+use sluice_shared::marks::Marks;
 use sluice_shared::metrics::Metrics;
+use sluice_shared::redis_link::{self, RedisLink};
 use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
 use std::sync::Arc;
@@ -151,6 +153,13 @@ async fn serve(
     let (posts, writer) = PostWriter::new(store.clone(), BatchBounds::default(), handoff.clone());
     let key_file_text = read_key_file(&settings)?;
     let keys = keys_with_file_text(&settings, key_file_text.as_deref())?;
+    let stops = http::stops::StopMarks::new(
+        Marks::new(
+            Arc::new(RedisLink::new(redis.clone()).resting(redis_link::REST)),
+            settings.redis.prefix.clone(),
+        ),
+        &settings,
+    );
     let state = AppState {
         store: store.clone(),
         posts,
@@ -159,6 +168,7 @@ async fn serve(
             &settings,
             redis.clone(),
             store.clone(),
+            stops.marks().clone(),
         )),
         hashing: Arc::new(http::auth::HashQueue::new(settings.auth.max_waiting_hashes)),
         trusted_proxies: Arc::new(trusted_proxies),
@@ -169,6 +179,7 @@ async fn serve(
         metrics: metrics.clone(),
         hub,
         tasks: supervisor.health(),
+        stops,
     };
     let background = Background {
         topology,

@@ -235,7 +235,12 @@ impl Decision {
     /// The answer of `generateContent` (one JSON body) or, with `stream`, of
     /// `streamGenerateContent?alt=sse` (paced events). `closing` cuts paced
     /// bodies short when the server shuts down.
-    pub fn respond(self, stream: bool, closing: watch::Receiver<bool>) -> Response {
+    pub fn respond(
+        self,
+        stream: bool,
+        closing: watch::Receiver<bool>,
+        state: &MockState,
+    ) -> Response {
         let model = &self.model;
         let cut = matches!(self.answer, Answer::Cut(_));
         let body = match self.answer {
@@ -271,7 +276,11 @@ impl Decision {
             }
             let frames = events.iter().map(sse::frame).collect();
             let feed = Feed::new(frames, self.chunk_pause, closing);
-            let feed = if cut { feed.cut_halfway() } else { feed };
+            let feed = if cut {
+                feed.cut_halfway()
+            } else {
+                feed.counted_in(state)
+            };
             return feed.respond(EVENT_STREAM);
         }
         if cut {
@@ -283,6 +292,7 @@ impl Decision {
                 .cut_halfway()
                 .respond(JSON);
         }
+        state.count_finished();
         Json(body).into_response()
     }
 }

@@ -89,7 +89,7 @@ async fn post_model(
     if !pause(&app, decision.delay).await {
         return shutting_down();
     }
-    decision.respond(stream, app.closing.clone())
+    decision.respond(stream, app.closing.clone(), &app.mock)
 }
 
 /// `GET models/{model}`: a cheap probe clients use to check a key.

@@ -13,6 +13,8 @@ use axum::{
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::state::MockState;
+
 /// What a paced body sends: frames in order, a pause before each but the
 /// first, then either a clean end or a break.
 #[derive(Debug)]
@@ -22,6 +24,9 @@ pub(crate) struct Feed {
     /// Break the connection after the frames instead of ending cleanly.
     cut: bool,
     closing: watch::Receiver<bool>,
+    /// Counts the answer finished once the last frame has been taken (not on a cut or a
+    /// dropped body).
+    finished: Option<MockState>,
 }
 
 /// Why a body broke off (what hyper is told; the client only sees the cut).
@@ -40,7 +45,14 @@ impl Feed {
             pause,
             cut: false,
             closing,
+            finished: None,
         }
+    }
+
+    /// Counts the answer in `state`'s `finished` once the whole body has been taken.
+    pub fn counted_in(mut self, state: &MockState) -> Self {
+        self.finished = Some(state.clone());
+        self
     }
 
     /// Keeps about the first half of the frames (at least one), then breaks.
@@ -55,6 +67,9 @@ impl Feed {
         let stream = futures_util::stream::unfold(Some((self, true)), |state| async move {
             let (mut feed, first) = state?;
             if feed.frames.is_empty() && !feed.cut {
+                if let Some(state) = feed.finished.take() {
+                    state.count_finished();
+                }
                 return None;
             }
             if !first && !feed.pause.is_zero() {

@@ -73,6 +73,11 @@ impl MockState {
         self.book().stats.clone()
     }
 
+    /// Counts an answer that went out to its end ([`Stats::finished`]).
+    pub(crate) fn count_finished(&self) {
+        self.book().stats.count_finished();
+    }
+
     /// Forgets everything seen so far: stats, sliding logs, per-prompt
     /// script counters and recorded requests. A seeded RNG is re-seeded so
     /// a run after a reset injects the same failures as the first.

@@ -29,9 +29,18 @@ pub struct Stats {
     pub max_in_window_per_key: BTreeMap<String, u32>,
     /// The maximum of `max_in_window_per_key` over all keys.
     pub max_in_window: u32,
+    /// Successful answers that went out to their end: a streamed one after its last event
+    /// was taken by the connection, a whole one once its delay was over. A call its client
+    /// gave up on first is not counted (hyper drops the answer when the connection closes).
+    #[serde(default)]
+    pub finished: u64,
 }
 
 impl Stats {
+    pub(crate) fn count_finished(&mut self) {
+        self.finished += 1;
+    }
+
     pub(crate) fn count_arrival(&mut self, key: Option<&str>) {
         self.calls += 1;
         if let Some(key) = key {

@@ -9,7 +9,9 @@
 pub mod broker;
 pub mod envelope;
 pub mod keypool;
+pub mod marks;
 pub mod metrics;
+pub mod redis_link;
 pub mod retry;
 pub mod secret;
 pub mod settings;

@@ -107,6 +107,7 @@ pub const CATALOG: &[Def] = &[
     def("sluice_sse_events_total", Counter, &["event"], "server-sent events sent, by event (message.created, message.delta, message.snapshot, message.reset, message.completed, message.failed)"),
     def("sluice_sse_disconnects_total", Counter, &["reason"], "event streams ended, by reason (client, slow, shutdown)"),
     def("sluice_stream_notices_dropped_total", Counter, &[], "Changed notices dropped because their publisher was behind (watchers catch up on the next one)"),
+    def("sluice_stop_marks_unwritten_total", Counter, &[], "stop marks (cancel, retry, chat or account deletion, suspension) Redis did not take; the request may still be sent once"),
     // API: replies and dead letters
     def("sluice_replies_stored_total", Counter, &["status"], "workers' answers applied to their replies, by status (a duplicate counts again but changes nothing)"),
     def("sluice_replies_unstorable_total", Counter, &[], "answers the database refused, stored as failed (reply_unstorable)"),
@@ -122,7 +123,7 @@ pub const CATALOG: &[Def] = &[
     // Worker: budgets and provider
     def("sluice_budget_wait_seconds", Histogram, &["outcome"], "time a request waited for its first reservation, or until it gave up (reserved, no_budget, no_usable_key)"),
     def("sluice_key_budget_remaining_today", Gauge, &["key", "project"], "calls left today on the key's project and model, as seen at its last reservation (local budgets: this worker's share)"),
-    def("sluice_provider_calls_total", Counter, &["key", "project", "outcome"], "provider calls, by key, project and outcome (ok, rate_limited, invalid_key, transient, permanent, egress_cooling)"),
+    def("sluice_provider_calls_total", Counter, &["key", "project", "outcome"], "provider calls, by key, project and outcome (ok, rate_limited, invalid_key, transient, permanent, egress_cooling, stopped)"),
     def("sluice_provider_duration_seconds", Histogram, &["project"], "upstream latency of a provider call"),
     def("sluice_key_cooldowns_total", Counter, &["project", "reason"], "cooldowns started after a 429 (rate_limited, per_day_quota)"),
     def("sluice_keys_disabled_total", Counter, &["key"], "keys disabled as invalid"),
@@ -132,6 +133,9 @@ pub const CATALOG: &[Def] = &[
     def("sluice_provider_nul_stripped_total", Counter, &[], "model replies that held U+0000 (removed)"),
     def("sluice_provider_replies_too_large_total", Counter, &[], "replies over provider.max_reply_bytes (failed)"),
     def("sluice_provider_delays_clamped_total", Counter, &[], "retryDelay values clamped to a day"),
+    // Worker: stop marks
+    def("sluice_requests_stopped_total", Counter, &["reason", "when"], "requests not sent (before_call) or cut short (during_call) because their reply was cancelled or replaced, their chat or account deleted, or the account suspended (reason: cancelled, chat_deleted, account_closed, account_suspended)"),
+    def("sluice_stop_checks_failed_total", Counter, &[], "stop-mark checks and in-flight call records Redis did not answer (requests went ahead unchecked)"),
     // Worker: streaming
     def("sluice_stream_chunks_total", Counter, &["outcome"], "streamed pieces of replies handed to the stream exchange (published) or given up (dropped: queue full, broker slow, refusing or away)"),
 ];

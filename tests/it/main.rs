@@ -29,6 +29,7 @@ mod rolling_restart;
 mod row_isolation;
 mod security;
 mod sizes;
+mod stop_marks;
 mod streaming;
 mod supervision;
 mod topology;

@@ -11,9 +11,12 @@ use crate::bounds::instant_after;
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation};
 use crate::chunks::ChunkSink;
 use crate::provider::{Generation, Provider, ProviderError};
+use crate::stops::{Stops, Watch};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
+use sluice_shared::marks::StopReason;
 use sluice_shared::stream::{self, Delta};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A 429 without `retryDelay` cools down this long.
@@ -38,6 +41,8 @@ pub struct Context {
     pub disable_after: u32,
     /// Where streamed pieces of text go.
     pub chunks: ChunkSink,
+    /// Stop marks of the requests in hand (shared by every context of the worker).
+    pub stops: Arc<Stops>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +61,9 @@ pub enum Outcome {
     /// At the end of the wait every key was disabled: no counted call was made, and none will
     /// be until an operator or the probe re-enables a key.
     NoUsableKey,
+    /// Nobody wants the reply any more (see [`Stops`]): no call was made, or the call in
+    /// progress was cut short (`called`; it counts as an attempt and spent its budget).
+    Stopped { reason: StopReason, called: bool },
 }
 
 /// Tokens a request is expected to use, reserved against tpm until the real usage is known.
@@ -106,14 +114,41 @@ fn called(key: &KeySpec, outcome: &'static str) {
 /// Handles one request. `attempt` is the counted provider call this delivery makes (counted
 /// calls before it + 1): every piece it streams carries it.
 pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Outcome {
+    let started = Instant::now();
+    let (deadline, mut watch) = {
+        let ctx = live.load();
+        (
+            instant_after(started, ctx.budget_wait),
+            ctx.stops.watch(request.into()),
+        )
+    };
+    if let Some(reason) = watch.begin().await {
+        return stopped(reason, false);
+    }
+    let outcome = serve(request, live, attempt, &watch, deadline, started).await;
+    watch.end().await;
+    outcome
+}
+
+/// Reserves, calls and settles until the request has its [`Outcome`].
+async fn serve(
+    request: &RequestEnvelope,
+    live: &Live,
+    attempt: u32,
+    watch: &Watch,
+    deadline: Instant,
+    started: Instant,
+) -> Outcome {
     let model = request.model.as_str();
     let estimate = estimate_tokens(request);
-    let started = Instant::now();
-    let deadline = instant_after(started, live.load().budget_wait);
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
     let mut waiting = Some(started);
     loop {
+        // Found stopped by the once-a-second check while it waited for budget.
+        if let Some(reason) = watch.reason() {
+            return stopped(reason, false);
+        }
         // Every reservation below is settled before the loop comes round again, so taking
         // the current keys here never strands one: removed keys get no new reservation.
         let current = live.load_full();
@@ -137,11 +172,33 @@ pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Out
             )
             .set(f64::from(left));
         }
-        let result = call(ctx, key, request, attempt).await;
+        let result = tokio::select! {
+            result = call(ctx, key, request, attempt) => Some(result),
+            _ = watch.stopped() => None,
+        };
+        let Some(result) = result else {
+            // Cut short: the call was sent, so its slot and estimated tokens stay spent.
+            ctx.budgets.complete(model, &reservation, estimate).await;
+            called(key, "stopped");
+            return stopped(watch.reason().unwrap_or(StopReason::Cancelled), true);
+        };
         if let Some(outcome) = settle(ctx, request, estimate, &reservation, result).await {
             return outcome;
         }
     }
+}
+
+/// A request found stopped, counted by reason and by whether a call was cut short.
+fn stopped(reason: StopReason, called: bool) -> Outcome {
+    let when = if called { "during_call" } else { "before_call" };
+    tracing::info!(
+        reason = reason.as_str(),
+        when,
+        "request stopped; not sent to the provider"
+    );
+    metrics::counter!("sluice_requests_stopped_total", "reason" => reason.as_str(), "when" => when)
+        .increment(1);
+    Outcome::Stopped { reason, called }
 }
 
 /// No key had budget: past the `deadline` the wait ends with its [`Outcome`] (recorded once
@@ -341,6 +398,7 @@ mod tests {
             budget_wait: Duration::from_millis(100),
             disable_after: 3,
             chunks: ChunkSink::discard(),
+            stops: Stops::off(),
         }))
     }
 

@@ -25,13 +25,16 @@ pub mod probe;
 pub mod provider;
 pub mod route_health;
 pub mod routing;
+pub mod stops;
 
 use arc_swap::ArcSwap;
 use sluice_shared::keypool::{
     KeyFileWatch, KeySpec, RedisLayout, ReloadTrigger, keys_with_file_text, read_key_file,
     watch_keys,
 };
+use sluice_shared::marks::Marks;
 use sluice_shared::metrics::Metrics;
+use sluice_shared::redis_link::{self, RedisLink};
 use sluice_shared::settings::{LimitsBackend, millis_of};
 use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
@@ -108,10 +111,11 @@ pub async fn run_with(
 /// What every context of this worker shares, whatever keys it runs with.
 struct Shared {
     settings: Arc<Settings>,
-    redis: Option<Arc<budget::redis::RedisLink>>,
+    redis: Option<Arc<RedisLink>>,
     egress: Arc<route_health::RouteHealth>,
     /// Streamed pieces go out through one sink whatever the keys.
     chunks: chunks::ChunkSink,
+    stops: Arc<stops::Stops>,
 }
 
 impl Shared {
@@ -144,6 +148,7 @@ impl Shared {
             budget_wait: settings.worker.budget_wait,
             disable_after: settings.keys.disable_after.max(1),
             chunks: self.chunks.clone(),
+            stops: self.stops.clone(),
         })
     }
 }
@@ -174,10 +179,20 @@ async fn serve(
         },
         &mut supervisor,
     );
+    // Stop marks are read whatever the budgets' backend: the API writes them in Redis.
+    let stops = stops::Stops::new(
+        Marks::new(
+            Arc::new(RedisLink::new(redis_client.clone()).resting(redis_link::REST)),
+            settings.redis.prefix.clone(),
+        ),
+        settings.provider.timeout.saturating_add(stops::POLL),
+    );
+    supervisor.spawn("stop checks", stops.clone().run(cancel.clone()));
     let settings = Arc::new(settings);
     let shared = Shared {
+        stops,
         redis: (settings.limits.backend == LimitsBackend::Redis)
-            .then(|| Arc::new(budget::redis::RedisLink::new(redis_client))),
+            .then(|| Arc::new(RedisLink::new(redis_client))),
         egress: Arc::default(),
         chunks,
         settings: settings.clone(),

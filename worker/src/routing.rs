@@ -86,6 +86,16 @@ pub fn route(
             no_key_since_ms: None,
         },
         Outcome::NoUsableKey => wait_for_a_key(request, before, rules, now_ms),
+        // Answered `failed` so the reply does not wait for the reaper; the API's generation
+        // check keeps a cancelled or replaced reply as it is.
+        Outcome::Stopped { reason, called } => Route::Respond(failed(
+            request,
+            before.counted.saturating_add(u32::from(called)),
+            Some(ErrorInfo {
+                kind: reason.as_str().into(),
+                message: reason.message().into(),
+            }),
+        )),
     }
 }
 

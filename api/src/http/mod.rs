@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 mod state;
+pub mod stops;
 pub mod trace;
 
 use axum::extract::DefaultBodyLimit;

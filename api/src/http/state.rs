@@ -4,6 +4,7 @@
 use crate::http::auth::HashQueue;
 use crate::http::limits::Limits;
 use crate::http::limits::address::TrustedProxies;
+use crate::http::stops::StopMarks;
 use crate::live::Hub;
 use crate::store::Store;
 use crate::store::outbox::Handoff;
@@ -39,4 +40,6 @@ pub struct AppState {
     pub hub: Hub,
     /// Whether every background task still runs (readiness reports the first that stopped).
     pub tasks: TaskHealth,
+    /// Tells workers what is no longer wanted.
+    pub stops: StopMarks,
 }

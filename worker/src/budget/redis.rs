@@ -6,18 +6,14 @@
 //! degraded mode, not a stuck worker.
 
 use super::{Cooldown, NoBudget, Reservation};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use sluice_shared::keypool::{
     KeyPoolState, KeySpec, RedisLayout, next_pacific_midnight, pacific_day,
 };
+use sluice_shared::redis_link::RedisLink;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
-
-/// Long enough for a saturated machine (the benchmark saw 500 ms exceeded while Redis was
-/// fine), short enough that a dead Redis turns into degraded mode quickly.
-const TIMEOUT: Duration = Duration::from_millis(1_500);
 
 /// The call finished: its slot now frees one window from now, holding the real token count.
 /// `now` is rounded up: a millisecond floor could date the completion before the provider saw
@@ -39,12 +35,6 @@ if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
 end
 return 1";
 
-/// The worker's one Redis connection, opened on first use and kept across key reloads.
-pub struct RedisLink {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
-}
-
 pub struct RedisBudgets {
     link: Arc<RedisLink>,
     layout: RedisLayout,
@@ -55,41 +45,6 @@ pub struct RedisBudgets {
     reserve: Script,
     complete: Script,
     release: Script,
-}
-
-fn timeout_error() -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "Redis did not answer in time",
-    ))
-}
-
-impl RedisLink {
-    pub fn new(client: redis::Client) -> Self {
-        Self {
-            client,
-            connection: Mutex::new(None),
-        }
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| timeout_error())??;
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
 }
 
 impl RedisBudgets {
@@ -116,16 +71,13 @@ impl RedisBudgets {
         &self.link
     }
 
-    /// Runs one Redis operation with the timeout.
+    /// Runs one Redis operation with the link's timeout.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let conn = self.link.connection().await?;
-        tokio::time::timeout(TIMEOUT, op(conn))
-            .await
-            .map_err(|_| timeout_error())?
+        self.link.run(op).await
     }
 
     pub async fn ping(&self) -> Result<(), RedisError> {

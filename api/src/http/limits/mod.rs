@@ -1,6 +1,7 @@
 //! Per-user and per-client limits. Message limits (per minute, per day) and login limits (per
 //! email, per client address) are GCRA cells in Redis ([`gcra`]), shared by every replica;
-//! `max_pending` counts the user's pending replies in PostgreSQL; open event streams are
+//! `max_pending` counts the user's pending replies in PostgreSQL, or the provider calls the
+//! workers record as running for the user in Redis, whichever is more; open event streams are
 //! capped per process and per user ([`streams`]). A limit of 0 is off and costs
 //! nothing. If Redis is unreachable the Redis limits fail open: a warning and a metric, never
 //! a refused request.
@@ -15,6 +16,7 @@ use gcra::{Gcra, Quota};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_shared::Settings;
+use sluice_shared::marks::Marks;
 use sluice_shared::settings::{StreamSettings, UserSettings};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -52,6 +54,8 @@ pub struct Limits {
     gcra: Gcra,
     streams: StreamCaps,
     store: Store,
+    /// Where workers record each user's provider calls in flight.
+    marks: Marks,
     last_warning: Mutex<Option<Instant>>,
 }
 
@@ -65,7 +69,7 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 impl Limits {
-    pub fn new(settings: &Settings, redis: redis::Client, store: Store) -> Self {
+    pub fn new(settings: &Settings, redis: redis::Client, store: Store, marks: Marks) -> Self {
         Self {
             users: settings.users.clone(),
             stream: settings.stream.clone(),
@@ -73,6 +77,7 @@ impl Limits {
             gcra: Gcra::new(redis),
             streams: StreamCaps::new(),
             store,
+            marks,
             last_warning: Mutex::new(None),
         }
     }
@@ -182,9 +187,19 @@ impl Limits {
         }
     }
 
-    /// The user's replies in flight.
+    /// The user's work in flight: pending replies, or provider calls still running if there
+    /// are more (a stopped reply's call may run on for up to a second; with Redis away only
+    /// the replies count).
     async fn pending(&self, user: Uuid) -> Result<u64, ApiError> {
-        Ok(self.store.pending_replies(user).await?)
+        let replies = self.store.pending_replies(user).await?;
+        let calls = match self.marks.calls_in_flight(user).await {
+            Ok(calls) => calls,
+            Err(e) => {
+                self.unavailable(&gcra::GcraError::from(e));
+                0
+            }
+        };
+        Ok(replies.max(calls))
     }
 
     /// Each limit that is on, and what remains of it; nothing is spent.

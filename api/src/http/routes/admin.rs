@@ -188,6 +188,10 @@ async fn replay(
         match restart {
             Restart::Done { reply, request } => {
                 tracing::info!(dead_letter = %id, request = %reply.id, generation = reply.generation, "replayed");
+                state
+                    .stops
+                    .generations_below(reply.id, reply.generation)
+                    .await;
                 state.handoff.hand_over(vec![request]);
                 report.replayed.push(id);
             }

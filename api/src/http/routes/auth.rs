@@ -221,8 +221,13 @@ mod tests {
             crate::live::partials::Partials::new(redis.clone(), String::new()),
             tokio_util::sync::CancellationToken::new(),
         );
+        let marks = sluice_shared::marks::Marks::new(
+            Arc::new(sluice_shared::redis_link::RedisLink::new(redis.clone())),
+            "",
+        );
         let state = AppState {
-            limits: Arc::new(Limits::new(&settings, redis.clone(), store.clone())),
+            stops: crate::http::stops::StopMarks::new(marks.clone(), &settings),
+            limits: Arc::new(Limits::new(&settings, redis.clone(), store.clone(), marks)),
             hashing: Arc::new(HashQueue::new(8)),
             trusted_proxies: Arc::new(TrustedProxies::default()),
             store: store.clone(),

@@ -142,6 +142,7 @@ async fn delete(
     let id = parse_id(&id, "chat")?;
     if state.store.delete_chat(user, id).await? {
         tracing::info!(chat = %id, "chat deleted by its user");
+        state.stops.chats(&[id]).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("chat"))

@@ -1,6 +1,7 @@
 //! What a user may do to a reply: retry a `failed` one (a new generation, through the same
 //! restart as an operator's replay) or stop a `pending` one (failed, kind `cancelled`; a late
-//! answer then changes nothing). Both count against the user's message limits.
+//! answer then changes nothing). Both count against the user's message limits, and both mark
+//! the generations left behind as stopped, so workers do not send them (or cut them short).
 
 use super::chats::owned_chat;
 use super::messages::unknown_model;
@@ -149,6 +150,11 @@ async fn retry(
     match restarted {
         Ok(Restart::Done { reply, request }) => {
             tracing::info!(request = %reply.id, generation = reply.generation, "reply retried by its user");
+            // An earlier generation may still wait on the retry ladder: it is not wanted.
+            state
+                .stops
+                .generations_below(reply.id, reply.generation)
+                .await;
             state.handoff.hand_over(vec![request]);
             Ok(accepted(view_json(*reply)))
         }
@@ -196,5 +202,9 @@ async fn cancel(
         Cancel::Skipped(reason) => return Err(skipped(reason, &state.settings)),
     };
     tracing::info!(request = %stopped.id, generation = stopped.generation, "reply stopped by its user");
+    state
+        .stops
+        .generations_below(stopped.id, stopped.generation.saturating_add(1))
+        .await;
     Ok(Json(MessageView::from(*stopped)))
 }

@@ -1,0 +1,67 @@
+//! The stop marks the API writes when work stops being wanted ([`sluice_shared::marks`]):
+//! right after the commit that cancels, replaces or deletes it, so workers skip the request
+//! or cut its call short. A Redis failure is logged, never an error: the generation check
+//! still discards whatever answer comes back.
+
+use sluice_shared::Settings;
+use sluice_shared::marks::{Marks, StopReason, stop_ttl};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct StopMarks {
+    marks: Marks,
+    ttl: Duration,
+}
+
+fn not_written(what: &'static str, error: &redis::RedisError) {
+    metrics::counter!("sluice_stop_marks_unwritten_total").increment(1);
+    tracing::warn!(%error, what, "stop mark not written (Redis); the request may still be sent once");
+}
+
+impl StopMarks {
+    pub fn new(marks: Marks, settings: &Settings) -> Self {
+        Self {
+            marks,
+            ttl: stop_ttl(settings),
+        }
+    }
+
+    /// The marks themselves, for what reads them (the limits count calls in flight).
+    pub fn marks(&self) -> &Marks {
+        &self.marks
+    }
+
+    /// Generations of `message` below `lowest_wanted` are no longer wanted.
+    pub async fn generations_below(&self, message: Uuid, lowest_wanted: i32) {
+        if let Err(e) = self
+            .marks
+            .stop_below(message, lowest_wanted, self.ttl)
+            .await
+        {
+            not_written("generation", &e);
+        }
+    }
+
+    /// Nothing of these (deleted) chats is wanted.
+    pub async fn chats(&self, chats: &[Uuid]) {
+        if let Err(e) = self.marks.stop_chats(chats, self.ttl).await {
+            not_written("chat", &e);
+        }
+    }
+
+    /// Nothing of `user` is wanted: for the marks' lifetime when the account is closed,
+    /// until [`StopMarks::resume_user`] when it is suspended.
+    pub async fn user(&self, user: Uuid, reason: StopReason) {
+        let ttl = (reason != StopReason::AccountSuspended).then_some(self.ttl);
+        if let Err(e) = self.marks.stop_user(user, reason, ttl).await {
+            not_written("user", &e);
+        }
+    }
+
+    pub async fn resume_user(&self, user: Uuid) {
+        if let Err(e) = self.marks.resume_user(user).await {
+            not_written("user", &e);
+        }
+    }
+}
