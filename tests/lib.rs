@@ -235,6 +235,9 @@ impl TestApp {
         settings.users.max_pending = 0;
         settings.users.logins_per_minute_per_email = 0;
         settings.users.logins_per_minute_per_address = 0;
+        settings.users.max_chats = 0;
+        settings.users.max_templates = 0;
+        settings.stream.max_per_user = 0;
         settings.worker.prefetch = 16;
         // Generous budgets unless a test sets its own: most tests are not about limits.
         settings.limits.rpm = options.rpm;

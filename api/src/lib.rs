@@ -198,6 +198,7 @@ async fn serve(
     let header_read_timeout = http_settings.header_read_timeout;
     // In-flight requests end within the request timeout; give them that long to finish.
     let drain = http_settings.request_timeout;
+    let max_connections = http_settings.max_connections;
     supervisor.spawn(
         "http server",
         http::server::serve(
@@ -205,6 +206,7 @@ async fn serve(
             http::app(state),
             header_read_timeout,
             drain,
+            max_connections,
             cancel,
         ),
     );

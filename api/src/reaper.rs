@@ -1,8 +1,10 @@
 //! The reaper, the last line of defence for "every accepted message gets one answer": a task
 //! in every API replica that fails replies still `pending` past the retry horizon (the sum of
 //! the retry delays plus a grace), kind `timed_out`. Replicas share the work through
-//! `FOR UPDATE SKIP LOCKED`; a late answer for a reaped reply changes nothing.
+//! `FOR UPDATE SKIP LOCKED`; a late answer for a reaped reply changes nothing. Each round also
+//! deletes idempotency keys past their day, a batch at a time.
 
+use crate::store::idempotency::KEY_TTL;
 use crate::store::{Store, StoreError};
 use sluice_shared::settings::{RetrySettings, millis_of};
 use std::time::Duration;
@@ -44,6 +46,9 @@ impl Reaper {
             if let Err(e) = self.sweep(&cancel).await {
                 tracing::warn!(error = %e, "the reaper cannot read pending replies");
             }
+            if let Err(e) = self.forget_keys(&cancel).await {
+                tracing::warn!(error = %e, "the reaper cannot delete old idempotency keys");
+            }
         }
     }
 
@@ -61,6 +66,21 @@ impl Reaper {
                     "replies still pending past the retry horizon failed as timed_out"
                 );
             }
+            if n < BATCH.unsigned_abs() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl Reaper {
+    /// Deletes idempotency keys older than [`KEY_TTL`], in short statements.
+    pub async fn forget_keys(&self, cancel: &CancellationToken) -> Result<u64, StoreError> {
+        let mut total = 0;
+        while !cancel.is_cancelled() {
+            let n = self.store.forget_idempotency_keys(KEY_TTL, BATCH).await?;
+            total += n;
             if n < BATCH.unsigned_abs() {
                 break;
             }

@@ -24,14 +24,16 @@ export function setToken(value) {
 
 /**
  * Calls the API. Resolves to {status, data, etag}; data is null for 204 and 304. Rejects with
- * an ApiError for any other status (or a network failure, status 0).
+ * an ApiError for any other status (or a network failure, status 0). `idempotencyKey` is sent
+ * as `Idempotency-Key` (message posts and retries).
  */
-export async function call(method, path, { body, etag } = {}) {
+export async function call(method, path, { body, etag, idempotencyKey } = {}) {
   const headers = { accept: "application/json" };
   const bearer = token();
   if (bearer) headers.authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers["content-type"] = "application/json";
   if (etag) headers["if-none-match"] = etag;
+  if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
   let response;
   try {
     response = await fetch(path, {
@@ -83,4 +85,12 @@ export async function all(path) {
     after = data.next;
   }
   return items;
+}
+
+/**
+ * A fresh Idempotency-Key. randomUUID exists only in secure contexts (https, localhost);
+ * elsewhere the request goes without one.
+ */
+export function newKey() {
+  return globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : undefined;
 }

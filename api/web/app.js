@@ -1,7 +1,7 @@
 // The Sluice page: sign-in, the chat list, one chat's messages kept live (./live.js), the
 // composer. User text is always shown as text; model text only through ./render.js.
 
-import { ApiError, all, call, setToken, token } from "./api.js";
+import { ApiError, all, call, newKey, setToken, token } from "./api.js";
 import { Live } from "./live.js";
 import { renderMarkdown } from "./render.js";
 
@@ -21,6 +21,8 @@ const state = {
   syncAgain: false,
   /** Counts final events, so a read that raced one is done again. */
   finals: 0,
+  /** {what, key}: the Idempotency-Key of the message being sent, until it is accepted. */
+  sendKey: null,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -461,8 +463,16 @@ async function send(event) {
   const body = { content };
   if ($("template").value) body.template_id = $("template").value;
   $("send").disabled = true;
+  // One key per message sent: sending the same text again after a failure reuses it, so a
+  // send whose answer was lost (a 408, a dropped connection) is not posted twice.
+  const what = JSON.stringify([id, body]);
+  if (!state.sendKey || state.sendKey.what !== what) state.sendKey = { what, key: newKey() };
   try {
-    const { data } = await call("POST", `/api/chats/${id}/messages`, { body });
+    const { data } = await call("POST", `/api/chats/${id}/messages`, {
+      body,
+      idempotencyKey: state.sendKey.key,
+    });
+    state.sendKey = null;
     // Only now: a refused message stays in the box, to be sent again.
     input.value = "";
     clearBanner();
@@ -482,7 +492,8 @@ async function send(event) {
 async function replyAction(messageId, action) {
   const id = state.chatId;
   try {
-    const { data } = await call("POST", `/api/chats/${id}/messages/${messageId}/${action}`);
+    const options = action === "retry" ? { idempotencyKey: newKey() } : {};
+    const { data } = await call("POST", `/api/chats/${id}/messages/${messageId}/${action}`, options);
     if (state.chatId === id) {
       upsert(data);
       renderMessages();

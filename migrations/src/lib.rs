@@ -7,6 +7,7 @@ mod m20261123_000001_initial;
 mod m20261202_000001_reply_origin;
 mod m20261202_000100_pending_by_chat;
 mod m20261203_000001_chat_version;
+mod m20261207_000200_idempotency_keys;
 mod m20261207_000300_accounts;
 
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_reply_origin::Migration),
             Box::new(m20261202_000100_pending_by_chat::Migration),
             Box::new(m20261203_000001_chat_version::Migration),
+            Box::new(m20261207_000200_idempotency_keys::Migration),
             Box::new(m20261207_000300_accounts::Migration),
         ]
     }

@@ -85,7 +85,9 @@ pub const CATALOG: &[Def] = &[
     // API: HTTP
     def("sluice_http_requests_total", Counter, &["route", "method", "status"], "HTTP requests answered, by matched route template, method and status"),
     def("sluice_http_request_duration_seconds", Histogram, &["route", "method"], "time to answer an HTTP request"),
-    def("sluice_user_limits_refused_total", Counter, &["limit"], "requests refused by a per-user limit"),
+    def("sluice_http_connections_open", Gauge, &[], "HTTP connections open on this instance (at http.max_connections it stops accepting)"),
+    def("sluice_user_limits_refused_total", Counter, &["limit"], "requests refused by a limit, by limit (rates, max_pending, max_chats, max_templates, streams_per_user, streams_per_process)"),
+    def("sluice_idempotent_replays_total", Counter, &[], "posts and retries answered from an earlier request with the same Idempotency-Key"),
     def("sluice_user_limits_unavailable_total", Counter, &[], "per-user limit checks skipped because Redis was unreachable (failed open)"),
     def("sluice_password_hashes_refused_total", Counter, &[], "sign-ups and logins refused because the password-hashing queue was full"),
     // API: posts, outbox and relay

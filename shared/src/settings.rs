@@ -132,6 +132,10 @@ pub struct HttpSettings {
     pub body_timeout: Duration,
     #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
     pub request_timeout: Duration,
+    /// Open connections per API process; past it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Bytes of message text in one page of messages (at least one message always goes).
+    pub max_page_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +210,10 @@ pub struct StreamSettings {
     /// Lifetime of an event-stream token.
     #[serde(rename = "token_ttl_secs", deserialize_with = "secs")]
     pub token_ttl: Duration,
+    /// Open event streams per user across the fleet (counted in Redis); 0 turns it off.
+    pub max_per_user: u32,
+    /// Open event streams per API process.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +307,10 @@ pub struct UserSettings {
     pub max_pending: u32,
     pub logins_per_minute_per_email: u32,
     pub logins_per_minute_per_address: u32,
+    /// Chats a user may keep; 0 turns the cap off.
+    pub max_chats: u32,
+    /// Prompt templates a user may keep; 0 turns the cap off.
+    pub max_templates: u32,
 }
 
 impl Settings {
@@ -382,6 +394,12 @@ impl Settings {
             "SLUICE__HTTP__REQUEST_TIMEOUT_MS",
             http.request_timeout,
         );
+        if http.max_connections == 0 {
+            problems.push(invalid("SLUICE__HTTP__MAX_CONNECTIONS", "must be > 0"));
+        }
+        if http.max_page_bytes == 0 {
+            problems.push(invalid("SLUICE__HTTP__MAX_PAGE_BYTES", "must be > 0"));
+        }
     }
 
     fn check_worker(&self, problems: &mut Vec<SettingsError>) {
@@ -478,6 +496,9 @@ impl Settings {
         positive(problems, "SLUICE__STREAM__TOKEN_TTL_SECS", stream.token_ttl);
         if stream.watcher_buffer == 0 {
             problems.push(invalid("SLUICE__STREAM__WATCHER_BUFFER", "must be > 0"));
+        }
+        if stream.max_connections == 0 {
+            problems.push(invalid("SLUICE__STREAM__MAX_CONNECTIONS", "must be > 0"));
         }
     }
 
@@ -679,6 +700,15 @@ mod tests {
         assert_eq!(s.chat.history_turns, 20);
         assert!(s.database.migrate_on_start);
         assert_eq!(s.telemetry.format, LogFormat::Text);
+        assert_eq!(
+            (s.stream.max_per_user, s.stream.max_connections),
+            (8, 10_000)
+        );
+        assert_eq!(
+            (s.http.max_connections, s.http.max_page_bytes),
+            (20_000, 1_048_576)
+        );
+        assert_eq!((s.users.max_chats, s.users.max_templates), (1_000, 100));
         Ok(())
     }
 

@@ -5,11 +5,13 @@
 mod accounts;
 mod api_errors;
 mod broker_outage;
+mod caps;
 mod dead_letter_consumer;
 mod events;
 mod hostile_input;
 mod hostile_provider;
 mod http_timeouts;
+mod idempotency;
 mod key_rotation;
 mod keypool;
 mod least_privilege;

@@ -18,7 +18,7 @@ pub enum ApiError {
         message: String,
         /// Sent as `Retry-After` (whole seconds): when trying again makes sense.
         retry_after_secs: Option<u64>,
-        /// Which per-user or per-client limit refused the request (`rate_limited` only).
+        /// Which limit refused the request (`rate_limited` and `quota_exceeded` only).
         limit: Option<&'static str>,
     },
     #[error("database: {0}")]
@@ -47,6 +47,19 @@ impl ApiError {
             code: "rate_limited",
             message: format!("over the {limit} limit, try again in {} s", secs.max(1)),
             retry_after_secs: Some(secs.max(1)),
+            limit: Some(limit),
+        }
+    }
+
+    /// 409 `quota_exceeded`, naming the cap on stored things (`max_chats`, `max_templates`)
+    /// that refused the request: deleting one makes room, waiting does not.
+    pub fn quota_exceeded(limit: &'static str, max: u32) -> Self {
+        metrics::counter!("sluice_user_limits_refused_total", "limit" => limit).increment(1);
+        Self::Client {
+            status: StatusCode::CONFLICT,
+            code: "quota_exceeded",
+            message: format!("at the {limit} limit of {max}; delete one to make room"),
+            retry_after_secs: None,
             limit: Some(limit),
         }
     }
@@ -96,7 +109,7 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people; its wording may change.
     pub message: String,
-    /// Which limit refused the request (`rate_limited` only).
+    /// Which limit refused the request (`rate_limited` and `quota_exceeded` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
 }
@@ -204,6 +217,13 @@ mod tests {
         let busy = ApiError::busy("full", 1).into_response();
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let full = ApiError::quota_exceeded("max_chats", 3).into_response();
+        assert_eq!(full.status(), StatusCode::CONFLICT);
+        assert!(full.headers().get(header::RETRY_AFTER).is_none());
+        let bytes = axum::body::to_bytes(full.into_body(), 4096).await?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)?;
+        assert_eq!(body["error"]["code"], "quota_exceeded");
+        assert_eq!(body["error"]["limit"], "max_chats");
         let plain = ApiError::not_found("chat").into_response();
         assert!(plain.headers().get(header::RETRY_AFTER).is_none());
         Ok(())

@@ -2,7 +2,9 @@
 //! client must send its request headers within `http.header_read_timeout_ms` or is
 //! disconnected. Body and whole-request timeouts are tower-http layers on the REST router
 //! (see [`crate::http::app`]). Each connection's peer address is inserted as
-//! `ConnectInfo<SocketAddr>`; shutdown stops accepting and drains open connections.
+//! `ConnectInfo<SocketAddr>`; shutdown stops accepting and drains open connections. At most
+//! `http.max_connections` are open at once: past it the loop stops accepting, and new
+//! connections wait in the kernel's listen backlog (refused only when that is full).
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -10,8 +12,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
@@ -19,21 +23,53 @@ use tower::Service;
 /// descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// One open connection: its permit and its place in `sluice_http_connections_open`.
+struct Open(
+    #[expect(dead_code, reason = "held, not read: dropping it frees the slot")]
+    OwnedSemaphorePermit,
+);
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("sluice_http_connections_open").increment(1);
+        Self(permit)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("sluice_http_connections_open").decrement(1);
+    }
+}
+
 /// Serves `app` on `listener` until `cancel` fires, then stops accepting and waits up to
-/// `drain` for open connections to finish their requests.
+/// `drain` for open connections to finish their requests. At most `max_connections` are open
+/// at once.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     header_read_timeout: Duration,
     drain: Duration,
+    max_connections: usize,
     cancel: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(
+        max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     loop {
+        // A free slot first: while none is, nothing is accepted and the backlog holds the rest.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -54,8 +90,10 @@ pub async fn serve(
             app.clone().call(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let open = Open::new(permit);
         // In this instance's metrics: the handlers run inside the connection's task.
         sluice_shared::metrics::spawn(async move {
+            let _open = open;
             // Timeouts, resets and half-sent requests end here; they are the client's doing.
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -107,6 +145,7 @@ mod tests {
             app,
             Duration::from_secs(5),
             Duration::from_secs(5),
+            100,
             cancel.clone(),
         ));
 
@@ -120,6 +159,46 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&me.to_string()), "{answer}");
 
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server).await??;
+        Ok(())
+    }
+
+    /// Past `max_connections` a new connection is not refused: it waits, unanswered, until an
+    /// open one closes.
+    #[tokio::test]
+    async fn past_the_cap_a_connection_waits_for_a_free_slot()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            1,
+            cancel.clone(),
+        ));
+        let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+        let mut first = tokio::net::TcpStream::connect(addr).await?;
+        first.write_all(request).await?;
+        let mut buf = [0u8; 1024];
+        let n = first.read(&mut buf).await?;
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+        // Kept alive, the first holds the only slot: the second is connected (the backlog)
+        // but not served.
+        let mut second = tokio::net::TcpStream::connect(addr).await?;
+        second.write_all(request).await?;
+        let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+        assert!(waited.is_err(), "served past the cap");
+
+        drop(first);
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf)).await??;
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        drop(second);
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(10), server).await??;
         Ok(())

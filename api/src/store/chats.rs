@@ -3,6 +3,7 @@
 
 use super::entities::chats;
 use super::paging::{Cursor, Direction, Page, PageRequest, paged};
+use super::users::{Capped, Owned, capped_insert};
 use super::{Chat, Store, StoreError};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
@@ -29,17 +30,22 @@ pub(crate) async fn touch(db: &impl ConnectionTrait, chat_ids: &[Uuid]) -> Resul
 }
 
 impl Store {
-    pub async fn create_chat(&self, chat: &Chat) -> Result<(), StoreError> {
-        chats::Entity::insert(chats::ActiveModel {
+    /// Creates the chat unless its user already has `max` chats (0: no cap).
+    pub async fn create_chat(&self, chat: &Chat, max: u32) -> Result<Capped, StoreError> {
+        let model = chats::ActiveModel {
             id: Set(chat.id),
             user_id: Set(chat.user_id),
             title: Set(chat.title.clone()),
             created_at: Set(chat.created_at),
             version: Set(chat.version),
+        };
+        capped_insert(self, chat.user_id, Owned::Chats, max, async move |txn| {
+            chats::Entity::insert(model)
+                .exec_without_returning(txn)
+                .await
+                .map(|_| ())
         })
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The chat if it exists and belongs to `user`.

@@ -2,14 +2,20 @@
 //! is built from, and a user's replies in flight (for `users.max_pending`).
 
 use super::entities::messages;
-use super::paging::{Cursor, Direction, Page, PageRequest, paged};
+use super::paging::{Cursor, Direction, Page, PageRequest, fitting, keyset};
 use super::{Message, Role, Store, StoreError};
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    Statement,
 };
 use sluice_shared::envelope::{self, Turn};
 use uuid::Uuid;
+
+/// What a message adds to a page besides its text (its other fields as JSON), for
+/// `http.max_page_bytes`.
+const MESSAGE_OVERHEAD_BYTES: usize = 512;
 
 /// Where the history of a request ends.
 #[derive(Debug, Clone, Copy)]
@@ -31,24 +37,64 @@ pub struct History {
 }
 
 impl Store {
-    /// The chat's messages, oldest first (a user message always before its reply).
+    /// The chat's messages, oldest first (a user message always before its reply): at most
+    /// `page.limit`, and no more than `max_bytes` of text (but always one). The sizes are read
+    /// first (`octet_length` of a stored text does not fetch it), then only the rows that fit.
     pub async fn messages_page(
         &self,
         chat: Uuid,
         page: PageRequest,
+        max_bytes: usize,
     ) -> Result<Page<Message>, StoreError> {
-        Ok(paged(
-            &self.db,
-            messages::Entity::find().filter(messages::Column::ChatId.eq(chat)),
-            (messages::Column::CreatedAt, messages::Column::Id),
-            Direction::OldestFirst,
-            page,
-            |m| Cursor {
-                created_at: m.created_at,
-                id: m.id,
-            },
-        )
-        .await?)
+        let columns = (messages::Column::CreatedAt, messages::Column::Id);
+        let of_chat = || messages::Entity::find().filter(messages::Column::ChatId.eq(chat));
+        let sizes: Vec<(Uuid, DateTime<Utc>, i64)> =
+            keyset(of_chat(), columns, Direction::OldestFirst, page.after)
+                .select_only()
+                .column(messages::Column::Id)
+                .column(messages::Column::CreatedAt)
+                .column_as(
+                    Expr::cust(
+                        "(octet_length(content) \
+                         + coalesce(octet_length(error_message), 0))::bigint",
+                    ),
+                    "bytes",
+                )
+                .limit(page.limit.saturating_add(1))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let taken = fitting(
+            sizes.iter().map(|(_, _, bytes)| {
+                usize::try_from(*bytes)
+                    .unwrap_or(0)
+                    .saturating_add(MESSAGE_OVERHEAD_BYTES)
+            }),
+            limit,
+            max_bytes,
+        );
+        let next = (sizes.len() > taken)
+            .then(|| sizes.get(taken.checked_sub(1)?))
+            .flatten()
+            .map(|(id, created_at, _)| Cursor {
+                created_at: *created_at,
+                id: *id,
+            });
+        let ids: Vec<Uuid> = sizes.iter().take(taken).map(|(id, _, _)| *id).collect();
+        let items = if ids.is_empty() {
+            Vec::new()
+        } else {
+            keyset(
+                of_chat().filter(messages::Column::Id.is_in(ids)),
+                columns,
+                Direction::OldestFirst,
+                None,
+            )
+            .all(&self.db)
+            .await?
+        };
+        Ok(Page { items, next })
     }
 
     pub async fn message(&self, chat: Uuid, id: Uuid) -> Result<Option<Message>, StoreError> {

@@ -11,6 +11,7 @@ pub mod chats;
 pub mod dead_letters;
 mod entities;
 mod failure;
+pub mod idempotency;
 pub mod message_state;
 pub mod messages;
 pub mod notices;

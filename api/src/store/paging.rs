@@ -58,17 +58,14 @@ pub struct PageRequest {
     pub limit: u64,
 }
 
-/// One page of `select` in `(created_at, id)` order after the cursor. One row more than the
-/// limit is fetched to know whether another page follows.
-pub(crate) async fn paged<E: EntityTrait>(
-    db: &DatabaseConnection,
+/// `select` in `(created_at, id)` order, from just after `after`.
+pub(crate) fn keyset<E: EntityTrait>(
     mut select: Select<E>,
     (created_at, id): (E::Column, E::Column),
     direction: Direction,
-    page: PageRequest,
-    key: impl Fn(&E::Model) -> Cursor,
-) -> Result<Page<E::Model>, DbErr> {
-    if let Some(c) = page.after {
+    after: Option<Cursor>,
+) -> Select<E> {
+    if let Some(c) = after {
         let (later, later_id) = match direction {
             Direction::NewestFirst => (created_at.lt(c.created_at), id.lt(c.id)),
             Direction::OldestFirst => (created_at.gt(c.created_at), id.gt(c.id)),
@@ -85,10 +82,23 @@ pub(crate) async fn paged<E: EntityTrait>(
         Direction::NewestFirst => sea_orm::Order::Desc,
         Direction::OldestFirst => sea_orm::Order::Asc,
     };
-    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
-    let mut items = select
+    select
         .order_by(created_at, order.clone())
         .order_by(id, order)
+}
+
+/// One page of `select` in `(created_at, id)` order after the cursor. One row more than the
+/// limit is fetched to know whether another page follows.
+pub(crate) async fn paged<E: EntityTrait>(
+    db: &DatabaseConnection,
+    select: Select<E>,
+    columns: (E::Column, E::Column),
+    direction: Direction,
+    page: PageRequest,
+    key: impl Fn(&E::Model) -> Cursor,
+) -> Result<Page<E::Model>, DbErr> {
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let mut items = keyset(select, columns, direction, page.after)
         .limit(page.limit.saturating_add(1))
         .all(db)
         .await?;
@@ -101,6 +111,20 @@ pub(crate) async fn paged<E: EntityTrait>(
     Ok(Page { items, next })
 }
 
+/// How many of `sizes` (in page order) one page holds: at most `limit`, and no more bytes
+/// than `max_bytes` unless the first alone is larger (a page is never empty while rows remain).
+pub fn fitting(sizes: impl IntoIterator<Item = usize>, limit: usize, max_bytes: usize) -> usize {
+    let (mut taken, mut bytes) = (0usize, 0usize);
+    for size in sizes.into_iter().take(limit) {
+        if taken > 0 && bytes.saturating_add(size) > max_bytes {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        taken += 1;
+    }
+    taken
+}
+
 /// The current time at the database's precision (microseconds), so cursors round-trip.
 pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
@@ -110,6 +134,15 @@ pub fn now_micros() -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_fits_its_bytes_but_always_holds_one() {
+        assert_eq!(fitting([10, 10, 10], 50, 25), 2);
+        assert_eq!(fitting([10, 10, 10], 50, 30), 3);
+        assert_eq!(fitting([10, 10, 10], 2, 1_000), 2);
+        assert_eq!(fitting([4_000, 10], 50, 25), 1, "one message however large");
+        assert_eq!(fitting([], 50, 25), 0);
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_junk() {

@@ -7,6 +7,7 @@
 //! A batch the database refuses is written again one post at a time, so a refused post fails
 //! alone. After the commit the outbox rows go to the publisher ([`Handoff`]).
 
+use super::idempotency::IdempotencyRecord;
 use super::outbox::{Handoff, OutboxRow, ints, texts};
 use super::paging::now_micros;
 use super::{Message, Role, Status, Store, StoreError};
@@ -41,6 +42,8 @@ pub struct NewPost {
     pub question: Message,
     pub reply: Message,
     pub request: OutboxRow,
+    /// The post's `Idempotency-Key` and first answer, committed with it.
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 /// A user message of `content` and its pending reply, stamped now. Both ids come from one
@@ -233,7 +236,8 @@ fn changes(post: &NewPost) -> [(Uuid, Uuid); 2] {
 }
 
 /// One statement, so one round trip and one commit: the chats are locked in id order and
-/// their versions bumped (see `store`), and every message and outbox row is inserted.
+/// their versions bumped (see `store`), and every message, outbox row and idempotency key is
+/// inserted (a key already taken refuses the batch, and then that post alone).
 pub(crate) async fn write_posts(store: &Store, posts: &[&NewPost]) -> Result<(), StoreError> {
     Ok(insert(&store.db, posts).await?)
 }
@@ -243,6 +247,10 @@ const NO_TEMPLATE: Uuid = Uuid::nil();
 
 async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbErr> {
     let messages: Vec<&Message> = posts.iter().flat_map(|p| [&p.question, &p.reply]).collect();
+    let keys: Vec<&IdempotencyRecord> = posts
+        .iter()
+        .filter_map(|p| p.idempotency.as_ref())
+        .collect();
     let mut chats: Vec<Uuid> = posts.iter().map(|p| p.reply.chat_id).collect();
     chats.sort_unstable();
     chats.dedup();
@@ -255,7 +263,10 @@ async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbE
          requests AS ( \
              INSERT INTO outbox (id, payload, created_at) \
              SELECT id, payload::jsonb, now() \
-             FROM UNNEST($12::uuid[], $13::text[]) AS o(id, payload)) \
+             FROM UNNEST($12::uuid[], $13::text[]) AS o(id, payload)), \
+         keys AS ( \
+             INSERT INTO idempotency_keys (user_id, key, request_hash, response) \
+             SELECT * FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::text[])) \
          INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
              created_at, completed_at, template_id, pending_since) \
          SELECT id, chat_id, role, content, status, generation, NULLIF(model, ''), 0, \
@@ -294,6 +305,10 @@ async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbE
                 .collect::<Vec<_>>()
                 .into(),
             texts(posts.iter().map(|p| p.request.payload.clone())),
+            keys.iter().map(|k| k.user_id).collect::<Vec<_>>().into(),
+            texts(keys.iter().map(|k| k.key.clone())),
+            texts(keys.iter().map(|k| k.request_hash.clone())),
+            texts(keys.iter().map(|k| k.response.clone())),
         ],
     ))
     .await?;

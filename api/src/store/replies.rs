@@ -5,6 +5,7 @@
 
 use super::chats::touch;
 use super::entities::{dead_letters, prompt_templates};
+use super::idempotency::{self, IdempotencyRecord};
 use super::message_state::{Transition, kind};
 use super::messages::{History, HistoryEnd, history};
 use super::outbox::{self, OutboxRow, ints, texts};
@@ -458,12 +459,29 @@ impl Store {
         history_limit: i64,
         build: impl FnOnce(Restarted) -> Result<OutboxRow, SkipReason>,
     ) -> Result<Restart, StoreError> {
+        self.restart_remembered(of, history_limit, build, None)
+            .await
+    }
+
+    /// [`Store::restart`], storing an idempotency key in the same transaction: `remember`
+    /// makes its record from the reopened reply (a key already taken is a unique violation,
+    /// and nothing is restarted).
+    pub async fn restart_remembered(
+        &self,
+        of: RestartOf,
+        history_limit: i64,
+        build: impl FnOnce(Restarted) -> Result<OutboxRow, SkipReason>,
+        remember: Option<&(dyn Fn(&Message) -> IdempotencyRecord + Sync)>,
+    ) -> Result<Restart, StoreError> {
         let txn = self.db.begin().await?;
         let attempt = async {
             let (reply_id, letter) = restart_target(&txn, of).await?;
             let reply = reopen(&txn, of, reply_id).await?;
             let request = build(restart_inputs(&txn, &reply, history_limit).await?)?;
             record_restart(&txn, &request, letter).await?;
+            if let Some(remember) = remember {
+                idempotency::remember(&txn, &remember(&reply)).await?;
+            }
             Ok((reply, request))
         };
         // Dropping `txn` without a commit (any skip) undoes what the attempt changed.

@@ -84,6 +84,7 @@ pub fn post(chat_id: Uuid, text: &str) -> NewPost {
         question,
         reply,
         request,
+        idempotency: None,
     }
 }
 
@@ -107,7 +108,7 @@ pub async fn chats(store: &Store, n: usize) -> Result<Vec<Uuid>, StoreError> {
             created_at: now_micros(),
             version: 0,
         };
-        store.create_chat(&chat).await?;
+        store.create_chat(&chat, 0).await?;
         ids.push(chat.id);
     }
     Ok(ids)

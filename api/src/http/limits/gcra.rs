@@ -136,6 +136,18 @@ impl Gcra {
         }
     }
 
+    /// Runs another limits script on the same connection, with the same timeout.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, GcraError> {
+        let mut conn = self.connection().await?;
+        tokio::time::timeout(TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| GcraError::Timeout(TIMEOUT))?
+            .map_err(GcraError::from)
+    }
+
     /// Spends one cell of every quota if all conform (`take`), or only looks (`!take`).
     pub async fn check(&self, quotas: &[Quota], take: bool) -> Result<Checked, GcraError> {
         if quotas.is_empty() {

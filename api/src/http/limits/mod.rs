@@ -1,12 +1,14 @@
 //! Per-user and per-client limits. Message limits (per minute, per day) and login limits (per
 //! email, per client address) are GCRA cells in Redis ([`gcra`]), shared by every replica;
 //! `max_pending` counts the user's pending replies in PostgreSQL, or the provider calls the
-//! workers record as running for the user in Redis, whichever is more. A limit of 0 is off and costs
+//! workers record as running for the user in Redis, whichever is more; open event streams are
+//! capped per process and per user ([`streams`]). A limit of 0 is off and costs
 //! nothing. If Redis is unreachable the Redis limits fail open: a warning and a metric, never
 //! a refused request.
 
 pub mod address;
 pub mod gcra;
+pub mod streams;
 
 use crate::http::error::ApiError;
 use crate::store::Store;
@@ -15,10 +17,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_shared::Settings;
 use sluice_shared::marks::Marks;
-use sluice_shared::settings::UserSettings;
+use sluice_shared::settings::{StreamSettings, UserSettings};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use streams::StreamCaps;
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -46,8 +49,10 @@ pub struct LimitUsage {
 
 pub struct Limits {
     users: UserSettings,
+    stream: StreamSettings,
     prefix: String,
     gcra: Gcra,
+    streams: StreamCaps,
     store: Store,
     /// Where workers record each user's provider calls in flight.
     marks: Marks,
@@ -72,8 +77,10 @@ impl Limits {
     pub fn new(settings: &Settings, redis: redis::Client, store: Store, marks: Marks) -> Self {
         Self {
             users: settings.users.clone(),
+            stream: settings.stream.clone(),
             prefix: settings.redis.prefix.clone(),
             gcra: Gcra::new(redis),
+            streams: StreamCaps::new(),
             store,
             marks,
             last_warning: Mutex::new(None),

@@ -1,11 +1,12 @@
 //! `POST /api/chats`, `GET /api/chats` (newest first, paged), `GET /api/chats/{id}` and
-//! `DELETE /api/chats/{id}` (with its messages).
+//! `DELETE /api/chats/{id}` (with its messages). A user's chats are capped (`users.max_chats`).
 
 use super::paging::PageQuery;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::store::paging::now_micros;
+use crate::store::users::Capped;
 use crate::store::{Chat, Store};
 use crate::views::{ChatView, Page};
 use axum::Json;
@@ -40,14 +41,16 @@ struct NewChat {
     title: Option<String>,
 }
 
-/// Starts a chat. The body is optional.
+/// Starts a chat. The body is optional. A user keeps at most `users.max_chats` (1 000).
 #[utoipa::path(post,
     path = "/api/chats",
     operation_id = "create_chat", tag = "chats", security(("bearer" = [])),
     request_body(content = Option<NewChat>, description = "Optional"),
     responses(
         (status = 201, description = "Created", body = ChatView),
-        (status = 401, description = "No valid token", body = ErrorBody), (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 409, description = "The user has `users.max_chats` chats already (`quota_exceeded`, limit `max_chats`)", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -75,8 +78,11 @@ async fn create(
         created_at: now_micros(),
         version: 0,
     };
-    state.store.create_chat(&chat).await?;
-    Ok((StatusCode::CREATED, Json(chat.into())))
+    let max = state.settings.users.max_chats;
+    match state.store.create_chat(&chat, max).await? {
+        Capped::Created => Ok((StatusCode::CREATED, Json(chat.into()))),
+        Capped::Full => Err(ApiError::quota_exceeded("max_chats", max)),
+    }
 }
 
 /// The user's chats, newest first.

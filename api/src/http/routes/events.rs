@@ -85,7 +85,8 @@ struct EventsQuery {
 /// (a delta appends, a snapshot replaces); `message.reset` carries `{message_id, generation,
 /// attempt}` (drop the partial text). Send `Last-Event-ID` when reconnecting, to any replica:
 /// a finished reply comes as its final message, one in progress as a snapshot. Comment lines
-/// keep an idle stream open; a client too slow to read is disconnected.
+/// keep an idle stream open; a client too slow to read is disconnected. A user may have
+/// `stream.max_per_user` (8) streams open across every replica.
 #[utoipa::path(get,
     path = "/api/chats/{id}/events",
     operation_id = "chat_events", tag = "chats", security(("bearer" = [])),
@@ -99,6 +100,7 @@ struct EventsQuery {
         (status = 400, description = "`Last-Event-ID` is not an id this API sent (`invalid_last_event_id`)", body = ErrorBody),
         (status = 401, description = "No valid bearer token or event-stream token for this chat", body = ErrorBody),
         (status = 404, description = "No such chat of this user's (`chat_not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many event streams open (`rate_limited`, limit `streams_per_user`: `stream.max_per_user` across the fleet, or `streams_per_process`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     ))]
 async fn events(
@@ -148,13 +150,29 @@ async fn events(
     let stream_settings = &state.settings.stream;
     let gap = stream_settings.gap_timeout;
     let heartbeat = stream_settings.heartbeat.max(Duration::from_millis(1));
+    // Held as long as the stream is open: the per-process and per-user caps.
+    let pass = state.limits.admit_stream(session.user).await?;
     // Bound before anything is read, so nothing committed or published from here on is missed.
     let watch = state.hub.watch(chat.id).await;
     let watcher = Watcher::start(chat.id, watch, state.store.clone(), gap, resume).await?;
-    let events = futures_util::stream::unfold(watcher, |mut watcher| async move {
-        let event = watcher.next().await?;
-        Some((Ok::<_, Infallible>(event), watcher))
-    })
+    let refresh = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let events = futures_util::stream::unfold(
+        (watcher, pass, refresh),
+        |(mut watcher, pass, mut refresh)| async move {
+            let event = {
+                // One `next` kept across refreshes, so no event is lost to a cancelled poll.
+                let next = watcher.next();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        event = &mut next => break event,
+                        _ = refresh.tick() => pass.refresh().await,
+                    }
+                }
+            }?;
+            Some((Ok::<_, Infallible>(event), (watcher, pass, refresh)))
+        },
+    )
     // A stream ends within a heartbeat of its session ending (sign-out, password change,
     // suspension, deletion).
     .take_until(state.sessions.clone().until_ended(session, heartbeat));

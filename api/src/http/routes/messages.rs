@@ -8,6 +8,7 @@ use super::paging::PageQuery;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
+use crate::http::idempotency::{IdempotencyKey, Keyed, accepted};
 use crate::messaging::request::{self, Ask, BuildError, Question};
 use crate::store::Chat;
 use crate::store::messages::HistoryEnd;
@@ -68,14 +69,19 @@ fn validate_content(content: &str) -> Result<(), ApiError> {
 #[utoipa::path(post,
     path = "/api/chats/{id}/messages",
     operation_id = "post_message", tag = "chats", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The chat")),
+    params(
+        ("id" = Uuid, Path, description = "The chat"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 128 visible ASCII characters, one per send: a repeat within 24 h answers the first 202 body and posts nothing"),
+    ),
     request_body = NewMessage,
     responses(
         (status = 202, description = "Accepted; the reply is pending", body = Posted),
+        (status = 400, description = "A malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "`chat_not_found` or `template_not_found`", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being processed (`idempotency_key_in_use`)", body = ErrorBody),
         (status = 413, description = "With its history and template the request is too large (`message_too_large`)", body = ErrorBody),
-        (status = 422, description = "`invalid_content`, `invalid_model`, `unknown_model`", body = ErrorBody),
+        (status = 422, description = "`invalid_content`, `invalid_model`, `unknown_model`, or `idempotency_key_reused` (the key came with a different request)", body = ErrorBody),
         (status = 429, description = "Over one of the user's limits (`rate_limited`, naming it in `limit`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
         (status = 503, description = "The database is unavailable, or the server is busy or stopping (`busy`, with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     ))]
@@ -83,9 +89,27 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(chat_id): Path<String>,
+    IdempotencyKey(key): IdempotencyKey,
     AppJson(input): AppJson<NewMessage>,
-) -> Result<(StatusCode, Json<Posted>), ApiError> {
+) -> Result<Response, ApiError> {
     let chat_id = parse_id(&chat_id, "chat")?;
+    let keyed = Keyed::new(
+        user,
+        key,
+        &(
+            "post_message",
+            chat_id,
+            &input.content,
+            &input.template_id,
+            &input.model,
+        ),
+    );
+    // A repeat is answered before anything else, limits included: it costs nothing.
+    if let Some(keyed) = &keyed
+        && let Some(first) = keyed.replay(&state).await?
+    {
+        return Ok(first);
+    }
     validate_content(&input.content)?;
     let model = chosen_model(&state.settings, input.model)?;
     let (template_id, system) = match input.template_id {
@@ -108,20 +132,27 @@ async fn create(
     // costs the user nothing.
     state.limits.admit_message(user).await?;
 
+    let body = serde_json::to_string(&Posted {
+        user_message: question.clone().into(),
+        assistant_message: reply.clone().into(),
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let post = NewPost {
         question,
         reply,
         request,
+        idempotency: keyed.as_ref().map(|k| k.record(body.clone())),
     };
-    let (question, reply) = (post.question.clone(), post.reply.clone());
-    commit(&state, post).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Posted {
-            user_message: question.into(),
-            assistant_message: reply.into(),
-        }),
-    ))
+    match commit(&state, post).await {
+        Ok(()) => Ok(accepted(body)),
+        Err(Committed::KeyTaken) => match &keyed {
+            Some(keyed) => keyed.lost_race(&state).await,
+            None => Err(ApiError::Internal(
+                "a unique violation without a key".into(),
+            )),
+        },
+        Err(Committed::Refused(e)) => Err(e),
+    }
 }
 
 /// The model asked for, or the default; it must be one of the configured ones, as budgets are
@@ -180,16 +211,29 @@ async fn request_for(state: &AppState, user: Uuid, ask: Ask) -> Result<OutboxRow
     })
 }
 
+/// Why a post did not commit.
+enum Committed {
+    /// Its idempotency key was stored by a concurrent repeat first.
+    KeyTaken,
+    Refused(ApiError),
+}
+
 /// Hands the post to the group-commit writer and waits for its commit.
-async fn commit(state: &AppState, post: NewPost) -> Result<(), ApiError> {
+async fn commit(state: &AppState, post: NewPost) -> Result<(), Committed> {
+    let keyed = post.idempotency.is_some();
     match state.posts.write(post).await {
         Ok(()) => Ok(()),
         // The chat was deleted between the history read and the commit.
         Err(PostError::Store(e)) if e.is_foreign_key_violation() => {
-            Err(ApiError::not_found("chat"))
+            Err(Committed::Refused(ApiError::not_found("chat")))
         }
-        Err(PostError::Store(e)) => Err(e.into()),
-        Err(PostError::Stopped) => Err(ApiError::busy("the server is shutting down", 1)),
+        // Message and outbox ids are fresh: only the key can be taken.
+        Err(PostError::Store(e)) if keyed && e.is_unique_violation() => Err(Committed::KeyTaken),
+        Err(PostError::Store(e)) => Err(Committed::Refused(e.into())),
+        Err(PostError::Stopped) => Err(Committed::Refused(ApiError::busy(
+            "the server is shutting down",
+            1,
+        ))),
     }
 }
 
@@ -257,8 +301,10 @@ fn conditional<T: Serialize>(
     response
 }
 
-/// The chat's messages, oldest first, a user message always before its reply. Conditional:
-/// send the last `ETag` as `If-None-Match` and an unchanged chat answers 304.
+/// The chat's messages, oldest first, a user message always before its reply. A page holds up
+/// to `limit` messages and about `http.max_page_bytes` (1 MiB) of them: it may end early, and
+/// `next` continues; it always holds at least one message, however large. Conditional: send
+/// the last `ETag` as `If-None-Match` and an unchanged chat answers 304.
 #[utoipa::path(get,
     path = "/api/chats/{id}/messages",
     operation_id = "list_messages", tag = "chats", security(("bearer" = [])),
@@ -282,8 +328,10 @@ async fn list(
     // The chat (and its version) is read before the messages: a change committed in between
     // makes the tag older than the page, never newer, so the next poll fetches it.
     let chat = owned_chat(&state.store, user, &chat_id).await?;
+    let max_bytes = state.settings.http.max_page_bytes;
+    // The byte bound shapes the page too: replicas configured apart never share a tag.
     let scope = format!(
-        "list:{}:{}",
+        "list:{}:{}:{max_bytes}",
         page.after.map(|c| c.encode()).unwrap_or_default(),
         page.limit
     );
@@ -291,7 +339,7 @@ async fn list(
     if not_modified(&headers, &tag) {
         return Ok(conditional(&headers, tag, || ()));
     }
-    let rows = state.store.messages_page(chat.id, page).await?;
+    let rows = state.store.messages_page(chat.id, page, max_bytes).await?;
     Ok(conditional(&headers, tag, || Page::<MessageView>::of(rows)))
 }
 

@@ -8,14 +8,17 @@ use super::messages::unknown_model;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthUser, parse_id};
+use crate::http::idempotency::{IdempotencyKey, Keyed, accepted};
 use crate::messaging::request::{self, Question};
 use crate::store::Message;
+use crate::store::idempotency::IdempotencyRecord;
 use crate::store::replies::{Cancel, Restart, RestartOf, SkipReason};
 use crate::store::{Role, Status};
 use crate::views::MessageView;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use sluice_shared::Settings;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -73,6 +76,11 @@ fn skipped(reason: SkipReason, settings: &Settings) -> ApiError {
     }
 }
 
+/// The message as the API shows it, as JSON text (a plain struct: serialising cannot fail).
+fn view_json(message: Message) -> String {
+    serde_json::to_string(&MessageView::from(message)).unwrap_or_default()
+}
+
 /// Asks again for a `failed` reply: it goes back to `pending` at the next generation and its
 /// request is rebuilt from the chat as it is now.
 #[utoipa::path(post,
@@ -81,22 +89,37 @@ fn skipped(reason: SkipReason, settings: &Settings) -> ApiError {
     params(
         ("id" = Uuid, Path, description = "The chat"),
         ("message_id" = Uuid, Path, description = "The failed assistant message"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 128 visible ASCII characters: a repeat within 24 h answers the first 202 body and retries nothing"),
     ),
     responses(
         (status = 202, description = "Accepted; the reply is pending again", body = MessageView),
+        (status = 400, description = "A malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "`chat_not_found` or `message_not_found` (also for a user message)", body = ErrorBody),
-        (status = 409, description = "The reply is not `failed` (`message_not_failed`)", body = ErrorBody),
+        (status = 409, description = "The reply is not `failed` (`message_not_failed`), or a request with this `Idempotency-Key` is still being processed (`idempotency_key_in_use`)", body = ErrorBody),
         (status = 413, description = "With its history the request is now too large (`message_too_large`)", body = ErrorBody),
-        (status = 422, description = "Its model is no longer offered (`unknown_model`)", body = ErrorBody),
+        (status = 422, description = "Its model is no longer offered (`unknown_model`), or the `Idempotency-Key` came with a different request (`idempotency_key_reused`)", body = ErrorBody),
         (status = 429, description = "Over one of the user's limits (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     ))]
 async fn retry(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    IdempotencyKey(key): IdempotencyKey,
     Path((chat_id, message_id)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<MessageView>), ApiError> {
+) -> Result<Response, ApiError> {
+    // Hashed by the ids they name, however they were spelt.
+    let ids = (
+        parse_id(&chat_id, "chat")?,
+        parse_id(&message_id, "message")?,
+    );
+    let keyed = Keyed::new(user, key, &("retry_reply", ids));
+    // A repeat gets the first answer, though the reply is no longer `failed`.
+    if let Some(keyed) = &keyed
+        && let Some(first) = keyed.replay(&state).await?
+    {
+        return Ok(first);
+    }
     let reply = reply_of(&state, user, &chat_id, &message_id).await?;
     if reply.status != Status::Failed {
         return Err(skipped(SkipReason::MessageNotFailed, &state.settings));
@@ -109,12 +132,23 @@ async fn retry(
         reply_id: reply.id,
     };
     let settings = &state.settings;
-    match state
+    // The answer is the reopened reply, stored by the transaction that reopens it.
+    let record = keyed
+        .as_ref()
+        .map(|k| move |reply: &Message| k.record(view_json(reply.clone())));
+    let restarted = state
         .store
-        .restart(of, limit, |r| request::rebuild(settings, r))
-        .await?
-    {
-        Restart::Done { reply, request } => {
+        .restart_remembered(
+            of,
+            limit,
+            |r| request::rebuild(settings, r),
+            record
+                .as_ref()
+                .map(|f| f as &(dyn Fn(&Message) -> IdempotencyRecord + Sync)),
+        )
+        .await;
+    match restarted {
+        Ok(Restart::Done { reply, request }) => {
             tracing::info!(request = %reply.id, generation = reply.generation, "reply retried by its user");
             // An earlier generation may still wait on the retry ladder: it is not wanted.
             state
@@ -122,10 +156,16 @@ async fn retry(
                 .generations_below(reply.id, reply.generation)
                 .await;
             state.handoff.hand_over(vec![request]);
-            Ok((StatusCode::ACCEPTED, Json(MessageView::from(*reply))))
+            Ok(accepted(view_json(*reply)))
         }
         // E.g. another retry (or a replay) took it first: `message_not_failed`.
-        Restart::Skipped(reason) => Err(skipped(reason, settings)),
+        Ok(Restart::Skipped(reason)) => Err(skipped(reason, settings)),
+        // A concurrent repeat with the same key committed first.
+        Err(e) if e.is_unique_violation() => match &keyed {
+            Some(keyed) => keyed.lost_race(&state).await,
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
     }
 }
 
