@@ -233,6 +233,7 @@ impl TestApp {
         settings.users.messages_per_minute = 0;
         settings.users.messages_per_day = 0;
         settings.users.max_pending = 0;
+        settings.users.logins_per_minute_per_email_and_address = 0;
         settings.users.logins_per_minute_per_email = 0;
         settings.users.logins_per_minute_per_address = 0;
         settings.users.max_chats = 0;

@@ -305,6 +305,11 @@ pub struct UserSettings {
     pub messages_per_minute: u32,
     pub messages_per_day: u32,
     pub max_pending: u32,
+    /// Login attempts per minute for one email from one client address: the tight limit,
+    /// which only that address spends.
+    pub logins_per_minute_per_email_and_address: u32,
+    /// Login attempts per minute for one email from every address together: a looser
+    /// ceiling on a distributed guess.
     pub logins_per_minute_per_email: u32,
     pub logins_per_minute_per_address: u32,
     /// Chats a user may keep; 0 turns the cap off.
@@ -709,6 +714,14 @@ mod tests {
             (20_000, 1_048_576)
         );
         assert_eq!((s.users.max_chats, s.users.max_templates), (1_000, 100));
+        assert_eq!(
+            (
+                s.users.logins_per_minute_per_email_and_address,
+                s.users.logins_per_minute_per_email,
+                s.users.logins_per_minute_per_address
+            ),
+            (10, 100, 60)
+        );
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! Accounts under pressure: login attempts throttled per email and per client address,
-//! sign-ups per address, and `X-Forwarded-For` believed only from a trusted proxy. Each test
+//! Accounts under pressure: login attempts throttled per (email, client address), per email
+//! and per client address, so a stranger cannot lock the owner out; sign-ups per address, and `X-Forwarded-For` believed only from a trusted proxy. Each test
 //! runs an extra API replica with its limits on (the stack's own API keeps them off).
 
 use crate::user_limits::Answer;
@@ -33,8 +33,13 @@ async fn login(
     auth(app, base, "login", body, forwarded_for).await
 }
 
-fn throttled(app: &TestApp, per_email: u32, per_address: u32, trusted: &[&str]) -> Settings {
+fn throttled(
+    app: &TestApp,
+    (per_pair, per_email, per_address): (u32, u32, u32),
+    trusted: &[&str],
+) -> Settings {
     let mut settings = app.settings.clone();
+    settings.users.logins_per_minute_per_email_and_address = per_pair;
     settings.users.logins_per_minute_per_email = per_email;
     settings.users.logins_per_minute_per_address = per_address;
     settings.http.trusted_proxies = trusted.iter().map(|s| s.to_string()).collect();
@@ -53,7 +58,7 @@ const PASSWORD: &str = "correct horse battery";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_are_throttled_per_email() {
     run(api_only(), |app| async move {
-        let api = app.add_api(throttled(&app, 2, 0, &[])).await?;
+        let api = app.add_api(throttled(&app, (0, 2, 0), &[])).await?;
         let email = "throttled@example.com";
         let body = json!({"email": email, "password": PASSWORD});
         assert_eq!(
@@ -88,12 +93,74 @@ async fn logins_are_throttled_per_email() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_guessing_cannot_lock_the_owner_out() {
+    run(api_only(), |app| async move {
+        // The default limits (10 per email and address, 100 per email, 60 per address), behind
+        // a trusted proxy so X-Forwarded-For names each client.
+        let api = app
+            .add_api(throttled(&app, (10, 100, 60), &["127.0.0.0/8"]))
+            .await?;
+        let email = "victim@example.com";
+        let (stranger, owner) = ("198.51.100.66", "203.0.113.9");
+        let body = json!({"email": email, "password": PASSWORD});
+        assert_eq!(
+            auth(&app, &app.api, "register", body, None).await?.status,
+            StatusCode::CREATED
+        );
+
+        // Guesses over 1 KiB count like any attempt but spend no hash, so all ten land well
+        // within one emission interval (6 s) even on a slow debug build.
+        let guess = "g".repeat(2048);
+        for _ in 0..10 {
+            let wrong = login(&app, &api, email, &guess, Some(stranger)).await?;
+            assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
+        }
+        // The eleventh is refused, named, with a wait; even the right password from there.
+        for password in ["another guess", PASSWORD] {
+            let refused = login(&app, &api, email, password, Some(stranger)).await?;
+            assert_eq!(
+                refused.status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{}",
+                refused.body
+            );
+            assert_eq!(refused.body["error"]["code"], "rate_limited");
+            assert_eq!(refused.limit(), "logins_per_minute_per_email_and_address");
+            let wait = refused.retry_after.unwrap_or(0);
+            assert!((1..=60).contains(&wait), "Retry-After {wait}");
+        }
+        // The owner, from elsewhere, signs in.
+        let signed_in = login(&app, &api, email, PASSWORD, Some(owner)).await?;
+        assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
+        assert!(signed_in.body["token"].is_string(), "{}", signed_in.body);
+
+        // The Redis keys behind it name neither the email nor an address.
+        let client = redis::Client::open(app.settings.redis.url.expose().as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}auth:*", app.settings.redis.prefix))
+            .query_async(&mut conn)
+            .await?;
+        assert_eq!(keys.len(), 5, "pair ×2, email, address ×2: {keys:?}");
+        for key in &keys {
+            for clear in ["victim", "example.com", stranger, owner] {
+                assert!(!key.contains(clear), "{key} holds {clear}");
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_counts_only_from_a_trusted_proxy() {
     run(api_only(), |app| async move {
         // 127.0.0.1 is an ordinary client of `direct`, and a trusted proxy of `proxied`
         // (127.0.0.0/8). Same Redis prefix, so the two replicas count the same buckets.
-        let direct = app.add_api(throttled(&app, 0, 2, &[])).await?;
-        let proxied = app.add_api(throttled(&app, 0, 2, &["127.0.0.0/8"])).await?;
+        let direct = app.add_api(throttled(&app, (0, 0, 2), &[])).await?;
+        let proxied = app
+            .add_api(throttled(&app, (0, 0, 2), &["127.0.0.0/8"]))
+            .await?;
 
         // From an ordinary client, X-Forwarded-For is ignored: all three are 127.0.0.1.
         for xff in ["198.51.100.1", "198.51.100.2"] {
@@ -159,7 +226,7 @@ async fn forwarded_for_counts_only_from_a_trusted_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ups_are_throttled_per_address() {
     run(api_only(), |app| async move {
-        let api = app.add_api(throttled(&app, 0, 2, &[])).await?;
+        let api = app.add_api(throttled(&app, (0, 0, 2), &[])).await?;
         for n in 0..2 {
             let body = json!({"email": format!("new{n}@example.com"), "password": PASSWORD});
             let answer = auth(&app, &api, "register", body, None).await?;
@@ -187,7 +254,7 @@ async fn sign_ups_are_throttled_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_trusted_proxy_is_a_settings_error() {
     run(api_only(), |app| async move {
-        let settings = throttled(&app, 0, 0, &["10.0.0.0/8", "10.0.0.0/40"]);
+        let settings = throttled(&app, (0, 0, 0), &["10.0.0.0/8", "10.0.0.0/40"]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let cancel = tokio_util::sync::CancellationToken::new();
         let error = sluice_api::run(settings, listener, cancel)

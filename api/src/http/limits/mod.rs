@@ -1,5 +1,5 @@
 //! Per-user and per-client limits. Message limits (per minute, per day) and login limits (per
-//! email, per client address) are GCRA cells in Redis ([`gcra`]), shared by every replica;
+//! email and client address, per email, per client address) are GCRA cells in Redis ([`gcra`]), shared by every replica;
 //! `max_pending` counts the user's pending replies in PostgreSQL, or the provider calls the
 //! workers record as running for the user in Redis, whichever is more; open event streams are
 //! capped per process and per user ([`streams`]). A limit of 0 is off and costs
@@ -69,6 +69,23 @@ fn refused(limit: &'static str, wait: Duration) -> ApiError {
     ApiError::rate_limited(limit, wait)
 }
 
+/// The key of a login limit: `kind` and a SHA-256 of `parts` (an email, an address bucket, or
+/// both), so it stays short whatever was typed and holds no email or address in the clear.
+fn login_key(prefix: &str, kind: &str, parts: &[&str]) -> String {
+    let mut digest = Sha256::new();
+    for part in parts {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}auth:{kind}:{hex}")
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -112,7 +129,7 @@ impl Limits {
         let limit = self.users.logins_per_minute_per_address;
         (limit > 0).then(|| Quota {
             name: "logins_per_minute_per_address",
-            key: format!("{}auth:addr:{}", self.prefix, address::bucket(addr)),
+            key: login_key(&self.prefix, "addr", &[&address::bucket(addr)]),
             limit,
             period: MINUTE,
         })
@@ -138,20 +155,34 @@ impl Limits {
         self.take(self.message_quotas(user)).await
     }
 
-    /// Login attempts count per email and per client address, whatever their outcome.
+    /// Login attempts count, whatever their outcome, per (email, client address), per email
+    /// across all addresses (a higher ceiling), and per client address. The tight limit is the
+    /// pair's, so a stranger's bad guesses spend only their own address's attempts at someone
+    /// else's email: the owner, from another address, still signs in (until a guess spread over
+    /// many addresses reaches the per-email ceiling).
     pub async fn admit_login(&self, email: &str, addr: IpAddr) -> Result<(), ApiError> {
         let mut quotas: Vec<Quota> = self.address_quota(addr).into_iter().collect();
-        let limit = self.users.logins_per_minute_per_email;
-        if limit > 0 {
-            // Hashed: the key stays short whatever was typed, and holds no address.
-            let digest = Sha256::digest(email.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            quotas.push(Quota {
-                name: "logins_per_minute_per_email",
-                key: format!("{}auth:email:{hex}", self.prefix),
-                limit,
-                period: MINUTE,
-            });
+        let bucket = address::bucket(addr);
+        for (name, limit, key) in [
+            (
+                "logins_per_minute_per_email_and_address",
+                self.users.logins_per_minute_per_email_and_address,
+                login_key(&self.prefix, "email-addr", &[email, &bucket]),
+            ),
+            (
+                "logins_per_minute_per_email",
+                self.users.logins_per_minute_per_email,
+                login_key(&self.prefix, "email", &[email]),
+            ),
+        ] {
+            if limit > 0 {
+                quotas.push(Quota {
+                    name,
+                    key,
+                    limit,
+                    period: MINUTE,
+                });
+            }
         }
         self.take(quotas).await
     }
@@ -249,5 +280,33 @@ impl Limits {
             });
         }
         Ok(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Login keys name neither the email nor the address, and the pair's key is neither of
+    /// the single ones (nor is it fooled by moving a byte from one part to the other).
+    #[test]
+    fn login_keys_are_hashed_and_distinct() {
+        let (email, addr) = ("victim@example.com", "198.51.100.7");
+        let keys = [
+            login_key("p:", "email-addr", &[email, addr]),
+            login_key("p:", "email", &[email]),
+            login_key("p:", "addr", &[addr]),
+            login_key("p:", "email-addr", &["victim@example.com1", "98.51.100.7"]),
+        ];
+        for key in &keys {
+            assert!(key.starts_with("p:auth:"), "{key}");
+            assert!(!key.contains("victim") && !key.contains("198.51"), "{key}");
+        }
+        assert_eq!(keys[0], login_key("p:", "email-addr", &[email, addr]));
+        let hashes: std::collections::HashSet<_> = keys
+            .iter()
+            .filter_map(|k| k.rsplit_once(':').map(|(_, hash)| hash))
+            .collect();
+        assert_eq!(hashes.len(), keys.len(), "{keys:?}");
     }
 }

@@ -1,5 +1,6 @@
 //! `POST /api/auth/register` and `POST /api/auth/login`: both answer `{token, user}`. Both
-//! are throttled per client address (logins per email too) before any password is hashed.
+//! are throttled per client address (logins per email and address, and per email, too) before
+//! any password is hashed.
 //! `POST /api/auth/logout` ends the token it is sent with.
 
 use crate::http::AppState;
@@ -160,7 +161,8 @@ async fn register(
     Ok((StatusCode::CREATED, Json(session(&state, user)?)))
 }
 
-/// Signs in. Throttled per email and per client address.
+/// Signs in. Throttled per (email, client address), per email across addresses, and per client
+/// address.
 #[utoipa::path(post,
     path = "/api/auth/login",
     operation_id = "login", tag = "auth",
@@ -168,7 +170,7 @@ async fn register(
     responses(
         (status = 200, description = "Signed in", body = Session),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
-        (status = 429, description = "Too many logins for this email or address", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 429, description = "Too many logins for this email from this address (`limit`: `logins_per_minute_per_email_and_address`), for this email from anywhere (`logins_per_minute_per_email`), or from this address (`logins_per_minute_per_address`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
         (status = 503, description = "The database is unavailable, or the password-hashing queue is full (`busy`, with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     ))]
 async fn login(
@@ -274,6 +276,7 @@ mod tests {
         let mut settings = Settings::defaults()?;
         settings.auth.jwt_secret = Secret::new("unit-test-secret-0123456789abcdefghij".into());
         // Limits off: only the password rules are under test.
+        settings.users.logins_per_minute_per_email_and_address = 0;
         settings.users.logins_per_minute_per_email = 0;
         settings.users.logins_per_minute_per_address = 0;
         let redis = redis::Client::open("redis://127.0.0.1:6379")?;
