@@ -40,8 +40,9 @@ ENV RUST_LOG=info,sqlx=warn SLUICE__TELEMETRY__FORMAT=json
 
 FROM runtime AS api
 COPY --from=builder /src/target/release/sluice-api /usr/local/bin/sluice-api
-ENV SLUICE__HTTP__ADDR=0.0.0.0:8080
-EXPOSE 8080
+# /metrics on a port of its own: publish 8080 only, and let Prometheus reach 9464 from inside.
+ENV SLUICE__HTTP__ADDR=0.0.0.0:8080 SLUICE__HTTP__METRICS_ADDR=0.0.0.0:9464
+EXPOSE 8080 9464
 ENTRYPOINT ["/usr/local/bin/sluice-api"]
 
 FROM runtime AS worker

@@ -25,7 +25,8 @@
 #                          measured phase only; the report goes to $BENCH_OUT/perf-*.txt
 #   BENCH_PERF_CALLGRAPH   perf's --call-graph (fp, as -g; dwarf unwinds Rust better, costs more)
 #   BENCH_PERF_FREQ        samples per second (999)
-#   BENCH_PORT_BASE        API port; workers' /health on +1 and +2, mock-gemini on +10 (18080)
+#   BENCH_PORT_BASE        API port; workers' /health on +1 and +2, mock-gemini on +10, each
+#                          API's /metrics on its port + 20 (18080)
 #   BENCH_MOCK_LATENCY_MS  mock-gemini's latency (0)
 #   BENCH_WINDOW_MS        the budgets' window, SLUICE__LIMITS__WINDOW_MS (1000)
 #   BENCH_WAIT_IDLE        wait up to this many seconds for the CPUs to be under 20 % busy
@@ -74,7 +75,10 @@ WORKER_PORTS=($((BASE + 1)) $((BASE + 2)))
 MOCK_PORT=$((BASE + 10))
 API_PORTS=("$API_PORT")
 [[ $SCENARIO == live ]] && API_PORTS+=($((BASE + 3)))
-for p in "${API_PORTS[@]}" "${WORKER_PORTS[@]}" "$MOCK_PORT"; do
+# Each API's /metrics listener: its HTTP port + 20.
+METRICS_PORTS=()
+for p in "${API_PORTS[@]}"; do METRICS_PORTS+=($((p + 20))); done
+for p in "${API_PORTS[@]}" "${METRICS_PORTS[@]}" "${WORKER_PORTS[@]}" "$MOCK_PORT"; do
     port_in_use "$p" &&
         die "port $p is already in use (another benchmark running?); set BENCH_PORT_BASE to a free range"
 done
@@ -242,6 +246,7 @@ pg -c "CREATE DATABASE $DB"
 export RUST_LOG=warn
 export SLUICE__DATABASE__URL="postgres://postgres:postgres@127.0.0.1:5432/$DB"
 export SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT"
+export SLUICE__HTTP__METRICS_ADDR="127.0.0.1:${METRICS_PORTS[0]}"
 export SLUICE__QUEUES__PREFIX="$PREFIX"
 export SLUICE__REDIS__PREFIX="$REDIS_PREFIX"
 SLUICE__AUTH__JWT_SECRET=$(random_secret)
@@ -256,7 +261,8 @@ export SLUICE__LIMITS__RPM=1000000000 SLUICE__LIMITS__TPM=4000000000 SLUICE__LIM
 export SLUICE__LIMITS__WINDOW_MS="${BENCH_WINDOW_MS:-1000}"
 # The bench measures the pipeline, not the per-user limits: turn them off (0).
 export SLUICE__USERS__MESSAGES_PER_MINUTE=0 SLUICE__USERS__MESSAGES_PER_DAY=0 SLUICE__USERS__MAX_PENDING=0
-export SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=0
+export SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL_AND_ADDRESS=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL=0 \
+    SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=0
 
 info "run $RUN_ID: $BIN/sluice-api and sluice-worker, API :$API_PORT, workers :${WORKER_PORTS[*]}, mock-gemini :$MOCK_PORT, queues $PREFIX*, logs $LOGS"
 start mock-gemini "$TOOL/mock-gemini" --addr "127.0.0.1:$MOCK_PORT" --latency-ms "${BENCH_MOCK_LATENCY_MS:-0}" \
@@ -268,7 +274,8 @@ wait_for_port 127.0.0.1 "$MOCK_PORT" 10 || { check_alive; die "mock-gemini is no
 start api "$BIN/sluice-api"
 for i in "${!API_PORTS[@]}"; do
     ((i == 0)) && continue
-    SLUICE__HTTP__ADDR="127.0.0.1:${API_PORTS[$i]}" start "api-$((i + 1))" "$BIN/sluice-api"
+    SLUICE__HTTP__ADDR="127.0.0.1:${API_PORTS[$i]}" SLUICE__HTTP__METRICS_ADDR="127.0.0.1:${METRICS_PORTS[$i]}" \
+        start "api-$((i + 1))" "$BIN/sluice-api"
 done
 for i in "${!WORKER_PORTS[@]}"; do
     SLUICE__WORKER__HEALTH_ADDR="127.0.0.1:${WORKER_PORTS[$i]}" start "worker-$((i + 1))" "$BIN/sluice-worker"

@@ -57,6 +57,7 @@ done
 
 scratch_stack browser api worker mock migrate
 pick_port API_PORT
+pick_port METRICS_PORT
 pick_port WORKER_PORT
 pick_port MOCK_PORT
 
@@ -79,7 +80,8 @@ export SLUICE__PROVIDER__BASE_URL="http://127.0.0.1:$MOCK_PORT"
 export GEMINI_API_KEYS="browser=$MOCK_KEY"
 
 "$BIN/sluice-api" migrate >"$WORK/migrate.log" 2>&1 || die "browser-test: sluice-api migrate failed"
-SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT" start api "$BIN/sluice-api"
+SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT" SLUICE__HTTP__METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
+    start api "$BIN/sluice-api"
 api_ready() { curl --noproxy '*' -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$API_PORT/api/ready" 2>/dev/null; }
 wait_until 60 api_ready || die "browser-test: the API was not ready within 60 s"
 # After the API: it declares the topology the worker uses.

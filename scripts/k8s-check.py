@@ -18,7 +18,8 @@
   API refuses). The API gets no provider key, the workers no JWT secret or admin token, and only
   the migration Job the schema owner's database URL.
 - The wiring: every pod runs non-root; the API listens on 0.0.0.0 at its container port and
-  does not migrate at start; each worker's health listener is on 0.0.0.0 at the port its
+  does not migrate at start; it serves /metrics on 0.0.0.0 at its container port `metrics`,
+  which the pod's prometheus.io/port annotation names and no Service exposes; each worker's health listener is on 0.0.0.0 at the port its
   probes use; the Job runs `sluice-api migrate`.
 
 Usage: python scripts/k8s-check.py [DIR]   (default deploy/k8s; run from the repository root)
@@ -266,18 +267,44 @@ def env_value(container, name):
     return None
 
 
-def listens_on_all_interfaces(where, container, setting, port_name):
-    """`setting` binds 0.0.0.0 at the container port `port_name`, which the probes use."""
+def listens_on_all_interfaces(where, container, setting, port_name, probed=True):
+    """`setting` binds 0.0.0.0 at the container port `port_name`, which the probes use (if
+    `probed`)."""
     address = env_value(container, setting) or ""
     ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", [])}
     if port_name not in ports:
         fail(where, f"no container port named {port_name!r}")
     elif address != f"0.0.0.0:{ports[port_name]}":
-        fail(where, f"{setting}={address!r}: must be 0.0.0.0:{ports[port_name]} for the probes")
+        fail(where, f"{setting}={address!r}: must be 0.0.0.0:{ports[port_name]}, reachable in the pod network")
+    if not probed:
+        return
     for probe in ("livenessProbe", "readinessProbe"):
         target = (container.get(probe) or {}).get("httpGet", {}).get("port")
         if target not in (port_name, ports.get(port_name)):
             fail(where, f"{probe} does not use port {port_name!r}")
+
+
+def check_scrape_annotations(path, resource, container):
+    """The pod's prometheus.io annotations point at the container port `metrics`."""
+    ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", [])}
+    annotations = resource["spec"]["template"].get("metadata", {}).get("annotations") or {}
+    wanted = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ports.get("metrics")),
+        "prometheus.io/path": "/metrics",
+    }
+    for key, value in wanted.items():
+        if annotations.get(key) != value:
+            fail(path, f"pod annotation {key}={annotations.get(key)!r}: must be {value!r}")
+
+
+def check_metrics_not_exposed(path, resource):
+    """No Service reaches the API's metrics port: only the pod network scrapes it."""
+    if resource.get("kind") != "Service":
+        return
+    for port in resource.get("spec", {}).get("ports", []):
+        if port.get("targetPort") in ("metrics", 9464) or port.get("port") == 9464:
+            fail(path, f"the Service exposes the API's metrics port ({port.get('name')!r})")
 
 
 def check_wiring(path, resource):
@@ -289,6 +316,10 @@ def check_wiring(path, resource):
         command = container.get("command") or []
         if command == ["sluice-api"]:
             listens_on_all_interfaces(where, container, "SLUICE__HTTP__ADDR", "http")
+            listens_on_all_interfaces(
+                where, container, "SLUICE__HTTP__METRICS_ADDR", "metrics", probed=False
+            )
+            check_scrape_annotations(path, resource, container)
             if env_value(container, "SLUICE__DATABASE__MIGRATE_ON_START") != "false":
                 fail(where, "the API must not migrate at start: the migration Job does")
         elif command == ["sluice-worker"]:
@@ -354,6 +385,7 @@ def main():
         check_environment(path, resource, by_kind, settings)
         check_secret_reach(path, resource)
         check_wiring(path, resource)
+        check_metrics_not_exposed(path, resource)
 
     if failures:
         for line in failures:

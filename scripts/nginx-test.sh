@@ -11,7 +11,9 @@
 #     equal to the same request sent to a replica directly;
 #   - the body limit: 256 KiB reaches the API, one byte more is nginx's 413 (the access log
 #     shows no upstream for it);
-#   - /metrics is a 404 from nginx;
+#   - /metrics is a 404 from nginx, and the API's public port answers it with its own 404
+#     (the API serves it on a port of its own, SLUICE__HTTP__METRICS_ADDR, which nginx never
+#     reaches);
 #   - the client's address reaches the API: with 3 logins per minute per address, a fourth
 #     from 127.0.0.2 is 429 even with a forged X-Forwarded-For, while 127.0.0.3 is not limited;
 #   - the event-stream route reaches the API, and an event stream passes through unbuffered
@@ -59,6 +61,8 @@ scratch_stack nginx nginx api-1 api-2 migrate
 chmod 755 "$WORK" # nginx's workers (another user when started as root) use its temp dir
 pick_port API1_PORT
 pick_port API2_PORT
+pick_port METRICS1_PORT
+pick_port METRICS2_PORT
 pick_port NGINX_PORT
 
 # ---------------------------------------------------------------------------------------
@@ -78,8 +82,10 @@ TOKEN_1=$(random_secret)
 TOKEN_2=$(random_secret)
 
 "$BIN/sluice-api" migrate >"$WORK/migrate.log" 2>&1 || die "nginx-test: sluice-api migrate failed"
-SLUICE__HTTP__ADDR="127.0.0.1:$API1_PORT" SLUICE__ADMIN__TOKEN=$TOKEN_1 start api-1 "$BIN/sluice-api"
-SLUICE__HTTP__ADDR="127.0.0.1:$API2_PORT" SLUICE__ADMIN__TOKEN=$TOKEN_2 start api-2 "$BIN/sluice-api"
+SLUICE__HTTP__ADDR="127.0.0.1:$API1_PORT" SLUICE__HTTP__METRICS_ADDR="127.0.0.1:$METRICS1_PORT" \
+    SLUICE__ADMIN__TOKEN=$TOKEN_1 start api-1 "$BIN/sluice-api"
+SLUICE__HTTP__ADDR="127.0.0.1:$API2_PORT" SLUICE__HTTP__METRICS_ADDR="127.0.0.1:$METRICS2_PORT" \
+    SLUICE__ADMIN__TOKEN=$TOKEN_2 start api-2 "$BIN/sluice-api"
 api_ready() { curl --noproxy '*' -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$1/api/ready" 2>/dev/null; }
 wait_until 60 api_ready "$API1_PORT" || die "nginx-test: api-1 was not ready within 60 s"
 wait_until 60 api_ready "$API2_PORT" || die "nginx-test: api-2 was not ready within 60 s"
@@ -195,7 +201,14 @@ for path in /metrics /metrics/x; do
 done
 wait_until 5 grep -q '"GET /metrics HTTP/1.1" 404 .* upstream=- ' "$WORK/nginx.log" ||
     fail "/metrics reached an upstream"
-ok "/metrics is a 404 from nginx"
+# Behind nginx too: the API's public port answers it with its ordinary 404, and serves it
+# only on the metrics port.
+r=$(curl --noproxy '*' -sS -o "$WORK/b" -w '%{http_code} %{content_type}' "http://127.0.0.1:$API1_PORT/metrics")
+expect "GET /metrics on the API's public port" "404 application/json" "$r"
+grep -q '"not_found"' "$WORK/b" || fail "GET /metrics on the API's public port: $(cat "$WORK/b")"
+curl --noproxy '*' -fsS "http://127.0.0.1:$METRICS1_PORT/metrics" | grep -q '^# TYPE sluice_http_requests_total counter' ||
+    fail "the API's metrics port does not serve sluice_http_requests_total"
+ok "/metrics is a 404 from nginx and on the API's public port; the metrics port serves it"
 
 # The client's address reaches the API. 3 logins per minute per address: from 127.0.0.2 the
 # fourth is refused, also when the client forges X-Forwarded-For; 127.0.0.3 is not limited.

@@ -4,8 +4,9 @@
 # provider when GEMINI_API_KEYS is not set. Ctrl-C stops what this script started; the system
 # services keep running.
 #
-# Ports (change with the variable named): API 8080 (SLUICE_API_PORT), workers' /health 8081
-# and 8082 (SLUICE_WORKER_PORTS, space separated), mock-gemini 8090 (MOCK_GEMINI_PORT).
+# Ports (change with the variable named): API 8080 (SLUICE_API_PORT), the API's /metrics 9464
+# (SLUICE_METRICS_PORT), workers' /health and /metrics 8081 and 8082 (SLUICE_WORKER_PORTS, space
+# separated), mock-gemini 8090 (MOCK_GEMINI_PORT).
 # shellcheck disable=SC2317 # stop_all and ready run from traps and wait_until
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +16,7 @@ source scripts/lib.sh
 have cargo || die "cargo is not installed: install the Rust toolchain (rustup) first"
 
 API_PORT="${SLUICE_API_PORT:-8080}"
+METRICS_PORT="${SLUICE_METRICS_PORT:-9464}"
 read -r -a WORKER_PORTS <<<"${SLUICE_WORKER_PORTS:-8081 8082}"
 MOCK_PORT="${MOCK_GEMINI_PORT:-8090}"
 
@@ -24,6 +26,7 @@ check_port() { # PORT VARIABLE
     fi
 }
 check_port "$API_PORT" SLUICE_API_PORT
+check_port "$METRICS_PORT" SLUICE_METRICS_PORT
 for p in "${WORKER_PORTS[@]}"; do check_port "$p" SLUICE_WORKER_PORTS; done
 [[ -n "${GEMINI_API_KEYS:-}" ]] || check_port "$MOCK_PORT" MOCK_GEMINI_PORT
 
@@ -47,6 +50,7 @@ secret_file() { # NAME -> prints the secret, creating it once
 export SLUICE__AUTH__JWT_SECRET="${SLUICE__AUTH__JWT_SECRET:-$(secret_file jwt_secret)}"
 export SLUICE__ADMIN__TOKEN="${SLUICE__ADMIN__TOKEN:-$(secret_file admin_token)}"
 export SLUICE__HTTP__ADDR="127.0.0.1:$API_PORT"
+export SLUICE__HTTP__METRICS_ADDR="127.0.0.1:$METRICS_PORT"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn}"
 
 if [[ -z "${SLUICE__DATABASE__URL:-}" ]]; then
@@ -101,6 +105,7 @@ cat >&2 <<MSG
 
 Sluice is running: http://127.0.0.1:$API_PORT  (RabbitMQ UI: http://127.0.0.1:15672, guest/guest)
 Admin token: $SLUICE__ADMIN__TOKEN
+Metrics: http://127.0.0.1:$METRICS_PORT/metrics (API), http://127.0.0.1:${WORKER_PORTS[0]}/metrics (a worker)
 
 Try it:
   TOKEN=\$(curl -s http://127.0.0.1:$API_PORT/api/auth/register -H 'content-type: application/json' \\

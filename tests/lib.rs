@@ -114,7 +114,10 @@ impl Default for TestOptions {
 
 pub struct TestApp {
     pub id: String,
+    /// The first API's base URL (its public listener).
     pub api: String,
+    /// The first API's metrics listener, `http://127.0.0.1:port` (see [`TestApp::metrics_url`]).
+    pub metrics: String,
     pub http: reqwest::Client,
     pub mock: MockState,
     pub settings: Settings,
@@ -177,6 +180,19 @@ where
         tokio::time::sleep(pause.min(deadline - waited)).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
+}
+
+/// An API's two listeners (public and metrics) on free local ports.
+pub async fn local_listeners() -> anyhow::Result<sluice_api::Listeners> {
+    Ok(sluice_api::Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await?,
+        metrics: TcpListener::bind("127.0.0.1:0").await?,
+    })
+}
+
+/// `http://host:port` of `listener`.
+pub fn base_url(listener: &TcpListener) -> anyhow::Result<String> {
+    Ok(format!("http://{}", listener.local_addr()?))
 }
 
 fn unique_id() -> String {
@@ -290,13 +306,14 @@ impl TestApp {
         if let Some(f) = &forwarder {
             api_settings.amqp.url = Secret::new(format!("amqp://guest:guest@{}/%2f", f.addr()));
         }
-        let api_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", api_listener.local_addr()?);
+        let api_listeners = local_listeners().await?;
+        let api = base_url(&api_listeners.http)?;
+        let metrics = base_url(&api_listeners.metrics)?;
         let api_reload = ReloadTrigger::new();
         {
             let (cancel, reload) = (cancel.clone(), api_reload.clone());
             tasks.push(tokio::spawn(async move {
-                let run = sluice_api::run_with_reload(api_settings, api_listener, cancel, reload);
+                let run = sluice_api::run_with_reload(api_settings, api_listeners, cancel, reload);
                 if let Err(e) = run.await {
                     tracing::error!(error = %e, "api stopped with an error");
                 }
@@ -306,6 +323,7 @@ impl TestApp {
         let app = Self {
             id,
             api,
+            metrics,
             http: reqwest::Client::builder().no_proxy().build()?,
             mock,
             settings,
@@ -409,11 +427,11 @@ impl TestApp {
     /// Like [`TestApp::add_api`] without waiting for it to be ready (it may be stuck at
     /// start, e.g. on the migration lock); stopped with the stack. Returns its base URL.
     pub async fn start_api(&self, settings: Settings) -> anyhow::Result<String> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
+        let listeners = local_listeners().await?;
+        let base = base_url(&listeners.http)?;
         let cancel = self.cancel.child_token();
         let task = tokio::spawn(async move {
-            if let Err(e) = sluice_api::run(settings, listener, cancel).await {
+            if let Err(e) = sluice_api::run(settings, listeners, cancel).await {
                 tracing::error!(error = %e, "extra api stopped with an error");
             }
         });
@@ -521,6 +539,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
+    }
+
+    /// The first API's `GET /metrics`, on its metrics listener (the public one answers 404).
+    pub fn metrics_url(&self) -> String {
+        format!("{}/metrics", self.metrics)
     }
 
     pub async fn send(

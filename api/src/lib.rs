@@ -14,7 +14,8 @@
 //!   notices leave through a channel that [`run`] hands to `live`'s publisher.
 //!
 //! [`views`] are the JSON shapes of stored rows that `http` and `live` both send. [`run`] wires
-//! the parts together and runs them beside the server.
+//! the parts together and runs them beside the server, on the [`Listeners`]: the public one and
+//! the one that serves `GET /metrics`.
 
 // Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
@@ -35,10 +36,13 @@ use sluice_shared::keypool::{
 use sluice_shared::marks::Marks;
 use sluice_shared::metrics::Metrics;
 use sluice_shared::redis_link::{self, RedisLink};
+use sluice_shared::settings::HttpSettings;
 use sluice_shared::supervisor::{Supervisor, TaskFailed, TaskHooks};
 use sluice_shared::{Settings, Topology};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 use store::outbox::Handoff;
 use store::posts::{BatchBounds, PostWriter};
 use store::{Store, StoreError};
@@ -47,6 +51,46 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows handed to the relay that may wait for it; past this they wait for the sweep.
 const HANDOFF_QUEUE: usize = 1024;
+/// Scrapers open at once on the metrics listener: Prometheus uses one or two.
+const METRICS_CONNECTIONS: usize = 16;
+/// A scrape is answered at once; on shutdown one in progress gets this long.
+const METRICS_DRAIN: Duration = Duration::from_secs(2);
+
+/// The API's listeners: `http` (`http.addr`) serves the API, `metrics` (`http.metrics_addr`)
+/// serves only `GET /metrics`, so the public port never answers it. Tests bind both to port 0
+/// and read their addresses back.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: TcpListener,
+    pub metrics: TcpListener,
+}
+
+/// A listener that could not be bound, naming the setting that chose its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (set {setting} to another address): {source}")]
+pub struct BindError {
+    pub setting: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds `http.addr` and `http.metrics_addr`.
+    pub async fn bind(http: &HttpSettings) -> Result<Self, BindError> {
+        let bind = |setting: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| BindError {
+                setting,
+                addr,
+                source,
+            })
+        };
+        Ok(Self {
+            http: bind("SLUICE__HTTP__ADDR", http.addr).await?,
+            metrics: bind("SLUICE__HTTP__METRICS_ADDR", http.metrics_addr).await?,
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -64,19 +108,19 @@ pub enum RunError {
     Task(#[from] TaskFailed),
 }
 
-/// Migrates (unless `database.migrate_on_start` is off), then serves on `listener` with the
-/// relay and the consumers running beside the server, until `cancel` fires; then drains and
-/// returns. Everything it runs records into a registry of its own (see
+/// Migrates (unless `database.migrate_on_start` is off), then serves the API on
+/// `listeners.http` and `GET /metrics` on `listeners.metrics`, with the relay and the consumers
+/// running beside the servers, until `cancel` fires; then drains and returns. Everything it runs records into a registry of its own (see
 /// [`sluice_shared::metrics`]), so APIs in one process count apart. The keys the admin view
 /// lists follow the keys file; [`run_with_reload`] also re-reads it when asked.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
     run_with(
         settings,
-        listener,
+        listeners,
         cancel,
         ReloadTrigger::new(),
         TaskHooks::default(),
@@ -87,11 +131,11 @@ pub async fn run(
 /// [`run`], re-reading the keys file whenever `reload` fires (SIGHUP in `main`).
 pub async fn run_with_reload(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     cancel: CancellationToken,
     reload: ReloadTrigger,
 ) -> Result<(), RunError> {
-    run_with(settings, listener, cancel, reload, TaskHooks::default()).await
+    run_with(settings, listeners, cancel, reload, TaskHooks::default()).await
 }
 
 /// [`run_with_reload`] with test hooks that can end a named task. Every long-running task runs
@@ -99,7 +143,7 @@ pub async fn run_with_reload(
 /// [`RunError::Task`] naming it (and `main` exits 1, so the orchestrator restarts the process).
 pub async fn run_with(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     cancel: CancellationToken,
     reload: ReloadTrigger,
     hooks: TaskHooks,
@@ -109,7 +153,7 @@ pub async fn run_with(
     metrics
         .instrument(serve(
             settings,
-            listener,
+            listeners,
             supervisor,
             reload,
             metrics.clone(),
@@ -119,7 +163,7 @@ pub async fn run_with(
 
 async fn serve(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     mut supervisor: Supervisor,
     reload: ReloadTrigger,
     metrics: Metrics,
@@ -193,22 +237,37 @@ async fn serve(
     background.spawn(&state, &mut supervisor);
     supervisor.spawn("post writer", writer);
 
-    tracing::info!(addr = %listener.local_addr()?, "sluice-api listening");
+    tracing::info!(
+        addr = %listeners.http.local_addr()?,
+        metrics_addr = %listeners.metrics.local_addr()?,
+        "sluice-api listening"
+    );
     let http_settings = &state.settings.http;
     let header_read_timeout = http_settings.header_read_timeout;
-    // In-flight requests end within the request timeout; give them that long to finish.
-    let drain = http_settings.request_timeout;
-    let max_connections = http_settings.max_connections;
+    let serving = http::server::Serving {
+        header_read_timeout,
+        // In-flight requests end within the request timeout; give them that long to finish.
+        drain: http_settings.request_timeout,
+        max_connections: http_settings.max_connections,
+        counted: true,
+    };
+    supervisor.spawn(
+        "metrics server",
+        http::server::serve(
+            listeners.metrics,
+            http::metrics_app(&metrics),
+            http::server::Serving {
+                header_read_timeout,
+                drain: METRICS_DRAIN,
+                max_connections: METRICS_CONNECTIONS,
+                counted: false,
+            },
+            cancel.clone(),
+        ),
+    );
     supervisor.spawn(
         "http server",
-        http::server::serve(
-            listener,
-            http::app(state),
-            header_read_timeout,
-            drain,
-            max_connections,
-            cancel,
-        ),
+        http::server::serve(listeners.http, http::app(state), serving, cancel),
     );
     // The server and every handle of the writer are gone once all tasks have stopped: the
     // writer has answered all it took.

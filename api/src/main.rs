@@ -68,20 +68,13 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(settings.http.addr)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} (set SLUICE__HTTP__ADDR to another address)",
-                        settings.http.addr
-                    )
-                })?;
+            let listeners = sluice_api::Listeners::bind(&settings.http).await?;
             let cancel = CancellationToken::new();
             sluice_shared::shutdown::cancel_on_signal(cancel.clone());
             let reload = sluice_shared::keypool::ReloadTrigger::new();
             sluice_shared::shutdown::reload_on_hangup(reload.clone());
             let hooks = sluice_shared::supervisor::TaskHooks::from_env();
-            sluice_api::run_with(settings, listener, cancel, reload, hooks).await?;
+            sluice_api::run_with(settings, listeners, cancel, reload, hooks).await?;
             Ok(())
         }
     }

@@ -124,6 +124,8 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
+    /// Where the API serves `GET /metrics`: its own listener, never the public one.
+    pub metrics_addr: SocketAddr,
     /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<String>,
     #[serde(rename = "header_read_timeout_ms", deserialize_with = "millis")]
@@ -404,6 +406,13 @@ impl Settings {
         }
         if http.max_page_bytes == 0 {
             problems.push(invalid("SLUICE__HTTP__MAX_PAGE_BYTES", "must be > 0"));
+        }
+        // One port would put /metrics back on the public listener (or fail to bind).
+        if http.metrics_addr.port() != 0 && http.metrics_addr.port() == http.addr.port() {
+            problems.push(invalid(
+                "SLUICE__HTTP__METRICS_ADDR",
+                "must not use SLUICE__HTTP__ADDR's port: /metrics has a listener of its own",
+            ));
         }
     }
 
@@ -713,6 +722,10 @@ mod tests {
             (s.http.max_connections, s.http.max_page_bytes),
             (20_000, 1_048_576)
         );
+        assert_eq!(
+            s.http.metrics_addr,
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        );
         assert_eq!((s.users.max_chats, s.users.max_templates), (1_000, 100));
         assert_eq!(
             (
@@ -722,6 +735,24 @@ mod tests {
             ),
             (10, 100, 60)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn the_metrics_listener_needs_a_port_of_its_own() -> Result<(), SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.http.metrics_addr = SocketAddr::from(([0, 0, 0, 0], s.http.addr.port()));
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::Invalid {
+                name: "SLUICE__HTTP__METRICS_ADDR",
+                ..
+            })
+        ));
+        // Port 0 (tests) picks a free port for each.
+        s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        s.http.metrics_addr = s.http.addr;
+        s.validate()?;
         Ok(())
     }
 

@@ -255,9 +255,9 @@ async fn sign_ups_are_throttled_per_address() {
 async fn an_invalid_trusted_proxy_is_a_settings_error() {
     run(api_only(), |app| async move {
         let settings = throttled(&app, (0, 0, 0), &["10.0.0.0/8", "10.0.0.0/40"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listeners = sluice_tests::local_listeners().await?;
         let cancel = tokio_util::sync::CancellationToken::new();
-        let error = sluice_api::run(settings, listener, cancel)
+        let error = sluice_api::run(settings, listeners, cancel)
             .await
             .err()
             .ok_or_else(|| anyhow::anyhow!("the API started with a bad trusted proxy"))?;

@@ -483,13 +483,7 @@ async fn a_watcher_that_does_not_read_is_dropped_and_the_others_keep_theirs() {
             assert_eq!(ev.data["seq"], seq);
             seq += 1;
             if seq % 16 == 0 {
-                let page = app
-                    .http
-                    .get(app.url("/metrics"))
-                    .send()
-                    .await?
-                    .text()
-                    .await?;
+                let page = app.http.get(app.metrics_url()).send().await?.text().await?;
                 if metric(&page, slow_series) >= 1.0 {
                     break;
                 }
@@ -501,13 +495,7 @@ async fn a_watcher_that_does_not_read_is_dropped_and_the_others_keep_theirs() {
             format!("delta {seq} \"still here\"")
         );
         slow.until_end().await?;
-        let page = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let page = app.http.get(app.metrics_url()).send().await?.text().await?;
         assert_eq!(
             metric(&page, slow_series),
             1.0,
@@ -572,12 +560,12 @@ async fn a_chat_is_bound_while_watched_and_unbound_after_its_last_watcher() {
 async fn shutdown_ends_open_event_streams_and_the_api_stops() {
     run(no_workers(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
+        let listeners = sluice_tests::local_listeners().await?;
+        let base = sluice_tests::base_url(&listeners.http)?;
         let cancel = CancellationToken::new();
         let server = tokio::spawn(sluice_api::run(
             app.settings.clone(),
-            listener,
+            listeners,
             cancel.clone(),
         ));
         app.wait_ready_at(&base).await?;

@@ -133,7 +133,7 @@ async fn a_changed_keys_file_rotates_the_keys_without_a_restart() {
         })
         .await?;
         eventually("the API to refuse the broken file", WAIT, || async {
-            Ok((metric(&app, &app.url("/metrics"), REFUSED).await? == 1.0).then_some(()))
+            Ok((metric(&app, &app.metrics_url(), REFUSED).await? == 1.0).then_some(()))
         })
         .await?;
         assert_eq!(answered_by(&app, &token, &chat, "still b").await?, "b");

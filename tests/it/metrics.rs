@@ -1,8 +1,12 @@
-//! `GET /metrics` on the API and on a worker: the counters move with the work, and two stacks
-//! in one process each count only their own.
+//! `GET /metrics` on the API's metrics listener and on a worker: the counters move with the
+//! work, two stacks in one process each count only their own, and the API's public port
+//! answers `/metrics` with its ordinary 404.
 
-use sluice_tests::{TestApp, TestOptions, eventually, run};
+use serde_json::Value;
+use sluice_shared::supervisor::{TaskFailed, TaskHooks};
+use sluice_tests::{TestApp, TestOptions, base_url, eventually, local_listeners, run};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 const POSTS_ROUTE: &str = "/api/chats/{id}/messages";
@@ -85,7 +89,7 @@ struct Seen {
 }
 
 async fn seen(app: &TestApp, n: usize) -> anyhow::Result<Seen> {
-    let api_url = app.url("/metrics");
+    let api_url = app.metrics_url();
     let worker_url = worker_metrics_url(app);
     let n = n as f64;
     // Acks and confirms trail the replies a little: wait until the counters have caught up.
@@ -146,7 +150,7 @@ async fn counters_move_and_two_stacks_count_apart() {
             ] {
                 assert!(a >= 3.0 && (1.0..3.0).contains(&b), "{what}: {a} and {b}");
             }
-            let api = scrape(&app, &app.url("/metrics")).await?;
+            let api = scrape(&app, &app.metrics_url()).await?;
             // Route templates only: no chat id ever becomes a label.
             assert!(!api.contains("/api/chats/0"), "{api}");
             assert!(api.contains("# TYPE sluice_http_request_duration_seconds histogram"));
@@ -168,6 +172,98 @@ async fn counters_move_and_two_stacks_count_apart() {
         .await;
         other.cleanup().await;
         outcome
+    })
+    .await;
+}
+
+fn no_workers() -> TestOptions {
+    TestOptions {
+        workers: 0,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_port_answers_metrics_with_a_404_and_the_metrics_port_serves_them() {
+    run(no_workers(), |app| async move {
+        for path in ["/metrics", "/metrics/"] {
+            let response = app.http.get(app.url(path)).send().await?;
+            assert_eq!(response.status(), 404, "{path}");
+            let body: Value = response.json().await?;
+            assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+            assert!(!body.to_string().contains("sluice_"), "{path}: {body}");
+        }
+        let text = scrape(&app, &app.metrics_url()).await?;
+        assert!(
+            text.contains("# TYPE sluice_http_requests_total counter"),
+            "{text}"
+        );
+        // The public 404s were counted like any unmatched request (and the scrape was not).
+        let unmatched = [("route", "unmatched"), ("method", "GET"), ("status", "404")];
+        assert_eq!(sum(&text, "sluice_http_requests_total", &unmatched), 2.0);
+        assert!(!text.contains(r#"route="/metrics""#), "{text}");
+        // The metrics listener serves nothing else.
+        let health = app.http.get(format!("{}/api/health", app.metrics)).send();
+        assert_eq!(health.await?.status(), 404);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_stops_with_the_api() {
+    run(no_workers(), |app| async move {
+        let listeners = local_listeners().await?;
+        let (base, metrics) = (
+            base_url(&listeners.http)?,
+            format!("{}/metrics", base_url(&listeners.metrics)?),
+        );
+        let cancel = CancellationToken::new();
+        let api = tokio::spawn(sluice_api::run(
+            app.settings.clone(),
+            listeners,
+            cancel.clone(),
+        ));
+        app.wait_ready_at(&base).await?;
+        scrape(&app, &metrics).await?;
+        cancel.cancel();
+        tokio::time::timeout(WAIT, api).await???;
+        assert!(app.http.get(&metrics).send().await.is_err());
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_whose_metrics_server_ends_stops_and_names_it() {
+    run(no_workers(), |app| async move {
+        let listeners = local_listeners().await?;
+        let base = base_url(&listeners.http)?;
+        let hooks = TaskHooks::armed();
+        let api = tokio::spawn(sluice_api::run_with(
+            app.settings.clone(),
+            listeners,
+            CancellationToken::new(),
+            sluice_shared::keypool::ReloadTrigger::new(),
+            hooks.clone(),
+        ));
+        app.wait_ready_at(&base).await?;
+        hooks.end("metrics server");
+        let stopped = tokio::time::timeout(WAIT, api).await??;
+        match stopped {
+            Err(sluice_api::RunError::Task(TaskFailed { name, how })) => {
+                assert_eq!((name, how.as_str()), ("metrics server", "ended"));
+            }
+            other => anyhow::bail!("expected the metrics server's failure, got {other:?}"),
+        }
+        assert!(
+            app.http
+                .get(format!("{base}/api/health"))
+                .send()
+                .await
+                .is_err()
+        );
+        Ok(())
     })
     .await;
 }

@@ -89,7 +89,7 @@ async fn a_stopped_reply_stays_stopped_when_its_answer_arrives() {
 
         // Now the answer comes, and is stored by nobody.
         app.add_worker(None).await?;
-        let metrics = app.url("/metrics");
+        let metrics = app.metrics_url();
         eventually(
             "the late answer to be consumed",
             Duration::from_secs(20),

@@ -78,7 +78,7 @@ async fn a_deleted_chats_queued_request_never_reaches_the_provider() {
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
         app.add_worker(None).await?;
-        let metrics = app.url("/metrics");
+        let metrics = app.metrics_url();
         eventually(
             "the worker's answer to be consumed",
             Duration::from_secs(20),

@@ -19,12 +19,12 @@ fn no_workers() -> TestOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_whose_relay_ends_stops_and_names_it() {
     run(no_workers(), |app| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
+        let listeners = sluice_tests::local_listeners().await?;
+        let base = sluice_tests::base_url(&listeners.http)?;
         let hooks = TaskHooks::armed();
         let api = tokio::spawn(sluice_api::run_with(
             app.settings.clone(),
-            listener,
+            listeners,
             CancellationToken::new(),
             sluice_shared::keypool::ReloadTrigger::new(),
             hooks.clone(),

@@ -27,12 +27,11 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// must arrive within `http.body_timeout_ms` and the answer within `http.request_timeout_ms`
 /// (both 408 `request_timeout`). The event streams ([`routes::streams`]) must not get the
 /// whole-request timeout: they are merged in after those layers, counted and traced. Every
-/// REST request is counted by [`metrics::track`]; `GET /metrics` (this instance's registry, no
-/// auth: the reverse proxy does not expose it) is merged after the layers too. Outside them all,
-/// [`trace::layer`] gives each REST request an `x-request-id`, a span and one log line, and
-/// every answer, whatever made it, says `X-Content-Type-Options: nosniff`.
+/// REST request is counted by [`metrics::track`]. `GET /metrics` is not here: it has a listener
+/// of its own (`http.metrics_addr`, see [`crate::run`]), and here it is the fallback's 404.
+/// Outside them all, [`trace::layer`] gives each REST request an `x-request-id`, a span and one
+/// log line, and every answer, whatever made it, says `X-Content-Type-Options: nosniff`.
 pub fn app(state: AppState) -> axum::Router {
-    let scrape = state.metrics.router();
     let streams = routes::streams(state.clone()).layer(axum::middleware::from_fn(metrics::track));
     let http = &state.settings.http;
     let (body_timeout, request_timeout) = (http.body_timeout, http.request_timeout);
@@ -45,8 +44,15 @@ pub fn app(state: AppState) -> axum::Router {
         ))
         .layer(axum::middleware::map_response(timeout_in_json))
         .layer(axum::middleware::from_fn(metrics::track));
-    trace::layer(rest.merge(streams))
-        .merge(scrape)
+    trace::layer(rest.merge(streams)).layer(axum::middleware::map_response(nosniff))
+}
+
+/// What the metrics listener serves: `GET /metrics` (this instance's registry in the Prometheus
+/// text format, no authentication: keep `http.metrics_addr` off the public network) and a bare
+/// 404 for anything else.
+pub fn metrics_app(metrics: &sluice_shared::metrics::Metrics) -> axum::Router {
+    metrics
+        .router()
         .layer(axum::middleware::map_response(nosniff))
 }
 

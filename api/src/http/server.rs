@@ -4,7 +4,8 @@
 //! (see [`crate::http::app`]). Each connection's peer address is inserted as
 //! `ConnectInfo<SocketAddr>`; shutdown stops accepting and drains open connections. At most
 //! `http.max_connections` are open at once: past it the loop stops accepting, and new
-//! connections wait in the kernel's listen backlog (refused only when that is full).
+//! connections wait in the kernel's listen backlog (refused only when that is full). The
+//! metrics listener is served the same way, with a small cap of its own.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -23,43 +24,61 @@ use tower::Service;
 /// descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// One open connection: its permit and its place in `sluice_http_connections_open`.
-struct Open(
+/// One open connection: its permit and, if `counted`, its place in
+/// `sluice_http_connections_open`.
+struct Open {
     #[expect(dead_code, reason = "held, not read: dropping it frees the slot")]
-    OwnedSemaphorePermit,
-);
+    permit: OwnedSemaphorePermit,
+    counted: bool,
+}
 
 impl Open {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::gauge!("sluice_http_connections_open").increment(1);
-        Self(permit)
+    fn new(permit: OwnedSemaphorePermit, counted: bool) -> Self {
+        if counted {
+            metrics::gauge!("sluice_http_connections_open").increment(1);
+        }
+        Self { permit, counted }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        metrics::gauge!("sluice_http_connections_open").decrement(1);
+        if self.counted {
+            metrics::gauge!("sluice_http_connections_open").decrement(1);
+        }
     }
 }
 
+/// How one listener is served.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// A client must send its request headers within this.
+    pub header_read_timeout: Duration,
+    /// After `cancel`, how long open connections get to finish their requests.
+    pub drain: Duration,
+    /// Connections open at once; past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Whether its connections count in `sluice_http_connections_open`: the public listener's
+    /// do; the metrics listener's do not, or every scrape would count itself.
+    pub counted: bool,
+}
+
 /// Serves `app` on `listener` until `cancel` fires, then stops accepting and waits up to
-/// `drain` for open connections to finish their requests. At most `max_connections` are open
-/// at once.
+/// `serving.drain` for open connections to finish their requests. At most
+/// `serving.max_connections` are open at once.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    header_read_timeout: Duration,
-    drain: Duration,
-    max_connections: usize,
+    serving: Serving,
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(
-        max_connections.clamp(1, Semaphore::MAX_PERMITS),
+        serving.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(serving.header_read_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         // A free slot first: while none is, nothing is accepted and the backlog holds the rest.
@@ -90,7 +109,7 @@ pub async fn serve(
             app.clone().call(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        let open = Open::new(permit);
+        let open = Open::new(permit, serving.counted);
         // In this instance's metrics: the handlers run inside the connection's task.
         sluice_shared::metrics::spawn(async move {
             let _open = open;
@@ -101,6 +120,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let drain = serving.drain;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
@@ -129,6 +149,15 @@ mod tests {
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn serving(max_connections: usize) -> Serving {
+        Serving {
+            header_read_timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
+            max_connections,
+            counted: true,
+        }
+    }
+
     /// Handlers see the peer's address, and cancelling stops the server.
     #[tokio::test]
     async fn handlers_get_the_peer_address_and_cancel_stops_serving()
@@ -140,14 +169,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            app,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            100,
-            cancel.clone(),
-        ));
+        let server = tokio::spawn(serve(listener, app, serving(100), cancel.clone()));
 
         let mut client = tokio::net::TcpStream::connect(addr).await?;
         let me = client.local_addr()?;
@@ -173,14 +195,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            app,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            1,
-            cancel.clone(),
-        ));
+        let server = tokio::spawn(serve(listener, app, serving(1), cancel.clone()));
         let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
         let mut first = tokio::net::TcpStream::connect(addr).await?;
         first.write_all(request).await?;

@@ -35,7 +35,7 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub hashing: Arc<HashQueue>,
     pub trusted_proxies: Arc<TrustedProxies>,
-    /// This instance's registry, served on `GET /metrics`.
+    /// This instance's registry, served on `GET /metrics` at `http.metrics_addr`.
     pub metrics: Metrics,
     /// The watchers of this instance's event streams.
     pub hub: Hub,

@@ -181,11 +181,11 @@ async fn the_api_refuses_to_start_with_a_shipped_secret_naming_the_setting() -> 
         let mut settings = Settings::defaults()?;
         settings.auth.jwt_secret = Secret::new(jwt.to_owned());
         settings.admin.token = Secret::new(admin.to_owned());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listeners = sluice_tests::local_listeners().await?;
         // Refused before it connects to anything: no service is needed.
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            sluice_api::run(settings, listener, CancellationToken::new()),
+            sluice_api::run(settings, listeners, CancellationToken::new()),
         )
         .await?;
         let message = outcome.err().context("the API started")?.to_string();
@@ -253,8 +253,13 @@ async fn token_answers_are_not_stored_and_no_answer_is_sniffed() {
             "/api/openapi.json".to_owned(),
             "/metrics".to_owned(),
         ];
-        for path in &paths {
-            let response = app.http.get(app.url(path)).send().await?;
+        // The public 404 of /metrics, and the metrics listener's own answer.
+        let urls = paths
+            .iter()
+            .map(|path| app.url(path))
+            .chain([app.metrics_url()]);
+        for path in urls {
+            let response = app.http.get(&path).send().await?;
             ensure!(
                 response
                     .headers()
