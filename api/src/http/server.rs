@@ -186,6 +186,43 @@ mod tests {
         Ok(())
     }
 
+    /// The public listener's open connections are in `sluice_http_connections_open`; the
+    /// metrics listener's are not, so a scrape does not count itself.
+    #[tokio::test]
+    async fn only_counted_listeners_move_the_open_connections_gauge()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for counted in [true, false] {
+            let metrics = sluice_shared::metrics::Metrics::new();
+            let app = Router::new().route("/", get(|| async { "ok" }));
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let cancel = CancellationToken::new();
+            let serving = Serving {
+                counted,
+                ..serving(10)
+            };
+            let server =
+                tokio::spawn(metrics.instrument(serve(listener, app, serving, cancel.clone())));
+            // Kept alive after its answer, the connection is open while the registry is read.
+            let mut client = tokio::net::TcpStream::connect(addr).await?;
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 1024];
+            let n = client.read(&mut buf).await?;
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            let text = metrics.render();
+            let open = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice_http_connections_open "));
+            assert_eq!(open, counted.then_some("1"), "counted {counted}: {text}");
+            drop(client);
+            cancel.cancel();
+            tokio::time::timeout(Duration::from_secs(10), server).await??;
+        }
+        Ok(())
+    }
+
     /// Past `max_connections` a new connection is not refused: it waits, unanswered, until an
     /// open one closes.
     #[tokio::test]
