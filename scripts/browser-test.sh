@@ -34,7 +34,7 @@ have curl || missing+=(curl)
 if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_VERSION')" 2>/dev/null; then
     info "browser-test: installing playwright==$PLAYWRIGHT_VERSION into $VENV"
     python3 -m venv "$VENV" || die "browser-test: cannot create $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION" ||
+    "$VENV/bin/pip" install -q --no-cache-dir --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION" ||
         die "browser-test: pip install playwright==$PLAYWRIGHT_VERSION failed"
 fi
 
