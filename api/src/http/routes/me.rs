@@ -181,7 +181,8 @@ async fn delete_me(
     }
     // Marked before the rows go: a worker that checks in between skips the work either way.
     state.stops.user(user.id, StopReason::AccountClosed).await;
-    let Some(deleted) = state.store.delete_account(user.id).await? else {
+    let partial_ttl = state.settings.stream.partial_ttl;
+    let Some(deleted) = state.store.delete_account(user.id, partial_ttl).await? else {
         return Err(ApiError::unauthorized(
             "invalid_token",
             "the account of this token no longer exists",
@@ -190,7 +191,7 @@ async fn delete_me(
     state.sessions.forget(user.id);
     state
         .stops
-        .forget_user(user.id, &deleted.pending_replies)
+        .forget_user(user.id, &deleted.recent_replies)
         .await;
     tracing::info!(user = %user.id, chats = deleted.chats.len(), "account deleted by its user");
     Ok(StatusCode::NO_CONTENT)
