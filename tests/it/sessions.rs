@@ -93,15 +93,15 @@ async fn a_password_change_ends_every_earlier_sign_in_and_its_streams() {
         let (status, stream) = open(&app, &app.api, &chat, Some(&second), None, None).await?;
         assert_eq!(status, StatusCode::OK);
 
-        let change = json!({"old_password": "not it at all", "new_password": "a new horse 42"});
+        let change = json!({"old": "not it at all", "new": "a new horse 42"});
         let (status, body) = app.post("/api/me/password", &first, change).await?;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         assert_eq!(code(&body), "wrong_password");
-        let change = json!({"old_password": PASSWORD, "new_password": "short"});
+        let change = json!({"old": PASSWORD, "new": "short"});
         let (status, body) = app.post("/api/me/password", &first, change).await?;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
-        let change = json!({"old_password": PASSWORD, "new_password": "a new horse 42"});
+        let change = json!({"old": PASSWORD, "new": "a new horse 42"});
         let (status, body) = app.post("/api/me/password", &first, change).await?;
         assert_eq!(status, StatusCode::OK, "{body}");
         let fresh = body["token"].as_str().unwrap_or_default().to_owned();

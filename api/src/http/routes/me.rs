@@ -41,9 +41,10 @@ struct MyLimits {
 
 #[derive(Deserialize, ToSchema)]
 struct PasswordChange {
-    old_password: String,
+    /// The current password.
+    old: String,
     /// At least 8 characters and at most 1024 bytes.
-    new_password: String,
+    new: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -126,12 +127,12 @@ async fn change_password(
     SignedIn(session): SignedIn,
     AppJson(body): AppJson<PasswordChange>,
 ) -> Result<Json<Session>, ApiError> {
-    check_new_password(&body.new_password, "new_password")?;
+    check_new_password(&body.new, "new")?;
     let user = account(&state, &session).await?;
-    if !password_matches(&state, body.old_password, user.password_hash.clone()).await? {
+    if !password_matches(&state, body.old, user.password_hash.clone()).await? {
         return Err(wrong_password());
     }
-    let hash = state.hashing.hash(body.new_password).await?;
+    let hash = state.hashing.hash(body.new).await?;
     // Tokens are dated in whole seconds: every one issued up to now is refused from the next
     // second on, and the new token is dated that second.
     let valid_from = Utc::now().timestamp().saturating_add(1);
