@@ -314,7 +314,7 @@ async function onChangePassword(event) {
   state.renewing = true;
   try {
     const { data } = await call("POST", "/api/me/password", {
-      body: { old_password: current.value, new_password: next.value },
+      body: { old: current.value, new: next.value },
     });
     setToken(data.token);
     state.renewing = false;
