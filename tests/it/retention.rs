@@ -29,7 +29,7 @@ async fn execute(app: &TestApp, sql: &str) -> anyhow::Result<()> {
 async fn dead_letter(app: &TestApp, chat: Option<&str>, age: &str) -> anyhow::Result<Uuid> {
     let id = Uuid::now_v7();
     let chat = chat.map_or("NULL".to_owned(), |c| format!("'{c}'"));
-    execute(&app, &format!(
+    execute(app, &format!(
         "INSERT INTO dead_letters (id, chat_id, reason, body, created_at) \
          VALUES ('{id}', {chat}, 'exhausted', '{{\"history\": \"private\"}}', now() - interval '{age}')"
     ))
