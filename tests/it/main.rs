@@ -29,6 +29,7 @@ mod retries;
 mod rolling_restart;
 mod row_isolation;
 mod security;
+mod sessions;
 mod sizes;
 mod stop_marks;
 mod streaming;
