@@ -24,6 +24,7 @@ mod reaper;
 mod replay_rebuild;
 mod reply_actions;
 mod responses;
+mod retention;
 mod retries;
 mod rolling_restart;
 mod row_isolation;

@@ -169,20 +169,6 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets revoked token ids whose tokens have expired anyway; at most `max` rows.
-    pub async fn forget_expired_revocations(&self, max: i64) -> Result<u64, StoreError> {
-        let done = self
-            .db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens \
-                 WHERE expires_at < now() LIMIT $1)",
-                [max.into()],
-            ))
-            .await?;
-        Ok(done.rows_affected())
-    }
-
     /// Replaces the password hash; every token issued before `valid_after` stops working.
     pub async fn change_password(
         &self,
