@@ -6,8 +6,10 @@
 # queue prefix and a Redis prefix of their own, and runs tests/browser/test_web.py against
 # the API: register, create a chat, send and watch the reply stream in, reload and see the
 # history, a reply failing once and retried, a slow reply stopped mid-stream, hostile HTML
-# kept inert, a chat deleted, the phone layout, and polling when the event stream is refused. Screenshots go to target/browser/. Everything this
-# started and created is removed on exit (trap). Under two minutes.
+# kept inert, a chat deleted, the phone layout, polling when the event stream is refused, and
+# the account panel (password change, sign-out, account deletion). Screenshots go to
+# target/browser/. Everything this started and created is removed on exit (trap). Under two
+# minutes.
 # shellcheck disable=SC2317 # cleanup runs from a trap, probes from wait_until
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,7 +36,7 @@ have curl || missing+=(curl)
 if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_VERSION')" 2>/dev/null; then
     info "browser-test: installing playwright==$PLAYWRIGHT_VERSION into $VENV"
     python3 -m venv "$VENV" || die "browser-test: cannot create $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION" ||
+    "$VENV/bin/pip" install -q --no-cache-dir --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION" ||
         die "browser-test: pip install playwright==$PLAYWRIGHT_VERSION failed"
 fi
 

@@ -9,7 +9,8 @@
 //!   answer onto its pending reply; the dead-letter consumer records what could not be answered.
 //! - [`live`]: live replies for browsers: the hub fans the stream exchange's events out to
 //!   server-sent event streams, which read each change back from the store.
-//! - [`reaper`]: fails what stays pending past the retry horizon.
+//! - [`reaper`]: fails what stays pending past the retry horizon; [`retention`] deletes what is
+//!   kept no longer (old dead letters, idle chats, expired revocations).
 //! - [`store`] (bottom): every SQL statement and the message state machine. Its commits' change
 //!   notices leave through a channel that [`run`] hands to `live`'s publisher.
 //!
@@ -24,6 +25,7 @@ pub mod http;
 pub mod live;
 pub mod messaging;
 pub mod reaper;
+pub mod retention;
 pub mod store;
 pub mod views;
 
@@ -288,7 +290,7 @@ struct Background {
 
 impl Background {
     /// Spawns each task under its name: metrics upkeep, the keys-file watch, the relay and
-    /// its backlog gauge, the reaper, the two consumers, the event-stream hub and the notice
+    /// its backlog gauge, the reaper, retention, the two consumers, the event-stream hub and the notice
     /// publisher.
     fn spawn(self, state: &AppState, supervisor: &mut Supervisor) {
         let cancel = supervisor.cancel_token().clone();
@@ -322,6 +324,8 @@ impl Background {
         );
         let reaper = reaper::Reaper::new(store.clone(), &settings.retry);
         supervisor.spawn("reaper", reaper.run(cancel.clone()));
+        let retention = retention::Retention::new(store.clone(), &settings.retention);
+        supervisor.spawn("retention", retention.run(cancel.clone()));
         let responses = QueueConsumer {
             amqp_url: settings.amqp.url.clone(),
             queue: topology.responses(),

@@ -90,6 +90,7 @@ async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
                 .await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
+        topology.retire_legacy_parked(&connection).await?;
         connection.close(200, "topology declared".into()).await?;
         anyhow::Ok(())
     };

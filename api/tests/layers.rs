@@ -18,6 +18,7 @@ const API_LAYERS: &[(&str, &[&str])] = &[
     ("messaging", &["store"]),
     ("live", &["store", "views"]),
     ("reaper", &["store"]),
+    ("retention", &["store"]),
     ("http", &["store", "views", "messaging", "live"]),
 ];
 

@@ -3,13 +3,18 @@
 
 const TOKEN_KEY = "sluice.token";
 
-/** An answer that was not 2xx/304, with the API's code and readable message. */
+/**
+ * An answer that was not 2xx/304, with the API's code and readable message. `bearer` is the
+ * token the request was sent with (null if none): a 401 for a token this page no longer holds
+ * (replaced by a password change, or signed out meanwhile) is stale, and ends nothing.
+ */
 export class ApiError extends Error {
-  constructor(status, code, message, retryAfter) {
+  constructor(status, code, message, retryAfter, bearer = null) {
     super(message);
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.bearer = bearer;
   }
 }
 
@@ -44,7 +49,7 @@ export async function call(method, path, { body, etag, idempotencyKey } = {}) {
       cache: "no-store",
     });
   } catch (e) {
-    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.");
+    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.", undefined, bearer);
   }
   const tag = response.headers.get("etag");
   if (response.status === 304 || response.status === 204) {
@@ -67,6 +72,7 @@ export async function call(method, path, { body, etag, idempotencyKey } = {}) {
       error.code || "http_" + response.status,
       error.message || `The server answered ${response.status}.`,
       retry,
+      bearer,
     );
   }
   return { status: response.status, data, etag: tag };

@@ -1,5 +1,6 @@
 // The Sluice page: sign-in, the chat list, one chat's messages kept live (./live.js), the
-// composer. User text is always shown as text; model text only through ./render.js.
+// composer, the account panel (sign out, password change, account deletion). User text is
+// always shown as text; model text only through ./render.js.
 
 import { ApiError, all, call, newKey, setToken, token } from "./api.js";
 import { Live } from "./live.js";
@@ -23,13 +24,17 @@ const state = {
   finals: 0,
   /** {what, key}: the Idempotency-Key of the message being sent, until it is accepted. */
   sendKey: null,
+  /** A password change is under way: a 401 for the token it replaces is expected. */
+  renewing: false,
 };
 
 // ---------------------------------------------------------------------------------------
 // Errors and the banner.
 
-function banner(text) {
+/** Shows `text` in the banner; kind "info" for news that is not an error. */
+function banner(text, kind = "error") {
   $("banner-text").textContent = text;
+  $("banner").classList.toggle("info", kind === "info");
   $("banner").hidden = false;
 }
 
@@ -38,23 +43,48 @@ function clearBanner() {
   $("banner-text").textContent = "";
 }
 
-/** Tells the user what went wrong; a 401 ends the session. */
-function report(error) {
-  if (!(error instanceof ApiError)) {
-    console.error(error);
-    banner(`Something went wrong: ${error}`);
-    return;
-  }
-  if (error.status === 401 && token()) {
-    signOut("Your session has ended. Log in again.");
-    return;
-  }
-  let text = error.message;
+/** Why a sign-in ended, by the API's code; any other 401 gets the generic line. */
+const SESSION_ENDED = {
+  token_revoked:
+    "This sign-in has ended (signed out, or the password was changed elsewhere). Log in again.",
+  token_expired: "Your session has expired. Log in again.",
+  invalid_token: "Your session is no longer valid. Log in again.",
+  account_suspended: "This account is suspended; ask the operators. You have been signed out.",
+};
+
+/** An answer to a request made with a token that says the sign-in is over. */
+function endsSession(error) {
+  return (
+    error instanceof ApiError &&
+    Boolean(error.bearer) &&
+    (error.status === 401 || error.code === "account_suspended")
+  );
+}
+
+/** A readable line for an error. */
+function describe(error) {
+  if (!(error instanceof ApiError)) return `Something went wrong: ${error}`;
   if (error.status === 429) {
-    text = `Too many requests: ${error.message}`;
+    let text = `Too many requests: ${error.message}`;
     if (error.retryAfter) text += ` Try again in ${error.retryAfter} s.`;
+    return text;
   }
-  banner(text);
+  return error.message;
+}
+
+/**
+ * Tells the user what went wrong. A 401 (revoked, expired, invalid token) or a suspended
+ * account ends the session and returns to the sign-in view, unless the token it was sent
+ * with is no longer the page's (an earlier sign-in's request, answered late).
+ */
+function report(error) {
+  if (!(error instanceof ApiError)) console.error(error);
+  if (endsSession(error)) {
+    if (error.bearer !== token() || state.renewing) return;
+    signOut(SESSION_ENDED[error.code] || "Your session has ended. Log in again.");
+    return;
+  }
+  banner(describe(error));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -69,21 +99,24 @@ function showAuth() {
 async function showApp() {
   $("auth-view").hidden = true;
   $("app-view").hidden = false;
-  await Promise.all([loadChats(), loadTemplates()]);
+  await Promise.all([loadMe(), loadChats(), loadTemplates()]);
   const wanted = location.hash.match(/^#chat=([0-9a-f-]{36})$/);
   const chat = (wanted && state.chats.find((c) => c.id === wanted[1])) || state.chats[0];
   if (chat) await selectChat(chat.id);
   else showChat(null);
 }
 
-function signOut(message) {
+/** Forgets the token and everything shown, closes the event stream: the sign-in view. */
+function signOut(message, kind = "error") {
   setToken(null);
+  closeAccount();
   closeChat();
   state.chats = [];
+  $("account-email").textContent = "";
   $("chat-list").replaceChildren();
   history.replaceState(null, "", location.pathname);
   showAuth();
-  if (message) banner(message);
+  if (message) banner(message, kind);
 }
 
 async function onAuthSubmit(event) {
@@ -200,6 +233,144 @@ async function deleteChat(chat) {
   renderChats();
 }
 
+// ---------------------------------------------------------------------------------------
+// The account panel: who is signed in, sign out, change the password, delete the account.
+
+async function loadMe() {
+  try {
+    const { data } = await call("GET", "/api/me");
+    $("account-email").textContent = data.email;
+  } catch (e) {
+    report(e);
+  }
+}
+
+/** Shows an inline error under a form (null hides it), marking `field` invalid. */
+function formError(id, text, field) {
+  const el = $(id);
+  el.textContent = text || "";
+  el.hidden = !text;
+  for (const input of el.closest("form").querySelectorAll("input")) {
+    input.removeAttribute("aria-invalid");
+  }
+  if (text && field) {
+    field.setAttribute("aria-invalid", "true");
+    field.focus();
+  }
+  if (text) el.scrollIntoView({ block: "nearest" });
+}
+
+function resetAccount() {
+  for (const form of [$("password-form"), $("delete-form")]) form.reset();
+  formError("password-error", null);
+  formError("delete-error", null);
+  $("password-done").textContent = "";
+}
+
+function openAccount() {
+  resetAccount();
+  $("account").showModal();
+  loadMe();
+}
+
+function closeAccount() {
+  if ($("account").open) $("account").close();
+}
+
+async function onSignOut() {
+  const button = $("sign-out");
+  button.disabled = true;
+  // The stream first: ended by the sign-out, it would see a 401 of its own.
+  closeChat();
+  let message = "You have signed out.";
+  try {
+    await call("POST", "/api/auth/logout");
+  } catch (e) {
+    // A 401: this sign-in had already ended, which is what was asked for.
+    if (!(e instanceof ApiError && e.status === 401)) {
+      message =
+        `Signed out on this page, but the server could not be told (${describe(e)}); ` +
+        "the sign-in stays valid until it expires.";
+    }
+  } finally {
+    button.disabled = false;
+  }
+  signOut(message, "info");
+}
+
+async function onChangePassword(event) {
+  event.preventDefault();
+  formError("password-error", null);
+  $("password-done").textContent = "";
+  const current = $("current-password");
+  const next = $("new-password");
+  const confirmation = $("confirm-password");
+  if (next.value !== confirmation.value) {
+    formError("password-error", "The new password and its confirmation differ.", confirmation);
+    return;
+  }
+  const submit = $("change-password");
+  submit.disabled = true;
+  state.renewing = true;
+  try {
+    const { data } = await call("POST", "/api/me/password", {
+      body: { old: current.value, new: next.value },
+    });
+    setToken(data.token);
+    state.renewing = false;
+    $("password-form").reset();
+    $("password-done").textContent = "Password changed. Every other sign-in has ended.";
+    // The stream belonged to the sign-in that just ended: open it again with the new token.
+    restartLive();
+  } catch (e) {
+    state.renewing = false;
+    if (e instanceof ApiError && e.code === "wrong_password") {
+      formError("password-error", "The current password is not right.", current);
+    } else if (e instanceof ApiError && e.code === "invalid_password") {
+      formError(
+        "password-error",
+        "The new password must be at least 8 characters (and at most 1024 bytes).",
+        next,
+      );
+    } else if (endsSession(e)) {
+      report(e);
+    } else {
+      formError("password-error", describe(e));
+    }
+  } finally {
+    state.renewing = false;
+    submit.disabled = false;
+  }
+}
+
+async function onDeleteAccount(event) {
+  event.preventDefault();
+  formError("delete-error", null);
+  const password = $("delete-password");
+  if (!$("delete-confirm").checked) {
+    formError("delete-error", "Tick the box to confirm.", $("delete-confirm"));
+    return;
+  }
+  const submit = $("delete-account");
+  submit.disabled = true;
+  try {
+    await call("DELETE", "/api/me", { body: { password: password.value } });
+    signOut("Your account and all its chats have been deleted.", "info");
+  } catch (e) {
+    if (e instanceof ApiError && e.code === "wrong_password") {
+      formError("delete-error", "The password is not right; nothing was deleted.", password);
+    } else if (endsSession(e)) {
+      report(e);
+    } else {
+      formError("delete-error", describe(e));
+    }
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
 function closeChat() {
   if (state.live) state.live.stop();
   state.live = null;
@@ -229,6 +400,19 @@ async function selectChat(id) {
   toggleSidebar(false);
   await sync();
   if (state.chatId !== id) return;
+  openLive(id);
+  $("input").focus();
+}
+
+/** Opens the open chat's event stream again, with the token the page now holds. */
+function restartLive() {
+  if (!state.live || !state.chatId) return;
+  state.live.stop();
+  state.live = null;
+  openLive(state.chatId);
+}
+
+function openLive(id) {
   state.live = new Live(id, {
     onEvent,
     sync,
@@ -240,7 +424,6 @@ async function selectChat(id) {
     onError: report,
   });
   state.live.start();
-  $("input").focus();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -528,7 +711,12 @@ function toggleSidebar(open) {
 function boot() {
   $("auth-form").addEventListener("submit", onAuthSubmit);
   $("banner-close").addEventListener("click", clearBanner);
-  $("logout").addEventListener("click", () => signOut());
+  $("account-open").addEventListener("click", openAccount);
+  $("account-close").addEventListener("click", closeAccount);
+  $("account").addEventListener("close", resetAccount);
+  $("sign-out").addEventListener("click", onSignOut);
+  $("password-form").addEventListener("submit", onChangePassword);
+  $("delete-form").addEventListener("submit", onDeleteAccount);
   $("new-chat-form").addEventListener("submit", createChat);
   $("composer").addEventListener("submit", send);
   $("input").addEventListener("keydown", onComposerKey);

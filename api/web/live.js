@@ -26,7 +26,8 @@ export class Live {
   /**
    * handlers: onEvent(type, data), sync() (read the chat again; returns a promise),
    * hasPending() (a reply is pending), onMode(mode) ("connecting" | "streaming" | "polling"),
-   * onError(error) (a call failed in a way the user must hear about, e.g. 401).
+   * onError(error) (a call failed in a way the user must hear about: a 401 or a suspended
+ * account, which end the sign-in; the chat gone).
    */
   constructor(chatId, handlers) {
     this.chatId = chatId;
@@ -84,7 +85,7 @@ export class Live {
       token = data.token;
     } catch (e) {
       if (this.stopped) return;
-      if (e.status === 401 || e.code === "chat_not_found") {
+      if (e.status === 401 || e.code === "account_suspended" || e.code === "chat_not_found") {
         this.handlers.onError(e);
         this.stop();
       } else if (e.status === 404 || e.status === 405) {

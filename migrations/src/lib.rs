@@ -9,6 +9,7 @@ mod m20261202_000100_pending_by_chat;
 mod m20261203_000001_chat_version;
 mod m20261207_000200_idempotency_keys;
 mod m20261207_000300_accounts;
+mod m20261207_000900_chat_activity;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_chat_version::Migration),
             Box::new(m20261207_000200_idempotency_keys::Migration),
             Box::new(m20261207_000300_accounts::Migration),
+            Box::new(m20261207_000900_chat_activity::Migration),
         ]
     }
 }

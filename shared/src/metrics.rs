@@ -113,7 +113,8 @@ pub const CATALOG: &[Def] = &[
     def("sluice_replies_unstorable_total", Counter, &[], "answers the database refused, stored as failed (reply_unstorable)"),
     def("sluice_replies_timed_out_total", Counter, &[], "replies the reaper failed after the retry horizon (timed_out)"),
     def("sluice_dead_letters_recorded_total", Counter, &["kind"], "dead letters recorded by the API, by what they held (request, response, poison)"),
-    def("sluice_dead_letters_parked_total", Counter, &[], "dead letters the database refused, parked in requests.parked"),
+    def("sluice_dead_letters_parked_total", Counter, &[], "dead letters the database refused, parked in requests.parked.<ttl>"),
+    def("sluice_retention_deleted_total", Counter, &["kind"], "rows retention deleted, by kind (dead_letters, chats, messages, revoked_tokens)"),
     // Worker: routing
     def("sluice_deliveries_in_flight", Gauge, &[], "requests this worker is handling now"),
     def("sluice_retries_total", Counter, &["delay_ms"], "requests sent to a retry level, by the level's delay"),

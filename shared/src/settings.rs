@@ -52,6 +52,11 @@ pub fn millis_of(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A `…_days` setting: whole days of 24 hours.
+fn days<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(|d| Duration::from_secs(d.saturating_mul(86_400)))
+}
+
 /// A `…_secs` setting: whole seconds.
 fn secs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     u64::deserialize(deserializer).map(Duration::from_secs)
@@ -82,6 +87,7 @@ pub struct Settings {
     pub users: UserSettings,
     pub relay: RelaySettings,
     pub stream: StreamSettings,
+    pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -159,6 +165,37 @@ pub struct QueueSettings {
     pub max_message_bytes: u64,
     /// `x-max-length` of `requests` (overflow rejects publishes, so the outbox holds the rest).
     pub requests_max_length: u64,
+    /// `x-message-ttl` of the parked queue, whose name carries it (see [`crate::Topology`]).
+    #[serde(rename = "parked_ttl_ms", deserialize_with = "millis")]
+    pub parked_ttl: Duration,
+}
+
+/// How long stored personal data is kept (the API's retention task, one replica at a time).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Dead letters (whole request bodies) are deleted this long after they were recorded;
+    /// zero keeps them.
+    #[serde(rename = "dead_letter_days", deserialize_with = "days")]
+    pub dead_letter_age: Duration,
+    /// Chats whose messages have not been created or changed for this long are deleted (not
+    /// while a reply is pending); zero keeps them.
+    #[serde(rename = "chat_idle_days", deserialize_with = "days")]
+    pub chat_idle: Duration,
+    /// How often each API replica tries a round.
+    #[serde(rename = "interval_ms", deserialize_with = "millis")]
+    pub interval: Duration,
+}
+
+impl RetentionSettings {
+    /// How old a dead letter may get, if there is a limit.
+    pub fn dead_letter_limit(&self) -> Option<Duration> {
+        (!self.dead_letter_age.is_zero()).then_some(self.dead_letter_age)
+    }
+
+    /// How long a chat may stay idle, if there is a limit.
+    pub fn chat_idle_limit(&self) -> Option<Duration> {
+        (!self.chat_idle.is_zero()).then_some(self.chat_idle)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -376,6 +413,7 @@ impl Settings {
             Self::check_limits,
             Self::check_relay,
             Self::check_auth,
+            Self::check_retention,
         ] {
             check(self, &mut problems);
         }
@@ -443,6 +481,16 @@ impl Settings {
             problems.push(invalid(
                 "SLUICE__QUEUES__REQUESTS_MAX_LENGTH",
                 "must be > 0",
+            ));
+        }
+        let ttl = self.queues.parked_ttl;
+        if ttl.is_zero() || ttl > MAX_MESSAGE_TTL {
+            problems.push(invalid(
+                "SLUICE__QUEUES__PARKED_TTL_MS",
+                format!(
+                    "must be > 0 and at most {} ms (RabbitMQ's limit)",
+                    millis_of(MAX_MESSAGE_TTL)
+                ),
             ));
         }
     }
@@ -562,6 +610,26 @@ impl Settings {
         );
     }
 
+    fn check_retention(&self, problems: &mut Vec<SettingsError>) {
+        let retention = &self.retention;
+        positive(
+            problems,
+            "SLUICE__RETENTION__INTERVAL_MS",
+            retention.interval,
+        );
+        for (name, value) in [
+            (
+                "SLUICE__RETENTION__DEAD_LETTER_DAYS",
+                retention.dead_letter_age,
+            ),
+            ("SLUICE__RETENTION__CHAT_IDLE_DAYS", retention.chat_idle),
+        ] {
+            if value > MAX_RETENTION {
+                problems.push(invalid(name, "at most 36500 days (0 keeps for ever)"));
+            }
+        }
+    }
+
     /// The API refuses to start without a real signing secret, and with an admin token (when
     /// one is set) or signing secret anyone could guess: too short, too few distinct bytes, or
     /// a placeholder this repository ships (see [`weak_secret`]).
@@ -605,6 +673,11 @@ impl Settings {
         (!self.keys.file.is_empty()).then(|| PathBuf::from(&self.keys.file))
     }
 }
+
+/// The longest `x-message-ttl` RabbitMQ accepts: 2^32 - 1 ms, about 49 days.
+pub const MAX_MESSAGE_TTL: Duration = Duration::from_millis(u32::MAX as u64);
+/// Retention periods stop at a century (PostgreSQL's intervals have a range).
+const MAX_RETENTION: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// The least length of the JWT secret and the admin token, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -735,6 +808,13 @@ mod tests {
             ),
             (10, 100, 60)
         );
+        assert_eq!(s.queues.parked_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            s.retention.dead_letter_limit(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(s.retention.chat_idle_limit(), None);
+        assert_eq!(s.retention.interval, Duration::from_secs(3_600));
         Ok(())
     }
 
@@ -753,6 +833,27 @@ mod tests {
         s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         s.http.metrics_addr = s.http.addr;
         s.validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn retention_and_the_parked_ttl_are_bounded_by_name() -> Result<(), SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.retention.interval = Duration::ZERO;
+        s.retention.chat_idle = Duration::from_secs(36_501 * 86_400);
+        s.queues.parked_ttl = MAX_MESSAGE_TTL + Duration::from_millis(1);
+        let message = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for name in [
+            "SLUICE__RETENTION__INTERVAL_MS",
+            "SLUICE__RETENTION__CHAT_IDLE_DAYS",
+            "SLUICE__QUEUES__PARKED_TTL_MS",
+        ] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
         Ok(())
     }
 
@@ -834,6 +935,11 @@ mod tests {
                 .build()?
                 .try_deserialize::<Settings>()
         };
+        let s = with("retention.chat_idle_days", "2")?;
+        assert_eq!(
+            s.retention.chat_idle_limit(),
+            Some(Duration::from_secs(172_800))
+        );
         let s = with("limits.window_ms", "1500")?;
         assert_eq!(s.limits.window, Duration::from_millis(1500));
         assert_eq!(s.limits.backend, LimitsBackend::Redis);

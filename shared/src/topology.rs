@@ -6,8 +6,9 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use serde_json::{Value, json};
 
 /// Routing key of new work on the `work` exchange.
@@ -17,7 +18,11 @@ pub const ROUTE_RESPONSE: &str = "response";
 /// Routing key of the dead-letter queue.
 pub const ROUTE_DEAD: &str = "dead";
 /// Routing key of the parking queue: dead letters the database refused, kept for an operator.
+/// `requests.dlq` dead-letters to it, so it cannot change (a queue's arguments are fixed).
 pub const ROUTE_PARKED: &str = "parked";
+/// `queues.parked_ttl_ms`'s default, for this module's tests.
+#[cfg(test)]
+const DEFAULT_PARKED_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Redeliveries (crashes, requeues) before RabbitMQ dead-letters a message. Explicit because
 /// RabbitMQ 4 defaults quorum queues to 20 and 3.10 to unlimited; never -1, which 3.10 treats
@@ -44,18 +49,31 @@ pub struct Topology {
     /// `x-max-length` of `requests`; past it the broker refuses publishes (reject-publish),
     /// so a runaway backlog stays in the API's outbox.
     requests_max_length: Option<u64>,
+    /// `x-message-ttl` of the parked queue, also in its name.
+    parked_ttl_ms: u64,
 }
 
 impl Topology {
-    /// Without the settings' length cap: only for this module's tests; processes use
-    /// [`Topology::from_settings`].
+    /// Without the settings' length cap, with the default parked TTL: only for this module's
+    /// tests; processes use [`Topology::from_settings`].
+    #[cfg(test)]
     fn new(prefix: impl Into<String>, retry_delays_ms: &[u64]) -> Self {
+        Self::with(prefix.into(), retry_delays_ms, None, DEFAULT_PARKED_TTL_MS)
+    }
+
+    fn with(
+        prefix: String,
+        retry_delays_ms: &[u64],
+        requests_max_length: Option<u64>,
+        parked_ttl_ms: u64,
+    ) -> Self {
         let mut retry_delays_ms = retry_delays_ms.to_vec();
         retry_delays_ms.dedup();
         Self {
-            prefix: prefix.into(),
+            prefix,
             retry_delays_ms,
-            requests_max_length: None,
+            requests_max_length,
+            parked_ttl_ms,
         }
     }
 
@@ -63,10 +81,12 @@ impl Topology {
     /// the settings. Every declarer must use this, or RabbitMQ refuses the second declaration
     /// (PRECONDITION_FAILED on an inequivalent argument).
     pub fn from_settings(settings: &crate::Settings) -> Self {
-        Self {
-            requests_max_length: Some(settings.queues.requests_max_length),
-            ..Self::new(settings.queues.prefix.clone(), &settings.retry.delays_ms)
-        }
+        Self::with(
+            settings.queues.prefix.clone(),
+            &settings.retry.delays_ms,
+            Some(settings.queues.requests_max_length),
+            crate::settings::millis_of(settings.queues.parked_ttl),
+        )
     }
 
     pub fn prefix(&self) -> &str {
@@ -95,8 +115,16 @@ impl Topology {
         format!("{}requests.dlq", self.prefix)
     }
 
-    /// Where dead letters go that could not be recorded; nothing consumes it.
+    /// Where dead letters go that could not be recorded; nothing consumes it, and each message
+    /// expires after the TTL its name carries. A new TTL is a new queue: RabbitMQ refuses to
+    /// change the arguments of one declared before.
     pub fn parked(&self) -> String {
+        format!("{}requests.parked.{}", self.prefix, self.parked_ttl_ms)
+    }
+
+    /// The parked queue of installs before the TTL, which kept messages for ever; see
+    /// [`Topology::retire_legacy_parked`].
+    pub fn legacy_parked(&self) -> String {
         format!("{}requests.parked", self.prefix)
     }
 
@@ -161,7 +189,13 @@ impl Topology {
             QueueSpec {
                 name: self.parked(),
                 routing_key: ROUTE_PARKED.into(),
-                arguments: vec![quorum()],
+                arguments: vec![
+                    quorum(),
+                    (
+                        "x-message-ttl",
+                        Arg::Int(i64::try_from(self.parked_ttl_ms).unwrap_or(i64::MAX)),
+                    ),
+                ],
             },
         ];
         for &delay in &self.retry_delays_ms {
@@ -228,6 +262,53 @@ impl Topology {
         Ok(())
     }
 
+    /// Unbinds the parked queue of an earlier install (no TTL, [`Topology::legacy_parked`]) from
+    /// the `parked` route, so new parked letters go only to the queue with a TTL; the old queue
+    /// and what it holds stay for an operator to read and delete. `false` when there is none.
+    /// On a channel of its own: asking for a queue that does not exist closes the channel.
+    pub async fn retire_legacy_parked(
+        &self,
+        connection: &Connection,
+    ) -> Result<bool, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let legacy = self.legacy_parked();
+        let exists = channel
+            .queue_declare(
+                legacy.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match exists {
+            Ok(_) => {}
+            // The broker closed the channel with its 404.
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // Unbinding what is not bound is no error, so every replica may do it at every start.
+        channel
+            .queue_unbind(
+                legacy.as_str().into(),
+                self.exchange().into(),
+                ROUTE_PARKED.into(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .close(200, "legacy parked queue unbound".into())
+            .await?;
+        tracing::info!(
+            queue = %legacy,
+            now = %self.parked(),
+            "the parked queue of an earlier version gets no new letters; read what it holds and \
+             delete it (docs/OPERATIONS.md)"
+        );
+        Ok(true)
+    }
+
     /// Deletes everything [`Topology::declare`] made. Quorum queues cannot be auto-delete, so
     /// tests call this to leave nothing behind.
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
@@ -286,6 +367,15 @@ impl Topology {
     }
 }
 
+/// The broker's 404: the queue (or exchange) does not exist.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
 fn field_table(arguments: &[(&'static str, Arg)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in arguments {
@@ -308,9 +398,32 @@ mod tests {
         assert_eq!(t.exchange(), "t3f9a.work");
         assert_eq!(t.requests(), "t3f9a.requests");
         assert_eq!(t.dead_letters(), "t3f9a.requests.dlq");
-        assert_eq!(t.parked(), "t3f9a.requests.parked");
+        assert_eq!(t.parked(), "t3f9a.requests.parked.604800000");
+        assert_eq!(t.legacy_parked(), "t3f9a.requests.parked");
         assert_eq!(t.retry_queue(100), "t3f9a.retry.100");
         assert_eq!(t.queues().len(), 6);
+    }
+
+    #[test]
+    fn parked_letters_expire_after_the_ttl_their_queue_is_named_for()
+    -> Result<(), crate::settings::SettingsError> {
+        let mut settings = crate::Settings::defaults()?;
+        settings.queues.parked_ttl = std::time::Duration::from_millis(1500);
+        let topology = Topology::from_settings(&settings);
+        let parked = topology
+            .queues()
+            .into_iter()
+            .find(|q| q.routing_key == ROUTE_PARKED);
+        let Some(parked) = parked else {
+            panic!("no parked queue");
+        };
+        assert_eq!(parked.name, "sluice.requests.parked.1500");
+        assert!(
+            parked
+                .arguments
+                .contains(&("x-message-ttl", Arg::Int(1500)))
+        );
+        Ok(())
     }
 
     #[test]

@@ -23,7 +23,7 @@ struct Ev {
 }
 
 /// A tiny reader of an open event stream.
-struct Events {
+pub(crate) struct Events {
     response: reqwest::Response,
     buffer: String,
 }
@@ -73,7 +73,7 @@ impl Events {
     }
 
     /// Reads until the stream ends (a bound on how long that may take).
-    async fn until_end(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn until_end(mut self) -> anyhow::Result<()> {
         tokio::time::timeout(WAIT * 2, async {
             while self.response.chunk().await?.is_some() {}
             anyhow::Ok(())
@@ -86,7 +86,7 @@ impl Events {
 const PROGRESS: &[&str] = &["message.delta", "message.reset", "message.snapshot"];
 
 /// Opens the event stream of `chat` at `base`: `bearer` in the header, or `token` as `?token=`.
-async fn open(
+pub(crate) async fn open(
     app: &TestApp,
     base: &str,
     chat: &str,
@@ -124,7 +124,7 @@ async fn open(
     ))
 }
 
-async fn events_token(app: &TestApp, token: &str, chat: &str) -> anyhow::Result<String> {
+pub(crate) async fn events_token(app: &TestApp, token: &str, chat: &str) -> anyhow::Result<String> {
     let (status, body) = app
         .post(&format!("/api/chats/{chat}/events/token"), token, json!({}))
         .await?;

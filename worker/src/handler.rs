@@ -173,14 +173,13 @@ async fn serve(
             .set(f64::from(left));
         }
         let result = tokio::select! {
-            result = call(ctx, key, request, attempt) => Some(result),
-            _ = watch.stopped() => None,
-        };
-        let Some(result) = result else {
-            // Cut short: the call was sent, so its slot and estimated tokens stay spent.
-            ctx.budgets.complete(model, &reservation, estimate).await;
-            called(key, "stopped");
-            return stopped(watch.reason().unwrap_or(StopReason::Cancelled), true);
+            result = call(ctx, key, request, attempt) => result,
+            reason = watch.stopped() => {
+                // Cut short: the call was sent, so its slot and estimated tokens stay spent.
+                ctx.budgets.complete(model, &reservation, estimate).await;
+                called(key, "stopped");
+                return stopped(reason, true);
+            }
         };
         if let Some(outcome) = settle(ctx, request, estimate, &reservation, result).await {
             return outcome;
@@ -194,7 +193,7 @@ fn stopped(reason: StopReason, called: bool) -> Outcome {
     tracing::info!(
         reason = reason.as_str(),
         when,
-        "request stopped; not sent to the provider"
+        "request stopped: nobody wants its reply any more"
     );
     metrics::counter!("sluice_requests_stopped_total", "reason" => reason.as_str(), "when" => when)
         .increment(1);

@@ -192,7 +192,12 @@ async fn serve(
             Arc::new(RedisLink::new(redis_client.clone()).resting(redis_link::REST)),
             settings.redis.prefix.clone(),
         ),
-        settings.provider.timeout.saturating_add(stops::POLL),
+        // A request counts as in flight from its check to its last call's end.
+        settings
+            .worker
+            .budget_wait
+            .saturating_add(settings.provider.timeout)
+            .saturating_add(stops::POLL),
     );
     supervisor.spawn("stop checks", stops.clone().run(cancel.clone()));
     let settings = Arc::new(settings);

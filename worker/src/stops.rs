@@ -22,7 +22,8 @@ const OLDER_CALL_RECHECK: Duration = Duration::from_millis(200);
 /// The requests this worker has in hand, and how to ask about them.
 pub struct Stops {
     marks: Option<Marks>,
-    /// How long a call may count as in flight at most (the provider's timeout and then some).
+    /// How long a request may count as in flight at most (its budget wait, the provider's
+    /// timeout and a poll).
     longest_call: Duration,
     watched: Mutex<HashMap<u64, Watched>>,
     next_id: AtomicU64,

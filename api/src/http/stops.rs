@@ -63,11 +63,11 @@ impl StopMarks {
         }
     }
 
-    /// Forgets what Redis holds of a deleted account: the partial texts of its `pending`
-    /// replies, its calls in flight and its limit counters. Its stop mark stays until it
+    /// Forgets what Redis holds of a deleted account: the partial texts of its `replies`
+    /// (those that may still have one), its calls in flight and its limit counters. Its stop mark stays until it
     /// expires: it names nothing but the id, and keeps queued work from being sent.
-    pub async fn forget_user(&self, user: Uuid, pending: &[Uuid]) {
-        let mut keys: Vec<String> = pending
+    pub async fn forget_user(&self, user: Uuid, replies: &[Uuid]) {
+        let mut keys: Vec<String> = replies
             .iter()
             .map(|m| partial_key(&self.prefix, *m))
             .collect();

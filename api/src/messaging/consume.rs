@@ -56,6 +56,7 @@ impl<H: BatchHandler> QueueConsumer<H> {
         // parks what it cannot record).
         let channel = broker::confirm_channel(&connection).await?;
         self.topology.declare(&channel).await?;
+        self.topology.retire_legacy_parked(&connection).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;

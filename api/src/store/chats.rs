@@ -1,5 +1,6 @@
 //! Chats, and [`touch`]: the lock every change to a chat's messages takes first, which also
-//! bumps the chat's `version` (the `ETag` of its message lists).
+//! bumps the chat's `version` (the `ETag` of its message lists) and `updated_at` (when it was
+//! last active, for retention).
 
 use super::entities::chats;
 use super::paging::{Cursor, Direction, Page, PageRequest, paged};
@@ -11,9 +12,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-/// Locks the chats in id order and bumps their versions. Every transaction that changes
-/// messages calls this before touching them (see the module docs of `store`): a fixed order
-/// means two writers never wait for each other in a cycle.
+/// Locks the chats in id order and bumps their versions and activity times. Every transaction
+/// that changes messages calls this before touching them (see the module docs of `store`): a
+/// fixed order means two writers never wait for each other in a cycle.
 pub(crate) async fn touch(db: &impl ConnectionTrait, chat_ids: &[Uuid]) -> Result<(), DbErr> {
     if chat_ids.is_empty() {
         return Ok(());
@@ -22,7 +23,8 @@ pub(crate) async fn touch(db: &impl ConnectionTrait, chat_ids: &[Uuid]) -> Resul
         DbBackend::Postgres,
         "WITH locked AS ( \
              SELECT id FROM chats WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE) \
-         UPDATE chats AS c SET version = c.version + 1 FROM locked WHERE c.id = locked.id",
+         UPDATE chats AS c SET version = c.version + 1, updated_at = now() \
+         FROM locked WHERE c.id = locked.id",
         [chat_ids.to_vec().into()],
     ))
     .await?;

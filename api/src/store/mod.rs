@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod paging;
 pub mod posts;
 pub mod replies;
+pub mod retention;
 pub mod templates;
 #[cfg(test)]
 pub mod testing;

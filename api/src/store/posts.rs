@@ -259,7 +259,8 @@ async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbE
         "WITH locked AS ( \
              SELECT id FROM chats WHERE id = ANY($11::uuid[]) ORDER BY id FOR NO KEY UPDATE), \
          touched AS ( \
-             UPDATE chats AS c SET version = c.version + 1 FROM locked WHERE c.id = locked.id), \
+             UPDATE chats AS c SET version = c.version + 1, updated_at = now() \
+             FROM locked WHERE c.id = locked.id), \
          requests AS ( \
              INSERT INTO outbox (id, payload, created_at) \
              SELECT id, payload::jsonb, now() \

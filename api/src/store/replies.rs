@@ -159,7 +159,8 @@ fn sorted_unique(mut ids: Vec<Uuid>) -> Vec<Uuid> {
 const APPLY: &str = "WITH locked AS ( \
          SELECT id FROM chats WHERE id = ANY($14::uuid[]) ORDER BY id FOR NO KEY UPDATE), \
      touched AS ( \
-         UPDATE chats AS c SET version = c.version + 1 FROM locked WHERE c.id = locked.id) \
+         UPDATE chats AS c SET version = c.version + 1, updated_at = now() \
+         FROM locked WHERE c.id = locked.id) \
      UPDATE messages AS m SET status = v.status, content = v.content, \
      model = v.model, prompt_tokens = NULLIF(v.prompt_tokens, -1), \
      completion_tokens = NULLIF(v.completion_tokens, -1), key_alias = NULLIF(v.key_alias, ''), \

@@ -26,8 +26,9 @@ pub struct Standing {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeletedAccount {
     pub chats: Vec<Uuid>,
-    /// Replies that were pending: they may have partial texts in Redis.
-    pub pending_replies: Vec<Uuid>,
+    /// Replies pending or finished within the partial texts' lifetime: they may have a
+    /// partial text in Redis.
+    pub recent_replies: Vec<Uuid>,
 }
 
 /// What a user owns a capped number of.
@@ -168,20 +169,6 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets revoked token ids whose tokens have expired anyway; at most `max` rows.
-    pub async fn forget_expired_revocations(&self, max: i64) -> Result<u64, StoreError> {
-        let done = self
-            .db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens \
-                 WHERE expires_at < now() LIMIT $1)",
-                [max.into()],
-            ))
-            .await?;
-        Ok(done.rows_affected())
-    }
-
     /// Replaces the password hash; every token issued before `valid_after` stops working.
     pub async fn change_password(
         &self,
@@ -212,7 +199,12 @@ impl Store {
     /// Deletes the account and everything it owns in one transaction: chats and their
     /// messages, templates, revoked token ids (by cascade), dead letters (by user, or by one
     /// of its chats) and outbox rows not yet published. `None` when there is no such user.
-    pub async fn delete_account(&self, user: Uuid) -> Result<Option<DeletedAccount>, StoreError> {
+    /// Replies that finished within `partial_ttl` are reported with the pending ones.
+    pub async fn delete_account(
+        &self,
+        user: Uuid,
+        partial_ttl: std::time::Duration,
+    ) -> Result<Option<DeletedAccount>, StoreError> {
         let txn = self.db.begin().await?;
         // The user's row first: a post racing the deletion waits, then finds no chat.
         let exists = txn
@@ -236,11 +228,12 @@ impl Store {
             .iter()
             .map(|row| row.try_get::<Uuid>("", "id"))
             .collect::<Result<_, _>>()?;
-        let pending_replies: Vec<Uuid> = txn
+        let recent_replies: Vec<Uuid> = txn
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT id FROM messages WHERE chat_id = ANY($1) AND status = 'pending'",
-                [chats.clone().into()],
+                "SELECT id FROM messages WHERE chat_id = ANY($1) AND role = 'assistant' \
+                 AND (completed_at IS NULL OR completed_at > now() - make_interval(secs => $2))",
+                [chats.clone().into(), partial_ttl.as_secs_f64().into()],
             ))
             .await?
             .iter()
@@ -262,7 +255,7 @@ impl Store {
         txn.commit().await?;
         Ok(Some(DeletedAccount {
             chats,
-            pending_replies,
+            recent_replies,
         }))
     }
 }

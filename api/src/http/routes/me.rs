@@ -41,9 +41,10 @@ struct MyLimits {
 
 #[derive(Deserialize, ToSchema)]
 struct PasswordChange {
-    old_password: String,
+    /// The current password.
+    old: String,
     /// At least 8 characters and at most 1024 bytes.
-    new_password: String,
+    new: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -126,12 +127,12 @@ async fn change_password(
     SignedIn(session): SignedIn,
     AppJson(body): AppJson<PasswordChange>,
 ) -> Result<Json<Session>, ApiError> {
-    check_new_password(&body.new_password, "new_password")?;
+    check_new_password(&body.new, "new")?;
     let user = account(&state, &session).await?;
-    if !password_matches(&state, body.old_password, user.password_hash.clone()).await? {
+    if !password_matches(&state, body.old, user.password_hash.clone()).await? {
         return Err(wrong_password());
     }
-    let hash = state.hashing.hash(body.new_password).await?;
+    let hash = state.hashing.hash(body.new).await?;
     // Tokens are dated in whole seconds: every one issued up to now is refused from the next
     // second on, and the new token is dated that second.
     let valid_from = Utc::now().timestamp().saturating_add(1);
@@ -181,7 +182,8 @@ async fn delete_me(
     }
     // Marked before the rows go: a worker that checks in between skips the work either way.
     state.stops.user(user.id, StopReason::AccountClosed).await;
-    let Some(deleted) = state.store.delete_account(user.id).await? else {
+    let partial_ttl = state.settings.stream.partial_ttl;
+    let Some(deleted) = state.store.delete_account(user.id, partial_ttl).await? else {
         return Err(ApiError::unauthorized(
             "invalid_token",
             "the account of this token no longer exists",
@@ -190,7 +192,7 @@ async fn delete_me(
     state.sessions.forget(user.id);
     state
         .stops
-        .forget_user(user.id, &deleted.pending_replies)
+        .forget_user(user.id, &deleted.recent_replies)
         .await;
     tracing::info!(user = %user.id, chats = deleted.chats.len(), "account deleted by its user");
     Ok(StatusCode::NO_CONTENT)
