@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sluice_shared::keypool::ReloadTrigger;
 use sluice_shared::settings::{ApiKey, LimitsBackend};
 use sluice_shared::{Secret, Settings, Topology};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,6 +132,8 @@ pub struct TestApp {
     pub workers: Mutex<Vec<Worker>>,
     /// What SIGHUP fires in the first API's `main`: re-reads the keys file now.
     pub api_reload: ReloadTrigger,
+    /// Each API's metrics base URL by its base URL: the first and every one added.
+    metrics_of: Mutex<HashMap<String, String>>,
     db_name: String,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -322,6 +325,7 @@ impl TestApp {
         let db = Database::connect(settings.database.url.expose().as_str()).await?;
         let app = Self {
             id,
+            metrics_of: Mutex::new(HashMap::from([(api.clone(), metrics.clone())])),
             api,
             metrics,
             http: reqwest::Client::builder().no_proxy().build()?,
@@ -429,6 +433,10 @@ impl TestApp {
     pub async fn start_api(&self, settings: Settings) -> anyhow::Result<String> {
         let listeners = local_listeners().await?;
         let base = base_url(&listeners.http)?;
+        self.metrics_of
+            .lock()
+            .unwrap()
+            .insert(base.clone(), base_url(&listeners.metrics)?);
         let cancel = self.cancel.child_token();
         let task = tokio::spawn(async move {
             if let Err(e) = sluice_api::run(settings, listeners, cancel).await {
@@ -544,6 +552,16 @@ impl TestApp {
     /// The first API's `GET /metrics`, on its metrics listener (the public one answers 404).
     pub fn metrics_url(&self) -> String {
         format!("{}/metrics", self.metrics)
+    }
+
+    /// `GET /metrics` of the API at `base`: this stack's first, or one that
+    /// [`TestApp::add_api`] or [`TestApp::start_api`] started.
+    pub fn metrics_url_at(&self, base: &str) -> anyhow::Result<String> {
+        let metrics_of = self.metrics_of.lock().unwrap();
+        let metrics = metrics_of
+            .get(base)
+            .with_context(|| format!("no API of this stack at {base}"))?;
+        Ok(format!("{metrics}/metrics"))
     }
 
     pub async fn send(

@@ -41,9 +41,10 @@ async fn dead_letter(app: &TestApp, chat: Option<&str>, age: &str) -> anyhow::Re
 async fn metric(app: &TestApp, base: &str, series: &str) -> anyhow::Result<f64> {
     let page = app
         .http
-        .get(format!("{base}/metrics"))
+        .get(app.metrics_url_at(base)?)
         .send()
         .await?
+        .error_for_status()?
         .text()
         .await?;
     Ok(page
