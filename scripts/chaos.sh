@@ -244,7 +244,14 @@ start_rabbit() {
         show_log "$WORK/rabbit/log/$NODE.log" 30
         fail rabbit "RabbitMQ did not listen on :$AMQP_PORT within 90 s"
     }
+    # definitions.json ships its users without passwords and is imported at every boot, so
+    # they get theirs after every start (as rabbitmq/boot.sh does in compose).
+    rabbitmqctl -q -n "$NODE" change_password sluice-api "$API_AMQP_PASSWORD" >/dev/null &&
+        rabbitmqctl -q -n "$NODE" change_password sluice-worker "$WORKER_AMQP_PASSWORD" >/dev/null ||
+        fail rabbit "cannot set the broker users' passwords"
 }
+API_AMQP_PASSWORD=$(random_secret)
+WORKER_AMQP_PASSWORD=$(random_secret)
 
 info "chaos: run $RUN_ID in $WORK: PostgreSQL :$PG_PORT, Redis :$REDIS_PORT, RabbitMQ :$AMQP_PORT ($NODE), API :$API_PORT, mock-gemini :$MOCK_PORT"
 
@@ -295,9 +302,9 @@ export SLUICE__WORKER__BUDGET_WAIT_MS=5000
 export SLUICE__USERS__MESSAGES_PER_MINUTE=0 SLUICE__USERS__MESSAGES_PER_DAY=0 \
     SLUICE__USERS__MAX_PENDING=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL_AND_ADDRESS=0 \
     SLUICE__USERS__LOGINS_PER_MINUTE_PER_EMAIL=0 SLUICE__USERS__LOGINS_PER_MINUTE_PER_ADDRESS=0
-# The broker users of rabbitmq/definitions.json (development passwords).
-API_AMQP="amqp://sluice-api:sluice-api@127.0.0.1:$AMQP_PORT/%2f"
-WORKER_AMQP="amqp://sluice-worker:sluice-worker@127.0.0.1:$AMQP_PORT/%2f"
+# The broker users of rabbitmq/definitions.json (passwords set by start_rabbit).
+API_AMQP="amqp://sluice-api:$API_AMQP_PASSWORD@127.0.0.1:$AMQP_PORT/%2f"
+WORKER_AMQP="amqp://sluice-worker:$WORKER_AMQP_PASSWORD@127.0.0.1:$AMQP_PORT/%2f"
 
 api_ready() {
     [[ $(curl --noproxy '*' -fsS --max-time 2 "http://127.0.0.1:$API_PORT/api/ready" 2>/dev/null) == *'"broker":"ok"'* ]]
