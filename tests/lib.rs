@@ -564,6 +564,28 @@ impl TestApp {
         Ok(format!("{metrics}/metrics"))
     }
 
+    /// Waits until the first API has consumed and acked at least `n` workers' answers (a
+    /// late or skipped answer leaves no other trace).
+    pub async fn wait_answers_consumed(&self, n: f64) -> anyhow::Result<()> {
+        let metrics = self.metrics_url();
+        eventually(
+            &format!("{n} answers to be consumed"),
+            Duration::from_secs(20),
+            || async {
+                let text = self.http.get(&metrics).send().await?.text().await?;
+                Ok(text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("sluice_acked_total{") && l.contains("queue=\"responses\"")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .any(|acked| acked >= n)
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,

@@ -4,7 +4,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sluice_tests::{TestOptions, eventually, run};
+use sluice_tests::{TestOptions, run};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,23 +89,7 @@ async fn a_stopped_reply_stays_stopped_when_its_answer_arrives() {
 
         // Now the answer comes, and is stored by nobody.
         app.add_worker(None).await?;
-        let metrics = app.metrics_url();
-        eventually(
-            "the late answer to be consumed",
-            Duration::from_secs(20),
-            || async {
-                let text = app.http.get(&metrics).send().await?.text().await?;
-                Ok(text
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("sluice_acked_total{") && l.contains("queue=\"responses\"")
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .any(|n| n >= 1.0)
-                    .then_some(()))
-            },
-        )
-        .await?;
+        app.wait_answers_consumed(1.0).await?;
         let (_, after) = app
             .get(&format!("/api/chats/{chat}/messages/{reply}"), &token)
             .await?;

@@ -43,6 +43,14 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
 
+/// `token` is refused as a sign-in that has ended.
+async fn assert_revoked(app: &TestApp, token: &str) -> anyhow::Result<()> {
+    let (status, body) = app.get("/api/me", token).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(code(&body), "token_revoked");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_out_ends_that_token_and_its_streams_and_no_other_sign_in() {
     run(quick_heartbeats(), |app| async move {
@@ -61,9 +69,7 @@ async fn a_sign_out_ends_that_token_and_its_streams_and_no_other_sign_in() {
             .send(Method::POST, "/api/auth/logout", Some(&token), None)
             .await?;
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-        let (status, body) = app.get("/api/me", &token).await?;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-        assert_eq!(code(&body), "token_revoked");
+        assert_revoked(&app, &token).await?;
         // Both streams of that sign-in end; its event token opens nothing any more.
         stream
             .context("the stream did not open")?
@@ -106,9 +112,7 @@ async fn a_password_change_ends_every_earlier_sign_in_and_its_streams() {
         assert_eq!(status, StatusCode::OK, "{body}");
         let fresh = body["token"].as_str().unwrap_or_default().to_owned();
         for old in [&first, &second] {
-            let (status, body) = app.get("/api/me", old).await?;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-            assert_eq!(code(&body), "token_revoked");
+            assert_revoked(&app, old).await?;
         }
         stream
             .context("the stream did not open")?

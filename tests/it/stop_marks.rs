@@ -78,23 +78,7 @@ async fn a_deleted_chats_queued_request_never_reaches_the_provider() {
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
         app.add_worker(None).await?;
-        let metrics = app.metrics_url();
-        eventually(
-            "the worker's answer to be consumed",
-            Duration::from_secs(20),
-            || async {
-                let text = app.http.get(&metrics).send().await?.text().await?;
-                Ok(text
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("sluice_acked_total{") && l.contains("queue=\"responses\"")
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .any(|n| n >= 1.0)
-                    .then_some(()))
-            },
-        )
-        .await?;
+        app.wait_answers_consumed(1.0).await?;
         assert_eq!(
             app.mock.stats().calls,
             0,
