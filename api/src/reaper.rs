@@ -7,6 +7,7 @@
 use crate::store::idempotency::KEY_TTL;
 use crate::store::{Store, StoreError};
 use sluice_shared::settings::{RetrySettings, millis_of};
+use sluice_shared::supervisor::every;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -28,28 +29,22 @@ impl Reaper {
         Self {
             store,
             horizon: horizon(retry),
-            // Zero would make `tokio::time::interval` panic; settings refuse it, this is belt
-            // and braces.
-            interval: retry.reaper_interval.max(Duration::from_millis(1)),
+            interval: retry.reaper_interval,
         }
     }
 
     pub async fn run(self, cancel: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let (this, cancel) = (&self, &cancel);
+        every(self.interval, cancel, move || async move {
             // A database outage just skips a round; the next one catches up.
-            if let Err(e) = self.sweep(&cancel).await {
+            if let Err(e) = this.sweep(cancel).await {
                 tracing::warn!(error = %e, "the reaper cannot read pending replies");
             }
-            if let Err(e) = self.forget_keys(&cancel).await {
+            if let Err(e) = this.forget_keys(cancel).await {
                 tracing::warn!(error = %e, "the reaper cannot delete old idempotency keys");
             }
-        }
+        })
+        .await;
     }
 
     /// Fails every overdue reply, a batch at a time; returns how many.

@@ -6,6 +6,7 @@
 use crate::store::retention::{Deleted, Expired};
 use crate::store::{Store, StoreError};
 use sluice_shared::settings::RetentionSettings;
+use sluice_shared::supervisor::every;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -27,24 +28,19 @@ impl Retention {
             store,
             dead_letter_age: settings.dead_letter_limit(),
             chat_idle: settings.chat_idle_limit(),
-            // Zero would make `tokio::time::interval` panic; settings refuse it.
-            interval: settings.interval.max(Duration::from_millis(1)),
+            interval: settings.interval,
         }
     }
 
     pub async fn run(self, cancel: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let (this, cancel) = (&self, &cancel);
+        every(self.interval, cancel, move || async move {
             // A database outage just skips a round; the next one catches up.
-            if let Err(e) = self.round(&cancel).await {
+            if let Err(e) = this.round(cancel).await {
                 tracing::warn!(error = %e, "retention could not finish its round");
             }
-        }
+        })
+        .await;
     }
 
     /// Deletes everything expired, a batch at a time, until nothing is left, another replica

@@ -212,6 +212,25 @@ impl Supervisor {
     }
 }
 
+/// A periodic task's loop: runs `round` every `interval` (the first at once) until `cancel`
+/// fires. A round that overruns delays the next one instead of bunching them up.
+pub async fn every<F, Fut>(interval: Duration, cancel: &CancellationToken, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    // A zero interval would make `tokio::time::interval` panic; settings refuse it anyway.
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        round().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

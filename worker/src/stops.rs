@@ -7,6 +7,7 @@
 //! seconds after a failure, so an outage costs one timeout, not one per delivery).
 
 use sluice_shared::marks::{Begin, Marks, StopReason, WorkId};
+use sluice_shared::supervisor::every;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -113,25 +114,21 @@ impl Stops {
 
     /// Checks every request in hand once a [`POLL`], until `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let in_hand: Vec<(WorkId, Arc<Signal>)> = match self.watched.lock() {
+        let this = &self;
+        every(POLL, &cancel, move || async move {
+            let in_hand: Vec<(WorkId, Arc<Signal>)> = match this.watched.lock() {
                 Ok(watched) => watched
                     .values()
                     .filter(|w| w.signal.reason.get().is_none())
                     .map(|w| (w.work, w.signal.clone()))
                     .collect(),
-                Err(_) => continue,
+                Err(_) => return,
             };
             if !in_hand.is_empty() {
-                self.check(&in_hand).await;
+                this.check(&in_hand).await;
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -23,6 +23,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::HEADER_ATTEMPT;
 use sluice_shared::retry::Retry;
+use sluice_shared::supervisor::every;
 use sluice_shared::topology::ROUTE_REQUEST;
 use sluice_shared::{Secret, Topology};
 use std::sync::Arc;
@@ -51,13 +52,8 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Keeps `sluice_outbox_backlog` and `sluice_outbox_lag_seconds` current until `cancel`
 /// fires. Every API replica reports the same table: aggregate with `max`, not `sum`.
 pub async fn watch_backlog(store: Store, cancel: CancellationToken) {
-    let mut ticks = tokio::time::interval(BACKLOG_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let store = &store;
+    every(BACKLOG_EVERY, &cancel, move || async move {
         match store.outbox_backlog().await {
             Ok(backlog) => {
                 metrics::gauge!("sluice_outbox_backlog").set(backlog.rows as f64);
@@ -66,7 +62,8 @@ pub async fn watch_backlog(store: Store, cancel: CancellationToken) {
             // The database is away: the gauges keep their last value, the log says why.
             Err(e) => tracing::debug!(error = %e, "cannot sample the outbox backlog"),
         }
-    }
+    })
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]
