@@ -2,13 +2,11 @@
 //! is built from, and a user's replies in flight (for `users.max_pending`).
 
 use super::entities::messages;
-use super::paging::{Cursor, Direction, Page, PageRequest, fitting, keyset};
+use super::paging::{Cursor, Page, PageRequest};
 use super::{Message, Role, Store, StoreError};
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
 };
 use sluice_shared::envelope::{self, Turn};
 use uuid::Uuid;
@@ -38,62 +36,69 @@ pub struct History {
 
 impl Store {
     /// The chat's messages, oldest first (a user message always before its reply): at most
-    /// `page.limit`, and no more than `max_bytes` of text (but always one). The sizes are read
-    /// first (`octet_length` of a stored text does not fetch it), then only the rows that fit.
+    /// `page.limit`, and no more than `max_bytes` of text (but always one). One statement: a
+    /// running sum of the sizes over the page's rows (`octet_length` of a stored text does not
+    /// fetch it) keeps those that fit, so the text of a row that does not is never read.
     pub async fn messages_page(
         &self,
         chat: Uuid,
         page: PageRequest,
         max_bytes: usize,
     ) -> Result<Page<Message>, StoreError> {
-        let columns = (messages::Column::CreatedAt, messages::Column::Id);
-        let of_chat = || messages::Entity::find().filter(messages::Column::ChatId.eq(chat));
-        let sizes: Vec<(Uuid, DateTime<Utc>, i64)> =
-            keyset(of_chat(), columns, Direction::OldestFirst, page.after)
-                .select_only()
-                .column(messages::Column::Id)
-                .column(messages::Column::CreatedAt)
-                .column_as(
-                    Expr::cust(
-                        "(octet_length(content) \
-                         + coalesce(octet_length(error_message), 0))::bigint",
-                    ),
-                    "bytes",
-                )
-                .limit(page.limit.saturating_add(1))
-                .into_tuple()
-                .all(&self.db)
-                .await?;
-        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
-        let taken = fitting(
-            sizes.iter().map(|(_, _, bytes)| {
-                usize::try_from(*bytes)
-                    .unwrap_or(0)
-                    .saturating_add(MESSAGE_OVERHEAD_BYTES)
-            }),
-            limit,
-            max_bytes,
-        );
-        let next = (sizes.len() > taken)
-            .then(|| sizes.get(taken.checked_sub(1)?))
-            .flatten()
-            .map(|(id, created_at, _)| Cursor {
-                created_at: *created_at,
-                id: *id,
-            });
-        let ids: Vec<Uuid> = sizes.iter().take(taken).map(|(id, _, _)| *id).collect();
-        let items = if ids.is_empty() {
-            Vec::new()
-        } else {
-            keyset(
-                of_chat().filter(messages::Column::Id.is_in(ids)),
-                columns,
-                Direction::OldestFirst,
-                None,
-            )
-            .all(&self.db)
-            .await?
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let overhead = i64::try_from(MESSAGE_OVERHEAD_BYTES).unwrap_or(0);
+        let (after, mut values) = match page.after {
+            Some(cursor) => (
+                "AND (created_at, id) > ($5, $6)",
+                vec![cursor.created_at.into(), cursor.id.into()],
+            ),
+            None => ("", Vec::new()),
         };
+        values.splice(
+            0..0,
+            [
+                chat.into(),
+                limit.saturating_add(1).into(),
+                max_bytes.into(),
+                overhead.into(),
+            ],
+        );
+        let sql = format!(
+            "WITH page AS ( \
+                 SELECT * FROM messages WHERE chat_id = $1 {after} \
+                 ORDER BY created_at, id LIMIT $2), \
+             sized AS ( \
+                 SELECT page.*, count(*) OVER () AS page_rows, row_number() OVER w AS n, \
+                     sum(octet_length(content) + coalesce(octet_length(error_message), 0) + $4) \
+                         OVER w AS upto \
+                 FROM page WINDOW w AS (ORDER BY created_at, id)) \
+             SELECT * FROM sized WHERE n < $2 AND (n = 1 OR upto <= $3) ORDER BY created_at, id"
+        );
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut page_rows = 0i64;
+        for row in &rows {
+            page_rows = row.try_get("", "page_rows")?;
+            items.push(<Message as sea_orm::FromQueryResult>::from_query_result(
+                row, "",
+            )?);
+        }
+        // More follow when the page read more rows than it keeps.
+        let next = (usize::try_from(page_rows).unwrap_or(0) > items.len())
+            .then(|| items.last())
+            .flatten()
+            .map(|m| Cursor {
+                created_at: m.created_at,
+                id: m.id,
+            });
         Ok(Page { items, next })
     }
 

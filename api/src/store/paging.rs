@@ -111,20 +111,6 @@ pub(crate) async fn paged<E: EntityTrait>(
     Ok(Page { items, next })
 }
 
-/// How many of `sizes` (in page order) one page holds: at most `limit`, and no more bytes
-/// than `max_bytes` unless the first alone is larger (a page is never empty while rows remain).
-pub fn fitting(sizes: impl IntoIterator<Item = usize>, limit: usize, max_bytes: usize) -> usize {
-    let (mut taken, mut bytes) = (0usize, 0usize);
-    for size in sizes.into_iter().take(limit) {
-        if taken > 0 && bytes.saturating_add(size) > max_bytes {
-            break;
-        }
-        bytes = bytes.saturating_add(size);
-        taken += 1;
-    }
-    taken
-}
-
 /// The current time at the database's precision (microseconds), so cursors round-trip.
 pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
@@ -134,15 +120,6 @@ pub fn now_micros() -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_page_fits_its_bytes_but_always_holds_one() {
-        assert_eq!(fitting([10, 10, 10], 50, 25), 2);
-        assert_eq!(fitting([10, 10, 10], 50, 30), 3);
-        assert_eq!(fitting([10, 10, 10], 2, 1_000), 2);
-        assert_eq!(fitting([4_000, 10], 50, 25), 1, "one message however large");
-        assert_eq!(fitting([], 50, 25), 0);
-    }
 
     #[test]
     fn cursors_round_trip_and_reject_junk() {
