@@ -85,6 +85,16 @@ pub struct TestOptions {
     pub configure: Option<fn(&mut Settings)>,
 }
 
+impl TestOptions {
+    /// The defaults with no worker: requests wait in the queue until a test starts one.
+    pub fn no_workers() -> Self {
+        Self {
+            workers: 0,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for TestOptions {
     fn default() -> Self {
         Self {

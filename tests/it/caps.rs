@@ -8,13 +8,6 @@ use serde_json::{Value, json};
 use sluice_shared::Settings;
 use sluice_tests::{TestApp, TestOptions, run};
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 async fn call(
     app: &TestApp,
     method: Method,
@@ -45,7 +38,7 @@ fn assert_quota(status: StatusCode, body: &Value, limit: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chats_per_user_are_capped_even_when_creates_race() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let mut settings: Settings = app.settings.clone();
         settings.users.max_chats = 3;
         let api = app.add_api(settings).await?;
@@ -104,7 +97,7 @@ async fn chats_per_user_are_capped_even_when_creates_race() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_are_capped_and_can_be_replaced_and_deleted() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let mut settings: Settings = app.settings.clone();
         settings.users.max_templates = 2;
         let api = app.add_api(settings).await?;
@@ -207,7 +200,7 @@ async fn pages(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_messages_ends_at_its_byte_bound_and_never_empty() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let bounded = |bytes: usize| {
             let mut settings: Settings = app.settings.clone();
             settings.http.max_page_bytes = bytes;

@@ -18,16 +18,9 @@ use sluice_tests::{TestOptions, run};
 use std::time::Duration;
 use uuid::Uuid;
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_in_the_dead_letter_queue_completes_its_reply() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         let id = app
             .post_message(&token, &chat, json!({"content": "q"}))
@@ -60,7 +53,7 @@ async fn a_response_in_the_dead_letter_queue_completes_its_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_with_nul_in_its_headers_is_recorded() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let (token, user) = app.register().await?;
         let chat = app.create_chat(&token).await?;
         let id = app
@@ -122,7 +115,7 @@ async fn a_dead_letter_with_nul_in_its_headers_is_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_the_database_refuses_is_parked_and_the_next_is_recorded() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         app.db
             .execute_unprepared(
                 "CREATE FUNCTION refuse_letter() RETURNS trigger LANGUAGE plpgsql AS $$ \

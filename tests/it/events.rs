@@ -200,18 +200,11 @@ fn summary(ev: &Ev) -> String {
     }
 }
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_opens_a_stream_and_event_tokens_open_nothing_else() {
     let options = TestOptions {
         configure: Some(|s| s.stream.token_ttl = Duration::from_secs(60)),
-        ..no_workers()
+        ..TestOptions::no_workers()
     };
     run(options, |app| async move {
         let (alice, chat) = app.user_with_chat().await?;
@@ -361,7 +354,7 @@ async fn a_post_streams_created_messages_its_pieces_and_the_completed_reply() {
 async fn deltas_come_in_order_gaps_become_snapshots_and_attempts_reset() {
     let options = TestOptions {
         configure: Some(|s| s.stream.gap_timeout = Duration::from_millis(300)),
-        ..no_workers()
+        ..TestOptions::no_workers()
     };
     run(options, |app| async move {
         let (token, chat) = app.user_with_chat().await?;
@@ -403,7 +396,7 @@ async fn deltas_come_in_order_gaps_become_snapshots_and_attempts_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_on_another_replica_with_last_event_id() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         let reply = app
             .post_message(&token, &chat, json!({"content": "hi"}))
@@ -460,7 +453,7 @@ fn metric(page: &str, series: &str) -> f64 {
 async fn a_watcher_that_does_not_read_is_dropped_and_the_others_keep_theirs() {
     let options = TestOptions {
         configure: Some(|s| s.stream.watcher_buffer = 8),
-        ..no_workers()
+        ..TestOptions::no_workers()
     };
     run(options, |app| async move {
         let (token, chat) = app.user_with_chat().await?;
@@ -529,7 +522,7 @@ async fn bound_chats(app: &TestApp) -> anyhow::Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_is_bound_while_watched_and_unbound_after_its_last_watcher() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         let (_, first) = open(&app, &app.api, &chat, Some(&token), None, None).await?;
         let (_, second) = open(&app, &app.api, &chat, Some(&token), None, None).await?;
@@ -558,7 +551,7 @@ async fn a_chat_is_bound_while_watched_and_unbound_after_its_last_watcher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_open_event_streams_and_the_api_stops() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         let listeners = sluice_tests::local_listeners().await?;
         let base = sluice_tests::base_url(&listeners.http)?;

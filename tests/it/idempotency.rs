@@ -10,13 +10,6 @@ use sluice_shared::Settings;
 use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 async fn keyed_post(
     app: &TestApp,
     base: &str,
@@ -40,7 +33,7 @@ async fn keyed_post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_post_or_retry_answers_the_first_body_and_writes_nothing() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let api = app.api.clone();
         let (token, chat) = app.user_with_chat().await?;
         let messages = format!("/api/chats/{chat}/messages");
@@ -131,7 +124,7 @@ async fn a_repeated_post_or_retry_answers_the_first_body_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_after_a_forced_408_answers_the_first_body() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let mut settings: Settings = app.settings.clone();
         settings.http.request_timeout = Duration::from_millis(1_000);
         let api = app.add_api(settings).await?;

@@ -176,16 +176,9 @@ async fn counters_move_and_two_stacks_count_apart() {
     .await;
 }
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_port_answers_metrics_with_a_404_and_the_metrics_port_serves_them() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         for path in ["/metrics", "/metrics/"] {
             let response = app.http.get(app.url(path)).send().await?;
             assert_eq!(response.status(), 404, "{path}");
@@ -212,7 +205,7 @@ async fn the_public_port_answers_metrics_with_a_404_and_the_metrics_port_serves_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_listener_stops_with_the_api() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let listeners = local_listeners().await?;
         let (base, metrics) = (
             base_url(&listeners.http)?,
@@ -236,7 +229,7 @@ async fn the_metrics_listener_stops_with_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_whose_metrics_server_ends_stops_and_names_it() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let listeners = local_listeners().await?;
         let base = base_url(&listeners.http)?;
         let hooks = TaskHooks::armed();

@@ -69,10 +69,7 @@ async fn a_failed_reply_is_retried_once_and_only_when_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_reply_stays_stopped_when_its_answer_arrives() {
     // No worker yet: the reply stays pending until the test starts one.
-    let options = TestOptions {
-        workers: 0,
-        ..Default::default()
-    };
+    let options = TestOptions::no_workers();
     run(options, |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         let reply = app

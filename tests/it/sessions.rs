@@ -135,10 +135,7 @@ async fn a_password_change_ends_every_earlier_sign_in_and_its_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_user_is_refused_and_their_queued_work_is_skipped() {
-    let options = TestOptions {
-        workers: 0,
-        ..Default::default()
-    };
+    let options = TestOptions::no_workers();
     run(options, |app| async move {
         let (token, email) = account(&app).await?;
         let chat = app.create_chat(&token).await?;

@@ -52,10 +52,7 @@ async fn cancel_and_retry_ten_times_start_at_most_three_calls_and_finish_none_of
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_chats_queued_request_never_reaches_the_provider() {
     // No worker yet: the request waits in the queue while its chat is deleted.
-    let options = TestOptions {
-        workers: 0,
-        ..Default::default()
-    };
+    let options = TestOptions::no_workers();
     run(options, |app| async move {
         let (token, chat) = app.user_with_chat().await?;
         app.post_message(&token, &chat, json!({"content": "never mind"}))

@@ -9,16 +9,9 @@ use tokio_util::sync::CancellationToken;
 /// Far above the supervisor's drain (1.5 s), so a slow machine does not fail the test.
 const STOPS_WITHIN: Duration = Duration::from_secs(10);
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..TestOptions::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_whose_relay_ends_stops_and_names_it() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let listeners = sluice_tests::local_listeners().await?;
         let base = sluice_tests::base_url(&listeners.http)?;
         let hooks = TaskHooks::armed();
@@ -58,7 +51,7 @@ async fn an_api_whose_relay_ends_stops_and_names_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_consumer_ends_stops_and_names_it() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let hooks = TaskHooks::armed();
         hooks.end("consumer");

@@ -76,16 +76,9 @@ fn limited(app: &TestApp, per_minute: u32, per_day: u32, pending: u32) -> Settin
     settings
 }
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_per_minute_limit_is_429_and_spends_no_other_limit() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let api = app.add_api(limited(&app, 2, 5, 0)).await?;
         let (token, chat) = app.user_with_chat().await?;
         for _ in 0..2 {
@@ -120,7 +113,7 @@ async fn over_the_per_minute_limit_is_429_and_spends_no_other_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_limit_refuses_without_spending_the_per_minute_one() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         // Limits of 2 a minute or more leave 30 s before a spent cell returns: plenty for a
         // loaded machine to make the next few requests.
         let api = app.add_api(limited(&app, 2, 1, 0)).await?;
@@ -156,7 +149,7 @@ async fn the_daily_limit_refuses_without_spending_the_per_minute_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_pending_counts_the_replies_in_flight() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let api = app.add_api(limited(&app, 0, 0, 2)).await?;
         let (token, chat) = app.user_with_chat().await?;
         let mut replies = Vec::new();
@@ -210,7 +203,7 @@ async fn max_pending_counts_the_replies_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_shared_by_every_replica() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let one = app.add_api(limited(&app, 2, 0, 0)).await?;
         let two = app.add_api(limited(&app, 2, 0, 0)).await?;
         let (token, chat) = app.user_with_chat().await?;
@@ -239,7 +232,7 @@ async fn limits_are_shared_by_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_turns_a_limit_off() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         // No per-minute limit (the default would stop this at 30), a daily one of 50.
         let api = app.add_api(limited(&app, 0, 50, 0)).await?;
         let (token, chat) = app.user_with_chat().await?;
@@ -270,7 +263,7 @@ async fn zero_turns_a_limit_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_fail_open_while_redis_is_down() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let redis = Forwarder::start(REDIS_ADDR.parse()?).await?;
         let mut settings = limited(&app, 1, 0, 0);
         settings.redis.url = Secret::new(format!("redis://{}", redis.addr()));
@@ -326,7 +319,7 @@ async fn limits_fail_open_while_redis_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn my_limits_show_what_remains_without_spending_it() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let api = app.add_api(limited(&app, 2, 10, 3)).await?;
         let (token, chat) = app.user_with_chat().await?;
         assert_eq!(

@@ -10,13 +10,6 @@ use sluice_shared::Settings;
 use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
-fn no_workers() -> TestOptions {
-    TestOptions {
-        workers: 0,
-        ..Default::default()
-    }
-}
-
 /// Every table a request could change, and a digest of its whole contents.
 const TABLES: &[&str] = &[
     "users",
@@ -94,7 +87,7 @@ fn concrete(path: &str, owned: &Owned, own_chat: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_ids_are_404_on_every_documented_route_and_change_nothing() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         // The first user's chat, message pair, template, a stopped reply and a keyed post.
         let (alice, chat) = app.user_with_chat().await?;
         let (status, template) = app
@@ -250,7 +243,7 @@ async fn assert_refused(response: reqwest::Response, limit: &str) -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_streams_are_capped_per_user_and_per_process_and_others_are_served() {
-    run(no_workers(), |app| async move {
+    run(TestOptions::no_workers(), |app| async move {
         let capped = |per_user: u32, per_process: usize| {
             let mut settings: Settings = app.settings.clone();
             settings.stream.max_per_user = per_user;
