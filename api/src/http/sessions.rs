@@ -41,10 +41,7 @@ impl Sessions {
     /// `Ok` when `session` still stands; else the error to answer.
     pub async fn check(&self, session: &Session) -> Result<(), ApiError> {
         match self.standing(session).await? {
-            None => Err(ApiError::unauthorized(
-                "invalid_token",
-                "the account of this token no longer exists",
-            )),
+            None => Err(account_gone()),
             Some(standing) if standing.suspended => Err(suspended()),
             Some(standing) if standing.revoked => Err(revoked()),
             Some(Standing {
@@ -94,6 +91,14 @@ impl Sessions {
             }
         }
     }
+}
+
+/// The answer to a token whose account has been deleted.
+pub fn account_gone() -> ApiError {
+    ApiError::unauthorized(
+        "invalid_token",
+        "the account of this token no longer exists",
+    )
 }
 
 /// The answer to a suspended account's token or login.

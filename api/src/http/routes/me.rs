@@ -7,6 +7,7 @@ use crate::http::auth::{Session as SignedInSession, issue_token_at};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, SignedIn};
 use crate::http::limits::LimitUsage;
+use crate::http::sessions::account_gone;
 use crate::store::User;
 use axum::Json;
 use axum::extract::State;
@@ -63,12 +64,11 @@ fn wrong_password() -> ApiError {
 
 /// The account of `session`, which a concurrent deletion may have just removed.
 async fn account(state: &AppState, session: &SignedInSession) -> Result<User, ApiError> {
-    state.store.user(session.user).await?.ok_or_else(|| {
-        ApiError::unauthorized(
-            "invalid_token",
-            "the account of this token no longer exists",
-        )
-    })
+    state
+        .store
+        .user(session.user)
+        .await?
+        .ok_or_else(account_gone)
 }
 
 /// The signed-in account.
@@ -142,10 +142,7 @@ async fn change_password(
         .change_password(user.id, hash, valid_after)
         .await?
     {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the account of this token no longer exists",
-        ));
+        return Err(account_gone());
     }
     state.sessions.forget(user.id);
     tracing::info!(user = %user.id, "password changed; earlier sign-ins ended");
@@ -184,10 +181,7 @@ async fn delete_me(
     state.stops.user(user.id, StopReason::AccountClosed).await;
     let partial_ttl = state.settings.stream.partial_ttl;
     let Some(deleted) = state.store.delete_account(user.id, partial_ttl).await? else {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the account of this token no longer exists",
-        ));
+        return Err(account_gone());
     };
     state.sessions.forget(user.id);
     state
