@@ -352,6 +352,10 @@ impl Background {
         };
         supervisor.spawn("dead-letter consumer", dead_letters.run(cancel.clone()));
         supervisor.spawn(
+            "watch marks",
+            state.hub.clone().refresh_marks(cancel.clone()),
+        );
+        supervisor.spawn(
             "event-stream hub",
             self.hub_link
                 .run(settings.amqp.url.clone(), topology.clone(), cancel.clone()),

@@ -22,10 +22,12 @@ else
 end
 return 1";
 
-/// A request is about to be worked on. Returns its three stop marks ('' where unset) and
-/// whether an older generation of the same message still has a call in flight; when none
-/// has, records this one (a member scored by when it stops counting, on Redis's clock).
-/// KEYS: generation mark, chat mark, user mark, the user's calls in flight.
+/// A request is about to be worked on. Returns its three stop marks ('' where unset),
+/// whether an older generation of the same message still has a call in flight, and whether
+/// its chat is watched; when no older call is in flight, records this one (a member scored
+/// by when it stops counting, on Redis's clock).
+/// KEYS: generation mark, chat mark, user mark, the user's calls in flight, the chat's watch
+/// mark.
 /// ARGV: message id, generation, how long the call may count.
 const BEGIN: &str = r"
 local t = redis.call('TIME')
@@ -43,8 +45,8 @@ if older == 0 then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), prefix .. ARGV[2])
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-local marks = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
-return {marks[1] or '', marks[2] or '', marks[3] or '', tostring(older)}";
+local marks = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
+return {marks[1] or '', marks[2] or '', marks[3] or '', tostring(older), marks[4] and '1' or '0'}";
 
 /// The calls still in flight: members whose time is up are dropped first.
 const CALLS_IN_FLIGHT: &str = r"
@@ -99,12 +101,20 @@ impl StopReason {
 /// What [`Marks::begin`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Begin {
-    /// Go ahead; the call is recorded as in flight.
-    Go,
+    /// Go ahead; the call is recorded as in flight. `watched`: somebody watches its chat.
+    Go { watched: bool },
     /// Not wanted any more.
     Stopped(StopReason),
     /// An older generation of the message is still in flight: ask again shortly.
     Wait,
+}
+
+/// What one check of a request in hand found: whether it is stopped, and whether somebody
+/// watches its chat (see [`crate::stream::watched_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    pub stopped: Option<StopReason>,
+    pub watched: bool,
 }
 
 /// The ids a stop mark may name, as a request envelope carries them.
@@ -250,8 +260,13 @@ impl Marks {
             .await
     }
 
-    /// Which of `work` is stopped, in one round trip (`MGET` of three keys each).
-    pub async fn stopped(&self, work: &[WorkId]) -> Result<Vec<Option<StopReason>>, RedisError> {
+    fn watched_key(&self, chat: Uuid) -> String {
+        crate::stream::watched_key(&self.prefix, chat)
+    }
+
+    /// Which of `work` is stopped and which is watched, in one round trip (`MGET` of four
+    /// keys each).
+    pub async fn check(&self, work: &[WorkId]) -> Result<Vec<Check>, RedisError> {
         if work.is_empty() {
             return Ok(Vec::new());
         }
@@ -262,6 +277,7 @@ impl Marks {
                     self.generation_key(w.message),
                     self.chat_key(w.chat),
                     self.user_key(w.user),
+                    self.watched_key(w.chat),
                 ]
             })
             .collect();
@@ -276,8 +292,11 @@ impl Marks {
             .await?;
         Ok(work
             .iter()
-            .zip(values.chunks(3))
-            .map(|(w, marks)| judge(w.generation, marks))
+            .zip(values.chunks(4))
+            .map(|(w, marks)| Check {
+                stopped: judge(w.generation, marks.get(..3).unwrap_or_default()),
+                watched: marks.get(3).is_some_and(Option::is_some),
+            })
             .collect())
     }
 
@@ -292,6 +311,7 @@ impl Marks {
             self.chat_key(work.chat),
             self.user_key(work.user),
             self.in_flight_key(work.user),
+            self.watched_key(work.chat),
         ];
         let (message, generation) = (work.message, work.generation);
         let answer: Vec<String> = self
@@ -312,6 +332,7 @@ impl Marks {
             .map(|v| (!v.is_empty()).then(|| v.clone()))
             .collect();
         let older_in_flight = answer.get(3).is_some_and(|v| v == "1");
+        let watched = answer.get(4).is_some_and(|v| v == "1");
         match judge(work.generation, &marks) {
             Some(reason) => {
                 if !older_in_flight {
@@ -320,7 +341,7 @@ impl Marks {
                 Ok(Begin::Stopped(reason))
             }
             None if older_in_flight => Ok(Begin::Wait),
-            None => Ok(Begin::Go),
+            None => Ok(Begin::Go { watched }),
         }
     }
 

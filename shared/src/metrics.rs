@@ -138,7 +138,8 @@ pub const CATALOG: &[Def] = &[
     def("sluice_requests_stopped_total", Counter, &["reason", "when"], "requests not sent (before_call) or cut short (during_call) because their reply was cancelled or replaced, their chat or account deleted, or the account suspended (reason: cancelled, chat_deleted, account_closed, account_suspended)"),
     def("sluice_stop_checks_failed_total", Counter, &[], "stop-mark checks and in-flight call records Redis did not answer (requests went ahead unchecked)"),
     // Worker: streaming
-    def("sluice_stream_chunks_total", Counter, &["outcome"], "streamed pieces of replies handed to the stream exchange (published) or given up (dropped: queue full, broker slow, refusing or away)"),
+    def("sluice_stream_chunks_total", Counter, &["outcome"], "pieces of watched replies handed to the stream exchange (published) or given up (dropped: the broker did not take them within 2 s, refused them or is away), after coalescing"),
+    def("sluice_stream_pieces_received_total", Counter, &[], "pieces of streamed replies the provider sent, watched or not (published ones are coalesced from these)"),
 ];
 
 /// The names a histogram shows in the text format besides its own.

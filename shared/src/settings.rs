@@ -235,9 +235,14 @@ pub struct ProviderSettings {
 /// Live replies over server-sent events (see [`crate::stream`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct StreamSettings {
-    /// TTL of a reply's partial text in Redis, refreshed with every chunk.
+    /// TTL of a reply's partial text in Redis, refreshed with every piece written (only
+    /// watched replies have one).
     #[serde(rename = "partial_ttl_ms", deserialize_with = "millis")]
     pub partial_ttl: Duration,
+    /// After a reply's first piece, how long a worker gathers text before it publishes the
+    /// next (0: publish each piece as it comes).
+    #[serde(rename = "coalesce_ms", deserialize_with = "millis")]
+    pub coalesce: Duration,
     /// How long an early delta waits for a missing one before a snapshot replaces it.
     #[serde(rename = "gap_timeout_ms", deserialize_with = "millis")]
     pub gap_timeout: Duration,

@@ -73,14 +73,33 @@ impl StreamEvent {
     }
 }
 
-/// The Redis hash holding a reply's partial text: fields `generation`, `attempt`, `seq` (the
-/// last piece included) and `text` (every piece of that attempt so far, in order). Written by
-/// the worker making the call, with a TTL of `stream.partial_ttl_ms` refreshed per piece.
+/// A reply's partial text in Redis is two keys, so a piece is an `APPEND` rather than a
+/// rewrite of the whole text: this hash holds `generation`, `attempt` and `seq` (the last
+/// piece included), and [`partial_text_key`] the text of every piece of that attempt so far.
+/// Written by the worker making the call, only while somebody watches the chat (see
+/// [`watched_key`]), with a TTL of `stream.partial_ttl_ms` refreshed per piece.
 pub fn partial_key(redis_prefix: &str, message_id: Uuid) -> String {
     format!("{redis_prefix}partial:{message_id}")
 }
 
-/// A reply's text so far, as kept under [`partial_key`].
+/// The text half of a reply's partial (see [`partial_key`]).
+pub fn partial_text_key(redis_prefix: &str, message_id: Uuid) -> String {
+    format!("{redis_prefix}partial:{message_id}:text")
+}
+
+/// Set, with a short TTL, while some API replica has a client watching the chat: workers
+/// publish pieces and keep partial texts only for chats marked so.
+pub fn watched_key(redis_prefix: &str, chat_id: Uuid) -> String {
+    format!("{redis_prefix}watched:{chat_id}")
+}
+
+/// How long a watch mark lives unless refreshed; API replicas refresh theirs every
+/// [`WATCHED_REFRESH`], so a mark outlives its last watcher by at most this long.
+pub const WATCHED_TTL: std::time::Duration = std::time::Duration::from_secs(6);
+/// How often an API replica refreshes the marks of the chats its clients watch.
+pub const WATCHED_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A reply's text so far, as kept under [`partial_key`] and [`partial_text_key`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partial {
     pub generation: i32,
@@ -90,13 +109,17 @@ pub struct Partial {
 }
 
 impl Partial {
-    /// Reads the hash's fields (`HGETALL`); `None` when it is missing or incomplete.
-    pub fn from_fields(fields: &std::collections::HashMap<String, String>) -> Option<Self> {
+    /// From the hash's `generation`, `attempt` and `seq` (`HMGET`, in that order) and the
+    /// text; `None` when any is missing or malformed.
+    pub fn from_parts(fields: &[Option<String>], text: Option<String>) -> Option<Self> {
+        let [generation, attempt, seq] = fields else {
+            return None;
+        };
         Some(Self {
-            generation: fields.get("generation")?.parse().ok()?,
-            attempt: fields.get("attempt")?.parse().ok()?,
-            seq: fields.get("seq")?.parse().ok()?,
-            text: fields.get("text")?.clone(),
+            generation: generation.as_deref()?.parse().ok()?,
+            attempt: attempt.as_deref()?.parse().ok()?,
+            seq: seq.as_deref()?.parse().ok()?,
+            text: text?,
         })
     }
 }
@@ -128,15 +151,23 @@ mod tests {
     }
 
     #[test]
-    fn partials_need_every_field() {
-        let mut fields = std::collections::HashMap::new();
-        fields.insert("generation".to_owned(), "1".to_owned());
-        fields.insert("attempt".to_owned(), "2".to_owned());
-        fields.insert("seq".to_owned(), "3".to_owned());
-        assert_eq!(Partial::from_fields(&fields), None);
-        fields.insert("text".to_owned(), "abc".to_owned());
+    fn partials_need_every_part() {
+        let fields = |seq: Option<&str>| {
+            vec![
+                Some("1".to_owned()),
+                Some("2".to_owned()),
+                seq.map(str::to_owned),
+            ]
+        };
+        assert_eq!(Partial::from_parts(&fields(None), Some("abc".into())), None);
         assert_eq!(
-            Partial::from_fields(&fields).map(|p| (p.attempt, p.seq, p.text)),
+            Partial::from_parts(&fields(Some("x")), Some("abc".into())),
+            None
+        );
+        assert_eq!(Partial::from_parts(&fields(Some("3")), None), None);
+        assert_eq!(
+            Partial::from_parts(&fields(Some("3")), Some("abc".into()))
+                .map(|p| (p.attempt, p.seq, p.text)),
             Some((2, 3, "abc".to_owned()))
         );
     }

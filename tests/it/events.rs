@@ -7,7 +7,7 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sluice_shared::stream::{Delta, StreamEvent, VERSION, partial_key};
+use sluice_shared::stream::{Delta, StreamEvent, VERSION, partial_key, partial_text_key};
 use sluice_tests::{TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -175,17 +175,19 @@ async fn write_partial(
 ) -> anyhow::Result<()> {
     let client = redis::Client::open(app.settings.redis.url.expose().as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let key = partial_key(&app.settings.redis.prefix, reply.parse()?);
-    redis::cmd("HSET")
-        .arg(&key)
+    let prefix = &app.settings.redis.prefix;
+    redis::pipe()
+        .cmd("HSET")
+        .arg(partial_key(prefix, reply.parse()?))
         .arg("generation")
         .arg(0)
         .arg("attempt")
         .arg(attempt)
         .arg("seq")
         .arg(seq)
-        .arg("text")
-        .arg(text)
+        .ignore()
+        .set(partial_text_key(prefix, reply.parse()?), text)
+        .ignore()
         .query_async::<()>(&mut conn)
         .await?;
     Ok(())
@@ -273,8 +275,7 @@ async fn only_the_owner_opens_a_stream_and_event_tokens_open_nothing_else() {
 async fn a_post_streams_created_messages_its_pieces_and_the_completed_reply() {
     run(TestOptions::default(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
-        // A first reply while nobody watches: by then the worker's chunk sink has connected
-        // (pieces are dropped, not queued, while it connects).
+        // A first reply while nobody watches warms the stack up.
         let warm = app.create_chat(&token).await?;
         let first = app
             .post_message(&token, &warm, json!({"content": "warm up"}))
@@ -345,6 +346,78 @@ async fn a_post_streams_created_messages_its_pieces_and_the_completed_reply() {
             completed.data, rest,
             "the event shows the message as REST does"
         );
+        Ok(())
+    })
+    .await;
+}
+
+/// The text a client builds from progress events of `reply` until its `message.completed`,
+/// and that event.
+async fn follow(stream: &mut Events, reply: &str) -> anyhow::Result<(String, Vec<String>, Ev)> {
+    let (mut text, mut seen) = (String::new(), Vec::new());
+    loop {
+        let ev = stream
+            .next_of(&[
+                "message.completed",
+                "message.failed",
+                "message.delta",
+                "message.snapshot",
+                "message.reset",
+            ])
+            .await?;
+        if ev.data["id"] != reply && ev.data["message_id"] != reply {
+            continue;
+        }
+        seen.push(summary(&ev));
+        match ev.event.as_str() {
+            "message.completed" | "message.failed" => return Ok((text, seen, ev)),
+            "message.delta" => text.push_str(ev.data["text"].as_str().unwrap_or_default()),
+            "message.snapshot" => text = ev.data["text"].as_str().unwrap_or_default().to_owned(),
+            _ => text.clear(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_starts_watching_mid_reply_gets_the_text_so_far_then_the_rest() {
+    run(TestOptions::default(), |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        // Six pieces 600 ms apart; nobody watches when the call starts, so the worker
+        // publishes nothing and keeps no partial text.
+        let reply = app
+            .post_message(
+                &token,
+                &chat,
+                json!({"content": "one two three four five six seven eight [[mock:chunk-pause=600]]"}),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let partial = partial_key(&app.settings.redis.prefix, reply.parse()?);
+        let client = redis::Client::open(app.settings.redis.url.expose().as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let kept: bool = redis::cmd("EXISTS").arg(&partial).query_async(&mut conn).await?;
+        assert!(!kept, "an unwatched reply keeps no partial text");
+
+        let (status, stream) = open(&app, &app.api, &chat, Some(&token), None, None).await?;
+        assert_eq!(status, StatusCode::OK);
+        let mut stream = stream.ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        let opened = std::time::Instant::now();
+        let first = stream.next_of(PROGRESS).await?;
+        let waited = opened.elapsed();
+        let so_far = first.data["text"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(first.data["seq"], 0, "{}", summary(&first));
+        assert!(
+            waited < Duration::from_millis(1_800),
+            "the text so far came {waited:?} after the stream opened"
+        );
+        let (text, seen, completed) = follow(&mut stream, &reply).await?;
+        let content = completed.data["content"].as_str().unwrap_or_default();
+        assert_eq!(completed.event, "message.completed");
+        assert!(
+            content.starts_with(&so_far) && so_far.len() < content.len() && !so_far.is_empty(),
+            "the first piece is the text so far: {so_far:?} of {content:?}"
+        );
+        assert_eq!(format!("{so_far}{text}"), content, "then the live pieces: {seen:?}");
         Ok(())
     })
     .await;

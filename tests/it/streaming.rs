@@ -1,7 +1,8 @@
 //! Streamed replies end to end: a test-owned queue bound to the stream exchange with the chat id
-//! receives the worker's deltas — in order, without gaps, adding up to the stored reply — the
-//! partial text waits in Redis with a TTL, a cut stream's retry starts over as attempt 2, and a
-//! broker that refuses the stream publishes costs the pieces, not the reply.
+//! (and the chat marked watched, as an API replica would) receives the worker's deltas — in
+//! order, without gaps, coalesced, adding up to the stored reply — the partial text waits in
+//! Redis with a TTL, a cut stream's retry starts over as attempt 2, a broker that refuses the
+//! stream publishes costs the pieces, not the reply, and a reply nobody watches costs nothing.
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -12,9 +13,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use sluice_shared::broker;
-use sluice_shared::stream::{Delta, Partial, StreamEvent, partial_key};
+use sluice_shared::stream::{
+    Delta, Partial, StreamEvent, partial_key, partial_text_key, watched_key,
+};
 use sluice_tests::{AMQP_ADDR, TestApp, TestOptions, eventually, run};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -28,10 +30,31 @@ struct Watcher {
     task: JoinHandle<()>,
 }
 
+/// Marks `chat` watched for a minute, as an API replica with a client on its event stream does
+/// (and keeps doing while the client stays).
+async fn mark_watched(app: &TestApp, chat: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(app.settings.redis.url.expose().as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("SET")
+        .arg(watched_key(&app.settings.redis.prefix, chat.parse()?))
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
+}
+
 impl Watcher {
     /// Binds a queue of the test's own (exclusive, gone with the connection) to the stream
-    /// exchange with `chat` as the routing key, and starts collecting.
+    /// exchange with `chat` as the routing key, marks the chat watched, and starts collecting.
     async fn start(app: &TestApp, chat: &str) -> anyhow::Result<Self> {
+        mark_watched(app, chat).await?;
+        Self::unmarked(app, chat).await
+    }
+
+    /// Collects what is published for `chat` without marking it watched.
+    async fn unmarked(app: &TestApp, chat: &str) -> anyhow::Result<Self> {
         let connection = broker::connect(
             &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),
             "sluice-tests stream watcher",
@@ -127,13 +150,20 @@ fn assert_in_order(deltas: &[Delta]) {
 async fn partial(app: &TestApp, message: &str) -> anyhow::Result<(Option<Partial>, i64)> {
     let client = redis::Client::open(app.settings.redis.url.expose().as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let key = partial_key(&app.settings.redis.prefix, message.parse()?);
-    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+    let (prefix, message) = (&app.settings.redis.prefix, message.parse()?);
+    let key = partial_key(prefix, message);
+    let (fields, text, ttl): (Vec<Option<String>>, Option<String>, i64) = redis::pipe()
+        .cmd("HMGET")
+        .arg(&key)
+        .arg("generation")
+        .arg("attempt")
+        .arg("seq")
+        .get(partial_text_key(prefix, message))
+        .cmd("PTTL")
         .arg(&key)
         .query_async(&mut conn)
         .await?;
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
-    Ok((Partial::from_fields(&fields), ttl))
+    Ok((Partial::from_parts(&fields, text), ttl))
 }
 
 /// Waits until Redis holds `text` as the partial of `message`, written by `attempt`.
@@ -165,7 +195,8 @@ async fn deltas_spell_the_stored_reply_in_order_and_redis_keeps_it() {
             .post_message(
                 &token,
                 &chat,
-                json!({"content": "tell me about rivers, lakes and the open sea"}),
+                // Pieces further apart than the coalescing time each go out on their own.
+                json!({"content": "tell me about rivers, lakes and the open sea [[mock:chunk-pause=80]]"}),
             )
             .await?;
         let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
@@ -239,24 +270,11 @@ async fn a_cut_stream_is_retried_and_attempt_two_starts_at_seq_zero() {
     .await;
 }
 
-/// `sluice_stream_chunks_total{outcome}` on the stack's first worker.
-async fn chunks_counted(app: &TestApp, outcome: &str) -> anyhow::Result<f64> {
-    let url = app.workers.lock().unwrap()[0]
-        .health
-        .replace("/health", "/metrics");
-    let text = app.http.get(url).send().await?.text().await?;
-    let wanted = format!("sluice_stream_chunks_total{{outcome=\"{outcome}\"}}");
-    Ok(text
-        .lines()
-        .filter_map(|line| line.strip_prefix(&wanted))
-        .filter_map(|value| value.trim().parse::<f64>().ok())
-        .sum())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_stored_when_the_broker_refuses_stream_publishes() {
     run(TestOptions::default(), |app| async move {
         let (token, chat) = app.user_with_chat().await?;
+        mark_watched(&app, &chat).await?;
         // Without the exchange every stream publish is refused (the channel is closed 404).
         let (conn, channel) = app.broker_channel().await?;
         channel
@@ -281,7 +299,8 @@ async fn replies_are_stored_when_the_broker_refuses_stream_publishes() {
             wait_partial(&app, &id, 1, &content(&reply)).await?;
         }
         eventually("dropped pieces to be counted", WAIT, || async {
-            Ok((chunks_counted(&app, "dropped").await? > 0.0).then_some(()))
+            let dropped = r#"sluice_stream_chunks_total{outcome="dropped"}"#;
+            Ok((worker_metric(&app, dropped).await? > 0.0).then_some(()))
         })
         .await?;
         // Put it back, as the stack found it.
@@ -299,6 +318,86 @@ async fn replies_are_stored_when_the_broker_refuses_stream_publishes() {
             .await
             .context("declaring the stream exchange again")?;
         let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// `name` summed over the stack's first worker's metrics page.
+async fn worker_metric(app: &TestApp, name: &str) -> anyhow::Result<f64> {
+    let url = app.workers.lock().unwrap()[0]
+        .health
+        .replace("/health", "/metrics");
+    let text = app.http.get(url).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_nobody_watches_publishes_nothing_and_keeps_no_partial() {
+    run(TestOptions::default(), |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let listener = Watcher::unmarked(&app, &chat).await?;
+        let id = app
+            .post_message(
+                &token,
+                &chat,
+                json!({"content": "one two three four five six"}),
+            )
+            .await?;
+        let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        eventually("the provider's pieces to be counted", WAIT, || async {
+            Ok(
+                (worker_metric(&app, "sluice_stream_pieces_received_total").await? >= 2.0)
+                    .then_some(()),
+            )
+        })
+        .await?;
+        assert_eq!(
+            worker_metric(&app, "sluice_stream_chunks_total").await?,
+            0.0
+        );
+        let (partial, _) = partial(&app, &id).await?;
+        assert_eq!(partial, None, "no partial text for an unwatched reply");
+        assert!(listener.deltas().is_empty(), "{:?}", listener.deltas());
+        listener.stop().await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_closer_than_the_coalescing_time_go_out_together() {
+    let options = TestOptions {
+        configure: Some(|s| s.stream.coalesce = Duration::from_millis(400)),
+        ..TestOptions::default()
+    };
+    run(options, |app| async move {
+        let (token, chat) = app.user_with_chat().await?;
+        let watcher = Watcher::start(&app, &chat).await?;
+        // Six pieces 50 ms apart: the first goes at once, the other five within one
+        // coalescing time of the next piece after it.
+        let id = app
+            .post_message(
+                &token,
+                &chat,
+                json!({"content": "one two three four five six seven [[mock:chunk-pause=50]]"}),
+            )
+            .await?;
+        let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+        let text = content(&reply);
+        let deltas = watcher.wait_for(1, &text).await?;
+        assert_in_order(&deltas);
+        assert!(
+            deltas.len() <= 3,
+            "six provider pieces in at most three deltas: {deltas:?}"
+        );
+        wait_partial(&app, &id, 1, &text).await?;
+        watcher.stop().await;
         Ok(())
     })
     .await;

@@ -4,19 +4,18 @@
 //! without counting an attempt. Keys behind a cooling egress route are skipped before
 //! reserving, so a message waits for them as it waits for budget. Each reservation is made
 //! on the keys running at that moment ([`Live`]), so a reload of the keys file reaches waiting
-//! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come, numbered per
-//! call. It knows nothing of the broker.
+//! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come. It knows nothing of the broker.
 
 use crate::bounds::instant_after;
 use crate::budget::{Budgets, Cooldown, NoBudget, Reservation};
-use crate::chunks::ChunkSink;
+use crate::chunks::{ChunkSink, ReplyId};
 use crate::provider::{Generation, Provider, ProviderError};
 use crate::stops::{Stops, Watch};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::marks::StopReason;
-use sluice_shared::stream::{self, Delta};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 /// A 429 without `retryDelay` cools down this long.
@@ -173,7 +172,7 @@ async fn serve(
             .set(f64::from(left));
         }
         let result = tokio::select! {
-            result = call(ctx, key, request, attempt) => result,
+            result = call(ctx, key, request, attempt, watch.watched()) => result,
             reason = watch.stopped() => {
                 // Cut short: the call was sent, so its slot and estimated tokens stay spent.
                 ctx.budgets.complete(model, &reservation, estimate).await;
@@ -228,31 +227,29 @@ async fn wait_or_give_up(
     None
 }
 
-/// Makes one provider call with `key`, streaming its pieces to the chunk sink, and records
-/// how long it took and how it ended.
+/// Makes one provider call with `key`, streaming its pieces to the chunk sink (which publishes
+/// them while somebody watches the chat), and records how long it took and how it ended.
 async fn call(
     ctx: &Context,
     key: &KeySpec,
     request: &RequestEnvelope,
     attempt: u32,
+    watched: Arc<AtomicBool>,
 ) -> Result<Generation, ProviderError> {
     let call_started = Instant::now();
-    // Each call numbers its pieces from 0: a call after a 429 or an invalid key (same
-    // attempt, uncounted) starts the text over.
-    let mut seq = 0u32;
-    let mut on_text = |text: &str| {
-        ctx.chunks.offer(Delta {
-            v: stream::VERSION,
+    let live = ctx.chunks.open(
+        ReplyId {
             chat_id: request.chat_id,
             message_id: request.request_id,
             generation: request.generation,
             attempt,
-            seq,
-            text: text.to_owned(),
-        });
-        seq = seq.saturating_add(1);
-    };
+        },
+        watched,
+    );
+    let mut on_text = |text: &str| live.push(text);
     let result = ctx.provider.generate(key, request, &mut on_text).await;
+    // The call is over: what the sink gathered and did not publish yet goes out now.
+    drop(live);
     // A cooling egress route sends nothing: no duration, no log line. A call made gets
     // one info line, which under the delivery's span names the trace.
     if !matches!(result, Err(ProviderError::EgressCooling)) {

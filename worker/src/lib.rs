@@ -180,9 +180,10 @@ async fn serve(
             amqp_url: settings.amqp.url.clone(),
             exchange: Topology::from_settings(&settings).stream_exchange(),
             // Partial texts live in Redis even when budgets are local (the API reads them).
-            redis: Some(redis_client.clone()),
+            redis: redis_client.clone(),
             redis_prefix: settings.redis.prefix.clone(),
             partial_ttl: settings.stream.partial_ttl,
+            coalesce: settings.stream.coalesce,
         },
         &mut supervisor,
     );

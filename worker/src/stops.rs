@@ -1,15 +1,17 @@
 //! Stop marks as the worker sees them ([`sluice_shared::marks`]): each request is checked once
 //! before anything is reserved for it, and every request in hand is checked together, in one
 //! `MGET`, about once a second, so a call whose reply was cancelled, superseded or deleted is
-//! cut short. A request also waits while an older generation of its message is still being cut
+//! cut short. The same reads tell whether somebody watches the request's chat, which decides
+//! whether its streamed pieces are published (see [`crate::chunks`]). A request also waits while an older generation of its message is still being cut
 //! short, so one reply has one call at a time; and each user's calls in flight are recorded,
-//! for `users.max_pending` to bound. Fails open: while Redis does not answer, nothing is stopped (the link rests a few
-//! seconds after a failure, so an outage costs one timeout, not one per delivery).
+//! for `users.max_pending` to bound. Fails open: while Redis does not answer, nothing is
+//! stopped and every chat counts as watched (the link rests a few seconds after a failure,
+//! so an outage costs one timeout, not one per delivery).
 
-use sluice_shared::marks::{Begin, Marks, StopReason, WorkId};
+use sluice_shared::marks::{Begin, Check, Marks, StopReason, WorkId};
 use sluice_shared::supervisor::every;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -35,14 +37,32 @@ struct Watched {
     signal: Arc<Signal>,
 }
 
-/// Set once, when a request is found stopped.
-#[derive(Default)]
+/// Set once, when a request is found stopped; and whether its chat is watched, as last read.
 struct Signal {
     reason: OnceLock<StopReason>,
     fired: CancellationToken,
+    watched: Arc<AtomicBool>,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Self {
+            reason: OnceLock::new(),
+            fired: CancellationToken::new(),
+            // Until Redis says otherwise (or when it cannot), somebody may be watching.
+            watched: Arc::new(AtomicBool::new(true)),
+        }
+    }
 }
 
 impl Signal {
+    fn found(&self, check: Check) {
+        self.watched.store(check.watched, Ordering::Relaxed);
+        if let Some(reason) = check.stopped {
+            self.fire(reason);
+        }
+    }
+
     fn fire(&self, reason: StopReason) {
         if self.reason.set(reason).is_ok() {
             self.fired.cancel();
@@ -96,16 +116,14 @@ impl Stops {
         metrics::counter!("sluice_stop_checks_failed_total").increment(1);
     }
 
-    /// Asks about `work` and fires the signals of those found stopped.
+    /// Asks about `work`: fires the signals of those found stopped and notes which are watched.
     async fn check(&self, work: &[(WorkId, Arc<Signal>)]) {
         let Some(marks) = &self.marks else { return };
         let ids: Vec<WorkId> = work.iter().map(|(w, _)| *w).collect();
-        match marks.stopped(&ids).await {
-            Ok(reasons) => {
-                for ((_, signal), reason) in work.iter().zip(reasons) {
-                    if let Some(reason) = reason {
-                        signal.fire(reason);
-                    }
+        match marks.check(&ids).await {
+            Ok(checks) => {
+                for ((_, signal), check) in work.iter().zip(checks) {
+                    signal.found(check);
                 }
             }
             Err(e) => self.failed("stop check", &e),
@@ -148,6 +166,12 @@ impl Watch {
         self.signal.reason.get().copied()
     }
 
+    /// Whether somebody watches the request's chat, as last read (shared, kept up to date by
+    /// the once-a-second check).
+    pub fn watched(&self) -> Arc<AtomicBool> {
+        self.signal.watched.clone()
+    }
+
     /// Resolves when the request is found stopped (never, if it is not).
     pub async fn stopped(&self) -> StopReason {
         self.signal.fired.cancelled().await;
@@ -163,7 +187,8 @@ impl Watch {
         let started = tokio::time::Instant::now();
         loop {
             match marks.begin(&self.work, self.stops.longest_call).await {
-                Ok(Begin::Go) => {
+                Ok(Begin::Go { watched }) => {
+                    self.signal.watched.store(watched, Ordering::Relaxed);
                     self.recorded = true;
                     return None;
                 }

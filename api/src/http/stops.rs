@@ -6,7 +6,7 @@
 use crate::http::limits::user_keys_pattern;
 use sluice_shared::Settings;
 use sluice_shared::marks::{Marks, StopReason, stop_ttl};
-use sluice_shared::stream::partial_key;
+use sluice_shared::stream::{partial_key, partial_text_key};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -69,7 +69,12 @@ impl StopMarks {
     pub async fn forget_user(&self, user: Uuid, replies: &[Uuid]) {
         let mut keys: Vec<String> = replies
             .iter()
-            .map(|m| partial_key(&self.prefix, *m))
+            .flat_map(|m| {
+                [
+                    partial_key(&self.prefix, *m),
+                    partial_text_key(&self.prefix, *m),
+                ]
+            })
             .collect();
         keys.push(self.marks.in_flight_key(user));
         let pattern = user_keys_pattern(&self.prefix, user);

@@ -3,6 +3,8 @@
 //! after the last), and a consumer handing every event to that chat's watchers through bounded
 //! channels. A watcher whose channel is full is dropped as too slow, never buffered without
 //! bound. After a lost connection the queue is declared again and every watched chat rebound.
+//! Each watched chat is also marked in Redis (refreshed while watchers stay), so workers
+//! publish pieces only of replies somebody here or on another replica watches.
 
 use super::partials::Partials;
 use futures_util::StreamExt;
@@ -10,7 +12,8 @@ use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use sluice_shared::broker::{self, BrokerError};
-use sluice_shared::stream::StreamEvent;
+use sluice_shared::stream::{StreamEvent, WATCHED_REFRESH};
+use sluice_shared::supervisor::every;
 use sluice_shared::{Secret, Topology};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -194,12 +197,31 @@ impl Hub {
             chat,
             hub: self.0.clone(),
         };
-        if let Some(bound) = bound
-            && tokio::time::timeout(BIND_WAIT, bound).await.is_err()
-        {
-            tracing::debug!(%chat, "watching without a binding yet (is the broker away?)");
+        if let Some(bound) = bound {
+            // The mark goes up with the binding: a worker that sees it publishes, and the
+            // binding is what lets those pieces reach here.
+            let chats = [chat];
+            let (bound, ()) = tokio::join!(
+                tokio::time::timeout(BIND_WAIT, bound),
+                self.0.partials.mark_watched(&chats),
+            );
+            if bound.is_err() {
+                tracing::debug!(%chat, "watching without a binding yet (is the broker away?)");
+            }
         }
         watch
+    }
+
+    /// Keeps the Redis marks of the watched chats alive, every [`WATCHED_REFRESH`], until
+    /// `cancel` fires. A chat nobody watches any more is simply not refreshed: its mark
+    /// lapses within [`sluice_shared::stream::WATCHED_TTL`] (another replica may still
+    /// watch it, so it is not deleted).
+    pub async fn refresh_marks(self, cancel: CancellationToken) {
+        let inner = &self.0;
+        every(WATCHED_REFRESH, &cancel, move || async move {
+            inner.partials.mark_watched(&inner.watched()).await;
+        })
+        .await;
     }
 }
 
