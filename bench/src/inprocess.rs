@@ -3,8 +3,10 @@
 //! PostgreSQL, RabbitMQ and Redis) through the same harness as the end-to-end tests.
 //!
 //! - fidelity: K keys × R calls per window, enforced by mock-gemini; offered load well above
-//!   the budget; reports calls accepted upstream ÷ budget (leaving out the first window), the
-//!   mock's 429s and its most calls in any window, per backend and worker count.
+//!   the budget; for each window length × call length (streamed replies, first piece to last)
+//!   × backend × worker count, reports the share of the budget used upstream (from how soon
+//!   each window's worth of calls follows the one before, leaving out the first window), the
+//!   mock's 429s and its most calls in any window.
 //! - faults: mock-gemini fails a share of calls with 503; short retry delays; reports how many
 //!   messages completed and how many answers were duplicated.
 
@@ -23,20 +25,47 @@ pub struct FidelityArgs {
     /// Calls per window per key, enforced by mock-gemini and configured in Sluice.
     #[arg(long, default_value_t = 20)]
     per_window: u32,
-    #[arg(long, default_value_t = 2_000)]
-    window_ms: u64,
+    /// Window lengths to measure (ms).
+    #[arg(
+        long = "window-ms",
+        value_delimiter = ',',
+        default_value = "1000,10000"
+    )]
+    windows_ms: Vec<u64>,
+    /// Call lengths to measure (ms): each reply streams in six pieces, the last this long
+    /// after the first (0: all at once).
+    #[arg(long = "call-ms", value_delimiter = ',', default_value = "0,2000")]
+    calls_ms: Vec<u64>,
     /// Worker counts to measure.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     workers: Vec<usize>,
     /// Budget backends to measure (`local` runs with EXPECTED_REPLICAS=1: per-worker limits).
-    #[arg(long, value_delimiter = ',', default_value = "redis,local")]
+    #[arg(long, value_delimiter = ',', default_value = "redis")]
     backends: Vec<String>,
-    /// Windows measured after the first one.
-    #[arg(long, default_value_t = 5)]
+    /// Windows measured after the first one (more when they fit in `min_span_ms`).
+    #[arg(long, default_value_t = 2)]
     windows: u32,
+    /// The shortest measured span (ms): short windows are measured over more of them.
+    #[arg(long, default_value_t = 10_000)]
+    min_span_ms: u64,
     #[arg(long)]
     json: bool,
 }
+
+/// One cell of the fidelity matrix.
+#[derive(Debug, Clone, Copy)]
+struct Cell<'a> {
+    backend: &'a str,
+    workers: usize,
+    window_ms: u64,
+    call_ms: u64,
+}
+
+/// Pieces a streamed mock reply comes in: mock-gemini splits a reply into at most six (its
+/// `MAX_CHUNKS`), and the bench's prompts make replies of more words than that.
+const PIECES: u64 = 6;
+/// How often the bench reads the mock's count of accepted calls.
+const SAMPLE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Args)]
 pub struct FaultsArgs {
@@ -100,56 +129,90 @@ fn accepted(app: &TestApp) -> u64 {
     app.mock.stats().accepted_per_key.values().sum()
 }
 
-async fn fidelity_run(args: &FidelityArgs, backend: &str, workers: usize) -> anyhow::Result<Value> {
+/// When the mock accepted each call, in ms after the first, read from its counter every
+/// [`SAMPLE`] until `span` after the first (calls seen in one reading share its time).
+async fn arrivals(app: &TestApp, span: Duration) -> anyhow::Result<Vec<f64>> {
+    let waiting = Instant::now();
+    while accepted(app) == 0 {
+        anyhow::ensure!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "no call reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let first = Instant::now();
+    let mut times = vec![0.0];
+    while first.elapsed() < span {
+        tokio::time::sleep(SAMPLE).await;
+        let now = first.elapsed().as_secs_f64() * 1000.0;
+        let seen = usize::try_from(accepted(app))?;
+        times.resize(seen.max(times.len()), now);
+    }
+    Ok(times)
+}
+
+/// The share of the budget used: a window's worth of calls (`budget`) fits in one window at
+/// best, so the share is the window ÷ how long after each call the call `budget` later came,
+/// on average, leaving out the first window's calls. Unlike counting calls between two
+/// instants, this does not depend on where the instants fall between bursts. `None` with
+/// fewer than two windows' worth of calls after the first.
+fn used_share(times: &[f64], budget: usize, window_ms: u64) -> Option<f64> {
+    let pairs = times.len().checked_sub(2 * budget).filter(|&n| n > 0)?;
+    let gaps: f64 = (budget..budget + pairs)
+        .map(|k| times[k + budget] - times[k])
+        .sum();
+    Some(window_ms as f64 / (gaps / pairs as f64))
+}
+
+async fn fidelity_run(args: &FidelityArgs, cell: Cell<'_>) -> anyhow::Result<Value> {
     let options = TestOptions {
         workers: 0,
         keys: keys(args.keys),
         mock: mock_gemini::MockConfig {
             limit_per_window: Some(args.per_window),
-            window_ms: args.window_ms,
+            window_ms: cell.window_ms,
+            chunk_pause_ms: cell.call_ms / (PIECES - 1),
             ..Default::default()
         },
         rpm: args.per_window,
-        window_ms: args.window_ms,
+        window_ms: cell.window_ms,
         budget_wait_ms: 60_000,
-        limits_backend: backend.parse()?,
+        limits_backend: cell.backend.parse()?,
         expected_replicas: 1,
-        retry_delays_ms: vec![args.window_ms],
+        retry_delays_ms: vec![cell.window_ms],
+        configure: Some(|settings| settings.provider.stream = true),
         ..Default::default()
     };
     let app = Arc::new(TestApp::spawn(options).await?);
     let result = async {
-        for _ in 0..workers {
-            app.add_worker(None).await?;
-        }
-        let budget_per_window = args.keys as u64 * u64::from(args.per_window);
+        let budget = args.keys * usize::try_from(args.per_window)?;
+        let windows = u64::from(args.windows).max(args.min_span_ms.div_ceil(cell.window_ms));
         // Twice what the measured span can absorb, so the queue never runs dry.
-        let offered = usize::try_from(budget_per_window * u64::from(args.windows + 2) * 2)?;
+        let offered = budget * usize::try_from(windows + 3)? * 2;
         post_all(&app, offered, 16).await?;
-        let started = Instant::now();
-        while app.mock.stats().calls == 0 {
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "no call reached the provider"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Enough deliveries in hand across the fleet for a window's calls in flight as long
+        // as they last, and as many waiting for the next slots (16 at least, as in tests).
+        let in_hand = 2 * budget as u64 * (cell.window_ms + cell.call_ms) / cell.window_ms;
+        let prefetch = u16::try_from(in_hand.div_ceil(cell.workers as u64).max(16))?;
+        for _ in 0..cell.workers {
+            let mut settings = app.settings.clone();
+            settings.worker.prefetch = prefetch;
+            app.start_worker(settings).await?;
         }
-        tokio::time::sleep(Duration::from_millis(args.window_ms)).await;
-        let (t1, a1) = (Instant::now(), accepted(&app));
-        tokio::time::sleep(Duration::from_millis(
-            args.window_ms * u64::from(args.windows),
-        ))
-        .await;
-        let (t2, a2) = (Instant::now(), accepted(&app));
+        // The first window, the measured ones, and half a window for the last to be seen.
+        let span = Duration::from_millis(cell.window_ms * (windows + 1) + cell.window_ms / 2);
+        let times = arrivals(&app, span).await?;
+        let share = used_share(&times, budget, cell.window_ms);
         let stats = app.mock.stats();
-        let budget =
-            budget_per_window as f64 * (t2 - t1).as_secs_f64() * 1000.0 / args.window_ms as f64;
         anyhow::Ok(json!({
-            "backend": backend,
-            "workers": workers,
-            "accepted": a2 - a1,
-            "budget": budget,
-            "ratio": (a2 - a1) as f64 / budget,
+            "backend": cell.backend,
+            "workers": cell.workers,
+            "window_ms": cell.window_ms,
+            "call_ms": cell.call_ms,
+            "prefetch": prefetch,
+            "accepted": times.len(),
+            "windows_seen": times.len() / budget,
+            "used": share,
             "rate_limited": stats.rate_limited,
             "max_in_window": stats.max_in_window,
             "limit_per_window": args.per_window,
@@ -165,25 +228,34 @@ async fn fidelity_run(args: &FidelityArgs, backend: &str, workers: usize) -> any
 pub async fn fidelity(args: FidelityArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     println!(
-        "budget fidelity: {} keys x {} calls per {} ms window, measured over {} windows after the first",
-        args.keys, args.per_window, args.window_ms, args.windows
+        "budget fidelity: {} keys x {} calls per window, streamed replies in {PIECES} pieces",
+        args.keys, args.per_window
     );
     println!(
-        "backend  workers  accepted/budget  429s  most in a window (limit {})",
+        "window ms  call ms  backend  workers  budget used  429s  most in a window (limit {})  windows seen",
         args.per_window
     );
-    for backend in &args.backends {
-        for &workers in &args.workers {
-            let row = fidelity_run(&args, backend, workers).await?;
-            println!(
-                "{:<8} {:>7}  {:>14.1} %  {:>4}  {:>4}",
-                backend,
-                workers,
-                row["ratio"].as_f64().unwrap_or_default() * 100.0,
-                row["rate_limited"],
-                row["max_in_window"],
-            );
-            rows.push(row);
+    for &window_ms in &args.windows_ms {
+        for &call_ms in &args.calls_ms {
+            for backend in &args.backends {
+                for &workers in &args.workers {
+                    let cell = Cell {
+                        backend,
+                        workers,
+                        window_ms,
+                        call_ms,
+                    };
+                    let row = fidelity_run(&args, cell).await?;
+                    let used = row["used"]
+                        .as_f64()
+                        .map_or_else(|| "n/a".to_owned(), |u| format!("{:.1} %", u * 100.0));
+                    println!(
+                        "{window_ms:>9}  {call_ms:>7}  {backend:<7}  {workers:>7}  {used:>11}  {:>4}  {:>29}  {:>12}",
+                        row["rate_limited"], row["max_in_window"], row["windows_seen"],
+                    );
+                    rows.push(row);
+                }
+            }
         }
     }
     if args.json {

@@ -404,3 +404,90 @@ async fn tokens_are_reserved_then_reconciled_with_the_real_usage() {
     })
     .await;
 }
+
+/// Two messages on one key allowing one call per second: when the mock accepted each call
+/// (ms since the epoch), the first's reply, and the mock's 429s.
+async fn two_calls_one_slot(app: &TestApp) -> anyhow::Result<(u64, u64, Value)> {
+    let replies = post_many(app, 2, "one slot").await?;
+    assert!(
+        replies.iter().all(|r| r["status"] == "completed"),
+        "{replies:?}"
+    );
+    assert_eq!(app.mock.stats().rate_limited, 0, "never early: no 429");
+    let arrivals: Vec<u64> = app.mock.requests().iter().map(|r| r.at_ms).collect();
+    match arrivals.as_slice() {
+        [first, second] => Ok((*first, *second, replies[0].clone())),
+        other => anyhow::bail!("two calls expected: {other:?}"),
+    }
+}
+
+fn one_call_per_second(mock: mock_gemini::MockConfig) -> TestOptions {
+    TestOptions {
+        keys: vec![("only".into(), "secret-only".into())],
+        rpm: 1,
+        window_ms: 1_000,
+        mock: mock_gemini::MockConfig {
+            limit_per_window: Some(1),
+            window_ms: 1_000,
+            ..mock
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_call_frees_its_slot_one_window_after_its_first_event() {
+    // Six pieces 300 ms apart: the call streams for 1.5 s, longer than the window.
+    let options = TestOptions {
+        configure: Some(|settings| settings.provider.stream = true),
+        ..one_call_per_second(mock_gemini::MockConfig {
+            chunk_pause_ms: 300,
+            ..Default::default()
+        })
+    };
+    run(options, |app| async move {
+        let (first, second, reply) = two_calls_one_slot(&app).await?;
+        let first_done = reply["completed_at"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no completed_at: {reply}"))?
+            .parse::<chrono::DateTime<chrono::Utc>>()?
+            .timestamp_millis();
+        let first_done = u64::try_from(first_done)?;
+        assert!(
+            first_done >= first + 1_500,
+            "the first call streamed for 1.5 s: {first} → {first_done}"
+        );
+        let gap = second - first;
+        assert!(gap >= 1_000, "never within the window: {gap} ms");
+        // Counted from completion, the second call could not come before 1.5 s + 1 s.
+        assert!(
+            second < first_done,
+            "the slot freed one window after the first event, while the first call still \
+             streamed: second call at +{gap} ms, first done at +{} ms",
+            first_done - first
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_reply_still_frees_its_slot_one_window_after_it_came() {
+    let options = TestOptions {
+        configure: Some(|settings| settings.provider.stream = false),
+        ..one_call_per_second(mock_gemini::MockConfig {
+            latency_ms: 700,
+            ..Default::default()
+        })
+    };
+    run(options, |app| async move {
+        let (first, second, _) = two_calls_one_slot(&app).await?;
+        let gap = second - first;
+        assert!(
+            gap >= 1_700,
+            "without a streamed event the slot counts from the reply: 700 ms + 1 s, got {gap} ms"
+        );
+        Ok(())
+    })
+    .await;
+}

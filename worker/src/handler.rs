@@ -7,7 +7,7 @@
 //! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come. It knows nothing of the broker.
 
 use crate::bounds::instant_after;
-use crate::budget::{Budgets, Cooldown, NoBudget, Reservation};
+use crate::budget::{Budgets, Cooldown, FirstEvent, NoBudget, Reservation};
 use crate::chunks::{ChunkSink, ReplyId};
 use crate::provider::{Generation, Provider, ProviderError};
 use crate::stops::{Stops, Watch};
@@ -171,16 +171,32 @@ async fn serve(
             )
             .set(f64::from(left));
         }
+        // The slot counts from the call's first event: dated mid-call for a long call (beside
+        // it, so the stream is never left waiting on Redis), or at its settling.
+        let first_event = FirstEvent::default();
         let result = tokio::select! {
-            result = call(ctx, key, request, attempt, watch.watched()) => result,
+            result = call(ctx, key, request, attempt, watch.watched(), &first_event) => result,
+            never = ctx.budgets.date_from_first_event(model, &reservation, &first_event) => {
+                match never {}
+            }
             reason = watch.stopped() => {
                 // Cut short: the call was sent, so its slot and estimated tokens stay spent.
-                ctx.budgets.complete(model, &reservation, estimate).await;
+                ctx.budgets.complete(model, &reservation, estimate, first_event.ago()).await;
                 called(key, "stopped");
                 return stopped(reason, true);
             }
         };
-        if let Some(outcome) = settle(ctx, request, estimate, &reservation, result).await {
+        let first_event_ago = first_event.ago();
+        if let Some(outcome) = settle(
+            ctx,
+            request,
+            estimate,
+            &reservation,
+            first_event_ago,
+            result,
+        )
+        .await
+        {
             return outcome;
         }
     }
@@ -235,6 +251,7 @@ async fn call(
     request: &RequestEnvelope,
     attempt: u32,
     watched: Arc<AtomicBool>,
+    first_event: &FirstEvent,
 ) -> Result<Generation, ProviderError> {
     let call_started = Instant::now();
     let live = ctx.chunks.open(
@@ -246,7 +263,11 @@ async fn call(
         },
         watched,
     );
-    let mut on_text = |text: &str| live.push(text);
+    let mut on_text = |text: &str| {
+        // The provider took the call by now: its budget slot counts from the first piece.
+        first_event.mark();
+        live.push(text);
+    };
     let result = ctx.provider.generate(key, request, &mut on_text).await;
     // The call is over: what the sink gathered and did not publish yet goes out now.
     drop(live);
@@ -275,6 +296,7 @@ async fn settle(
     request: &RequestEnvelope,
     estimate: u32,
     reservation: &Reservation,
+    first_event_ago: Option<Duration>,
     result: Result<Generation, ProviderError>,
 ) -> Option<Outcome> {
     let model = request.model.as_str();
@@ -286,7 +308,9 @@ async fn settle(
                 .usage
                 .prompt_tokens
                 .saturating_add(generation.usage.completion_tokens);
-            ctx.budgets.complete(model, reservation, used).await;
+            ctx.budgets
+                .complete(model, reservation, used, first_event_ago)
+                .await;
             ctx.budgets.clear_strikes(reservation.key).await;
             Some(Outcome::Completed {
                 generation,
@@ -335,7 +359,9 @@ async fn settle(
             None
         }
         Err(ProviderError::Transient { kind, message }) => {
-            ctx.budgets.complete(model, reservation, estimate).await;
+            ctx.budgets
+                .complete(model, reservation, estimate, first_event_ago)
+                .await;
             Some(Outcome::Retryable {
                 error: ErrorInfo {
                     kind: kind.into(),
@@ -345,7 +371,9 @@ async fn settle(
             })
         }
         Err(ProviderError::Permanent { kind, message }) => {
-            ctx.budgets.complete(model, reservation, estimate).await;
+            ctx.budgets
+                .complete(model, reservation, estimate, first_event_ago)
+                .await;
             Some(Outcome::Permanent {
                 error: ErrorInfo {
                     kind: kind.into(),

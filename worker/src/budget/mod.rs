@@ -2,17 +2,19 @@
 //! worker replica. [`redis`] keeps them fleet-wide in one atomic script on Redis server time;
 //! [`local`] keeps them in this process (governor), at budget ÷ expected replicas — chosen on
 //! purpose with `SLUICE__LIMITS__BACKEND=local`, or taken over while Redis is unreachable, until
-//! Redis answers again.
+//! Redis answers again. A call's slot is dated from the call's first streamed event when it
+//! has one ([`FirstEvent`]), from its completion when it has none.
 
 pub mod local;
 pub mod redis;
 
-use crate::bounds::{MAX_PROVIDER_DELAY, THROTTLE_WINDOW};
+use crate::bounds::{MAX_PROVIDER_DELAY, THROTTLE_WINDOW, instant_after};
 use sluice_shared::keypool::{CooldownReason, KeySpec, next_pacific_midnight};
-use std::sync::Arc;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 /// How often a degraded worker asks whether Redis is back.
 const REDIS_RECHECK: Duration = Duration::from_secs(1);
@@ -35,6 +37,40 @@ pub enum NoBudget {
     RetryIn(Duration),
     /// Every candidate key is disabled.
     NoKeys,
+}
+
+/// When a call's first streamed event arrived. The provider counts a call when it arrives,
+/// which is before its first event, so a slot dated from this moment never frees early. The
+/// call marks it; its budget reads it (see [`Budgets::date_from_first_event`]).
+#[derive(Debug, Default)]
+pub struct FirstEvent {
+    at: OnceLock<Instant>,
+    arrived: Notify,
+}
+
+impl FirstEvent {
+    /// The call's text arrived: the first time, remember now (later calls change nothing).
+    pub fn mark(&self) {
+        if self.at.set(Instant::now()).is_ok() {
+            // `notify_one` keeps a permit if nobody waits yet, so the waiter never misses it.
+            self.arrived.notify_one();
+        }
+    }
+
+    /// How long ago the first event arrived; `None` before it (or for a call without one).
+    pub fn ago(&self) -> Option<Duration> {
+        self.at.get().map(Instant::elapsed)
+    }
+
+    /// Waits for the first event (for ever, for a call that has none).
+    async fn arrived(&self) -> Instant {
+        loop {
+            if let Some(at) = self.at.get() {
+                return *at;
+            }
+            self.arrived.notified().await;
+        }
+    }
 }
 
 /// Why a (project, model) stops being used for a while.
@@ -160,18 +196,61 @@ impl Budgets {
         self.local.reserve(model, estimate, skip)
     }
 
-    /// The call finished (whatever its answer): its slot frees one window from now, holding
-    /// the tokens actually used.
-    pub async fn complete(&self, model: &str, reservation: &Reservation, tokens: u32) {
+    /// The call finished (whatever its answer): its slot now holds the tokens actually used,
+    /// and frees one window after the call's first event (`first_event_ago`, see
+    /// [`FirstEvent::ago`]) or, for a call without one, one window from now. Local budgets
+    /// counted the call when they reserved it: nothing to do there.
+    pub async fn complete(
+        &self,
+        model: &str,
+        reservation: &Reservation,
+        tokens: u32,
+        first_event_ago: Option<Duration>,
+    ) {
         if let (Some(id), Some(redis)) = (&reservation.redis_id, self.redis().await) {
             let key = &self.keys[reservation.key];
             if let Err(e) = redis
-                .complete(key, model, id, reservation.estimate, tokens)
+                .complete(
+                    key,
+                    model,
+                    id,
+                    reservation.estimate,
+                    tokens,
+                    first_event_ago,
+                )
                 .await
             {
                 self.degrade(&e);
             }
         }
+    }
+
+    /// Runs beside a call and never ends (drop it when the call ends). A call still running
+    /// half a window after its first event has its slot dated from that event in Redis now,
+    /// so a call longer than the window frees its slot one window after the provider took
+    /// it, not one window after it ends. Shorter calls cost no round trip here: their
+    /// completion carries the time. A slot of local budgets needs nothing.
+    pub async fn date_from_first_event(
+        &self,
+        model: &str,
+        reservation: &Reservation,
+        first_event: &FirstEvent,
+    ) -> Infallible {
+        if let Some(id) = &reservation.redis_id {
+            let at = first_event.arrived().await;
+            let key = &self.keys[reservation.key];
+            // Half a window leaves the mark half a window to land before the slot would free.
+            let half = Duration::from_millis(key.window_ms) / 2;
+            tokio::time::sleep_until(instant_after(at, half).into()).await;
+            if let Some(redis) = self.redis().await
+                && let Err(e) = redis
+                    .taken(key, model, id, reservation.estimate, at.elapsed())
+                    .await
+            {
+                self.degrade(&e);
+            }
+        }
+        std::future::pending().await
     }
 
     /// The provider refused the call without counting it (429): give the slot back.
@@ -289,5 +368,309 @@ impl Budgets {
             },
             None => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Slots against the real Redis (its own prefix per test), dated by Redis server time: the
+    //! same clock the scripts read, so each bound is checked without guessing at delays.
+
+    use super::*;
+    use crate::fixtures::keys;
+    use sluice_shared::Settings;
+    use sluice_shared::keypool::RedisLayout;
+    use sluice_shared::redis_link::RedisLink;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const MODEL: &str = "m";
+
+    /// Budgets of one key allowing one call per `window_ms`, in Redis under a fresh prefix.
+    struct Fixture {
+        budgets: Budgets,
+        redis: redis::RedisBudgets,
+        link: Arc<RedisLink>,
+        layout: RedisLayout,
+        key: KeySpec,
+    }
+
+    impl Fixture {
+        fn new(window_ms: u64) -> Result<Self, Box<dyn std::error::Error>> {
+            let url = Settings::defaults()?.redis.url;
+            let link = Arc::new(RedisLink::new(::redis::Client::open(
+                url.expose().as_str(),
+            )?));
+            let layout = RedisLayout::new(format!("t-budget-{}:", uuid::Uuid::new_v4().simple()));
+            let mut key = keys(1, 1)[0].clone();
+            key.window_ms = window_ms;
+            let keys = Arc::new(vec![key.clone()]);
+            let backend =
+                || redis::RedisBudgets::new(link.clone(), layout.clone(), keys.clone(), 30_000);
+            Ok(Self {
+                budgets: Budgets::new(keys.clone(), Some(backend()), 1),
+                redis: backend(),
+                link: link.clone(),
+                layout: layout.clone(),
+                key,
+            })
+        }
+
+        /// Redis server time, in ms (with the fraction).
+        async fn server_ms(&self) -> Result<f64, ::redis::RedisError> {
+            let (secs, micros): (u64, u64) = self
+                .link
+                .run(|mut c| async move { ::redis::cmd("TIME").query_async(&mut c).await })
+                .await?;
+            Ok(secs as f64 * 1000.0 + micros as f64 / 1000.0)
+        }
+
+        /// The score of every slot held now.
+        async fn slots(&self) -> Result<Vec<f64>, ::redis::RedisError> {
+            let calls = self.layout.calls(&self.key.project, MODEL);
+            let held: Vec<(String, f64)> = self
+                .link
+                .run(|mut c| async move {
+                    ::redis::cmd("ZRANGE")
+                        .arg(calls)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(held.into_iter().map(|(_, score)| score).collect())
+        }
+
+        /// The one slot held now.
+        async fn slot(&self) -> Result<f64, Box<dyn std::error::Error>> {
+            match self.slots().await?.as_slice() {
+                [score] => Ok(*score),
+                other => Err(format!("one slot expected, found {other:?}").into()),
+            }
+        }
+
+        /// Reserves every 5 ms until a slot frees; returns the server time just before and
+        /// just after the reservation that got it.
+        async fn first_free(&self) -> Result<(f64, f64, Reservation), Box<dyn std::error::Error>> {
+            loop {
+                let before = self.server_ms().await?;
+                let reserved = self.budgets.reserve(MODEL, 10, &[]).await;
+                let after = self.server_ms().await?;
+                match reserved {
+                    Ok(reservation) => return Ok((before, after, reservation)),
+                    Err(NoBudget::RetryIn(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(NoBudget::NoKeys) => return Err("no key".into()),
+                }
+            }
+        }
+
+        async fn cleanup(&self) -> Result<(), ::redis::RedisError> {
+            let pattern = self.layout.pattern();
+            self.link
+                .run(|mut c| async move {
+                    let keys: Vec<String> = ::redis::cmd("KEYS")
+                        .arg(pattern)
+                        .query_async(&mut c)
+                        .await?;
+                    if !keys.is_empty() {
+                        ::redis::cmd("DEL")
+                            .arg(keys)
+                            .query_async::<()>(&mut c)
+                            .await?;
+                    }
+                    Ok(())
+                })
+                .await
+        }
+    }
+
+    /// A call going on for `length`, with its budget's mid-call dating beside it as in the
+    /// handler (a streamed call's `first_event` is marked by the test).
+    async fn call(
+        fixture: &Fixture,
+        reservation: &Reservation,
+        first_event: &FirstEvent,
+        length: Duration,
+    ) {
+        tokio::select! {
+            () = tokio::time::sleep(length) => {}
+            never = fixture.budgets.date_from_first_event(MODEL, reservation, first_event) => {
+                match never {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_call_counts_from_its_first_event_not_its_completion() -> TestResult {
+        let fixture = Fixture::new(1_000)?;
+        let taken = fixture
+            .budgets
+            .reserve(MODEL, 10, &[])
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let first_event = FirstEvent::default();
+        let event_before = fixture.server_ms().await?;
+        first_event.mark();
+        let event_after = fixture.server_ms().await?;
+        // 300 ms is less than half the window: no mid-call mark, the completion dates it.
+        call(&fixture, &taken, &first_event, Duration::from_millis(300)).await;
+        assert!(
+            fixture.slot().await? > fixture.server_ms().await? + 1_000.0,
+            "a short call is not dated before it completes (no extra round trip)"
+        );
+        let completed = fixture.server_ms().await?;
+        fixture
+            .budgets
+            .complete(MODEL, &taken, 12, first_event.ago())
+            .await;
+        let score = fixture.slot().await?;
+        assert!(
+            score >= event_before,
+            "never before the first event: {score} < {event_before}"
+        );
+        assert!(
+            score <= event_after + 2.0,
+            "dated to the first event ({event_before}..{event_after}), not the completion ({completed}): {score}"
+        );
+        let (before, after, _) = fixture.first_free().await?;
+        assert!(
+            after >= score + 1_000.0,
+            "never free before first event + window: {after} < {score} + 1000"
+        );
+        assert!(
+            before <= score + 1_000.0 + 200.0 && before < completed + 1_000.0,
+            "free one window after the first event, not after the completion ({completed}): {before}"
+        );
+        fixture.cleanup().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_streamed_event_counts_from_its_completion() -> TestResult {
+        let fixture = Fixture::new(1_000)?;
+        let taken = fixture
+            .budgets
+            .reserve(MODEL, 10, &[])
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let first_event = FirstEvent::default();
+        // Longer than half the window: without a first event, no mark either.
+        call(&fixture, &taken, &first_event, Duration::from_millis(700)).await;
+        assert!(
+            fixture.slot().await? > fixture.server_ms().await? + 1_000.0,
+            "still in flight"
+        );
+        let completed_before = fixture.server_ms().await?;
+        fixture
+            .budgets
+            .complete(MODEL, &taken, 12, first_event.ago())
+            .await;
+        let completed_after = fixture.server_ms().await?;
+        let score = fixture.slot().await?;
+        assert!(
+            score >= completed_before && score <= completed_after + 2.0,
+            "dated to the completion ({completed_before}..{completed_after}): {score}"
+        );
+        let (_, after, _) = fixture.first_free().await?;
+        assert!(
+            after >= score + 1_000.0,
+            "never free before completion + window: {after} < {score} + 1000"
+        );
+        fixture.cleanup().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stream_longer_than_the_window_frees_its_slot_while_it_still_runs() -> TestResult {
+        let fixture = Fixture::new(1_000)?;
+        let taken = fixture
+            .budgets
+            .reserve(MODEL, 10, &[])
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let first_event = FirstEvent::default();
+        let event_before = fixture.server_ms().await?;
+        first_event.mark();
+        let event_after = fixture.server_ms().await?;
+        // The call streams for 1.8 s; another worker wants the key's only slot meanwhile.
+        let (running, freed) = tokio::join!(
+            async {
+                call(&fixture, &taken, &first_event, Duration::from_millis(1_800)).await;
+                fixture.server_ms().await
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let marked = fixture.slot().await?;
+                let freed = fixture.first_free().await?;
+                Ok::<_, Box<dyn std::error::Error>>((marked, freed))
+            }
+        );
+        let (ended, (marked, (before, after, next))) = (running?, freed?);
+        assert!(
+            marked >= event_before && marked <= event_after + 2.0,
+            "dated mid-call to the first event ({event_before}..{event_after}): {marked}"
+        );
+        assert!(
+            after >= marked + 1_000.0,
+            "never free before first event + window: {after}"
+        );
+        assert!(
+            before <= marked + 1_200.0 && before < ended,
+            "free one window after the first event, while the call still ran (until {ended}): {before}"
+        );
+        // Its completion finds the slot gone and leaves the next call's alone.
+        fixture
+            .budgets
+            .complete(MODEL, &taken, 12, first_event.ago())
+            .await;
+        fixture.budgets.complete(MODEL, &next, 10, None).await;
+        assert_eq!(
+            fixture.slots().await?.len(),
+            1,
+            "only the second call's slot"
+        );
+        fixture.cleanup().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_completion_keeps_an_earlier_mark_and_swaps_the_tokens() -> TestResult {
+        let fixture = Fixture::new(60_000)?;
+        let taken = fixture
+            .budgets
+            .reserve(MODEL, 10, &[])
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let id = taken.redis_id.clone().ok_or("a Redis slot")?;
+        fixture
+            .redis
+            .taken(&fixture.key, MODEL, &id, 10, Duration::from_millis(500))
+            .await?;
+        let marked = fixture.slot().await?;
+        assert!(
+            marked < fixture.server_ms().await? - 400.0,
+            "dated 500 ms back: {marked}"
+        );
+        // A later estimate of the same event (the completion's) does not move it.
+        fixture
+            .budgets
+            .complete(MODEL, &taken, 25, Some(Duration::ZERO))
+            .await;
+        assert_eq!(fixture.slot().await?, marked);
+        let tokens_key = fixture.layout.tokens(&fixture.key.project, MODEL);
+        let tokens: i64 = fixture
+            .link
+            .run(|mut c| async move {
+                ::redis::cmd("GET")
+                    .arg(tokens_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        assert_eq!(tokens, 25, "the real token count replaced the estimate");
+        fixture.cleanup().await?;
+        Ok(())
     }
 }

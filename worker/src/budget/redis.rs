@@ -15,15 +15,38 @@ use sluice_shared::redis_link::RedisLink;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The call finished: its slot now frees one window from now, holding the real token count.
-/// `now` is rounded up: a millisecond floor could date the completion before the provider saw
-/// the call arrive, and free the slot a fraction of a millisecond too early.
+/// The call finished: its slot now holds the real token count, and frees one window after
+/// the moment it is dated to. `now` is rounded up: a millisecond floor could date it before
+/// the provider saw the call arrive, and free the slot a fraction of a millisecond too early.
+/// With ARGV[4], "the call's first event arrived this many ms ago" (a floor, measured by the
+/// worker), the slot is dated to that event: now − ARGV[4], never earlier than the event since
+/// the worker's clock only adds delay; if a mid-call mark (TAKEN) already dated it earlier,
+/// that stays. Without it (a call with no streamed event), the slot is dated to now.
 const COMPLETE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1
-if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
-  redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[3])
+local member = ARGV[1] .. ':' .. ARGV[2]
+local score = redis.call('ZSCORE', KEYS[1], member)
+if score then
+  local at = now
+  if ARGV[4] then at = math.min(now - tonumber(ARGV[4]), tonumber(score)) end
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZADD', KEYS[1], at, ARGV[1] .. ':' .. ARGV[3])
   redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
+end
+return 1";
+
+/// A call still running got its first event ARGV[3] ms ago: its in-flight slot (scored at the
+/// far end of the provider's timeout) is dated to that event, rounded up as in COMPLETE, so it
+/// frees one window after the event even if the call goes on longer. Only ever moves a score
+/// earlier; a slot already gone (expired, released) stays gone.
+const TAKEN: &str = r"
+local t = redis.call('TIME')
+local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1 - tonumber(ARGV[3])
+local member = ARGV[1] .. ':' .. ARGV[2]
+local score = redis.call('ZSCORE', KEYS[1], member)
+if score and tonumber(score) > at then
+  redis.call('ZADD', KEYS[1], 'XX', at, member)
 end
 return 1";
 
@@ -44,6 +67,7 @@ pub struct RedisBudgets {
     inflight_ms: u64,
     reserve: Script,
     complete: Script,
+    taken: Script,
     release: Script,
 }
 
@@ -62,6 +86,7 @@ impl RedisBudgets {
             inflight_ms,
             reserve: Script::new(include_str!("reserve.lua")),
             complete: Script::new(COMPLETE),
+            taken: Script::new(TAKEN),
             release: Script::new(RELEASE),
         }
     }
@@ -69,6 +94,14 @@ impl RedisBudgets {
     /// The connection this budget's keys share with every other of the worker.
     pub fn link(&self) -> &Arc<RedisLink> {
         &self.link
+    }
+
+    /// Whole milliseconds of `ago`, rounded down and at most the provider's timeout: a shorter
+    /// "ago" dates a slot later, never earlier.
+    fn ago_ms(&self, ago: Duration) -> u64 {
+        u64::try_from(ago.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(self.inflight_ms)
     }
 
     /// Runs one Redis operation with the link's timeout.
@@ -146,6 +179,7 @@ impl RedisBudgets {
         })
     }
 
+    /// Settles a finished call; `first_event_ago` as in [`super::Budgets::complete`].
     pub async fn complete(
         &self,
         key: &KeySpec,
@@ -153,6 +187,7 @@ impl RedisBudgets {
         id: &str,
         estimate: u32,
         tokens: u32,
+        first_event_ago: Option<Duration>,
     ) -> Result<(), RedisError> {
         let mut invocation = self.complete.key(self.layout.calls(&key.project, model));
         invocation
@@ -160,6 +195,25 @@ impl RedisBudgets {
             .arg(id)
             .arg(estimate)
             .arg(tokens);
+        if let Some(ago) = first_event_ago {
+            invocation.arg(self.ago_ms(ago));
+        }
+        self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Dates the slot of a call still running to its first event, `ago` before now.
+    pub async fn taken(
+        &self,
+        key: &KeySpec,
+        model: &str,
+        id: &str,
+        estimate: u32,
+        ago: Duration,
+    ) -> Result<(), RedisError> {
+        let mut invocation = self.taken.key(self.layout.calls(&key.project, model));
+        invocation.arg(id).arg(estimate).arg(self.ago_ms(ago));
         self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())

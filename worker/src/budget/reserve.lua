@@ -35,8 +35,10 @@ for i = 1, n do
     if cool_until > now then
       wait_at_least(cool_until - now)
     else
-      -- A slot frees one window after its call completed (in-flight calls score in the
-      -- future). Expired entries take their tokens with them; the rest is counted, not scanned.
+      -- A slot frees one window after the provider took its call: in-flight calls score in
+      -- the future until the call's first streamed event dates them (a mid-call mark or the
+      -- completion), or, for a call with none, its completion. Expired entries take their
+      -- tokens with them; the rest is counted, not scanned.
       local expired = redis.call('ZRANGEBYSCORE', calls, '-inf', now - window)
       if #expired > 0 then
         local gone = 0
