@@ -122,8 +122,10 @@ pub struct Followed {
     pub completed: Option<Duration>,
     /// The live text before `message.completed` spelled the stored text exactly.
     pub whole: bool,
-    /// Nothing came live before `message.completed` (no delta, no snapshot).
+    /// Not whole: nothing came live before `message.completed` (no delta, no snapshot).
     pub nothing_live: bool,
+    /// Not whole: the live text was the start of the stored text, only its end was missing.
+    pub ends_short: bool,
     /// `message.delta` + `message.snapshot` events for the reply.
     pub delivered: u64,
     /// Chunks the provider streamed for the stored text: its stamps.
@@ -162,11 +164,13 @@ pub async fn follow(
         match event.kind.as_str() {
             "message.completed" => {
                 let stamped = stamps(text);
+                let whole = live.text == text;
                 return Ok(Followed {
                     first_delta,
                     completed: stamped.last().map(|t| since(*t)),
-                    whole: live.text == text,
-                    nothing_live: !live.any,
+                    whole,
+                    nothing_live: !whole && !live.any,
+                    ends_short: live.any && !whole && text.starts_with(&live.text),
                     delivered,
                     pieces: stamped.len() as u64,
                 });
@@ -192,6 +196,7 @@ pub struct Tallied {
     pub replies: u64,
     pub whole: u64,
     pub nothing_live: u64,
+    pub ends_short: u64,
     pub delivered: u64,
     pub pieces: u64,
 }
@@ -204,6 +209,7 @@ impl Tallied {
             replies: 0,
             whole: 0,
             nothing_live: 0,
+            ends_short: 0,
             delivered: 0,
             pieces: 0,
         })
@@ -219,6 +225,7 @@ impl Tallied {
         self.replies += 1;
         self.whole += u64::from(f.whole);
         self.nothing_live += u64::from(f.nothing_live);
+        self.ends_short += u64::from(f.ends_short);
         self.delivered += f.delivered;
         self.pieces += f.pieces;
     }
@@ -229,9 +236,16 @@ impl Tallied {
         self.replies += o.replies;
         self.whole += o.whole;
         self.nothing_live += o.nothing_live;
+        self.ends_short += o.ends_short;
         self.delivered += o.delivered;
         self.pieces += o.pieces;
         Ok(())
+    }
+
+    /// Not whole, though something came live and it was not just the end that was missing.
+    fn holes(&self) -> u64 {
+        self.replies
+            .saturating_sub(self.whole + self.nothing_live + self.ends_short)
     }
 
     fn whole_share(&self) -> Option<f64> {
@@ -242,14 +256,18 @@ impl Tallied {
         (self.pieces > 0).then(|| self.delivered as f64 / self.pieces as f64)
     }
 
-    /// `{"replies", "whole", "not_whole", "nothing_live", "whole_share"}`: of the replies
-    /// followed to `message.completed`, those whose live text spelled the stored one.
+    /// `{"replies", "whole", "not_whole", "nothing_live", "ends_short", "holes",
+    /// "whole_share"}`: of the replies followed to `message.completed`, those whose live text
+    /// spelled the stored one; those that did not, by what went wrong: nothing came live, only
+    /// the end was missing, or a piece inside was missing (or the text differed).
     pub fn live_text_json(&self) -> Value {
         json!({
             "replies": self.replies,
             "whole": self.whole,
             "not_whole": self.replies - self.whole,
             "nothing_live": self.nothing_live,
+            "ends_short": self.ends_short,
+            "holes": self.holes(),
             "whole_share": self.whole_share().map(|s| (s * 10_000.0).round() / 10_000.0),
         })
     }
@@ -268,12 +286,15 @@ impl Tallied {
         match self.whole_share() {
             None => "no replies followed".into(),
             Some(share) => format!(
-                "{:.2} % whole ({} of {}; not whole {}, of which nothing live {})",
+                "{:.2} % whole ({} of {}; not whole {}: nothing live {}, end missing {}, \
+                 holes {})",
                 100.0 * share,
                 self.whole,
                 self.replies,
                 self.replies - self.whole,
-                self.nothing_live
+                self.nothing_live,
+                self.ends_short,
+                self.holes()
             ),
         }
     }
@@ -329,6 +350,13 @@ mod tests {
             delta("[t=3]c"),
             event("message.completed", json!({"id": id, "content": "[t=3]cd"})),
             event("message.completed", json!({"id": id, "content": "[t=4]e"})),
+            // A hole: the middle piece never came.
+            delta("[t=5]f"),
+            delta("[t=7]h"),
+            event(
+                "message.completed",
+                json!({"id": id, "content": "[t=5]f[t=6]g[t=7]h"}),
+            ),
         ] {
             tx.send(e)?;
         }
@@ -341,20 +369,32 @@ mod tests {
         let second = follow(&mut rx, id, deadline).await;
         let second = second.map_err(|e| anyhow::anyhow!("{e:?}"))?;
         assert!(!second.whole && !second.nothing_live, "{second:?}");
+        assert!(second.ends_short, "{second:?}");
         let third = follow(&mut rx, id, deadline).await;
         let third = third.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        assert!(!third.whole && third.nothing_live, "{third:?}");
+        assert!(
+            !third.whole && third.nothing_live && !third.ends_short,
+            "{third:?}"
+        );
         assert_eq!((third.delivered, third.pieces), (0, 1));
 
+        let fourth = follow(&mut rx, id, deadline).await;
+        let fourth = fourth.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert!(!fourth.whole && !fourth.nothing_live && !fourth.ends_short);
+
         let mut t = Tallied::new()?;
-        for f in [&first, &second, &third] {
+        for f in [&first, &second, &third, &fourth] {
             t.add(f);
         }
-        assert_eq!(t.live_text_json()["whole"], 1);
-        assert_eq!(t.live_text_json()["not_whole"], 2);
-        assert_eq!(t.live_text_json()["nothing_live"], 1);
-        assert_eq!(t.pieces_json()["received"], 4);
-        assert_eq!(t.pieces_json()["delivered"], 5);
+        let live = t.live_text_json();
+        assert_eq!(live["whole"], 1);
+        assert_eq!(live["not_whole"], 3);
+        assert_eq!(live["nothing_live"], 1);
+        assert_eq!(live["ends_short"], 1);
+        assert_eq!(live["holes"], 1);
+        assert_eq!(live["whole_share"], 0.25);
+        assert_eq!(t.pieces_json()["received"], 7);
+        assert_eq!(t.pieces_json()["delivered"], 7);
 
         drop(tx);
         assert!(matches!(
