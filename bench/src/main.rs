@@ -10,6 +10,8 @@
 //! - `live`: chats listening on the event stream beside chats polling with `If-None-Match`, at
 //!   the same load over API replicas: the delay from the provider's chunks to each client, and
 //!   whether the deltas spelled the stored reply.
+//! - `live-heavy`: many watched and unwatched chats, replies in many pieces: CPU per reply of
+//!   each kind (in phases), first-delta latency, pieces delivered against pieces streamed.
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
 //!   scenario, with the CPU each process (and each `--cpu-trees` tree) used per message.
 //! - `median`: the medians of several runs' JSON lines.
@@ -28,6 +30,7 @@ mod chat;
 mod cpu;
 mod flood;
 mod follow;
+mod heavy;
 mod inprocess;
 mod live;
 mod measure;
@@ -64,6 +67,8 @@ enum Command {
     Paced(paced::PacedArgs),
     /// Live replies: event-stream listeners beside pollers, at the same load, over replicas.
     Live(live::LiveArgs),
+    /// Live replies at scale: watched and unwatched chats, CPU per reply of each, in phases.
+    LiveHeavy(heavy::HeavyArgs),
     /// Print the peak RSS (VmHWM) of processes.
     Rss(RssArgs),
     /// Medians of several runs: reads one JSON object per line (files, or stdin).
@@ -158,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Chat(args) => chat::run(args).await,
                     Command::Paced(args) => paced::run(args).await,
                     Command::Live(args) => live::run(args).await,
+                    Command::LiveHeavy(args) => heavy::run(args).await,
                     Command::Rss(_) | Command::Median(_) => Ok(()),
                 }
             }),
