@@ -15,10 +15,12 @@
 //! (`message.snapshot` replaces the text, `message.delta` appends, `message.reset` clears) and
 //! compares it with the completed text; the stamps are part of both, so the comparison holds.
 //! Reported: the share of replies whose live text spelled the stored text exactly, and the
-//! pieces delivered (deltas + snapshots) against the provider's chunks (the stamps).
+//! pieces delivered (deltas + snapshots) against the provider's chunks (the stamps). With
+//! `--pids`, each process's CPU per completed reply and how busy the machine was.
 
 use crate::api::{Api, Tally};
 use crate::follow::{Tallied, follow, listen, since, stamps};
+use crate::measure::Measure;
 use crate::report;
 use crate::setup::setup;
 use clap::Args;
@@ -51,6 +53,8 @@ pub struct LiveArgs {
 
 struct Figures {
     followed: Tallied,
+    /// Replies polled to `completed` (the followed ones are counted in `followed`).
+    polled_completed: u64,
     polled: Histogram<u64>,
     errors: Tally,
 }
@@ -68,6 +72,8 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let clients = setup(&apis[0], args.chats, 1, args.common.setup_concurrency).await?;
     let reply_timeout = Duration::from_secs(args.reply_timeout_secs);
+    // How busy the machine was matters to the deltas: CPU is read over the chats' run.
+    let measure = Measure::start(&args.common).await?;
     let mut tasks = JoinSet::new();
     for (i, client) in clients.into_iter().enumerate() {
         let watch = apis[i % apis.len()].clone();
@@ -76,6 +82,7 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         tasks.spawn(async move {
             let mut f = Figures {
                 followed: Tallied::new()?,
+                polled_completed: 0,
                 polled: report::histogram()?,
                 errors: Tally::default(),
             };
@@ -131,6 +138,7 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
                             Ok((tag, Some(message))) => {
                                 etag = tag;
                                 if message["status"] == "completed" {
+                                    f.polled_completed += 1;
                                     let text = message["content"].as_str().unwrap_or_default();
                                     if let Some(t) = stamps(text).last() {
                                         report::record(&mut f.polled, since(*t));
@@ -151,14 +159,17 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         });
     }
     let mut followed = Tallied::new()?;
+    let mut polled_completed = 0;
     let mut polled = report::histogram()?;
     let mut errors = Tally::default();
     while let Some(result) = tasks.join_next().await {
         let f = result??;
         followed.merge(f.followed)?;
+        polled_completed += f.polled_completed;
         polled.add(f.polled)?;
         errors.merge(f.errors);
     }
+    let measured = measure.finish(followed.replies + polled_completed).await?;
     let summary = format!(
         "live: {} chats over {} replica(s), {} rounds each\n\
          \x20 listeners, provider's first chunk → first message.delta: {}\n\
@@ -166,7 +177,8 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
          \x20 listeners, live text before message.completed = stored: {}\n\
          \x20 listeners, pieces: {}\n\
          \x20 pollers every {} ms, provider's last chunk → reply seen: {}\n\
-         \x20 errors: {}",
+         \x20 errors: {}\n\
+         \x20 processes: {}",
         args.chats,
         apis.len(),
         args.rounds,
@@ -177,6 +189,7 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         args.poll_ms,
         report::latency_line(&polled),
         errors.describe("    "),
+        measured.describe(),
     );
     let result = json!({
         "scenario": "live",
@@ -190,6 +203,8 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         "pieces": followed.pieces_json(),
         "last_chunk_to_polled": report::latency_json(&polled),
         "errors": errors.to_json(),
+        "processes": report::rss_json(&measured.samples),
+        "cpu": measured.cpu.to_json(),
     });
     crate::emit(&args.common, &summary, &result);
     Ok(())
