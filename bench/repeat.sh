@@ -30,6 +30,6 @@ for ((i = 1; i <= RUNS; i++)); do
     bench/run.sh "$@" | tee -a "$LINES"
 done
 
-ONLY=${BENCH_MEDIAN_ONLY:-per_s,_ms,p50,p95,p99,us_per_message,core_percent,peak_rss_mib,outside_stack_percent,machine_busy_percent,completed,failed,pending,not_accepted,rejected}
+ONLY=${BENCH_MEDIAN_ONLY:-per_s,_ms,p50,p95,p99,us_per_message,us_per_reply,core_percent,peak_rss_mib,outside_stack_percent,machine_busy_percent,completed,failed,pending,not_accepted,rejected,whole,ratio}
 [[ $ONLY == all ]] && ONLY=""
-target/release/sluice-bench median --json ${ONLY:+--only "$ONLY"} "$LINES"
+"${CARGO_TARGET_DIR:-target}/release/sluice-bench" median --json ${ONLY:+--only "$ONLY"} "$LINES"

@@ -10,16 +10,21 @@
 #   bench/run.sh chat CLIENTS SECONDS [sluice-bench options…]     e.g. bench/run.sh chat 64 30
 #   bench/run.sh paced RATE SECONDS [sluice-bench options…]       e.g. bench/run.sh paced 400 30
 #   bench/run.sh live CHATS ROUNDS [sluice-bench options…]        e.g. bench/run.sh live 100 5
-#     (live runs a second API replica on BENCH_PORT_BASE + 3; half the chats listen on the
-#     event stream, half poll; mock-gemini streams with BENCH_CHUNK_PAUSE_MS between chunks)
+#     (a second API replica on BENCH_PORT_BASE + 3; half the chats listen on the event stream,
+#     half poll, e.g. --poll-ms 250; mock-gemini streams with BENCH_CHUNK_PAUSE_MS between chunks)
+#   bench/run.sh live-heavy WATCHED ROUNDS [sluice-bench options…] e.g. bench/run.sh live-heavy 200 2
+#     (two API replicas as live; WATCHED listening chats and BENCH_UNWATCHED (4 × WATCHED)
+#     unwatched ones, replies in 40 pieces (--chunks); phases unwatched, watched, mixed)
 # Options after the three arguments go to `sluice-bench` as they are (e.g. --users 16).
 # The human summary goes to stderr; one JSON line with every figure goes to stdout and is
 # appended to $BENCH_OUT/runs.jsonl. bench/repeat.sh runs a scenario N times for medians.
 #
 # Environment:
-#   BENCH_BIN_DIR          where sluice-api and sluice-worker come from (target/release): the
-#                          build under test, e.g. an older build for an A/B. mock-gemini and
-#                          sluice-bench always come from this checkout's target/release.
+#   BENCH_BIN_DIR          where sluice-api and sluice-worker come from (the tool's directory
+#                          below): the build under test, e.g. an older build for an A/B.
+#   CARGO_TARGET_DIR       mock-gemini and sluice-bench (the tool) always come from this
+#                          checkout's build: $CARGO_TARGET_DIR/release, else target/release
+#   BENCH_UNWATCHED        live-heavy's unwatched chats (4 × WATCHED)
 #   BENCH_OUT              where results and profiles go (target/bench)
 #   BENCH_PERF             api | worker | worker-2: `perf record` that process during the
 #                          measured phase only; the report goes to $BENCH_OUT/perf-*.txt
@@ -42,7 +47,7 @@ source scripts/lib.sh
 with_sbin_on_path
 
 usage() {
-    sed -n '9,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -52,8 +57,8 @@ shift 3
 EXTRA=("$@")
 [[ $AMOUNT =~ ^[1-9][0-9]*$ ]] || die "the third argument must be a positive whole number, not '$AMOUNT'"
 case $SCENARIO in
-flood | chat | live)
-    [[ $FIRST =~ ^[1-9][0-9]*$ ]] || die "CLIENTS must be a positive whole number, not '$FIRST'"
+flood | chat | live | live-heavy)
+    [[ $FIRST =~ ^[1-9][0-9]*$ ]] || die "the second argument must be a positive whole number, not '$FIRST'"
     ;;
 paced)
     [[ $FIRST =~ ^[0-9]*\.?[0-9]+$ && ! $FIRST =~ ^[0.]+$ ]] || die "RATE must be a positive number, not '$FIRST'"
@@ -66,7 +71,16 @@ chat) SCENARIO_ARGS=(chat --clients "$FIRST" --duration-secs "$AMOUNT") ;;
 # Waiting for the replies makes the CPU per message cover the whole pipeline.
 paced) SCENARIO_ARGS=(paced --rate "$FIRST" --duration-secs "$AMOUNT" --wait-replies) ;;
 live) SCENARIO_ARGS=(live --chats "$FIRST" --rounds "$AMOUNT") ;;
+live-heavy)
+    UNWATCHED=${BENCH_UNWATCHED:-$((4 * FIRST))}
+    [[ $UNWATCHED =~ ^[0-9]+$ ]] || die "BENCH_UNWATCHED must be a whole number, not '$UNWATCHED'"
+    SCENARIO_ARGS=(live-heavy --watched "$FIRST" --unwatched "$UNWATCHED" --rounds "$AMOUNT")
+    ;;
 esac
+# Both live scenarios run two API replicas: a listener's stream is on one, its posts go
+# through the other, so every piece crosses the stream exchange.
+LIVE=0
+[[ $SCENARIO == live || $SCENARIO == live-heavy ]] && LIVE=1
 
 BASE=${BENCH_PORT_BASE:-18080}
 [[ $BASE =~ ^[0-9]+$ ]] || die "BENCH_PORT_BASE must be a port number"
@@ -74,7 +88,7 @@ API_PORT=$BASE
 WORKER_PORTS=($((BASE + 1)) $((BASE + 2)))
 MOCK_PORT=$((BASE + 10))
 API_PORTS=("$API_PORT")
-[[ $SCENARIO == live ]] && API_PORTS+=($((BASE + 3)))
+((LIVE)) && API_PORTS+=($((BASE + 3)))
 # Each API's /metrics listener: its HTTP port + 20.
 METRICS_PORTS=()
 for p in "${API_PORTS[@]}"; do METRICS_PORTS+=($((p + 20))); done
@@ -94,8 +108,9 @@ esac
 [[ -z $PERF_TARGET ]] || have perf || die "BENCH_PERF is set but perf is not installed"
 
 # The tool (load generator, stand-in provider) and the build under test are apart, so an
-# older build is measured by the same tool against the same provider.
-TOOL=target/release
+# older build is measured by the same tool against the same provider. The tool is where
+# `cargo build` below puts it.
+TOOL=${CARGO_TARGET_DIR:-target}/release
 BIN=${BENCH_BIN_DIR:-$TOOL}
 need_build=${BENCH_BUILD:-0}
 BUILD=(mock-gemini sluice-bench)
@@ -376,7 +391,7 @@ STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # In the background, so that Ctrl-C runs the cleanup at once instead of after the scenario.
 rc=0
 REPLICAS=$(printf 'http://127.0.0.1:%s,' "${API_PORTS[@]}")
-[[ $SCENARIO == live ]] && SCENARIO_ARGS+=(--replicas "${REPLICAS%,}")
+((LIVE)) && SCENARIO_ARGS+=(--replicas "${REPLICAS%,}")
 "$TOOL/sluice-bench" "${SCENARIO_ARGS[@]}" --api "http://127.0.0.1:$API_PORT" \
     --pids "$TARGET_LIST" "${HOOK_ARGS[@]}" --json "${EXTRA[@]}" </dev/null >"$LOGS/bench.json" &
 BENCH_PID=$!

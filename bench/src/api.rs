@@ -121,6 +121,10 @@ impl Api {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
+            // The API closes a keep-alive connection that sends no request for
+            // `http.header_read_timeout_ms` (10 s); one reused just as it closes fails the
+            // request. Dropping idle ones sooner keeps that race out of the figures.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         let streams = reqwest::Client::builder()
             .no_proxy()

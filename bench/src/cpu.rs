@@ -167,6 +167,29 @@ impl Usage {
         (self.secs > 0.0).then(|| round(100.0 * cpu_secs / self.secs, 1))
     }
 
+    /// CPU µs per message of every process but `except` (the bench itself), or `None` without
+    /// messages; a process gone at either end counts as nothing.
+    pub fn sum_us_per_message(&self, except: &str) -> Option<f64> {
+        let secs: f64 = self
+            .per_label
+            .iter()
+            .filter(|(label, _)| label != except)
+            .filter_map(|(_, cpu)| *cpu)
+            .sum();
+        self.per_message_us(secs)
+    }
+
+    /// CPU of every process but `except`, in % of one core over the span.
+    pub fn sum_core_percent(&self, except: &str) -> Option<f64> {
+        let secs: f64 = self
+            .per_label
+            .iter()
+            .filter(|(label, _)| label != except)
+            .filter_map(|(_, cpu)| *cpu)
+            .sum();
+        self.core_percent(secs)
+    }
+
     /// `{"secs", "messages", "machine_busy_percent", "outside_stack_percent",
     /// "processes": {label: {"cpu_secs", "us_per_message", "core_percent"}}}`.
     pub fn to_json(&self) -> Value {
@@ -289,6 +312,10 @@ mod tests {
             .unwrap_or_default();
         assert!((per - cpu * 1000.0).abs() < 0.2, "{j}");
         assert!(j["processes"]["bench"].is_object(), "{j}");
+        // Without the bench only "me" is left; with every label, "bench" is added.
+        let me_only = burnt.sum_us_per_message("bench").unwrap_or_default();
+        assert!((me_only - per).abs() < 0.2, "{me_only} vs {per}");
+        assert!(burnt.sum_us_per_message("none").unwrap_or_default() >= me_only);
         assert!(j["machine_busy_percent"].as_f64().is_some(), "{j}");
         Ok(())
     }

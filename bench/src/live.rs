@@ -6,23 +6,29 @@
 //!
 //! Clocks: every message carries mock-gemini's `[[mock:stamp]]` directive, so the mock begins
 //! each chunk it streams with `[t=MICROS]` (its wall clock, microseconds since the Unix epoch);
-//! client and mock share the machine, so `now − stamp` is the delay from the provider sending a chunk to the client
-//! seeing it. Figures: the first chunk to the first `message.delta` (listeners), and the last
-//! chunk to `message.completed` (listeners) or to the poll that first saw the reply final
-//! (pollers, for whom it is also the first text they see).
+//! client and mock share the machine, so `now − stamp` is the delay from the provider sending a
+//! chunk to the client seeing it. Figures: the first chunk to the first `message.delta`
+//! (listeners), and the last chunk to `message.completed` (listeners) or to the poll that first
+//! saw the reply final (pollers, for whom it is also the first text they see).
+//!
+//! Whole deltas: each listener rebuilds the reply from what came before `message.completed`
+//! (`message.snapshot` replaces the text, `message.delta` appends, `message.reset` clears) and
+//! compares it with the completed text; the stamps are part of both, so the comparison holds.
+//! Reported: the share of replies whose live text spelled the stored text exactly, and the
+//! pieces delivered (deltas + snapshots) against the provider's chunks (the stamps). With
+//! `--pids`, each process's CPU per completed reply and how busy the machine was.
 
-use crate::api::{Api, Tally, User};
+use crate::api::{Api, Tally};
+use crate::follow::{Tallied, follow, listen, since, stamps};
+use crate::measure::Measure;
 use crate::report;
 use crate::setup::setup;
-use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use serde_json::json;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
 #[derive(Debug, Args)]
 pub struct LiveArgs {
@@ -45,85 +51,12 @@ pub struct LiveArgs {
     common: crate::Common,
 }
 
-#[derive(Default)]
 struct Figures {
-    first_delta: Option<Histogram<u64>>,
-    completed: Option<Histogram<u64>>,
-    polled: Option<Histogram<u64>>,
+    followed: Tallied,
+    /// Replies polled to `completed` (the followed ones are counted in `followed`).
+    polled_completed: u64,
+    polled: Histogram<u64>,
     errors: Tally,
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// Every `[t=MICROS]` stamp in `text`, in order.
-fn stamps(text: &str) -> Vec<u64> {
-    text.split("[t=")
-        .skip(1)
-        .filter_map(|rest| rest.split(']').next()?.parse().ok())
-        .collect()
-}
-
-fn since(stamp: u64) -> Duration {
-    Duration::from_micros(now_micros().saturating_sub(stamp))
-}
-
-/// One server-sent event: its type and its JSON data.
-struct Event {
-    kind: String,
-    data: Value,
-}
-
-/// Opens the chat's event stream on `api`, says so on `opened`, and forwards each event as it
-/// is parsed.
-async fn listen(
-    api: &Api,
-    user: &User,
-    chat: Uuid,
-    opened: tokio::sync::oneshot::Sender<()>,
-    events: mpsc::UnboundedSender<Event>,
-) -> anyhow::Result<()> {
-    let token: Value = api
-        .raw_post(user, &format!("api/chats/{chat}/events/token"))
-        .await?;
-    let token = token["token"].as_str().context("no events token")?;
-    let mut response = api
-        .raw_get(&format!("api/chats/{chat}/events?token={token}"))
-        .await?;
-    anyhow::ensure!(
-        response.status() == StatusCode::OK,
-        "events: {}",
-        response.status()
-    );
-    // The API binds the chat before it answers the headers: from here on nothing is missed.
-    let _ = opened.send(());
-    let mut buffer = String::new();
-    while let Some(bytes) = response.chunk().await? {
-        buffer.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let mut kind = String::new();
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    kind = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            if kind.is_empty() {
-                continue; // a heartbeat comment
-            }
-            let data = serde_json::from_str(&data).unwrap_or(Value::Null);
-            if events.send(Event { kind, data }).is_err() {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
 }
 
 pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
@@ -139,6 +72,8 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let clients = setup(&apis[0], args.chats, 1, args.common.setup_concurrency).await?;
     let reply_timeout = Duration::from_secs(args.reply_timeout_secs);
+    // How busy the machine was matters to the deltas: CPU is read over the chats' run.
+    let measure = Measure::start(&args.common).await?;
     let mut tasks = JoinSet::new();
     for (i, client) in clients.into_iter().enumerate() {
         let watch = apis[i % apis.len()].clone();
@@ -146,9 +81,9 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         let (rounds, poll) = (args.rounds, Duration::from_millis(args.poll_ms.max(1)));
         tasks.spawn(async move {
             let mut f = Figures {
-                first_delta: Some(report::histogram()?),
-                completed: Some(report::histogram()?),
-                polled: Some(report::histogram()?),
+                followed: Tallied::new()?,
+                polled_completed: 0,
+                polled: report::histogram()?,
                 errors: Tally::default(),
             };
             let chat = client.chats[0];
@@ -163,8 +98,12 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
                         eprintln!("event stream of chat {chat} ended: {e:#}");
                     }
                 });
-                // A reply finished before the stream is open would never be told of.
-                if tokio::time::timeout(reply_timeout, opened).await.is_err() {
+                // A reply finished before the stream is open would never be told of. A stream
+                // that failed to open drops `opened` unsent.
+                if !matches!(
+                    tokio::time::timeout(reply_timeout, opened).await,
+                    Ok(Ok(()))
+                ) {
                     f.errors.add("event stream not opened", chat);
                 }
             }
@@ -179,45 +118,9 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
                 };
                 let deadline = tokio::time::Instant::now() + reply_timeout;
                 if listener {
-                    let mut first = true;
-                    loop {
-                        let event = tokio::time::timeout_at(deadline, rx.recv()).await;
-                        let Ok(Some(event)) = event else {
-                            f.errors.add("no completion on the stream", &reply);
-                            break;
-                        };
-                        let about = event.data["message_id"]
-                            .as_str()
-                            .or(event.data["id"].as_str());
-                        if about != Some(reply.as_str()) {
-                            continue;
-                        }
-                        let text = event.data["text"]
-                            .as_str()
-                            .or(event.data["content"].as_str())
-                            .unwrap_or_default();
-                        match event.kind.as_str() {
-                            "message.delta" if first => {
-                                if let (Some(h), Some(t)) =
-                                    (&mut f.first_delta, stamps(text).first())
-                                {
-                                    report::record(h, since(*t));
-                                }
-                                first = false;
-                            }
-                            "message.completed" => {
-                                if let (Some(h), Some(t)) = (&mut f.completed, stamps(text).last())
-                                {
-                                    report::record(h, since(*t));
-                                }
-                                break;
-                            }
-                            "message.failed" => {
-                                f.errors.add("reply failed", &event.data);
-                                break;
-                            }
-                            _ => {}
-                        }
+                    match follow(&mut rx, &reply, deadline).await {
+                        Ok(followed) => f.followed.add(&followed),
+                        Err((key, example)) => f.errors.add(key, example),
                     }
                 } else {
                     let mut etag: Option<String> = None;
@@ -235,10 +138,10 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
                             Ok((tag, Some(message))) => {
                                 etag = tag;
                                 if message["status"] == "completed" {
+                                    f.polled_completed += 1;
                                     let text = message["content"].as_str().unwrap_or_default();
-                                    if let (Some(h), Some(t)) = (&mut f.polled, stamps(text).last())
-                                    {
-                                        report::record(h, since(*t));
+                                    if let Some(t) = stamps(text).last() {
+                                        report::record(&mut f.polled, since(*t));
                                     }
                                     break;
                                 }
@@ -255,37 +158,38 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
             anyhow::Ok(f)
         });
     }
-    let mut first_delta = report::histogram()?;
-    let mut completed = report::histogram()?;
+    let mut followed = Tallied::new()?;
+    let mut polled_completed = 0;
     let mut polled = report::histogram()?;
     let mut errors = Tally::default();
     while let Some(result) = tasks.join_next().await {
         let f = result??;
-        for (into, from) in [
-            (&mut first_delta, f.first_delta),
-            (&mut completed, f.completed),
-            (&mut polled, f.polled),
-        ] {
-            if let Some(from) = from {
-                into.add(from)?;
-            }
-        }
+        followed.merge(f.followed)?;
+        polled_completed += f.polled_completed;
+        polled.add(f.polled)?;
         errors.merge(f.errors);
     }
+    let measured = measure.finish(followed.replies + polled_completed).await?;
     let summary = format!(
         "live: {} chats over {} replica(s), {} rounds each\n\
          \x20 listeners, provider's first chunk → first message.delta: {}\n\
          \x20 listeners, provider's last chunk → message.completed:    {}\n\
+         \x20 listeners, live text before message.completed = stored: {}\n\
+         \x20 listeners, pieces: {}\n\
          \x20 pollers every {} ms, provider's last chunk → reply seen: {}\n\
-         \x20 errors: {}",
+         \x20 errors: {}\n\
+         \x20 processes: {}",
         args.chats,
         apis.len(),
         args.rounds,
-        report::latency_line(&first_delta),
-        report::latency_line(&completed),
+        report::latency_line(&followed.first_delta),
+        report::latency_line(&followed.completed),
+        followed.live_text_line(),
+        followed.pieces_line(),
         args.poll_ms,
         report::latency_line(&polled),
         errors.describe("    "),
+        measured.describe(),
     );
     let result = json!({
         "scenario": "live",
@@ -293,10 +197,14 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
         "replicas": apis.len(),
         "rounds": args.rounds,
         "poll_ms": args.poll_ms,
-        "first_chunk_to_first_delta": report::latency_json(&first_delta),
-        "last_chunk_to_completed": report::latency_json(&completed),
+        "first_chunk_to_first_delta": report::latency_json(&followed.first_delta),
+        "last_chunk_to_completed": report::latency_json(&followed.completed),
+        "live_text": followed.live_text_json(),
+        "pieces": followed.pieces_json(),
         "last_chunk_to_polled": report::latency_json(&polled),
         "errors": errors.to_json(),
+        "processes": report::rss_json(&measured.samples),
+        "cpu": measured.cpu.to_json(),
     });
     crate::emit(&args.common, &summary, &result);
     Ok(())

@@ -8,15 +8,19 @@
 //!   each message's scheduled send time; optionally every accepted reply id to a file (the chaos
 //!   run, `scripts/chaos.sh`, checks them in the database) and a wait for every reply.
 //! - `live`: chats listening on the event stream beside chats polling with `If-None-Match`, at
-//!   the same load over API replicas: the delay from the provider's chunks to each client.
+//!   the same load over API replicas: the delay from the provider's chunks to each client, and
+//!   whether the deltas spelled the stored reply.
+//! - `live-heavy`: many watched and unwatched chats, replies in many pieces: CPU per reply of
+//!   each kind (in phases), first-delta latency, pieces delivered against pieces streamed.
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
 //!   scenario, with the CPU each process (and each `--cpu-trees` tree) used per message.
 //! - `median`: the medians of several runs' JSON lines.
 //!
 //! `setup` registers the users and chats before any timing, `api` is the typed HTTP client,
-//! `wait` pages through chats until their replies are final, `measure` brackets the measured
-//! phase, `report` holds the histograms and the RSS probe, `cpu` the CPU probe. With `--json`
-//! the human summary goes to stderr and one JSON object to stdout.
+//! `follow` reads one reply off an event stream, `wait` pages through chats until their replies
+//! are final, `measure` brackets the measured phase, `report` holds the histograms and the RSS
+//! probe, `cpu` the CPU probe. With `--json` the human summary goes to stderr and one JSON
+//! object to stdout.
 
 // A command-line tool: it prints its report and spawns its clients as it likes.
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::disallowed_methods)]
@@ -25,6 +29,8 @@ mod api;
 mod chat;
 mod cpu;
 mod flood;
+mod follow;
+mod heavy;
 mod inprocess;
 mod live;
 mod measure;
@@ -61,6 +67,8 @@ enum Command {
     Paced(paced::PacedArgs),
     /// Live replies: event-stream listeners beside pollers, at the same load, over replicas.
     Live(live::LiveArgs),
+    /// Live replies at scale: watched and unwatched chats, CPU per reply of each, in phases.
+    LiveHeavy(heavy::HeavyArgs),
     /// Print the peak RSS (VmHWM) of processes.
     Rss(RssArgs),
     /// Medians of several runs: reads one JSON object per line (files, or stdin).
@@ -155,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Chat(args) => chat::run(args).await,
                     Command::Paced(args) => paced::run(args).await,
                     Command::Live(args) => live::run(args).await,
+                    Command::LiveHeavy(args) => heavy::run(args).await,
                     Command::Rss(_) | Command::Median(_) => Ok(()),
                 }
             }),

@@ -58,6 +58,11 @@ impl Measure {
         })
     }
 
+    /// The CPU of the same processes now: `live-heavy` brackets each of its phases with two.
+    pub fn snapshot(&self) -> Snapshot {
+        cpu::snapshot(&self.cpu_targets)
+    }
+
     /// Ends the phase; `messages` (completed replies) divides the CPU time.
     pub async fn finish(self, messages: u64) -> anyhow::Result<Measured> {
         let end = cpu::snapshot(&self.cpu_targets);

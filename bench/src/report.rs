@@ -98,7 +98,7 @@ fn kib_field(status: &str, name: &str) -> anyhow::Result<u64> {
 }
 
 /// utime + stime from `/proc/PID/stat`, assuming the usual 100 clock ticks per second.
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it are plain.
     let rest = &stat[stat.rfind(')')? + 2..];

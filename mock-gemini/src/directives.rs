@@ -14,6 +14,10 @@
 //!                                     configured one (the last one given wins)
 //!            | "stamp"                streamed chunks begin with `[t=MICROS]`, the mock's
 //!                                     wall clock as each is sent (for latency benches)
+//!            | "chunks=" N            stream the reply in N pieces (1..=10000) instead of
+//!                                     at most 6: at word starts when the text has N
+//!                                     words, else cut inside words (never more pieces
+//!                                     than characters); the last one given wins
 //! fault     := "fail=" STATUS         any 400..=599; fail=429 means the 429 below
 //!            | "429" [ "=" DELAY ]    per-minute quota 429, retryDelay DELAY (default 1s)
 //!            | "429day"               per-day quota 429, retryDelay 3600s
@@ -51,6 +55,8 @@ const CLOSE: &str = "]]";
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 /// The largest `oversize=` reply, so a typo cannot make the mock allocate gigabytes.
 const MAX_OVERSIZE: usize = 256 * 1024 * 1024;
+/// The most pieces `chunks=` may ask for, so a typo cannot make one reply a million events.
+const CHUNKS_LIMIT: usize = 10_000;
 pub(crate) const DAILY_RETRY: Duration = Duration::from_secs(3600);
 
 /// What a scripted call answers instead of a normal reply.
@@ -98,6 +104,8 @@ pub(crate) struct Script {
     pub chunk_pause: Option<Duration>,
     /// `stamp`: every streamed chunk begins with the time it is sent.
     pub stamp: bool,
+    /// `chunks=`: how many pieces this text's streamed reply comes in.
+    pub chunks: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -175,6 +183,13 @@ impl Script {
         }
         if body == "stamp" {
             self.stamp = true;
+            return Ok(());
+        }
+        if let Some(n) = body.strip_prefix("chunks=") {
+            match n.parse::<usize>() {
+                Ok(n @ 1..=CHUNKS_LIMIT) => self.chunks = Some(n),
+                _ => return Err(DirectiveError::Value(body.to_owned())),
+            }
             return Ok(());
         }
         if let Some(millis) = body.strip_prefix("chunk-pause=") {
@@ -385,6 +400,25 @@ mod tests {
         assert_eq!(script.steps, vec![step(Fault::Cut, Some(1))]);
         assert_eq!(script.chunk_pause, Some(Duration::from_millis(300)));
         assert!(parse("[[mock:stamp]] timed").unwrap().stamp);
+        assert_eq!(parse("many [[mock:chunks=40]]").unwrap().chunks, Some(40));
+        assert_eq!(
+            parse("[[mock:chunks=3]] [[mock:chunks=10000]]")
+                .unwrap()
+                .chunks,
+            Some(10_000)
+        );
+        for bad in [
+            "chunks=0",
+            "chunks=10001",
+            "chunks=",
+            "chunks=many",
+            "chunks=-1",
+        ] {
+            assert_eq!(
+                parse(&format!("[[mock:{bad}]]")),
+                Err(DirectiveError::Value(bad.into()))
+            );
+        }
         assert_eq!(
             parse("[[mock:chunk-pause=soon]]"),
             Err(DirectiveError::Value("chunk-pause=soon".into()))

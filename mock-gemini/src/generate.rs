@@ -61,6 +61,8 @@ pub(crate) struct Decision {
     chunk_pause: Duration,
     /// `[[mock:stamp]]`: each streamed chunk's text begins with the time it is sent.
     stamp: bool,
+    /// `[[mock:chunks=N]]`: how many pieces a streamed reply comes in.
+    chunks: Option<usize>,
     model: String,
     answer: Answer,
 }
@@ -101,10 +103,12 @@ pub(crate) fn decide(state: &MockState, model: String, key: Option<&str>, body: 
     let mut delay = state.config().latency();
     let mut chunk_pause = state.config().chunk_pause();
     let mut stamp = false;
+    let mut chunks = None;
     if let Ok((_, script)) = &parsed {
         delay += script.extra_latency;
         chunk_pause = script.chunk_pause.unwrap_or(chunk_pause);
         stamp = script.stamp;
+        chunks = script.chunks;
     }
     let answer = {
         let mut book = state.book();
@@ -126,6 +130,7 @@ pub(crate) fn decide(state: &MockState, model: String, key: Option<&str>, body: 
         delay,
         chunk_pause,
         stamp,
+        chunks,
         model,
         answer,
     }
@@ -249,7 +254,7 @@ impl Decision {
             Answer::Hang => return GoogleError::status(504).into_response(),
             Answer::Garbage if stream => {
                 // One good event, so the client has started, then one it cannot read.
-                let events = reply::stream_events(&reply::success(&garbage_prompt(), model));
+                let events = reply::stream_events(&reply::success(&garbage_prompt(), model), None);
                 let mut frames: Vec<Bytes> = events.first().map(sse::frame).into_iter().collect();
                 frames.push(Bytes::from(format!("data: {}\r\n\r\n", reply::GARBAGE)));
                 return Feed::new(frames, self.chunk_pause, closing).respond(EVENT_STREAM);
@@ -270,7 +275,7 @@ impl Decision {
             Answer::Oversize(prompt, bytes) => reply::oversize(&prompt, model, bytes),
         };
         if stream {
-            let mut events = reply::stream_events(&body);
+            let mut events = reply::stream_events(&body, self.chunks);
             if self.stamp {
                 sse::mark_for_stamps(&mut events);
             }

@@ -101,20 +101,25 @@ pub(crate) fn safety(prompt: &Prompt, model: &str) -> Value {
     })
 }
 
-/// At most this many chunks per streamed reply.
+/// At most this many chunks per streamed reply, unless the prompt asks for a number.
 const MAX_CHUNKS: usize = 6;
 
-/// A reply as `streamGenerateContent` sends it: the text of `body` split at
-/// word boundaries into up to [`MAX_CHUNKS`] events, each a whole
-/// GenerateContentResponse with one text part; only the last carries
-/// `finishReason` and `usageMetadata`, as Gemini does. A body without text
-/// (blocked, safety stop) is one event, itself.
-pub(crate) fn stream_events(body: &Value) -> Vec<Value> {
+/// A reply as `streamGenerateContent` sends it: the text of `body` split
+/// into events, each a whole GenerateContentResponse with one text part;
+/// only the last carries `finishReason` and `usageMetadata`, as Gemini does.
+/// Without `chunks` the text is split at word boundaries into up to
+/// [`MAX_CHUNKS`] events; with `chunks` (`[[mock:chunks=N]]`) into N events,
+/// see [`split_exactly`]. A body without text (blocked, safety stop) is one
+/// event, itself.
+pub(crate) fn stream_events(body: &Value, chunks: Option<usize>) -> Vec<Value> {
     let candidate = &body["candidates"][0];
     let Some(text) = candidate["content"]["parts"][0]["text"].as_str() else {
         return vec![body.clone()];
     };
-    let pieces = split_words(text, MAX_CHUNKS);
+    let pieces = match chunks {
+        Some(n) => split_exactly(text, n),
+        None => split_words(text, MAX_CHUNKS),
+    };
     let last = pieces.len().saturating_sub(1);
     pieces
         .into_iter()
@@ -136,20 +141,47 @@ pub(crate) fn stream_events(body: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// Splits `text` into at most `n` non-empty pieces at word starts (the
-/// spaces stay with the word before), so the pieces concatenate back to it.
-fn split_words(text: &str, n: usize) -> Vec<&str> {
-    let starts: Vec<usize> = text
-        .char_indices()
+/// Word starts of `text`: the byte offsets after each run of whitespace
+/// that is followed by more text.
+fn word_starts(text: &str) -> Vec<usize> {
+    text.char_indices()
         .zip(text.chars().skip(1))
         .filter(|((_, c), next)| c.is_whitespace() && !next.is_whitespace())
         .map(|((i, c), _)| i + c.len_utf8())
-        .collect();
+        .collect()
+}
+
+/// Splits `text` into at most `n` non-empty pieces at word starts (the
+/// spaces stay with the word before), so the pieces concatenate back to it.
+fn split_words(text: &str, n: usize) -> Vec<&str> {
+    let starts = word_starts(text);
     let words = starts.len() + 1;
     let n = n.clamp(1, words);
-    let mut cuts: Vec<usize> = (1..n).map(|k| starts[k * words / n - 1]).collect();
+    let cuts: Vec<usize> = (1..n).map(|k| starts[k * words / n - 1]).collect();
+    split_at(text, cuts)
+}
+
+/// Splits `text` into exactly `n` non-empty pieces that concatenate back to
+/// it: at word starts when it has at least `n` words, else at evenly spaced
+/// characters, inside words (a bench asking for many pieces of a short echo).
+/// A text of fewer than `n` characters gives one piece per character (and
+/// the empty text one empty piece).
+fn split_exactly(text: &str, n: usize) -> Vec<&str> {
+    let n = n.max(1);
+    if word_starts(text).len() + 1 >= n {
+        return split_words(text, n);
+    }
+    let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    let chars = bounds.len();
+    let n = n.min(chars.max(1));
+    let cuts = (1..n).map(|k| bounds[k * chars / n]).collect();
+    split_at(text, cuts)
+}
+
+/// `text` cut at the byte offsets `cuts` (ascending char boundaries).
+fn split_at(text: &str, mut cuts: Vec<usize>) -> Vec<&str> {
     cuts.dedup();
-    let mut pieces = Vec::with_capacity(n);
+    let mut pieces = Vec::with_capacity(cuts.len() + 1);
     let mut from = 0;
     for cut in cuts {
         pieces.push(&text[from..cut]);
@@ -220,7 +252,7 @@ mod tests {
             &prompt("one two three four five six seven eight", None),
             "m",
         );
-        let events = stream_events(&body);
+        let events = stream_events(&body, None);
         assert_eq!(events.len(), 6);
         let text: String = events
             .iter()
@@ -241,7 +273,8 @@ mod tests {
         );
         // No text: one event, the body itself.
         let blocked = blocked(&prompt("x", None), "m");
-        assert_eq!(stream_events(&blocked), vec![blocked]);
+        assert_eq!(stream_events(&blocked, Some(40)), vec![blocked.clone()]);
+        assert_eq!(stream_events(&blocked, None), vec![blocked]);
     }
 
     #[test]
@@ -254,6 +287,58 @@ mod tests {
         let pieces = split_words(&text, 6);
         assert_eq!(pieces.len(), 6);
         assert_eq!(pieces.concat(), text);
+    }
+
+    #[test]
+    fn a_number_of_chunks_is_met_exactly() {
+        let body = success(
+            &prompt("one two three four five six seven eight", None),
+            "m",
+        );
+        let text = body["candidates"][0]["content"]["parts"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        for n in [1, 2, 6, 9, 13, 40] {
+            let events = stream_events(&body, Some(n));
+            assert_eq!(events.len(), n, "{n} chunks");
+            let pieces: Vec<&str> = events
+                .iter()
+                .map(|e| {
+                    e["candidates"][0]["content"]["parts"][0]["text"]
+                        .as_str()
+                        .unwrap_or("?")
+                })
+                .collect();
+            assert_eq!(pieces.concat(), text, "{n} chunks");
+            assert!(pieces.iter().all(|p| !p.is_empty()), "{pieces:?}");
+            let last = events.len() - 1;
+            assert_eq!(events[last]["candidates"][0]["finishReason"], "STOP");
+            assert!(
+                events[..last]
+                    .iter()
+                    .all(|e| e.get("usageMetadata").is_none())
+            );
+        }
+    }
+
+    #[test]
+    fn split_exactly_cuts_inside_words_only_when_it_must() {
+        // Enough words: at word starts, as without a number.
+        assert_eq!(split_exactly("a b c d", 2), ["a b ", "c d"]);
+        assert_eq!(split_exactly("a b c d", 4), ["a ", "b ", "c ", "d"]);
+        // Too few words: evenly by characters, multi-byte ones kept whole.
+        assert_eq!(split_exactly("abcdef", 3), ["ab", "cd", "ef"]);
+        assert_eq!(split_exactly("éüx y", 4), ["é", "ü", "x", " y"]);
+        // Fewer characters than pieces: one each; nothing: one empty piece.
+        assert_eq!(split_exactly("ab", 5), ["a", "b"]);
+        assert_eq!(split_exactly("", 5), [""]);
+        assert_eq!(split_exactly("abc", 0), ["abc"]);
+        let text = "a longer text with ünïcödé in it";
+        for n in 1..=text.chars().count() {
+            let pieces = split_exactly(text, n);
+            assert_eq!(pieces.len(), n);
+            assert_eq!(pieces.concat(), text);
+        }
     }
 
     #[test]

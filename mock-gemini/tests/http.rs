@@ -676,6 +676,28 @@ async fn streamed_replies_come_as_several_events_with_usage_on_the_last() {
 }
 
 #[tokio::test]
+async fn a_prompt_can_ask_for_its_number_of_chunks() {
+    let mock = start(MockConfig {
+        chunk_pause_ms: 0,
+        ..MockConfig::default()
+    })
+    .await;
+    // Enough words for 12 pieces at word starts; too few for 40, which cuts inside words.
+    for (text, n) in [
+        ("[[mock:chunks=12]] a b c d e f g h i j k l", 12),
+        ("[[mock:chunks=40]] short", 40),
+    ] {
+        let (_, whole) = mock.generate("k", text).await;
+        let streamed = mock.stream("k", text).await;
+        assert!(streamed.clean_end);
+        assert_eq!(streamed.events.len(), n, "{:?}", streamed.events);
+        let joined: String = streamed.events.iter().map(event_text).collect();
+        assert_eq!(joined, event_text(&whole));
+    }
+    mock.stop().await;
+}
+
+#[tokio::test]
 async fn every_failure_answers_the_same_on_the_stream_endpoint() {
     let mock = start(MockConfig {
         allowed_keys: vec!["k".into()],
