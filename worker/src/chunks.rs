@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,6 +45,9 @@ const BACKOFF: Duration = Duration::from_secs(1);
 /// How often the flusher looks for replies whose chat has become watched since their last
 /// piece (a provider that pauses long would otherwise delay the first snapshot).
 const WATCH_TICK: Duration = Duration::from_millis(200);
+/// How long a finished call of a watched reply waits for its last piece to be handed to the
+/// broker, so listeners get it before the stored reply (see [`LiveReply::finish`]).
+const FINISH_WAIT: Duration = Duration::from_millis(500);
 
 /// Appends pieces to replies' partial texts, one piece per reply (see
 /// `sluice_shared::stream::partial_key`). A piece 0 starts the text over; the next piece of
@@ -108,6 +111,8 @@ struct Reply {
     waiting_since: Option<Instant>,
     /// The call is over: what is left goes out at once, then the reply is forgotten.
     ended: bool,
+    /// Told once the reply's last piece has been handed to the broker (or given up).
+    finished: Option<oneshot::Sender<()>>,
 }
 
 impl Reply {
@@ -121,6 +126,17 @@ impl Reply {
     fn unsent(&self) -> usize {
         self.text.len().saturating_sub(self.sent)
     }
+}
+
+/// What the flusher takes in one round.
+struct Batch {
+    due: Vec<Delta>,
+    /// When to look again, if anything is waiting.
+    next: Option<Instant>,
+    /// Pieces the provider sent since the last round.
+    pieces_in: u64,
+    /// Finished replies whose last piece is in `due`: told once it has been sent.
+    finished: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -146,11 +162,12 @@ impl Shared {
     }
 
     /// Takes the pieces due at `now` (none while `resting`) and forgets ended replies with
-    /// nothing left to send. Returns them with when to look again.
-    fn take_due(&self, now: Instant, resting: bool) -> (Vec<Delta>, Option<Instant>, u64) {
+    /// nothing left to send.
+    fn take_due(&self, now: Instant, resting: bool) -> Batch {
         let mut state = self.state();
         let pieces_in = std::mem::take(&mut state.pieces_in);
         let mut due = Vec::new();
+        let mut finished = Vec::new();
         let mut next: Option<Instant> = None;
         let mut sooner = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         state.replies.retain(|_, reply| {
@@ -188,9 +205,17 @@ impl Shared {
             reply.sent = reply.text.len();
             reply.seq = reply.seq.saturating_add(1);
             reply.waiting_since = None;
+            if reply.ended {
+                finished.extend(reply.finished.take());
+            }
             !reply.ended
         });
-        (due, next, pieces_in)
+        Batch {
+            due,
+            next,
+            pieces_in,
+            finished,
+        }
     }
 }
 
@@ -238,6 +263,7 @@ impl ChunkSink {
                     seq: 0,
                     waiting_since: None,
                     ended: false,
+                    finished: None,
                 },
             );
             Some(key)
@@ -282,9 +308,33 @@ impl LiveReply {
             self.sink.wake.notify_one();
         }
     }
+    /// The call is over. A published reply waits (at most [`FINISH_WAIT`]) until its last
+    /// piece has been handed to the broker, so listeners get it before the stored reply,
+    /// which the worker publishes next; a reply nobody watched returns at once.
+    pub async fn finish(mut self) {
+        let Some(key) = self.key.take() else { return };
+        let told = {
+            let mut state = self.sink.state();
+            let Some(reply) = state.replies.get_mut(&key) else {
+                return;
+            };
+            reply.ended = true;
+            reply.is_live().then(|| {
+                let (tell, told) = oneshot::channel();
+                reply.finished = Some(tell);
+                told
+            })
+        };
+        self.sink.wake.notify_one();
+        if let Some(told) = told {
+            // An error means the piece was given up: nothing to wait for.
+            let _ = tokio::time::timeout(FINISH_WAIT, told).await;
+        }
+    }
 }
 
 impl Drop for LiveReply {
+    /// A call dropped mid-way (cut short): what is left goes out without anybody waiting.
     fn drop(&mut self) {
         let Some(key) = self.key else { return };
         if let Some(reply) = self.sink.state().replies.get_mut(&key) {
@@ -346,15 +396,18 @@ impl Flusher {
         loop {
             let now = Instant::now();
             let resting = self.publisher.resting(now);
-            let (due, next, pieces_in) = self.shared.take_due(now, resting.is_some());
-            if pieces_in > 0 {
-                metrics::counter!("sluice_stream_pieces_received_total").increment(pieces_in);
+            let batch = self.shared.take_due(now, resting.is_some());
+            if batch.pieces_in > 0 {
+                metrics::counter!("sluice_stream_pieces_received_total").increment(batch.pieces_in);
             }
-            if !due.is_empty() {
-                self.send(due).await;
+            if !batch.due.is_empty() {
+                self.send(batch.due).await;
+                for tell in batch.finished {
+                    let _ = tell.send(());
+                }
                 continue;
             }
-            let next = match (next, resting) {
+            let next = match (batch.next, resting) {
                 (Some(n), Some(r)) => Some(n.max(r)),
                 (n, r) => n.or(r),
             };
@@ -529,15 +582,15 @@ mod tests {
         let sink = ChunkSink::new(Duration::from_millis(30), true);
         let reply = sink.open(id(), Arc::new(AtomicBool::new(true)));
         reply.push("Hel");
-        let (due, _, pieces) = sink.0.take_due(Instant::now(), false);
-        assert_eq!((texts(&due), pieces), (vec![(0, "Hel")], 1));
+        let batch = sink.0.take_due(Instant::now(), false);
+        assert_eq!((texts(&batch.due), batch.pieces_in), (vec![(0, "Hel")], 1));
         reply.push("lo");
         reply.push(", world");
-        let (due, next, _) = sink.0.take_due(Instant::now(), false);
-        assert!(due.is_empty());
-        assert_eq!(next, Some(Instant::now() + Duration::from_millis(30)));
+        let batch = sink.0.take_due(Instant::now(), false);
+        assert!(batch.due.is_empty());
+        assert_eq!(batch.next, Some(Instant::now() + Duration::from_millis(30)));
         tokio::time::advance(Duration::from_millis(30)).await;
-        let (due, _, _) = sink.0.take_due(Instant::now(), false);
+        let due = sink.0.take_due(Instant::now(), false).due;
         assert_eq!(texts(&due), vec![(1, "lo, world")]);
     }
 
@@ -548,17 +601,17 @@ mod tests {
         let reply = sink.open(id(), watched.clone());
         reply.push("one ");
         reply.push("two ");
-        let (due, next, _) = sink.0.take_due(Instant::now(), false);
-        assert!(due.is_empty());
-        assert_eq!(next, Some(Instant::now() + WATCH_TICK));
+        let batch = sink.0.take_due(Instant::now(), false);
+        assert!(batch.due.is_empty());
+        assert_eq!(batch.next, Some(Instant::now() + WATCH_TICK));
         watched.store(true, Ordering::Relaxed);
-        let (due, _, _) = sink.0.take_due(Instant::now(), false);
+        let due = sink.0.take_due(Instant::now(), false).due;
         assert_eq!(texts(&due), vec![(0, "one two ")]);
         // Once published, it stays published even when the mark lapses.
         watched.store(false, Ordering::Relaxed);
         reply.push("three");
         drop(reply);
-        let (due, _, _) = sink.0.take_due(Instant::now(), false);
+        let due = sink.0.take_due(Instant::now(), false).due;
         assert_eq!(texts(&due), vec![(1, "three")]);
         assert!(sink.0.state().replies.is_empty());
     }
@@ -572,11 +625,10 @@ mod tests {
         for piece in ["b", "c", "d"] {
             reply.push(piece);
             tokio::time::advance(Duration::from_millis(40)).await;
-            let (due, _, _) = sink.0.take_due(Instant::now(), true);
-            assert!(due.is_empty());
+            assert!(sink.0.take_due(Instant::now(), true).due.is_empty());
         }
         drop(reply);
-        let (due, _, _) = sink.0.take_due(Instant::now(), false);
+        let due = sink.0.take_due(Instant::now(), false).due;
         assert_eq!(texts(&due), vec![(1, "bcd")]);
         assert!(sink.0.state().replies.is_empty());
     }
@@ -588,8 +640,34 @@ mod tests {
         reply.push("x");
         let _ = sink.0.take_due(Instant::now(), false);
         reply.push(&"y".repeat(MAX_PIECE));
-        let (due, _, _) = sink.0.take_due(Instant::now(), false);
+        let due = sink.0.take_due(Instant::now(), false).due;
         assert_eq!(due.first().map(|d| d.text.len()), Some(MAX_PIECE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_watched_reply_waits_for_its_last_piece_and_an_unwatched_one_does_not() {
+        let sink = ChunkSink::new(Duration::from_millis(30), true);
+        let reply = sink.open(id(), Arc::new(AtomicBool::new(true)));
+        reply.push("all of it");
+        let started = Instant::now();
+        let flusher = async {
+            let batch = sink.0.take_due(Instant::now(), false);
+            assert_eq!(texts(&batch.due), vec![(0, "all of it")]);
+            assert_eq!(batch.finished.len(), 1, "the last piece is in this batch");
+            for tell in batch.finished {
+                let _ = tell.send(());
+            }
+        };
+        tokio::join!(reply.finish(), flusher);
+        assert_eq!(started.elapsed(), Duration::ZERO, "told, not timed out");
+        assert!(sink.0.state().replies.is_empty());
+
+        let unwatched = sink.open(id(), Arc::new(AtomicBool::new(false)));
+        unwatched.push("nobody sees this");
+        unwatched.finish().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(sink.0.take_due(Instant::now(), false).due.is_empty());
+        assert!(sink.0.state().replies.is_empty());
     }
 
     #[test]

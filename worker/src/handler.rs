@@ -269,8 +269,9 @@ async fn call(
         live.push(text);
     };
     let result = ctx.provider.generate(key, request, &mut on_text).await;
-    // The call is over: what the sink gathered and did not publish yet goes out now.
-    drop(live);
+    // The call is over: what the sink gathered and did not publish yet goes out now, before
+    // the stored reply.
+    live.finish().await;
     // A cooling egress route sends nothing: no duration, no log line. A call made gets
     // one info line, which under the delivery's span names the trace.
     if !matches!(result, Err(ProviderError::EgressCooling)) {
