@@ -48,6 +48,11 @@ pub struct FidelityArgs {
     /// The shortest measured span (ms): short windows are measured over more of them.
     #[arg(long, default_value_t = 10_000)]
     min_span_ms: u64,
+    /// Deliveries in hand across the fleet beside those whose calls are in flight, waiting
+    /// for the next slots (default: half a window's budget). Every waiter tries again as each
+    /// slot frees, so more of them cost CPU when the slots free.
+    #[arg(long)]
+    waiting: Option<u64>,
     #[arg(long)]
     json: bool,
 }
@@ -190,10 +195,12 @@ async fn fidelity_run(args: &FidelityArgs, cell: Cell<'_>) -> anyhow::Result<Val
         // Twice what the measured span can absorb, so the queue never runs dry.
         let offered = budget * usize::try_from(windows + 3)? * 2;
         post_all(&app, offered, 16).await?;
-        // Enough deliveries in hand across the fleet for a window's calls in flight as long
-        // as they last, and as many waiting for the next slots (16 at least, as in tests).
-        let in_hand = 2 * budget as u64 * (cell.window_ms + cell.call_ms) / cell.window_ms;
-        let prefetch = u16::try_from(in_hand.div_ceil(cell.workers as u64).max(16))?;
+        // Deliveries in hand across the fleet: the calls in flight at full budget (a window's
+        // budget for as long as a call lasts, a quarter more for setting up and settling),
+        // and those waiting to take the next slots as they free.
+        let in_flight = budget as u64 * cell.call_ms * 5 / 4 / cell.window_ms;
+        let waiting = args.waiting.unwrap_or(budget as u64 / 2);
+        let prefetch = u16::try_from((in_flight + waiting).div_ceil(cell.workers as u64).max(1))?;
         for _ in 0..cell.workers {
             let mut settings = app.settings.clone();
             settings.worker.prefetch = prefetch;
@@ -251,7 +258,9 @@ pub async fn fidelity(args: FidelityArgs) -> anyhow::Result<()> {
                         .map_or_else(|| "n/a".to_owned(), |u| format!("{:.1} %", u * 100.0));
                     println!(
                         "{window_ms:>9}  {call_ms:>7}  {backend:<7}  {workers:>7}  {used:>11}  {:>4}  {:>29}  {:>12}",
-                        row["rate_limited"], row["max_in_window"], row["windows_seen"],
+                        row["rate_limited"].as_u64().unwrap_or_default(),
+                        row["max_in_window"].as_u64().unwrap_or_default(),
+                        row["windows_seen"].as_u64().unwrap_or_default(),
                     );
                     rows.push(row);
                 }

@@ -16,33 +16,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The call finished: its slot now holds the real token count, and frees one window after
-/// the moment it is dated to. `now` is rounded up: a millisecond floor could date it before
-/// the provider saw the call arrive, and free the slot a fraction of a millisecond too early.
-/// With ARGV[4], "the call's first event arrived this many ms ago" (a floor, measured by the
-/// worker), the slot is dated to that event: now − ARGV[4], never earlier than the event since
-/// the worker's clock only adds delay; if a mid-call mark (TAKEN) already dated it earlier,
-/// that stays. Without it (a call with no streamed event), the slot is dated to now.
+/// the moment it is dated to. Times are in ms to the microsecond; `now` is rounded up by the
+/// microsecond TIME cuts off, so the date is never before the provider saw the call arrive.
+/// With ARGV[4], "the call's first event arrived this many µs ago" (a floor, measured by the
+/// worker before this script ran), the slot is dated to that event: now − ARGV[4], never
+/// earlier than the event since every delay only makes it later; if a mid-call mark (TAKEN)
+/// already dated it earlier, that stays. Without it (a call with no streamed event), the slot
+/// is dated to now.
 const COMPLETE: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1
+local now = tonumber(t[1]) * 1000 + (tonumber(t[2]) + 1) / 1000
 local member = ARGV[1] .. ':' .. ARGV[2]
 local score = redis.call('ZSCORE', KEYS[1], member)
 if score then
   local at = now
-  if ARGV[4] then at = math.min(now - tonumber(ARGV[4]), tonumber(score)) end
+  if ARGV[4] then at = math.min(now - tonumber(ARGV[4]) / 1000, tonumber(score)) end
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZADD', KEYS[1], at, ARGV[1] .. ':' .. ARGV[3])
   redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
 end
 return 1";
 
-/// A call still running got its first event ARGV[3] ms ago: its in-flight slot (scored at the
+/// A call still running got its first event ARGV[3] µs ago: its in-flight slot (scored at the
 /// far end of the provider's timeout) is dated to that event, rounded up as in COMPLETE, so it
 /// frees one window after the event even if the call goes on longer. Only ever moves a score
 /// earlier; a slot already gone (expired, released) stays gone.
 const TAKEN: &str = r"
 local t = redis.call('TIME')
-local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1 - tonumber(ARGV[3])
+local at = tonumber(t[1]) * 1000 + (tonumber(t[2]) + 1 - tonumber(ARGV[3])) / 1000
 local member = ARGV[1] .. ':' .. ARGV[2]
 local score = redis.call('ZSCORE', KEYS[1], member)
 if score and tonumber(score) > at then
@@ -96,12 +97,12 @@ impl RedisBudgets {
         &self.link
     }
 
-    /// Whole milliseconds of `ago`, rounded down and at most the provider's timeout: a shorter
+    /// Whole microseconds of `ago`, rounded down and at most the provider's timeout: a shorter
     /// "ago" dates a slot later, never earlier.
-    fn ago_ms(&self, ago: Duration) -> u64 {
-        u64::try_from(ago.as_millis())
+    fn ago_us(&self, ago: Duration) -> u64 {
+        u64::try_from(ago.as_micros())
             .unwrap_or(u64::MAX)
-            .min(self.inflight_ms)
+            .min(self.inflight_ms.saturating_mul(1000))
     }
 
     /// Runs one Redis operation with the link's timeout.
@@ -196,7 +197,7 @@ impl RedisBudgets {
             .arg(estimate)
             .arg(tokens);
         if let Some(ago) = first_event_ago {
-            invocation.arg(self.ago_ms(ago));
+            invocation.arg(self.ago_us(ago));
         }
         self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
@@ -213,7 +214,7 @@ impl RedisBudgets {
         ago: Duration,
     ) -> Result<(), RedisError> {
         let mut invocation = self.taken.key(self.layout.calls(&key.project, model));
-        invocation.arg(id).arg(estimate).arg(self.ago_ms(ago));
+        invocation.arg(id).arg(estimate).arg(self.ago_us(ago));
         self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())

@@ -7,8 +7,10 @@
 -- calls left on the chosen project and model after this one), {0, wait_ms} when no
 -- candidate has budget (wait_ms = -1 when every candidate is disabled, or there is none).
 -- The caller leaves out keys it cannot use now (a cooling egress route), so they cost nothing.
+-- Times are in ms to the microsecond (scores are doubles): a slot frees at its exact time,
+-- not up to a millisecond later.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local n = tonumber(ARGV[1])
 local estimate = tonumber(ARGV[2])
 local inflight = tonumber(ARGV[3])
@@ -19,6 +21,8 @@ local disabled = KEYS[#KEYS]
 local best, best_headroom, best_weight, best_left = nil, -1, -1, 0
 local earliest = nil
 local function wait_at_least(ms)
+  -- Whole ms, rounded up: the reply is an integer, and a waiter woken early wastes a try.
+  ms = math.ceil(ms)
   if ms < 1 then ms = 1 end
   if earliest == nil or ms < earliest then earliest = ms end
 end
