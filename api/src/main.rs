@@ -8,17 +8,10 @@ use sluice_shared::{Settings, Topology};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc's per-thread caches make the many small allocations of a message cheaper than
-/// glibc's arenas (see docs/BENCHMARKS.md). Argon2's 19 MiB blocks are past its largest size
-/// class: each gets a segment of its own, given back to the system when freed.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Argon2 allocates 19 MiB per hash. glibc's dynamic mmap threshold soon serves blocks that
 /// size from per-thread heaps it never hands back; a fixed threshold keeps them mmapped, so
 /// the memory returns to the system after each hash.
-#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(
     unsafe_code,
     reason = "mallopt is a C call; it only tunes the allocator"
@@ -30,7 +23,7 @@ fn return_large_allocations() {
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_large_allocations() {}
 
 /// The Sluice HTTP API: REST for users and operators, the publisher of requests to RabbitMQ

@@ -5,12 +5,6 @@ use clap::Parser;
 use sluice_shared::Settings;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc's per-thread caches make the many small allocations of a message cheaper than
-/// glibc's arenas (see docs/BENCHMARKS.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// One replica of the Sluice worker fleet: consumes requests from RabbitMQ, spends the key
 /// pool's budget (shared through Redis), calls the model provider and publishes the answers.
 /// Run as many as the budget allows; each needs its own SLUICE__WORKER__HEALTH_ADDR.
