@@ -109,6 +109,14 @@ pub enum Begin {
     Wait,
 }
 
+/// A request's record among its user's calls in flight: the sorted set and the member, for a
+/// script that removes it along with other work (the budget's completion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub key: String,
+    pub member: String,
+}
+
 /// What one check of a request in hand found: whether it is stopped, and whether somebody
 /// watches its chat (see [`crate::stream::watched_key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,9 +353,16 @@ impl Marks {
         }
     }
 
+    /// Where `work` is recorded among its user's calls in flight.
+    pub fn in_flight(&self, work: &WorkId) -> InFlight {
+        InFlight {
+            key: self.in_flight_key(work.user),
+            member: format!("{}:{}", work.message, work.generation),
+        }
+    }
+
     pub async fn call_ended(&self, work: &WorkId) -> Result<(), RedisError> {
-        let key = self.in_flight_key(work.user);
-        let member = format!("{}:{}", work.message, work.generation);
+        let InFlight { key, member } = self.in_flight(work);
         self.link
             .run(|mut c| async move {
                 redis::cmd("ZREM")

@@ -181,7 +181,7 @@ async fn serve(
             }
             reason = watch.stopped() => {
                 // Cut short: the call was sent, so its slot and estimated tokens stay spent.
-                ctx.budgets.complete(model, &reservation, estimate, first_event.ago()).await;
+                complete(ctx, model, &reservation, estimate, first_event.ago(), watch).await;
                 called(key, "stopped");
                 return stopped(reason, true);
             }
@@ -193,6 +193,7 @@ async fn serve(
             estimate,
             &reservation,
             first_event_ago,
+            watch,
             result,
         )
         .await
@@ -289,6 +290,32 @@ async fn call(
     result
 }
 
+/// Completes a counted call's reservation; the request's record among its user's calls in
+/// flight goes in the same round trip when the budgets are in Redis.
+async fn complete(
+    ctx: &Context,
+    model: &str,
+    reservation: &Reservation,
+    tokens: u32,
+    first_event_ago: Option<Duration>,
+    watch: &Watch,
+) {
+    let in_flight = watch.in_flight();
+    if ctx
+        .budgets
+        .complete(
+            model,
+            reservation,
+            tokens,
+            first_event_ago,
+            in_flight.as_ref(),
+        )
+        .await
+    {
+        watch.ended_with_budget();
+    }
+}
+
 /// Feeds the call's `result` back into the pool — settles the reservation, cools down,
 /// disables or strikes the key — and returns the request's [`Outcome`], or `None` when the
 /// call was not counted and another key should be tried.
@@ -298,6 +325,7 @@ async fn settle(
     estimate: u32,
     reservation: &Reservation,
     first_event_ago: Option<Duration>,
+    watch: &Watch,
     result: Result<Generation, ProviderError>,
 ) -> Option<Outcome> {
     let model = request.model.as_str();
@@ -309,9 +337,7 @@ async fn settle(
                 .usage
                 .prompt_tokens
                 .saturating_add(generation.usage.completion_tokens);
-            ctx.budgets
-                .complete(model, reservation, used, first_event_ago)
-                .await;
+            complete(ctx, model, reservation, used, first_event_ago, watch).await;
             ctx.budgets.clear_strikes(reservation.key).await;
             Some(Outcome::Completed {
                 generation,
@@ -360,9 +386,7 @@ async fn settle(
             None
         }
         Err(ProviderError::Transient { kind, message }) => {
-            ctx.budgets
-                .complete(model, reservation, estimate, first_event_ago)
-                .await;
+            complete(ctx, model, reservation, estimate, first_event_ago, watch).await;
             Some(Outcome::Retryable {
                 error: ErrorInfo {
                     kind: kind.into(),
@@ -372,9 +396,7 @@ async fn settle(
             })
         }
         Err(ProviderError::Permanent { kind, message }) => {
-            ctx.budgets
-                .complete(model, reservation, estimate, first_event_ago)
-                .await;
+            complete(ctx, model, reservation, estimate, first_event_ago, watch).await;
             Some(Outcome::Permanent {
                 error: ErrorInfo {
                     kind: kind.into(),

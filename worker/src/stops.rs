@@ -8,7 +8,7 @@
 //! stopped and every chat counts as watched (the link rests a few seconds after a failure,
 //! so an outage costs one timeout, not one per delivery).
 
-use sluice_shared::marks::{Begin, Check, Marks, StopReason, WorkId};
+use sluice_shared::marks::{Begin, Check, InFlight, Marks, StopReason, WorkId};
 use sluice_shared::supervisor::every;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -108,6 +108,7 @@ impl Stops {
             work,
             signal,
             recorded: false,
+            ended_with_budget: AtomicBool::new(false),
         }
     }
 
@@ -158,6 +159,8 @@ pub struct Watch {
     signal: Arc<Signal>,
     /// Whether Redis counts this request's call as in flight.
     recorded: bool,
+    /// The record went with the budget's completion (see [`Watch::in_flight`]).
+    ended_with_budget: AtomicBool,
 }
 
 impl Watch {
@@ -209,9 +212,21 @@ impl Watch {
         }
     }
 
+    /// The request's record among its user's calls in flight, for the budget's completion to
+    /// remove in its own round trip; `None` when there is none.
+    pub fn in_flight(&self) -> Option<InFlight> {
+        let marks = self.stops.marks.as_ref()?;
+        self.recorded.then(|| marks.in_flight(&self.work))
+    }
+
+    /// The budget's completion removed the record [`Watch::in_flight`] gave.
+    pub fn ended_with_budget(&self) {
+        self.ended_with_budget.store(true, Ordering::Relaxed);
+    }
+
     /// The call is over: it no longer counts as in flight.
     pub async fn end(self) {
-        if !self.recorded {
+        if !self.recorded || self.ended_with_budget.load(Ordering::Relaxed) {
             return;
         }
         if let Some(marks) = &self.stops.marks

@@ -10,6 +10,7 @@ pub mod redis;
 
 use crate::bounds::{MAX_PROVIDER_DELAY, THROTTLE_WINDOW, instant_after};
 use sluice_shared::keypool::{CooldownReason, KeySpec, next_pacific_midnight};
+use sluice_shared::marks::InFlight;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -200,16 +201,20 @@ impl Budgets {
     /// and frees one window after the call's first event (`first_event_ago`, see
     /// [`FirstEvent::ago`]) or, for a call without one, one window from now. Local budgets
     /// counted the call when they reserved it: nothing to do there.
+    /// The call is over and counted: its slot holds the real `tokens`, dated from its first
+    /// event when it had one. With Redis budgets the request's `in_flight` record (see
+    /// [`sluice_shared::marks`]) goes in the same round trip: `true` when it did.
     pub async fn complete(
         &self,
         model: &str,
         reservation: &Reservation,
         tokens: u32,
         first_event_ago: Option<Duration>,
-    ) {
+        in_flight: Option<&InFlight>,
+    ) -> bool {
         if let (Some(id), Some(redis)) = (&reservation.redis_id, self.redis().await) {
             let key = &self.keys[reservation.key];
-            if let Err(e) = redis
+            match redis
                 .complete(
                     key,
                     model,
@@ -217,12 +222,15 @@ impl Budgets {
                     reservation.estimate,
                     tokens,
                     first_event_ago,
+                    in_flight,
                 )
                 .await
             {
-                self.degrade(&e);
+                Ok(()) => return in_flight.is_some(),
+                Err(e) => self.degrade(&e),
             }
         }
+        false
     }
 
     /// Runs beside a call and never ends (drop it when the call ends). A call still running
@@ -523,7 +531,7 @@ mod tests {
         let completed = fixture.server_ms().await?;
         fixture
             .budgets
-            .complete(MODEL, &taken, 12, first_event.ago())
+            .complete(MODEL, &taken, 12, first_event.ago(), None)
             .await;
         let score = fixture.slot().await?;
         assert!(
@@ -565,7 +573,7 @@ mod tests {
         let completed_before = fixture.server_ms().await?;
         fixture
             .budgets
-            .complete(MODEL, &taken, 12, first_event.ago())
+            .complete(MODEL, &taken, 12, first_event.ago(), None)
             .await;
         let completed_after = fixture.server_ms().await?;
         let score = fixture.slot().await?;
@@ -623,9 +631,9 @@ mod tests {
         // Its completion finds the slot gone and leaves the next call's alone.
         fixture
             .budgets
-            .complete(MODEL, &taken, 12, first_event.ago())
+            .complete(MODEL, &taken, 12, first_event.ago(), None)
             .await;
-        fixture.budgets.complete(MODEL, &next, 10, None).await;
+        fixture.budgets.complete(MODEL, &next, 10, None, None).await;
         assert_eq!(
             fixture.slots().await?.len(),
             1,
@@ -656,7 +664,7 @@ mod tests {
         // A later estimate of the same event (the completion's) does not move it.
         fixture
             .budgets
-            .complete(MODEL, &taken, 25, Some(Duration::ZERO))
+            .complete(MODEL, &taken, 25, Some(Duration::ZERO), None)
             .await;
         assert_eq!(fixture.slot().await?, marked);
         let tokens_key = fixture.layout.tokens(&fixture.key.project, MODEL);

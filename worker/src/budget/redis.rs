@@ -11,6 +11,7 @@ use redis::{RedisError, Script};
 use sluice_shared::keypool::{
     KeyPoolState, KeySpec, RedisLayout, next_pacific_midnight, pacific_day,
 };
+use sluice_shared::marks::InFlight;
 use sluice_shared::redis_link::RedisLink;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +31,13 @@ local member = ARGV[1] .. ':' .. ARGV[2]
 local score = redis.call('ZSCORE', KEYS[1], member)
 if score then
   local at = now
-  if ARGV[4] then at = math.min(now - tonumber(ARGV[4]) / 1000, tonumber(score)) end
+  if ARGV[4] ~= '' then at = math.min(now - tonumber(ARGV[4]) / 1000, tonumber(score)) end
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZADD', KEYS[1], at, ARGV[1] .. ':' .. ARGV[3])
   redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
 end
+-- The request's record among its user's calls in flight goes in the same round trip.
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[5]) end
 return 1";
 
 /// A call still running got its first event ARGV[3] µs ago: its in-flight slot (scored at the
@@ -189,15 +192,17 @@ impl RedisBudgets {
         estimate: u32,
         tokens: u32,
         first_event_ago: Option<Duration>,
+        in_flight: Option<&InFlight>,
     ) -> Result<(), RedisError> {
         let mut invocation = self.complete.key(self.layout.calls(&key.project, model));
         invocation
             .key(self.layout.tokens(&key.project, model))
             .arg(id)
             .arg(estimate)
-            .arg(tokens);
-        if let Some(ago) = first_event_ago {
-            invocation.arg(self.ago_us(ago));
+            .arg(tokens)
+            .arg(first_event_ago.map_or(String::new(), |ago| self.ago_us(ago).to_string()));
+        if let Some(record) = in_flight {
+            invocation.key(&record.key).arg(&record.member);
         }
         self.run(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
