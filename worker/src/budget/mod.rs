@@ -212,18 +212,10 @@ impl Budgets {
         first_event_ago: Option<Duration>,
         in_flight: Option<&InFlight>,
     ) -> bool {
-        if let (Some(id), Some(redis)) = (&reservation.redis_id, self.redis().await) {
+        if let (Some(_), Some(redis)) = (&reservation.redis_id, self.redis().await) {
             let key = &self.keys[reservation.key];
             match redis
-                .complete(
-                    key,
-                    model,
-                    id,
-                    reservation.estimate,
-                    tokens,
-                    first_event_ago,
-                    in_flight,
-                )
+                .complete(key, model, reservation, tokens, first_event_ago, in_flight)
                 .await
             {
                 Ok(()) => return in_flight.is_some(),

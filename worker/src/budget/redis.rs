@@ -183,22 +183,25 @@ impl RedisBudgets {
         })
     }
 
-    /// Settles a finished call; `first_event_ago` as in [`super::Budgets::complete`].
+    /// Settles a finished call; `first_event_ago` and `in_flight` as in
+    /// [`super::Budgets::complete`]. A reservation without a Redis id has nothing here.
     pub async fn complete(
         &self,
         key: &KeySpec,
         model: &str,
-        id: &str,
-        estimate: u32,
+        reservation: &Reservation,
         tokens: u32,
         first_event_ago: Option<Duration>,
         in_flight: Option<&InFlight>,
     ) -> Result<(), RedisError> {
+        let Some(id) = &reservation.redis_id else {
+            return Ok(());
+        };
         let mut invocation = self.complete.key(self.layout.calls(&key.project, model));
         invocation
             .key(self.layout.tokens(&key.project, model))
             .arg(id)
-            .arg(estimate)
+            .arg(reservation.estimate)
             .arg(tokens)
             .arg(first_event_ago.map_or(String::new(), |ago| self.ago_us(ago).to_string()));
         if let Some(record) = in_flight {
