@@ -2,9 +2,10 @@
 //! before anything is reserved for it, and every request in hand is checked together, in one
 //! `MGET`, about once a second, so a call whose reply was cancelled, superseded or deleted is
 //! cut short. The same reads tell whether somebody watches the request's chat, which decides
-//! whether its streamed pieces are published (see [`crate::chunks`]). A request also waits while an older generation of its message is still being cut
-//! short, so one reply has one call at a time; and each user's calls in flight are recorded,
-//! for `users.max_pending` to bound. Fails open: while Redis does not answer, nothing is
+//! whether its streamed pieces are published (see [`crate::chunks`]). A request also waits
+//! while an older generation of its message is still being cut short, so one reply has one
+//! call at a time; and each user's calls in flight are recorded, for `users.max_pending` to
+//! bound. Fails open: while Redis does not answer, nothing is
 //! stopped and every chat counts as watched (the link rests a few seconds after a failure,
 //! so an outage costs one timeout, not one per delivery).
 
