@@ -56,8 +56,9 @@ struct Cli {
 enum Command {
     /// Post N messages from C closed-loop clients, then wait for every reply.
     Flood(flood::FloodArgs),
-    /// Budget fidelity: an in-process stack per backend and worker count, offered far more
-    /// than its keys allow; accepted calls ÷ budget, 429s, most calls in a window.
+    /// Budget fidelity: an in-process stack per cell of windows × call lengths × worker
+    /// counts, offered far more than its keys allow; the share of the budget used, 429s,
+    /// most calls in a window.
     Fidelity(inprocess::FidelityArgs),
     /// Retries under injected 503s: an in-process stack; completed, failed, duplicate answers.
     Faults(inprocess::FaultsArgs),

@@ -63,8 +63,9 @@ impl RedisLayout {
         }
     }
 
-    /// Sorted set of calls in the window: member `id:tokens`, score = when its slot frees
-    /// (completion time; a far score while the call is in flight).
+    /// Sorted set of calls in the window: member `id:tokens`, score = when the provider took
+    /// the call (its first streamed event, else its completion; a far score while the call
+    /// is in flight and not yet dated). The slot frees one window after the score.
     pub fn calls(&self, project: &str, model: &str) -> String {
         format!("{}calls:{project}:{model}", self.prefix)
     }

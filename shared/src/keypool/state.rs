@@ -147,7 +147,7 @@ impl KeyState {
 /// A (project, model)'s use of its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
-    /// Calls whose slot is still held: in flight, or completed within the window.
+    /// Calls whose slot is still held: in flight, or taken by the provider within the window.
     pub calls_in_window: u64,
     /// Tokens held by the window's calls (including ones not yet swept by a reservation).
     pub tokens_in_window: u64,

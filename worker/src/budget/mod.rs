@@ -200,10 +200,9 @@ impl Budgets {
     /// The call finished (whatever its answer): its slot now holds the tokens actually used,
     /// and frees one window after the call's first event (`first_event_ago`, see
     /// [`FirstEvent::ago`]) or, for a call without one, one window from now. Local budgets
-    /// counted the call when they reserved it: nothing to do there.
-    /// The call is over and counted: its slot holds the real `tokens`, dated from its first
-    /// event when it had one. With Redis budgets the request's `in_flight` record (see
-    /// [`sluice_shared::marks`]) goes in the same round trip: `true` when it did.
+    /// counted the call when they reserved it: nothing to do there. With Redis budgets the
+    /// request's `in_flight` record (see [`sluice_shared::marks`]) goes in the same round
+    /// trip: `true` when it did.
     pub async fn complete(
         &self,
         model: &str,
