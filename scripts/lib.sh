@@ -78,10 +78,12 @@ pick_port() {
     die "no free port found"
 }
 
-# random_secret: prints 64 URL-safe random characters (48 bytes of /dev/urandom in base64url),
+# random_secret: prints 65 URL-safe characters: `s` and 48 bytes of /dev/urandom in base64url,
 # fit for the API's secrets (at least 32 bytes and 16 distinct ones: hex, with its 16 symbols,
-# would miss one about a time in four) and for passwords that go into URLs.
-random_secret() { head -c 48 /dev/urandom | base64 -w0 | tr '+/' '-_'; }
+# would miss one about a time in four) and for passwords that go into URLs. The leading letter
+# keeps a secret from starting with `-`, which a command line (rabbitmqctl change_password)
+# would take for an option, one time in 64.
+random_secret() { printf 's%s' "$(head -c 48 /dev/urandom | base64 -w0 | tr '+/' '-_')"; }
 
 # as_root CMD...: CMD as root, directly or through passwordless sudo.
 as_root() {
