@@ -170,24 +170,22 @@ impl Usage {
     /// CPU µs per message of every process but `except` (the bench itself), or `None` without
     /// messages; a process gone at either end counts as nothing.
     pub fn sum_us_per_message(&self, except: &str) -> Option<f64> {
-        let secs: f64 = self
-            .per_label
-            .iter()
-            .filter(|(label, _)| label != except)
-            .filter_map(|(_, cpu)| *cpu)
-            .sum();
-        self.per_message_us(secs)
+        self.per_message_us(self.secs_except(except))
     }
 
     /// CPU of every process but `except`, in % of one core over the span.
     pub fn sum_core_percent(&self, except: &str) -> Option<f64> {
-        let secs: f64 = self
-            .per_label
+        self.core_percent(self.secs_except(except))
+    }
+
+    /// CPU seconds of every process but `except`; a process gone at either end counts as
+    /// nothing.
+    fn secs_except(&self, except: &str) -> f64 {
+        self.per_label
             .iter()
             .filter(|(label, _)| label != except)
             .filter_map(|(_, cpu)| *cpu)
-            .sum();
-        self.core_percent(secs)
+            .sum()
     }
 
     /// `{"secs", "messages", "machine_busy_percent", "outside_stack_percent",

@@ -349,19 +349,25 @@ struct ChatOutcome {
     errors: Tally,
 }
 
+impl ChatOutcome {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            watched: None,
+            completed: 0,
+            failed: 0,
+            followed: Tallied::new()?,
+            errors: Tally::default(),
+        })
+    }
+}
+
 async fn run_watched(
     mut w: Watched,
     rounds: u64,
     chunks: usize,
     timeout: Duration,
 ) -> anyhow::Result<ChatOutcome> {
-    let mut out = ChatOutcome {
-        watched: None,
-        completed: 0,
-        failed: 0,
-        followed: Tallied::new()?,
-        errors: Tally::default(),
-    };
+    let mut out = ChatOutcome::new()?;
     for round in 0..rounds {
         let text = content(&format!("w{}", w.index), round, chunks);
         let reply = match w.post.post_message(&w.user, w.chat, &text).await {
@@ -396,13 +402,7 @@ async fn run_unwatched(
     timeout: Duration,
     outcomes: mpsc::UnboundedSender<Waiter>,
 ) -> anyhow::Result<ChatOutcome> {
-    let mut out = ChatOutcome {
-        watched: None,
-        completed: 0,
-        failed: 0,
-        followed: Tallied::new()?,
-        errors: Tally::default(),
-    };
+    let mut out = ChatOutcome::new()?;
     for round in 0..rounds {
         let text = content(&format!("u{}", u.index), round, chunks);
         let reply = match u.post.post_message(&u.user, u.chat, &text).await {
