@@ -4,7 +4,8 @@
 //! without counting an attempt. Keys behind a cooling egress route are skipped before
 //! reserving, so a message waits for them as it waits for budget. Each reservation is made
 //! on the keys running at that moment ([`Live`]), so a reload of the keys file reaches waiting
-//! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come. It knows nothing of the broker.
+//! deliveries too. Streamed pieces of text go to the [`ChunkSink`] as they come. It knows
+//! nothing of the broker.
 
 use crate::bounds::instant_after;
 use crate::budget::{Budgets, Cooldown, FirstEvent, NoBudget, Reservation};
