@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod broker;
+pub mod catalogue;
 pub mod envelope;
 pub mod keypool;
 pub mod marks;

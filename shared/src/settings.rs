@@ -3,8 +3,11 @@
 //! provider keys from `GEMINI_API_KEYS`. Validated before anything starts.
 
 use crate::Secret;
+pub use crate::catalogue::is_model_name;
+use crate::catalogue::{Catalogue, ModelEntry};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,6 +92,10 @@ pub struct Settings {
     pub stream: StreamSettings,
     pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
+    /// The model catalogue, `[models."NAME"]` (see [`crate::catalogue`]); empty: the Gemini
+    /// models of `provider.model` and `provider.models`.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelEntry>,
 }
 
 /// How the processes log. The filter stays `RUST_LOG`'s, the standard place for it.
@@ -218,14 +225,17 @@ pub struct RetrySettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProviderSettings {
+    /// Gemini's base URL, for keys that name none of their own.
     pub base_url: String,
+    /// The OpenAI-compatible base URL (`{base}/v1/chat/completions`), for keys that name none.
+    pub openai_base_url: String,
     pub model: String,
     pub proxy: Secret<String>,
     #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
     pub connect_timeout: Duration,
     #[serde(rename = "timeout_ms", deserialize_with = "millis")]
     pub timeout: Duration,
-    /// What users may ask for besides `model`.
+    /// What users may ask for besides `model` while the catalogue (`[models]`) is empty.
     pub models: Vec<String>,
     pub max_reply_bytes: u64,
     /// Stream calls (`:streamGenerateContent?alt=sse`) and publish their chunks as they come.
@@ -524,17 +534,19 @@ impl Settings {
                 "must start with http://, https:// or socks5h://",
             ));
         }
-        if !is_model_name(&provider.model) {
-            problems.push(invalid(
-                "SLUICE__PROVIDER__MODEL",
-                "letters, digits, '.', '-' and '_' only",
-            ));
+        for problem in Catalogue::problems(&self.models, &provider.model, &provider.models) {
+            problems.push(invalid("SLUICE__MODELS", problem));
         }
-        if let Some(bad) = provider.models.iter().find(|m| !is_model_name(m)) {
-            problems.push(invalid(
-                "SLUICE__PROVIDER__MODELS",
-                format!("{bad:?}: letters, digits, '.', '-' and '_' only"),
-            ));
+        for (name, url) in [
+            ("SLUICE__PROVIDER__BASE_URL", &provider.base_url),
+            (
+                "SLUICE__PROVIDER__OPENAI_BASE_URL",
+                &provider.openai_base_url,
+            ),
+        ] {
+            if !is_http_url(url) {
+                problems.push(invalid(name, "must start with http:// or https://"));
+            }
         }
         if provider.max_reply_bytes == 0 {
             problems.push(invalid("SLUICE__PROVIDER__MAX_REPLY_BYTES", "must be > 0"));
@@ -669,9 +681,9 @@ impl Settings {
         }
     }
 
-    /// Every model users may ask for: `provider.model` and `provider.models`.
-    pub fn allowed_model(&self, name: &str) -> bool {
-        name == self.provider.model || self.provider.models.iter().any(|m| m == name)
+    /// The model catalogue these settings describe (build it once and keep it).
+    pub fn catalogue(&self) -> Catalogue {
+        Catalogue::new(&self.models, &self.provider.model, &self.provider.models)
     }
 
     pub fn keys_file(&self) -> Option<PathBuf> {
@@ -735,13 +747,9 @@ fn positive(problems: &mut Vec<SettingsError>, name: &'static str, value: Durati
     }
 }
 
-/// A model name goes into the provider's URL path, so it is kept to a safe alphabet.
-pub fn is_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 100
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+/// A base URL a provider client may call.
+pub fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 /// Parses `GEMINI_API_KEYS`: a comma list of `key` or `alias=key`; bare keys are named
@@ -1030,6 +1038,63 @@ mod tests {
         assert!(
             both.contains("SLUICE__AUTH__JWT_SECRET") && both.contains("SLUICE__ADMIN__TOKEN"),
             "{both}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_catalogue_in_a_settings_file_keeps_its_names_and_is_checked()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let with = |local: &str| {
+            Config::builder()
+                .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+                .add_source(File::from_str(local, FileFormat::Toml))
+                .build()?
+                .try_deserialize::<Settings>()
+        };
+        let s = with(
+            r#"
+            [provider]
+            model = "Gemini-2.5-Flash"
+            [models."Gemini-2.5-Flash"]
+            upstream = "gemini-2.5-flash"
+            input_price_per_mtok = 0.3
+            [models."gpt-4o-mini"]
+            provider = "openai"
+            output_price_per_mtok = "0.60"
+            context_tokens = 128000
+            fallback = ["Gemini-2.5-Flash"]
+            "#,
+        )?;
+        s.validate()?;
+        let catalogue = s.catalogue();
+        let gpt = catalogue
+            .get("gpt-4o-mini")
+            .ok_or("gpt-4o-mini is missing")?;
+        assert_eq!(gpt.provider, crate::catalogue::ProviderKind::OpenAi);
+        assert_eq!(gpt.upstream, "gpt-4o-mini");
+        assert_eq!(gpt.output_price_per_mtok.micro_usd_per_mtok(), 600_000);
+        assert_eq!(gpt.fallback, ["Gemini-2.5-Flash"]);
+        assert_eq!(
+            catalogue
+                .get("Gemini-2.5-Flash")
+                .map(|m| m.upstream.as_str()),
+            Some("gemini-2.5-flash"),
+            "names keep their case and their dots"
+        );
+
+        let s = with("[models.solo]\nprovider = \"openai\"\nfallback = [\"ghost\"]\n")?;
+        let refused = s
+            .validate()
+            .err()
+            .ok_or("a broken catalogue was accepted")?;
+        let refused = refused.to_string();
+        for expected in ["SLUICE__MODELS", "provider.model", "ghost"] {
+            assert!(refused.contains(expected), "{expected} in {refused}");
+        }
+        assert!(
+            with("[models.x]\ncolour = \"red\"\n").is_err(),
+            "unknown fields are refused"
         );
         Ok(())
     }

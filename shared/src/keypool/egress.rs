@@ -46,6 +46,8 @@ mod tests {
             window_ms: 1000,
             proxy: proxy.map(|p| Secret::new(p.to_owned())),
             weight: 1,
+            provider: Default::default(),
+            base_url: None,
         }
     }
 

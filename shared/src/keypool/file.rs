@@ -3,7 +3,8 @@
 
 use super::{KeySpec, Limits};
 use crate::Secret;
-use crate::settings::{Settings, is_model_name, millis_of};
+use crate::catalogue::ProviderKind;
+use crate::settings::{Settings, is_http_url, millis_of};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -35,6 +36,11 @@ struct KeyFile {
 struct KeyEntry {
     alias: Option<String>,
     secret: String,
+    /// The API the key speaks; Gemini when left out.
+    #[serde(default)]
+    provider: ProviderKind,
+    /// Where its calls go; the kind's configured base URL when left out.
+    base_url: Option<String>,
     project: Option<String>,
     rpm: Option<u32>,
     tpm: Option<u32>,
@@ -101,6 +107,8 @@ pub fn keys_with_file_text(
             window_ms: millis_of(settings.limits.window),
             proxy: None,
             weight: 1,
+            provider: ProviderKind::Gemini,
+            base_url: None,
         })
         .collect();
     // Alias-only keys (the API's view): no secret, the default limits.
@@ -113,6 +121,8 @@ pub fn keys_with_file_text(
         window_ms: millis_of(settings.limits.window),
         proxy: None,
         weight: 1,
+        provider: ProviderKind::Gemini,
+        base_url: None,
     }));
     if let Some(text) = file_text {
         let file: KeyFile = toml::from_str(text).map_err(|source| KeyFileError::Parse {
@@ -176,9 +186,10 @@ fn key_from_entry(
     };
     let mut model_limits = BTreeMap::new();
     for (model, l) in entry.models {
-        if !is_model_name(&model) {
+        if !entry.provider.accepts_model_name(&model) {
             return Err(KeyFileError::Invalid(format!(
-                "model name {model:?} of {alias}"
+                "model name {model:?} of {alias} is not a {} model name",
+                entry.provider
             )));
         }
         model_limits.insert(
@@ -199,6 +210,13 @@ fn key_from_entry(
             "proxy of {alias} must start with http://, https:// or socks5h://"
         )));
     }
+    if let Some(url) = &entry.base_url
+        && !is_http_url(url)
+    {
+        return Err(KeyFileError::Invalid(format!(
+            "base_url of {alias} must start with http:// or https://"
+        )));
+    }
     Ok(KeySpec {
         alias,
         secret: Secret::new(entry.secret.trim().to_owned()),
@@ -208,6 +226,10 @@ fn key_from_entry(
         window_ms: entry.window_ms.filter(|w| *w > 0).unwrap_or(window_ms),
         proxy: entry.proxy.map(Secret::new),
         weight: entry.weight.unwrap_or(1).max(1),
+        provider: entry.provider,
+        base_url: entry
+            .base_url
+            .map(|url| url.trim_end_matches('/').to_owned()),
     })
 }
 

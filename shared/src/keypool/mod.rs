@@ -15,6 +15,7 @@ pub use reload::{KeyFileWatch, ReloadTrigger, watch_keys};
 pub use state::{CooldownReason, KeyPoolState, KeySnapshot, KeyState, ModelSnapshot, ModelState};
 
 use crate::Secret;
+use crate::catalogue::ProviderKind;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use chrono_tz::America::Los_Angeles;
 use serde::Deserialize;
@@ -28,7 +29,8 @@ pub struct Limits {
 }
 
 /// One provider key. Budgets belong to its `project` (Gemini limits are per Google Cloud
-/// project); a key without one is its own project.
+/// project, OpenAI's per organisation or project); a key without one is its own project. It
+/// serves the catalogue's models of its `provider` kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySpec {
     pub alias: String,
@@ -39,6 +41,9 @@ pub struct KeySpec {
     pub window_ms: u64,
     pub proxy: Option<Secret<String>>,
     pub weight: u32,
+    pub provider: ProviderKind,
+    /// Where its calls go, without a trailing `/`; `None`: the kind's configured base URL.
+    pub base_url: Option<String>,
 }
 
 impl KeySpec {

@@ -5,6 +5,7 @@
 
 use super::egress::{egress_proxy, route_label};
 use super::{KeySpec, RedisLayout, pacific_day};
+use crate::catalogue::Catalogue;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisError, Script, Value, from_redis_value};
@@ -174,14 +175,15 @@ pub struct KeySnapshot {
     pub models: Vec<ModelSnapshot>,
 }
 
-/// The models the admin view shows for `key`: the default one, then those with limits of
-/// their own.
-pub fn models_of(key: &KeySpec, default_model: &str) -> Vec<String> {
-    let mut models = vec![default_model.to_owned()];
+/// The models (upstream names) the admin view shows for `key`: the catalogue's main one of
+/// the key's kind, then those with limits of their own.
+pub fn models_of(key: &KeySpec, catalogue: &Catalogue) -> Vec<String> {
+    let main = catalogue.probe_model(key.provider);
+    let mut models: Vec<String> = main.map(str::to_owned).into_iter().collect();
     models.extend(
         key.model_limits
             .keys()
-            .filter(|m| *m != default_model)
+            .filter(|m| Some(m.as_str()) != main)
             .cloned(),
     );
     models
@@ -325,14 +327,14 @@ impl KeyPoolState {
         &self,
         conn: &mut C,
         keys: &[KeySpec],
-        default_model: &str,
+        catalogue: &Catalogue,
         global_proxy: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<KeySnapshot>, RedisError> {
         let now_ms = now.timestamp_millis();
         let day = pacific_day(now);
         let layout = &self.layout;
-        let models: Vec<Vec<String>> = keys.iter().map(|k| models_of(k, default_model)).collect();
+        let models: Vec<Vec<String>> = keys.iter().map(|k| models_of(k, catalogue)).collect();
         let mut pipe = redis::pipe();
         pipe.hgetall(layout.disabled()).hgetall(layout.egress());
         for (key, models) in keys.iter().zip(&models) {
@@ -417,7 +419,14 @@ mod tests {
             window_ms: 60_000,
             proxy: proxy.map(|p| Secret::new(p.to_owned())),
             weight: 1,
+            provider: Default::default(),
+            base_url: None,
         }
+    }
+
+    /// A catalogue of one Gemini model.
+    fn catalogue(model: &str) -> Catalogue {
+        Catalogue::new(&Default::default(), model, &[])
     }
 
     /// Runs `test` with a fresh prefix, then deletes everything under it.
@@ -522,7 +531,7 @@ mod tests {
             state.disable(&mut conn, "three", "API_KEY_INVALID").await?;
 
             let snapshot = state
-                .snapshot(&mut conn, &keys, "m", "", Utc::now())
+                .snapshot(&mut conn, &keys, &catalogue("m"), "", Utc::now())
                 .await?;
             let [one, two, three] = snapshot.as_slice() else {
                 panic!("one entry per key: {snapshot:?}")
@@ -562,7 +571,7 @@ mod tests {
             let strikes: Option<u32> = conn.hget(layout.strikes(), "three").await?;
             assert_eq!(strikes, None, "enabling clears the strikes");
             let snapshot = state
-                .snapshot(&mut conn, &keys, "m", "http://g:1", Utc::now())
+                .snapshot(&mut conn, &keys, &catalogue("m"), "http://g:1", Utc::now())
                 .await?;
             assert_eq!(snapshot[2].state, KeyState::Ok);
             assert_eq!(
