@@ -22,6 +22,8 @@ pub fn keys(n: usize, rpm: u32) -> Arc<Vec<KeySpec>> {
                 window_ms: 60_000,
                 proxy: None,
                 weight: 1,
+                provider: Default::default(),
+                base_url: None,
             })
             .collect(),
     )

@@ -12,6 +12,7 @@ use crate::budget::{Budgets, Cooldown, FirstEvent, NoBudget, Reservation};
 use crate::chunks::{ChunkSink, ReplyId};
 use crate::provider::{Generation, Provider, ProviderError};
 use crate::stops::{Stops, Watch};
+use sluice_shared::catalogue::{Catalogue, Model};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::marks::StopReason;
@@ -34,6 +35,8 @@ pub type Live = arc_swap::ArcSwap<Context>;
 /// file builds a new one (see [`Live`]).
 pub struct Context {
     pub provider: Provider,
+    /// Which models exist, and the kind and upstream name of each.
+    pub catalogue: Arc<Catalogue>,
     pub budgets: Budgets,
     /// `worker.budget_wait_ms`: how long a request waits for a key before it is requeued.
     pub budget_wait: Duration,
@@ -64,6 +67,9 @@ pub enum Outcome {
     /// Nobody wants the reply any more (see [`Stops`]): no call was made, or the call in
     /// progress was cut short (`called`; it counts as an attempt and spent its budget).
     Stopped { reason: StopReason, called: bool },
+    /// The catalogue has no such model (it was removed while the request waited): no call
+    /// was made, and none ever will be.
+    UnknownModel,
 }
 
 /// Tokens a request is expected to use, reserved against tpm until the real usage is known.
@@ -78,18 +84,29 @@ pub fn estimate_tokens(request: &RequestEnvelope) -> u32 {
     prompt.saturating_add(request.params.max_output_tokens.unwrap_or(0))
 }
 
-/// Reserves a slot on a key whose egress route is usable. Keys behind a cooling route are left
-/// out of the reservation; when they are all that is left, the wait is for the route.
-async fn reserve(ctx: &Context, model: &str, estimate: u32) -> Result<Reservation, NoBudget> {
+/// Reserves a slot on a key of `model`'s kind whose egress route is usable. Keys of another
+/// kind are never looked at; keys behind a cooling route are left out of the reservation, and
+/// when they are all that is left, the wait is for the route.
+async fn reserve(ctx: &Context, model: &Model, estimate: u32) -> Result<Reservation, NoBudget> {
     let keys = ctx.budgets.keys();
     let (cooling, route_opens_in) = ctx.provider.cooling_keys(keys);
+    let mut skip: Vec<usize> = (0..keys.len())
+        .filter(|&i| keys[i].provider != model.provider)
+        .collect();
+    let serving = keys.len() - skip.len();
+    let cooling: Vec<usize> = cooling
+        .into_iter()
+        .filter(|&i| keys[i].provider == model.provider)
+        .collect();
     let egress_wait = NoBudget::RetryIn(route_opens_in.unwrap_or(BUDGET_POLL));
-    if !cooling.is_empty() && cooling.len() == keys.len() {
+    if !cooling.is_empty() && cooling.len() == serving {
         return Err(egress_wait);
     }
-    match ctx.budgets.reserve(model, estimate, &cooling).await {
+    let cooling_any = !cooling.is_empty();
+    skip.extend(cooling);
+    match ctx.budgets.reserve(&model.upstream, estimate, &skip).await {
         // The other keys are disabled, but these are only waiting for their route.
-        Err(NoBudget::NoKeys) if !cooling.is_empty() => Err(egress_wait),
+        Err(NoBudget::NoKeys) if cooling_any => Err(egress_wait),
         other => other,
     }
 }
@@ -139,7 +156,11 @@ async fn serve(
     deadline: Instant,
     started: Instant,
 ) -> Outcome {
-    let model = request.model.as_str();
+    let Some(model) = live.load().catalogue.get(&request.model).cloned() else {
+        tracing::warn!(model = %request.model, "a request for a model the catalogue does not have: failing it");
+        return Outcome::UnknownModel;
+    };
+    let upstream = model.upstream.as_str();
     let estimate = estimate_tokens(request);
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
@@ -153,7 +174,7 @@ async fn serve(
         // the current keys here never strands one: removed keys get no new reservation.
         let current = live.load_full();
         let ctx: &Context = &current;
-        let reservation = match reserve(ctx, model, estimate).await {
+        let reservation = match reserve(ctx, &model, estimate).await {
             Ok(reservation) => reservation,
             Err(no_budget) => match wait_or_give_up(no_budget, deadline, &mut waiting).await {
                 Some(outcome) => return outcome,
@@ -176,13 +197,13 @@ async fn serve(
         // it, so the stream is never left waiting on Redis), or at its settling.
         let first_event = FirstEvent::default();
         let result = tokio::select! {
-            result = call(ctx, key, request, attempt, watch.watched(), &first_event) => result,
-            never = ctx.budgets.date_from_first_event(model, &reservation, &first_event) => {
+            result = call(ctx, key, upstream, request, attempt, watch.watched(), &first_event) => result,
+            never = ctx.budgets.date_from_first_event(upstream, &reservation, &first_event) => {
                 match never {}
             }
             reason = watch.stopped() => {
                 // Cut short: the call was sent, so its slot and estimated tokens stay spent.
-                complete(ctx, model, &reservation, estimate, first_event.ago(), watch).await;
+                complete(ctx, upstream, &reservation, estimate, first_event.ago(), watch).await;
                 called(key, "stopped");
                 return stopped(reason, true);
             }
@@ -190,7 +211,7 @@ async fn serve(
         let first_event_ago = first_event.ago();
         if let Some(outcome) = settle(
             ctx,
-            request,
+            upstream,
             estimate,
             &reservation,
             first_event_ago,
@@ -250,6 +271,7 @@ async fn wait_or_give_up(
 async fn call(
     ctx: &Context,
     key: &KeySpec,
+    model: &str,
     request: &RequestEnvelope,
     attempt: u32,
     watched: Arc<AtomicBool>,
@@ -270,7 +292,10 @@ async fn call(
         first_event.mark();
         live.push(text);
     };
-    let result = ctx.provider.generate(key, request, &mut on_text).await;
+    let result = ctx
+        .provider
+        .generate(key, model, request, &mut on_text)
+        .await;
     // The call is over: what the sink gathered and did not publish yet goes out now, before
     // the stored reply.
     live.finish().await;
@@ -317,19 +342,18 @@ async fn complete(
     }
 }
 
-/// Feeds the call's `result` back into the pool — settles the reservation, cools down,
-/// disables or strikes the key — and returns the request's [`Outcome`], or `None` when the
-/// call was not counted and another key should be tried.
+/// Feeds the call's `result` back into the pool — settles the reservation of `model` (the
+/// provider's name), cools down, disables or strikes the key — and returns the request's
+/// [`Outcome`], or `None` when the call was not counted and another key should be tried.
 async fn settle(
     ctx: &Context,
-    request: &RequestEnvelope,
+    model: &str,
     estimate: u32,
     reservation: &Reservation,
     first_event_ago: Option<Duration>,
     watch: &Watch,
     result: Result<Generation, ProviderError>,
 ) -> Option<Outcome> {
-    let model = request.model.as_str();
     let key = &ctx.budgets.keys()[reservation.key];
     let key_alias = key.alias.clone();
     match result {
@@ -441,7 +465,8 @@ mod tests {
         settings.proxy = Secret::new(proxy.to_owned());
         settings.connect_timeout = Duration::from_millis(2_000);
         Ok(Live::from_pointee(Context {
-            provider: Provider::new(&settings, &keys, Arc::default())?,
+            provider: Provider::new(&settings, &keys, Arc::default(), "m")?,
+            catalogue: Arc::new(Catalogue::new(&Default::default(), "m", &[])),
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,

@@ -28,6 +28,7 @@ pub mod routing;
 pub mod stops;
 
 use arc_swap::ArcSwap;
+use sluice_shared::catalogue::{Catalogue, ProviderKind};
 use sluice_shared::keypool::{
     KeyFileWatch, KeySpec, RedisLayout, ReloadTrigger, keys_with_file_text, read_key_file,
     watch_keys,
@@ -115,6 +116,9 @@ pub async fn run_with(
 /// What every context of this worker shares, whatever keys it runs with.
 struct Shared {
     settings: Arc<Settings>,
+    catalogue: Arc<Catalogue>,
+    /// The model Gemini keys are probed on.
+    gemini_probe_model: String,
     redis: Option<Arc<RedisLink>>,
     egress: Arc<route_health::RouteHealth>,
     /// Streamed pieces go out through one sink whatever the keys.
@@ -147,7 +151,13 @@ impl Shared {
             )
         });
         Ok(handler::Context {
-            provider: provider::Provider::new(&settings.provider, &keys, self.egress.clone())?,
+            provider: provider::Provider::new(
+                &settings.provider,
+                &keys,
+                self.egress.clone(),
+                &self.gemini_probe_model,
+            )?,
+            catalogue: self.catalogue.clone(),
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
             budget_wait: settings.worker.budget_wait,
             disable_after: settings.keys.disable_after.max(1),
@@ -202,7 +212,13 @@ async fn serve(
     );
     supervisor.spawn("stop checks", stops.clone().run(cancel.clone()));
     let settings = Arc::new(settings);
+    let catalogue = settings.catalogue();
     let shared = Shared {
+        gemini_probe_model: catalogue
+            .probe_model(ProviderKind::Gemini)
+            .unwrap_or(&settings.provider.model)
+            .to_owned(),
+        catalogue: Arc::new(catalogue),
         stops,
         redis: (settings.limits.backend == LimitsBackend::Redis)
             .then(|| Arc::new(RedisLink::new(redis_client))),
@@ -235,7 +251,6 @@ async fn serve(
         "key prober",
         probe::run(
             live.clone(),
-            settings.provider.model.clone(),
             settings.keys.probe_interval.max(Duration::from_millis(100)),
             cancel.clone(),
         ),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(live: Arc<Live>, model: String, interval: Duration, cancel: CancellationToken) {
+pub async fn run(live: Arc<Live>, interval: Duration, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -21,7 +21,7 @@ pub async fn run(live: Arc<Live>, model: String, interval: Duration, cancel: Can
                 continue;
             }
             let spec = &context.budgets.keys()[key];
-            match context.provider.probe(spec, &model).await {
+            match context.provider.probe(spec).await {
                 Ok(()) => {
                     tracing::info!(key = %spec.alias, "probe succeeded: key re-enabled");
                     context.budgets.enable(key).await;

@@ -88,6 +88,14 @@ pub fn route(
         Outcome::NoUsableKey => wait_for_a_key(request, before, rules, now_ms),
         // Answered `failed` so the reply does not wait for the reaper; the API's generation
         // check keeps a cancelled or replaced reply as it is.
+        Outcome::UnknownModel => Route::Respond(failed(
+            request,
+            before.counted,
+            Some(ErrorInfo {
+                kind: "unknown_model".into(),
+                message: format!("the model {} is no longer offered", request.model),
+            }),
+        )),
         Outcome::Stopped { reason, called } => Route::Respond(failed(
             request,
             before.counted.saturating_add(u32::from(called)),

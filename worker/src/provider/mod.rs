@@ -1,18 +1,22 @@
-//! The model provider behind one interface, [`Provider`]: what a call returns ([`Generation`])
-//! or how it failed ([`ProviderError`], grouped by what should happen next). Gemini ([`gemini`])
-//! is the only kind so far; another (an OpenAI-compatible client) is one more variant of
-//! [`Provider`] and a submodule beside it, and the handler does not change. Whatever a provider
-//! says is bounded here: every kind calls through `http` (a client per egress route, bodies
-//! capped by `provider.max_reply_bytes`), reads event streams with `sse` (the same cap), and
-//! passes model text through [`model_text`] (the text rules) before anything else sees it.
+//! The model providers behind one interface, [`Provider`]: what a call returns ([`Generation`])
+//! or how it failed ([`ProviderError`], grouped by what should happen next). Each kind is a
+//! submodule — Gemini ([`gemini`]) and OpenAI-compatible Chat Completions ([`openai`]) — and a
+//! key's kind picks its client; the handler does not know which. Whatever a provider says is
+//! bounded here: every kind calls through `http` (a client per egress route, bodies capped by
+//! `provider.max_reply_bytes`), reads event streams with `sse` (the same cap), and passes
+//! model text through [`model_text`] (the text rules) before anything else sees it.
 
 pub mod gemini;
 mod http;
+pub mod openai;
 mod sse;
 
 pub use gemini::Gemini;
+pub use openai::OpenAi;
 
+use crate::bounds::MAX_PROVIDER_DELAY;
 use crate::route_health::RouteHealth;
+use sluice_shared::catalogue::ProviderKind;
 use sluice_shared::envelope::{RequestEnvelope, Usage};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::settings::ProviderSettings;
@@ -75,64 +79,112 @@ fn storable(raw: String) -> (String, bool) {
     }
 }
 
-/// The model provider the worker calls, whatever its kind: the one interface the handler, the
-/// probe and `/health` use. Each kind calls through the egress routes of its keys.
-pub enum Provider {
-    Gemini(Gemini),
+/// A delay a provider asked for, in seconds, as a [`Duration`] bounded by
+/// [`MAX_PROVIDER_DELAY`] (an absurd one, such as `1e20`, is clamped and counted); `None` when
+/// it is not a delay at all (NaN, negative).
+pub(crate) fn provider_delay(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    if seconds >= MAX_PROVIDER_DELAY.as_secs_f64() {
+        metrics::counter!("sluice_provider_delays_clamped_total").increment(1);
+        return Some(MAX_PROVIDER_DELAY);
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Whether an error message says the conversation is longer than the model takes (providers
+/// say so in words, with a plain 400).
+pub(crate) fn is_context_too_long(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("token") && (m.contains("exceed") || m.contains("too long") || m.contains("maximum"))
+}
+
+/// The model providers the worker calls, one client per kind over the same egress routes: the
+/// one interface the handler, the probe and `/health` use. Each key is called by the client of
+/// its kind, at its own base URL or the kind's configured one.
+pub struct Provider {
+    routes: http::Routes,
+    gemini: Gemini,
+    openai: OpenAi,
 }
 
 impl Provider {
-    /// The provider for `keys`, sharing `health` (the egress routes' health) with the
-    /// providers of earlier reloads of the keys.
+    /// The providers for `keys`, sharing `health` (the egress routes' health) with the
+    /// providers of earlier reloads of the keys. Gemini keys are probed on `probe_model`.
     pub fn new(
         settings: &ProviderSettings,
         keys: &[KeySpec],
         health: Arc<RouteHealth>,
+        probe_model: &str,
     ) -> Result<Self, reqwest::Error> {
-        Ok(Self::Gemini(Gemini::new(settings, keys, health)?))
+        Ok(Self {
+            routes: http::Routes::new(settings, keys, health)?,
+            gemini: Gemini::new(settings, probe_model),
+            openai: OpenAi::new(settings),
+        })
     }
 
-    fn routes(&self) -> &http::Routes {
-        match self {
-            Self::Gemini(gemini) => gemini.routes(),
-        }
-    }
-
-    /// Calls the model. With streaming on, every piece of text (through the text rules, in
-    /// order, never empty) goes to `on_text` as it arrives; the returned [`Generation`] holds
-    /// them all. Without it, `on_text` is never called.
+    /// Calls `model` (the provider's name for it) with `key`. With streaming on, every piece
+    /// of text (through the text rules, in order, never empty) goes to `on_text` as it
+    /// arrives; the returned [`Generation`] holds them all. Without it, `on_text` is never
+    /// called.
     pub async fn generate(
         &self,
         key: &KeySpec,
+        model: &str,
         request: &RequestEnvelope,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Generation, ProviderError> {
-        match self {
-            Self::Gemini(gemini) => gemini.generate(key, request, on_text).await,
+        let call = Call {
+            routes: &self.routes,
+            key,
+            model,
+        };
+        match key.provider {
+            ProviderKind::Gemini => self.gemini.generate(call, request, on_text).await,
+            ProviderKind::OpenAi => self.openai.generate(call, request, on_text).await,
         }
     }
 
     /// A cheap call that tells whether `key` works.
-    pub async fn probe(&self, key: &KeySpec, model: &str) -> Result<(), ProviderError> {
-        match self {
-            Self::Gemini(gemini) => gemini.probe(key, model).await,
+    pub async fn probe(&self, key: &KeySpec) -> Result<(), ProviderError> {
+        match key.provider {
+            ProviderKind::Gemini => self.gemini.probe(&self.routes, key).await,
+            ProviderKind::OpenAi => self.openai.probe(&self.routes, key).await,
         }
     }
 
     /// Records a 429 of `key`; returns the route's label when every key behind the same
     /// route was rate-limited lately (the egress address, not the keys, is throttled).
     pub fn note_rate_limited(&self, key: &KeySpec, keys: &[KeySpec]) -> Option<String> {
-        self.routes().note_rate_limited(key, keys)
+        self.routes.note_rate_limited(key, keys)
     }
 
     /// The keys whose egress route is cooling down (they must not be reserved, see
     /// [`crate::budget::Budgets::reserve`]) and how soon the first of those routes opens again.
     pub fn cooling_keys(&self, keys: &[KeySpec]) -> (Vec<usize>, Option<Duration>) {
-        self.routes().cooling_keys(keys)
+        self.routes.cooling_keys(keys)
     }
 
     /// The labels of the egress routes cooling down now (for `/health`).
     pub fn cooling_routes(&self) -> Vec<String> {
-        self.routes().cooling_routes()
+        self.routes.cooling_routes()
+    }
+}
+
+/// One call as every kind makes it: the route to leave by, the key, and the provider's name
+/// for the model.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    routes: &'a http::Routes,
+    key: &'a KeySpec,
+    model: &'a str,
+}
+
+impl Call<'_> {
+    /// The key's own base URL, or the kind's configured `default`.
+    fn base_url<'u>(&'u self, default: &'u str) -> &'u str {
+        self.key.base_url.as_deref().unwrap_or(default)
     }
 }

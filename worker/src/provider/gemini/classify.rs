@@ -1,9 +1,8 @@
 //! What a non-200 answer of Gemini means for the call: a rate limit (with its `retryDelay`,
-//! bounded by [`MAX_PROVIDER_DELAY`]), a bad key, or a failure worth retrying or not.
+//! bounded by [`crate::bounds::MAX_PROVIDER_DELAY`]), a bad key, or a failure worth retrying or not.
 
 use super::wire::GoogleErrorBody;
-use crate::bounds::MAX_PROVIDER_DELAY;
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, is_context_too_long, provider_delay};
 use std::time::Duration;
 
 /// Maps a non-200 answer to what happens next. Invalid keys are recognised before the generic
@@ -78,28 +77,16 @@ pub fn classify_error(status: u16, body: &[u8]) -> ProviderError {
     }
 }
 
-fn is_context_too_long(message: &str) -> bool {
-    let m = message.to_lowercase();
-    m.contains("token") && (m.contains("exceed") || m.contains("too long") || m.contains("maximum"))
-}
-
 /// Parses a protobuf JSON duration such as `"36s"` or `"0.250s"`, clamped to
-/// [`MAX_PROVIDER_DELAY`] (`"1e20s"` is a day, not a panic); `None` when it is not a duration.
+/// [`crate::bounds::MAX_PROVIDER_DELAY`] (`"1e20s"` is a day, not a panic); `None` when it is not a duration.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let seconds: f64 = raw.trim().strip_suffix('s')?.parse().ok()?;
-    if seconds.is_nan() || seconds < 0.0 {
-        return None;
-    }
-    if seconds >= MAX_PROVIDER_DELAY.as_secs_f64() {
-        metrics::counter!("sluice_provider_delays_clamped_total").increment(1);
-        return Some(MAX_PROVIDER_DELAY);
-    }
-    Duration::try_from_secs_f64(seconds).ok()
+    provider_delay(raw.trim().strip_suffix('s')?.parse().ok()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bounds::MAX_PROVIDER_DELAY;
 
     #[test]
     fn invalid_key_400_is_an_invalid_key_not_a_bad_request() {
@@ -192,6 +179,7 @@ mod tests {
 
     mod properties {
         use super::super::*;
+        use crate::bounds::MAX_PROVIDER_DELAY;
         use crate::provider::gemini::strategies::{bytes, text};
         use proptest::prelude::*;
         use serde_json::json;

@@ -12,80 +12,71 @@ pub use classify::{classify_error, parse_duration};
 
 use super::http::{self, Body, Routes};
 use super::sse::{self, ReadError, Rejected};
-use super::{Generation, ProviderError};
-use crate::route_health::RouteHealth;
+use super::{Call, Generation, ProviderError};
 use reply::{Reply, garbage, parse_success};
 use sluice_shared::envelope::RequestEnvelope;
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::settings::ProviderSettings;
-use std::sync::Arc;
 use std::time::Instant;
 use wire::{GenerateRequest, GenerateResponse};
 
-/// A client of Gemini's REST API for one set of keys: a route per proxy, the reply cap, and
-/// whether calls stream. Built anew on every reload of the keys.
+/// A client of Gemini's REST API: the configured base URL, the reply cap, whether calls
+/// stream, and the model keys are probed on. Calls go through the [`Routes`] they are given.
 pub struct Gemini {
-    routes: Routes,
     base_url: String,
     max_reply_bytes: u64,
     /// `provider.stream`: stream calls and hand each piece of text over as it comes.
     stream: bool,
+    probe_model: String,
 }
 
 impl Gemini {
-    /// Builds every route of `keys` up front, sharing `health` (the routes' health) with the
-    /// clients of earlier reloads.
-    pub fn new(
-        settings: &ProviderSettings,
-        keys: &[KeySpec],
-        health: Arc<RouteHealth>,
-    ) -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            routes: Routes::new(settings, keys, health)?,
+    pub fn new(settings: &ProviderSettings, probe_model: &str) -> Self {
+        Self {
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             max_reply_bytes: settings.max_reply_bytes,
             stream: settings.stream,
-        })
-    }
-
-    pub(super) fn routes(&self) -> &Routes {
-        &self.routes
+            probe_model: probe_model.to_owned(),
+        }
     }
 
     /// Calls the model. With `provider.stream`, every piece of text (through the text rules,
     /// in order, never empty) goes to `on_text` as it arrives; the returned [`Generation`]
     /// holds them all. Without it, `on_text` is never called.
-    pub async fn generate(
+    pub(super) async fn generate(
         &self,
-        key: &KeySpec,
+        call: Call<'_>,
         request: &RequestEnvelope,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Generation, ProviderError> {
+        let Call { routes, key, model } = call;
         let method = if self.stream {
             "streamGenerateContent?alt=sse"
         } else {
             "generateContent"
         };
-        let url = format!("{}/v1beta/models/{}:{method}", self.base_url, request.model);
+        let url = format!(
+            "{}/v1beta/models/{model}:{method}",
+            call.base_url(&self.base_url)
+        );
         let started = Instant::now();
-        let response = self
-            .routes
+        let response = routes
             .client(key)?
             .post(url)
             .header("x-goog-api-key", key.secret.expose().as_str())
             .json(&GenerateRequest::from_envelope(request))
             .send()
             .await
-            .map_err(|e| self.routes.transport_error(key, &e))?;
+            .map_err(|e| routes.transport_error(key, &e))?;
         let status = response.status().as_u16();
         let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if status == 200 && self.stream {
-            let reply = self.read_stream(key, response, on_text).await?;
+            let reply = self.read_stream(routes, key, response, on_text).await?;
             return reply.conclude(elapsed_ms());
         }
         let body = http::read_body(response, self.max_reply_bytes)
             .await
-            .map_err(|e| self.routes.transport_error(key, &e))?;
+            .map_err(|e| routes.transport_error(key, &e))?;
         let upstream_ms = elapsed_ms();
         match (status, body) {
             (200, Body::Whole(body)) => parse_success(&body, upstream_ms),
@@ -101,6 +92,7 @@ impl Gemini {
     /// stream that ends before one of them finishes the reply was cut.
     async fn read_stream(
         &self,
+        routes: &Routes,
         key: &KeySpec,
         response: reqwest::Response,
         on_text: &mut (dyn FnMut(&str) + Send),
@@ -121,23 +113,23 @@ impl Gemini {
                 kind: "connection_lost",
                 message: "the model provider's stream ended before the reply was finished".into(),
             }),
-            Err(ReadError::Transport(e)) => Err(self.routes.transport_error(key, &e)),
+            Err(ReadError::Transport(e)) => Err(routes.transport_error(key, &e)),
             Err(ReadError::TooLarge) => Err(http::too_large(self.max_reply_bytes)),
             Err(ReadError::Garbage) => Err(garbage()),
         }
     }
 
     /// A cheap call that tells whether a key works: `GET {base}/v1beta/models/{model}`.
-    pub async fn probe(&self, key: &KeySpec, model: &str) -> Result<(), ProviderError> {
-        let url = format!("{}/v1beta/models/{model}", self.base_url);
-        let response = self
-            .routes
+    pub(super) async fn probe(&self, routes: &Routes, key: &KeySpec) -> Result<(), ProviderError> {
+        let base = key.base_url.as_deref().unwrap_or(&self.base_url);
+        let url = format!("{base}/v1beta/models/{}", self.probe_model);
+        let response = routes
             .client(key)?
             .get(url)
             .header("x-goog-api-key", key.secret.expose().as_str())
             .send()
             .await
-            .map_err(|e| self.routes.transport_error(key, &e))?;
+            .map_err(|e| routes.transport_error(key, &e))?;
         let status = response.status().as_u16();
         if status == 200 {
             return Ok(());

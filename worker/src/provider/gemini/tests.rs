@@ -115,7 +115,11 @@ async fn server(kind: Answer) -> std::io::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-fn gemini(base_url: String, stream: bool) -> Result<(Gemini, KeySpec), Box<dyn std::error::Error>> {
+/// A provider whose only key is a Gemini key calling `base_url`.
+fn gemini(
+    base_url: String,
+    stream: bool,
+) -> Result<(crate::provider::Provider, KeySpec), Box<dyn std::error::Error>> {
     let mut settings = Settings::defaults()?.provider;
     settings.base_url = base_url;
     settings.max_reply_bytes = MAX;
@@ -134,9 +138,16 @@ fn gemini(base_url: String, stream: bool) -> Result<(Gemini, KeySpec), Box<dyn s
         window_ms: 60_000,
         proxy: None,
         weight: 1,
+        provider: Default::default(),
+        base_url: None,
     };
     Ok((
-        Gemini::new(&settings, std::slice::from_ref(&key), Arc::default())?,
+        crate::provider::Provider::new(
+            &settings,
+            std::slice::from_ref(&key),
+            std::sync::Arc::default(),
+            "m",
+        )?,
         key,
     ))
 }
@@ -148,7 +159,7 @@ async fn call(
     let (gemini, key) = gemini(server(answer).await?, false)?;
     let mut pieces = 0;
     let result = gemini
-        .generate(&key, &request(), &mut |_| pieces += 1)
+        .generate(&key, "m", &request(), &mut |_| pieces += 1)
         .await;
     assert_eq!(pieces, 0, "only streamed calls hand pieces over");
     Ok(result)
@@ -161,7 +172,9 @@ async fn stream(
     let (gemini, key) = gemini(server(answer).await?, true)?;
     let mut pieces = Vec::new();
     let result = gemini
-        .generate(&key, &request(), &mut |piece| pieces.push(piece.to_owned()))
+        .generate(&key, "m", &request(), &mut |piece| {
+            pieces.push(piece.to_owned())
+        })
         .await;
     Ok((result, pieces))
 }
