@@ -221,6 +221,7 @@ async fn serve(
         redis,
         keys: Arc::new(ArcSwap::from_pointee(keys)),
         broker_up: Arc::new(AtomicBool::new(false)),
+        catalogue: Arc::new(settings.catalogue()),
         settings: Arc::new(settings),
         metrics: metrics.clone(),
         hub,

@@ -99,7 +99,7 @@ function showAuth() {
 async function showApp() {
   $("auth-view").hidden = true;
   $("app-view").hidden = false;
-  await Promise.all([loadMe(), loadChats(), loadTemplates()]);
+  await Promise.all([loadMe(), loadChats(), loadTemplates(), loadModels()]);
   const wanted = location.hash.match(/^#chat=([0-9a-f-]{36})$/);
   const chat = (wanted && state.chats.find((c) => c.id === wanted[1])) || state.chats[0];
   if (chat) await selectChat(chat.id);
@@ -149,6 +149,31 @@ async function loadChats() {
     report(e);
   }
   renderChats();
+}
+
+// The model chosen last is kept across reloads; a model no longer offered falls back to the
+// default.
+const MODEL_KEY = "sluice.model";
+
+async function loadModels() {
+  const select = $("model");
+  try {
+    const { data } = await call("GET", "/api/models");
+    const options = data.items.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = m.name;
+      const prices = `$${m.input_price_per_mtok} in, $${m.output_price_per_mtok} out per million tokens`;
+      const context = m.context_tokens ? `, ${m.context_tokens} tokens of context` : "";
+      option.title = `${m.provider}: ${prices}${context}`;
+      return option;
+    });
+    select.replaceChildren(...options);
+    const kept = localStorage.getItem(MODEL_KEY);
+    select.value = data.items.some((m) => m.name === kept) ? kept : data.default;
+  } catch (e) {
+    report(e);
+  }
 }
 
 async function loadTemplates() {
@@ -645,6 +670,7 @@ async function send(event) {
   const id = state.chatId;
   const body = { content };
   if ($("template").value) body.template_id = $("template").value;
+  if ($("model").value) body.model = $("model").value;
   $("send").disabled = true;
   // One key per message sent: sending the same text again after a failure reuses it, so a
   // send whose answer was lost (a 408, a dropped connection) is not posted twice.
@@ -719,6 +745,7 @@ function boot() {
   $("delete-form").addEventListener("submit", onDeleteAccount);
   $("new-chat-form").addEventListener("submit", createChat);
   $("composer").addEventListener("submit", send);
+  $("model").addEventListener("change", () => localStorage.setItem(MODEL_KEY, $("model").value));
   $("input").addEventListener("keydown", onComposerKey);
   $("toggle-chats").addEventListener("click", () => toggleSidebar());
   if (token()) showApp().catch(report);

@@ -12,6 +12,7 @@ use crate::store::outbox::Handoff;
 use crate::store::posts::PostWriter;
 use arc_swap::ArcSwap;
 use sluice_shared::Settings;
+use sluice_shared::catalogue::Catalogue;
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::metrics::Metrics;
 use sluice_shared::supervisor::TaskHealth;
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Where restarted requests go after their commit (posts go through the writer).
     pub handoff: Handoff,
     pub settings: Arc<Settings>,
+    /// The models users may ask for, built once from the settings.
+    pub catalogue: Arc<Catalogue>,
     pub broker_up: Arc<AtomicBool>,
     pub redis: redis::Client,
     /// The configured provider keys (for the admin view; workers hold their own copy),

@@ -13,6 +13,7 @@ use crate::store::paging::now_micros;
 use crate::store::replies::{Restarted, SkipReason};
 use chrono::{DateTime, Utc};
 use sluice_shared::Settings;
+use sluice_shared::catalogue::Catalogue;
 use sluice_shared::envelope::{self, Params, RequestEnvelope, Role, Turn};
 use uuid::Uuid;
 
@@ -103,12 +104,16 @@ pub fn build(settings: &Settings, ask: Ask, history: History) -> Result<OutboxRo
 /// The request of a restarted reply, rebuilt from the database (history, template, model,
 /// owner), never from the stored body, which came back from the broker and is only kept for
 /// inspection. A model no longer allowed is skipped.
-pub fn rebuild(settings: &Settings, r: Restarted) -> Result<OutboxRow, SkipReason> {
+pub fn rebuild(
+    settings: &Settings,
+    catalogue: &Catalogue,
+    r: Restarted,
+) -> Result<OutboxRow, SkipReason> {
     let model = r
         .model
         .clone()
-        .unwrap_or_else(|| settings.provider.model.clone());
-    if !settings.allowed_model(&model) {
+        .unwrap_or_else(|| catalogue.default_model().to_owned());
+    if !catalogue.contains(&model) {
         return Err(SkipReason::UnknownModel);
     }
     let ask = Ask {

@@ -182,7 +182,7 @@ async fn replay(
         let restart = state
             .store
             .restart(RestartOf::DeadLetter(id), limit, |r| {
-                request::rebuild(settings, r)
+                request::rebuild(settings, &state.catalogue, r)
             })
             .await?;
         match restart {

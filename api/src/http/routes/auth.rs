@@ -300,6 +300,7 @@ mod tests {
             store: store.clone(),
             posts,
             handoff: Handoff::none(),
+            catalogue: Arc::new(settings.catalogue()),
             settings: Arc::new(settings),
             broker_up: Arc::new(AtomicBool::new(true)),
             redis,

@@ -72,6 +72,8 @@ impl From<Limits> for LimitsView {
 #[derive(Debug, Serialize, ToSchema)]
 struct KeyView {
     alias: String,
+    /// `gemini` or `openai`: the kind of API the key speaks.
+    provider: &'static str,
     project: String,
     weight: u32,
     window_ms: u64,
@@ -116,6 +118,7 @@ fn pool_state(state: &AppState) -> KeyPoolState {
 fn key_view(key: &KeySpec, snapshot: KeySnapshot) -> KeyView {
     KeyView {
         alias: snapshot.alias,
+        provider: key.provider.as_str(),
         project: key.project.clone(),
         weight: key.weight,
         window_ms: key.window_ms,
@@ -153,7 +156,7 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
     let read = pool.snapshot(
         &mut conn,
         &keys,
-        &state.settings.provider.model,
+        &state.catalogue,
         state.settings.provider.proxy.expose(),
         Utc::now(),
     );

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sluice_shared::Settings;
+use sluice_shared::catalogue::Catalogue;
 use sluice_shared::settings::is_model_name;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -111,7 +111,7 @@ async fn create(
         return Ok(first);
     }
     validate_content(&input.content)?;
-    let model = chosen_model(&state.settings, input.model)?;
+    let model = chosen_model(&state.catalogue, input.model)?;
     let (template_id, system) = match input.template_id {
         Some(raw) => template(&state, user, &raw).await?,
         None => (None, None),
@@ -155,9 +155,8 @@ async fn create(
     }
 }
 
-/// The model asked for, or the default; it must be one of the configured ones, as budgets are
-/// keyed by model.
-fn chosen_model(settings: &Settings, asked: Option<String>) -> Result<String, ApiError> {
+/// The model asked for, or the default; it must be in the catalogue, which says who serves it.
+fn chosen_model(catalogue: &Catalogue, asked: Option<String>) -> Result<String, ApiError> {
     let model = match asked {
         Some(m) if !is_model_name(&m) => {
             return Err(ApiError::unprocessable(
@@ -166,10 +165,10 @@ fn chosen_model(settings: &Settings, asked: Option<String>) -> Result<String, Ap
             ));
         }
         Some(m) => m,
-        None => settings.provider.model.clone(),
+        None => catalogue.default_model().to_owned(),
     };
-    if !settings.allowed_model(&model) {
-        return Err(unknown_model(settings));
+    if !catalogue.contains(&model) {
+        return Err(unknown_model(catalogue));
     }
     Ok(model)
 }
@@ -238,19 +237,11 @@ async fn commit(state: &AppState, post: NewPost) -> Result<(), Committed> {
 }
 
 /// 422 naming every model users may ask for.
-pub(crate) fn unknown_model(settings: &Settings) -> ApiError {
-    let mut allowed = vec![settings.provider.model.as_str()];
-    allowed.extend(
-        settings
-            .provider
-            .models
-            .iter()
-            .map(String::as_str)
-            .filter(|m| *m != settings.provider.model),
-    );
+pub(crate) fn unknown_model(catalogue: &Catalogue) -> ApiError {
+    let names: Vec<&str> = catalogue.models().map(|m| m.name.as_str()).collect();
     ApiError::unprocessable(
         "unknown_model",
-        format!("`model` must be one of: {}", allowed.join(", ")),
+        format!("`model` must be one of: {}", names.join(", ")),
     )
 }
 

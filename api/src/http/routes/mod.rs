@@ -11,6 +11,7 @@ mod health;
 mod keys;
 mod me;
 mod messages;
+mod models;
 mod paging;
 mod prompts;
 mod reply_actions;
@@ -42,6 +43,7 @@ fn rest() -> OpenApiRouter<AppState> {
         .merge(reply_actions::router())
         .merge(events::router().layer(axum::middleware::map_response(crate::http::no_store)))
         .merge(me::router())
+        .merge(models::router())
         .merge(prompts::router())
         .merge(docs::router())
 }

@@ -19,7 +19,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use sluice_shared::Settings;
+use sluice_shared::catalogue::Catalogue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -49,7 +49,7 @@ async fn reply_of(
 
 /// The answer to a retry or a stop that changed nothing: the one place a [`SkipReason`] becomes
 /// an HTTP error. Every reason is named, so a new one must be given its answer here.
-fn skipped(reason: SkipReason, settings: &Settings) -> ApiError {
+fn skipped(reason: SkipReason, catalogue: &Catalogue) -> ApiError {
     let conflict = |code, message| ApiError::new(StatusCode::CONFLICT, code, message);
     match reason {
         SkipReason::MessageNotFailed => {
@@ -58,7 +58,7 @@ fn skipped(reason: SkipReason, settings: &Settings) -> ApiError {
         SkipReason::MessageNotPending => {
             conflict("message_not_pending", "only a pending reply can be stopped")
         }
-        SkipReason::UnknownModel => unknown_model(settings),
+        SkipReason::UnknownModel => unknown_model(catalogue),
         SkipReason::MessageTooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
@@ -122,7 +122,7 @@ async fn retry(
     }
     let reply = reply_of(&state, user, &chat_id, &message_id).await?;
     if reply.status != Status::Failed {
-        return Err(skipped(SkipReason::MessageNotFailed, &state.settings));
+        return Err(skipped(SkipReason::MessageNotFailed, &state.catalogue));
     }
     // Spent only by a retry that would otherwise go ahead.
     state.limits.admit_message(user).await?;
@@ -141,7 +141,7 @@ async fn retry(
         .restart_remembered(
             of,
             limit,
-            |r| request::rebuild(settings, r),
+            |r| request::rebuild(settings, &state.catalogue, r),
             record
                 .as_ref()
                 .map(|f| f as &(dyn Fn(&Message) -> IdempotencyRecord + Sync)),
@@ -159,7 +159,7 @@ async fn retry(
             Ok(accepted(view_json(*reply)))
         }
         // E.g. another retry (or a replay) took it first: `message_not_failed`.
-        Ok(Restart::Skipped(reason)) => Err(skipped(reason, settings)),
+        Ok(Restart::Skipped(reason)) => Err(skipped(reason, &state.catalogue)),
         // A concurrent repeat with the same key committed first.
         Err(e) if e.is_unique_violation() => match &keyed {
             Some(keyed) => keyed.lost_race(&state).await,
@@ -193,13 +193,13 @@ async fn cancel(
 ) -> Result<Json<MessageView>, ApiError> {
     let reply = reply_of(&state, user, &chat_id, &message_id).await?;
     if reply.status != Status::Pending {
-        return Err(skipped(SkipReason::MessageNotPending, &state.settings));
+        return Err(skipped(SkipReason::MessageNotPending, &state.catalogue));
     }
     state.limits.admit_action(user).await?;
     let stopped = match state.store.cancel_reply(reply.chat_id, reply.id).await? {
         Cancel::Done(stopped) => stopped,
         // The answer (or another stop) arrived between the read and the update.
-        Cancel::Skipped(reason) => return Err(skipped(reason, &state.settings)),
+        Cancel::Skipped(reason) => return Err(skipped(reason, &state.catalogue)),
     };
     tracing::info!(request = %stopped.id, generation = stopped.generation, "reply stopped by its user");
     state
