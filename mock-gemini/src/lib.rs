@@ -43,11 +43,16 @@
 
 pub mod config;
 pub mod directives;
+mod failure;
+mod gemini_reply;
 mod generate;
 mod google_error;
 mod handlers;
 mod history;
 mod limiter;
+mod openai_error;
+mod openai_reply;
+mod openai_request;
 mod reply;
 mod request;
 mod sse;
@@ -61,7 +66,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 pub use config::{ConfigError, MockConfig};
 pub use handlers::router;
-pub use history::RecordedRequest;
+pub use history::{Api, RecordedRequest};
 pub use state::MockState;
 pub use stats::Stats;
 
