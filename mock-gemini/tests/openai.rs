@@ -621,3 +621,43 @@ async fn calls_are_recorded_with_their_api() {
     assert_eq!(over_http[1]["api"], "gemini");
     mock.stop().await;
 }
+
+#[tokio::test]
+async fn latency_applies_and_a_hung_completion_is_answered_503_at_shutdown() {
+    let mock = start(MockConfig::default()).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        mock.complete("k", "[[mock:latency=150]] hi").await.status,
+        200
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    let client = mock.client.clone();
+    let url = mock.url();
+    let hung = tokio::spawn(async move {
+        let response = client
+            .post(url)
+            .bearer_auth("k")
+            .json(&chat("[[mock:hang]]"))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok::<_, reqwest::Error>((status, response.json::<Value>().await?))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mock.state.stats().calls < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    mock.stop().await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), hung)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["type"], "server_error");
+}
