@@ -14,8 +14,9 @@ pub const DEFAULT_CHUNK_PAUSE_MS: u64 = 20;
 pub struct MockConfig {
     /// Delay before every answer of a model endpoint (success or error).
     pub latency_ms: u64,
-    /// Pause between two events of a `streamGenerateContent` answer, so a
-    /// client sees the reply arrive piece by piece.
+    /// Pause between two events of a streamed answer (Gemini's
+    /// `streamGenerateContent`, a streamed chat completion), so a client
+    /// sees the reply arrive piece by piece.
     pub chunk_pause_ms: u64,
     /// API keys that are accepted; empty accepts any non-empty key.
     pub allowed_keys: Vec<String>,

@@ -47,6 +47,17 @@
 //! a 503, then a reply. Calls turned away earlier (bad key, malformed body,
 //! the rate limiter) never reach the script and do not advance it. An unknown or malformed directive is answered with
 //! a 400 INVALID_ARGUMENT naming it, so a typo in a test fails loudly.
+//!
+//! The answers above are the Gemini side's. A chat completion reads the
+//! same directives from its last user message (and shares the per-text
+//! counts) and answers in OpenAI's words: a bad key is a 401
+//! `invalid_api_key`; `429`, `429-raw` and the limiter give a 429
+//! `rate_limit_exceeded` with `retry-after` (whole seconds, rounded up) and
+//! `x-ratelimit-reset-requests` (`2s`, `250ms`; RAW verbatim in both);
+//! `429day` is a 429 `insufficient_quota` with `retry-after: 3600`; `block`
+//! is a 400 `content_policy_violation`; `safety` ends with `finish_reason`
+//! `content_filter`; a cut stream never sends `[DONE]`. The rest mean the
+//! same on both sides.
 
 use std::time::Duration;
 

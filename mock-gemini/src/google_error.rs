@@ -14,6 +14,11 @@ use axum::{
 };
 use serde_json::{Value, json};
 
+use crate::{
+    directives::DAILY_RETRY,
+    failure::{Failure, Retry},
+};
+
 const QUOTA_METRIC: &str = "generativelanguage.googleapis.com/generate_content_free_tier_requests";
 /// Gemini's free-tier per-day request quota, used when a scripted per-day
 /// 429 needs a number to show.
@@ -37,6 +42,28 @@ pub(crate) struct GoogleError {
 }
 
 impl GoogleError {
+    /// How Gemini words `failure` for a call to `model`.
+    pub fn of(failure: Failure, model: &str) -> Self {
+        match failure {
+            Failure::MissingKey => Self::missing_key(),
+            Failure::InvalidKey => Self::api_key_invalid(),
+            Failure::Invalid(message) => Self::invalid_argument(&message),
+            Failure::UnknownModel(model) => {
+                Self::not_found(&format!("models/{model} is not found."))
+            }
+            Failure::RateLimited {
+                limit,
+                retry: Retry::After(retry),
+            } => Self::quota(model, QuotaScope::PerMinute, limit, retry),
+            Failure::RateLimited {
+                limit,
+                retry: Retry::Raw(delay),
+            } => Self::quota_with_delay(model, QuotaScope::PerMinute, limit, &delay),
+            Failure::DailyQuota => Self::quota(model, QuotaScope::PerDay, None, DAILY_RETRY),
+            Failure::Status(code) => Self::status(code),
+        }
+    }
+
     /// An error with the canonical status name and message of `code`.
     pub fn status(code: u16) -> Self {
         Self::with_message(code, default_message(code))
@@ -243,6 +270,41 @@ mod tests {
         );
         assert_eq!(details[2]["retryDelay"], "3600s");
         assert_eq!(error.body["error"]["status"], "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn every_failure_has_the_status_gemini_gives_it() {
+        for failure in [
+            Failure::MissingKey,
+            Failure::InvalidKey,
+            Failure::Invalid("x".into()),
+            Failure::UnknownModel("m".into()),
+            Failure::RateLimited {
+                limit: Some(3),
+                retry: Retry::After(Duration::from_secs(2)),
+            },
+            Failure::RateLimited {
+                limit: None,
+                retry: Retry::Raw("soon".into()),
+            },
+            Failure::DailyQuota,
+            Failure::Status(503),
+        ] {
+            let status = failure.status(crate::history::Api::Gemini);
+            assert_eq!(
+                GoogleError::of(failure.clone(), "m").status,
+                status,
+                "{failure:?}"
+            );
+        }
+        let raw = GoogleError::of(
+            Failure::RateLimited {
+                limit: None,
+                retry: Retry::Raw("soon".into()),
+            },
+            "m",
+        );
+        assert_eq!(raw.body["error"]["details"][2]["retryDelay"], "soon");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Routes: the Gemini endpoints (`generateContent`, and
-//! `streamGenerateContent?alt=sse` answered as server-sent events) and the `/_stats`, `/_reset`, `/_requests`
-//! control endpoints.
+//! `streamGenerateContent?alt=sse` answered as server-sent events), the
+//! OpenAI ones (`/v1/chat/completions`, `/v1/models/{model}`) and the
+//! `/_stats`, `/_reset`, `/_requests` control endpoints. Each reads its
+//! API's key and body; what the call answers is decided by
+//! [`generate::decide`] for both.
 
 use std::time::Duration;
 
@@ -8,7 +11,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, State},
-    http::{HeaderMap, StatusCode, Uri},
+    http::{HeaderMap, Method, StatusCode, Uri, header::AUTHORIZATION},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -16,7 +19,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{generate, google_error::GoogleError, state::MockState};
+use crate::{
+    failure::Failure,
+    generate::{self, Call, Format},
+    google_error::GoogleError,
+    openai_error::OpenAiError,
+    openai_request, request,
+    state::MockState,
+};
 
 /// Gemini accepts request bodies up to 20 MB; long chat histories must not
 /// be cut off by axum's 2 MB default.
@@ -47,6 +57,9 @@ pub(crate) fn app(mock: MockState, closing: watch::Receiver<bool>) -> Router {
     // which axum cannot route on; take the rest of the path and split it.
     Router::new()
         .route("/v1beta/models/{*target}", get(get_model).post(post_model))
+        .route("/v1/chat/completions", post(chat_completions))
+        // OpenAI-compatible model names may hold `/` (`meta-llama/Llama-3.1-8B`).
+        .route("/v1/models/{*model}", get(get_openai_model))
         .route("/_stats", get(stats))
         .route("/_reset", post(reset))
         .route("/_requests", get(requests))
@@ -85,11 +98,39 @@ async fn post_model(
         }
     };
     let key = api_key(&headers, &uri);
-    let decision = generate::decide(&app.mock, model.to_owned(), key.as_deref(), body);
+    let call = Call {
+        format: Format::Gemini { stream },
+        model: model.to_owned(),
+        key: key.as_deref(),
+        parsed: request::parse(&body),
+        body,
+    };
+    let decision = generate::decide(&app.mock, call);
     if !pause(&app, decision.delay).await {
         return shutting_down();
     }
-    decision.respond(stream, app.closing.clone(), &app.mock)
+    decision.respond(app.closing.clone(), &app.mock)
+}
+
+/// `POST /v1/chat/completions`: streamed when the body says `"stream": true`.
+async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = bearer_key(&headers);
+    let chat = openai_request::parse(&body);
+    let call = Call {
+        format: Format::OpenAi {
+            stream: chat.stream,
+            include_usage: chat.include_usage,
+        },
+        model: chat.model,
+        key: key.as_deref(),
+        parsed: chat.prompt,
+        body,
+    };
+    let decision = generate::decide(&app.mock, call);
+    if !pause(&app, decision.delay).await {
+        return openai_shutting_down();
+    }
+    decision.respond(app.closing.clone(), &app.mock)
 }
 
 /// `GET models/{model}`: a cheap probe clients use to check a key.
@@ -123,6 +164,33 @@ async fn get_model(
     .into_response()
 }
 
+/// `GET /v1/models/{model}`: OpenAI's model lookup, which Sluice uses as a
+/// key probe.
+async fn get_openai_model(
+    State(app): State<App>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !pause(&app, app.mock.config().latency()).await {
+        return openai_shutting_down();
+    }
+    let failure = if !openai_request::is_model_name(&model) {
+        Failure::UnknownModel(model.clone())
+    } else {
+        match bearer_key(&headers) {
+            None => Failure::MissingKey,
+            Some(key) if !app.mock.accepts_key(&key) => Failure::InvalidKey,
+            Some(_) => {
+                return Json(
+                    json!({"id": model, "object": "model", "created": 0, "owned_by": "mock"}),
+                )
+                .into_response();
+            }
+        }
+    };
+    OpenAiError::of(failure, &model).into_response()
+}
+
 async fn stats(State(app): State<App>) -> Response {
     Json(app.mock.stats()).into_response()
 }
@@ -136,7 +204,13 @@ async fn requests(State(app): State<App>) -> Response {
     Json(app.mock.requests()).into_response()
 }
 
-async fn not_found() -> Response {
+/// A 404 in the words of the API whose paths it is near: OpenAI's under
+/// `/v1/`, Google's elsewhere.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        return OpenAiError::invalid_url(method.as_str(), path).into_response();
+    }
     GoogleError::status(404).into_response()
 }
 
@@ -144,8 +218,14 @@ fn unknown_target(target: &str) -> Response {
     GoogleError::not_found(&format!("models/{target} is not found.")).into_response()
 }
 
+const SHUTTING_DOWN: &str = "The mock is shutting down.";
+
 fn shutting_down() -> Response {
-    GoogleError::with_message(503, "The mock is shutting down.").into_response()
+    GoogleError::with_message(503, SHUTTING_DOWN).into_response()
+}
+
+fn openai_shutting_down() -> Response {
+    OpenAiError::with_message(503, SHUTTING_DOWN).into_response()
 }
 
 fn is_model_name(model: &str) -> bool {
@@ -182,6 +262,15 @@ fn api_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
             .and_then(|Query(query)| query.key)
     })?;
     (!key.is_empty()).then_some(key)
+}
+
+/// The key from `Authorization: Bearer KEY`, as OpenAI takes it; another
+/// scheme or an empty key counts as none.
+fn bearer_key(headers: &HeaderMap) -> Option<String> {
+    let value = String::from_utf8_lossy(headers.get(AUTHORIZATION)?.as_bytes()).into_owned();
+    let (scheme, key) = value.trim().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then(|| key.to_owned())
 }
 
 /// Sleeps `delay`; `false` when the server started shutting down first.
@@ -222,6 +311,21 @@ mod tests {
         headers.insert("x-goog-api-key", HeaderValue::from_static(""));
         assert_eq!(api_key(&headers, &uri), None);
         assert_eq!(api_key(&HeaderMap::new(), &Uri::from_static("/x")), None);
+    }
+
+    #[test]
+    fn bearer_keys() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            bearer_key(&headers)
+        };
+        assert_eq!(with("Bearer sk-1").as_deref(), Some("sk-1"));
+        assert_eq!(with("bearer  sk-2 ").as_deref(), Some("sk-2"));
+        assert_eq!(with("Bearer "), None);
+        assert_eq!(with("Bearer"), None);
+        assert_eq!(with("Basic dXNlcg=="), None);
+        assert_eq!(bearer_key(&HeaderMap::new()), None);
     }
 
     #[test]

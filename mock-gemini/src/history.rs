@@ -1,5 +1,6 @@
-//! The last generate requests received, served at `GET /_requests` so tests
-//! can check what Sluice actually sent (history, system instruction, key).
+//! The last generate requests received (Gemini and OpenAI alike), served at
+//! `GET /_requests` so tests can check what Sluice actually sent (history,
+//! system instruction, key).
 
 use std::collections::VecDeque;
 
@@ -10,9 +11,22 @@ use serde_json::Value;
 /// How many requests are kept; older ones are dropped first.
 pub(crate) const CAPACITY: usize = 256;
 
-/// One `generateContent` call as received.
+/// Which API a call came in through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// `generateContent` / `streamGenerateContent`.
+    #[default]
+    Gemini,
+    /// `/v1/chat/completions`.
+    OpenAi,
+}
+
+/// One generate call as received.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
+    /// The model named in the path (Gemini) or the body (OpenAI; empty when
+    /// the body could not be read).
     pub model: String,
     /// The API key used; empty when the call had none.
     pub key: String,
@@ -21,6 +35,10 @@ pub struct RecordedRequest {
     pub body: Value,
     /// Arrival time in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// Which API the call came through; a record without it (from an older
+    /// mock) reads as Gemini.
+    #[serde(default)]
+    pub api: Api,
 }
 
 /// A ring buffer of raw requests. Bodies stay as bytes (a reference-counted
@@ -33,6 +51,7 @@ pub(crate) struct History {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
+    pub api: Api,
     pub model: String,
     pub key: String,
     pub body: Bytes,
@@ -67,6 +86,7 @@ impl Entry {
             key: self.key,
             body,
             at_ms: self.at_ms,
+            api: self.api,
         }
     }
 }
@@ -77,6 +97,7 @@ mod tests {
 
     fn entry(n: usize, body: &'static str) -> Entry {
         Entry {
+            api: Api::Gemini,
             model: format!("m{n}"),
             key: "k".into(),
             body: Bytes::from_static(body.as_bytes()),
@@ -107,5 +128,16 @@ mod tests {
             entry(0, "{oops").decode().body,
             Value::String("{oops".into())
         );
+    }
+
+    #[test]
+    fn the_api_is_named_in_lowercase_and_defaults_to_gemini() {
+        let mut recorded = entry(0, "{}").decode();
+        recorded.api = Api::OpenAi;
+        let json = serde_json::to_value(&recorded).unwrap_or_default();
+        assert_eq!(json["api"], "openai");
+        let old = serde_json::json!({"model": "m", "key": "k", "body": {}, "at_ms": 1});
+        let old: Option<RecordedRequest> = serde_json::from_value(old).ok();
+        assert_eq!(old.map(|r| r.api), Some(Api::Gemini));
     }
 }

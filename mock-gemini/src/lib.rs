@@ -1,31 +1,49 @@
-//! `mock-gemini`: a local stand-in for Google's Gemini REST API.
+//! `mock-gemini`: a local stand-in for Google's Gemini REST API and for
+//! OpenAI's Chat Completions API, on the same address.
 //!
 //! It is Sluice's default provider in development and the upstream of every
 //! test and benchmark. Answers are deterministic and shaped like the real
-//! API's, including its error bodies, so the code under test cannot tell
-//! the difference.
+//! APIs', including their error bodies and rate-limit headers, so the code
+//! under test cannot tell the difference. Both APIs answer the same
+//! conversation with the same text and token counts, obey the same
+//! `[[mock:...]]` directives, and share the limiter, stats and history.
 //!
-//! Endpoints:
+//! Gemini endpoints (key in `x-goog-api-key` or `?key=`):
 //! - `POST /v1beta/models/{model}:generateContent`: replies
 //!   `mock reply to: {last user text} (turns: {n})` with token usage;
 //! - `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`: the same
 //!   reply as server-sent events, a few words each, `chunk_pause_ms` apart,
 //!   `finishReason` and `usageMetadata` on the last;
-//! - `GET /v1beta/models/{model}`: a key probe;
-//! - `GET /_stats`, `POST /_reset`, `GET /_requests`: control endpoints for
-//!   tests (also available in-process through [`MockState`]).
+//! - `GET /v1beta/models/{model}`: a key probe.
+//!
+//! OpenAI endpoints (key in `Authorization: Bearer KEY`):
+//! - `POST /v1/chat/completions`: the same reply as a `chat.completion`, or
+//!   with `"stream": true` as `chat.completion.chunk` events paced like
+//!   Gemini's, then a usage chunk (with `stream_options.include_usage`)
+//!   and `data: [DONE]`;
+//! - `GET /v1/models/{model}`: a key probe;
+//! - any other path under `/v1/`: OpenAI's 404.
+//!
+//! Control endpoints: `GET /_stats`, `POST /_reset`, `GET /_requests`, for
+//! tests (also available in-process through [`MockState`]).
 //!
 //! The parts:
 //! - [`config`]: [`MockConfig`], how the mock behaves;
 //! - [`directives`]: `[[mock:...]]` fault scripting inside prompts (its doc
-//!   has the grammar);
-//! - `generate`: deciding each call's answer, and the order of the checks;
+//!   has the grammar and what each answers on either API);
+//! - `generate`: deciding each call's answer for both APIs, and the order
+//!   of the checks;
 //! - `limiter`: the per-key sliding-log rate limit;
-//! - `request` / `reply`: the Gemini request and response bodies (and the
-//!   events a streamed reply is split into);
+//! - `failure` / `reply`: what a call answers, in neither API's words (an
+//!   error, or a reply's text, finish and tokens, and the pieces a streamed
+//!   one is split into);
+//! - `request` / `gemini_reply` / `google_error`: Gemini's request body,
+//!   response bodies and events, and Google-style error bodies;
+//! - `openai_request` / `openai_reply` / `openai_error`: the same for
+//!   OpenAI's Chat Completions;
 //! - `sse`: paced bodies: event streams and bodies cut halfway;
-//! - `google_error`: Google-style error bodies;
-//! - `stats` / `history`: [`Stats`] and [`RecordedRequest`]s;
+//! - `stats` / `history`: [`Stats`] and [`RecordedRequest`]s (each naming
+//!   its [`Api`]);
 //! - `state`: [`MockState`], the shared state;
 //! - `handlers`: the axum routes.
 //!
@@ -43,11 +61,16 @@
 
 pub mod config;
 pub mod directives;
+mod failure;
+mod gemini_reply;
 mod generate;
 mod google_error;
 mod handlers;
 mod history;
 mod limiter;
+mod openai_error;
+mod openai_reply;
+mod openai_request;
 mod reply;
 mod request;
 mod sse;
@@ -61,7 +84,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 pub use config::{ConfigError, MockConfig};
 pub use handlers::router;
-pub use history::RecordedRequest;
+pub use history::{Api, RecordedRequest};
 pub use state::MockState;
 pub use stats::Stats;
 

@@ -7,7 +7,8 @@ use clap::Parser;
 use mock_gemini::{MockConfig, MockState, serve};
 use tracing_subscriber::EnvFilter;
 
-/// A local stand-in for the Gemini REST API. Every flag can also be set
+/// A local stand-in for the Gemini REST API and OpenAI's Chat Completions
+/// API (both served on the same address). Every flag can also be set
 /// through the environment variable shown.
 #[derive(Debug, Parser)]
 #[command(name = "mock-gemini", version, about)]

@@ -1,31 +1,54 @@
-//! The 200 bodies: a deterministic reply, and the blocked, safety-stopped
-//! and garbage variants scripted by directives.
+//! What a successful call answers, in neither API's words: the reply text,
+//! why it stopped and its token counts, and the pieces a streamed reply is
+//! split into. `gemini_reply` and `openai_reply` put it on the wire, so
+//! both APIs answer the same conversation with the same text and numbers.
 //!
 //! Tokens are counted as Gemini roughly does for English: one per four
 //! characters, rounded up.
 
-use serde_json::{Value, json};
-
 use crate::request::Prompt;
 
-/// A 200 body that a JSON parser must reject (as a truncating proxy would
-/// produce), sent with a JSON content type to make it convincing.
-pub(crate) const GARBAGE: &str = "{\"candidates\": [{\"content\": <html>502 Bad Gateway</html>";
+/// At most this many chunks per streamed reply, unless the prompt asks for a number.
+const MAX_CHUNKS: usize = 6;
+
+/// Why a reply stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    Stop,
+    /// Cut at the request's output-token limit.
+    MaxTokens,
+    /// Stopped for safety before any text.
+    Safety,
+    /// The prompt itself was refused: no reply at all (a 200 from Gemini,
+    /// an error from OpenAI).
+    Blocked,
+}
+
+/// A reply before it is put in an API's words.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reply {
+    /// `None` when stopped for safety or blocked.
+    pub text: Option<String>,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    /// Zero without text.
+    pub reply_tokens: usize,
+}
 
 fn tokens(chars: usize) -> usize {
     chars.div_ceil(4)
 }
 
 /// `mock reply to: {last user text} (turns: {n})`, cut to
-/// `maxOutputTokens * 4` characters with finishReason `MAX_TOKENS` when it
+/// `max_output_tokens * 4` characters with [`Finish::MaxTokens`] when it
 /// would use more tokens than allowed.
-pub(crate) fn success(prompt: &Prompt, model: &str) -> Value {
+pub(crate) fn success(prompt: &Prompt) -> Reply {
     let mut text = format!(
         "mock reply to: {} (turns: {})",
         prompt.last_user_text, prompt.turns
     );
     let mut chars = text.chars().count();
-    let mut finish_reason = "STOP";
+    let mut finish = Finish::Stop;
     if let Some(max) = prompt.max_output_tokens
         && tokens(chars) > max as usize
     {
@@ -34,111 +57,67 @@ pub(crate) fn success(prompt: &Prompt, model: &str) -> Value {
             text.truncate(cut);
         }
         chars = keep.min(chars);
-        finish_reason = "MAX_TOKENS";
+        finish = Finish::MaxTokens;
     }
-    let prompt_tokens = tokens(prompt.chars);
-    let reply_tokens = tokens(chars);
-    json!({
-        "candidates": [{
-            "content": {"role": "model", "parts": [{"text": text}]},
-            "finishReason": finish_reason,
-            "index": 0,
-        }],
-        "usageMetadata": {
-            "promptTokenCount": prompt_tokens,
-            "candidatesTokenCount": reply_tokens,
-            "totalTokenCount": prompt_tokens + reply_tokens,
-        },
-        "modelVersion": model,
-    })
+    Reply {
+        text: Some(text),
+        finish,
+        prompt_tokens: tokens(prompt.chars),
+        reply_tokens: tokens(chars),
+    }
 }
 
 /// [`success`] with U+0000 inside the text (after `mock`), as a broken model may send.
-pub(crate) fn with_nul(prompt: &Prompt, model: &str) -> Value {
-    let mut body = success(prompt, model);
-    if let Some(text) = body["candidates"][0]["content"]["parts"][0]["text"].as_str() {
-        let with_nul = text.replacen("mock", "mock\0", 1);
-        body["candidates"][0]["content"]["parts"][0]["text"] = Value::String(with_nul);
+pub(crate) fn with_nul(prompt: &Prompt) -> Reply {
+    let mut reply = success(prompt);
+    reply.text = reply.text.map(|text| text.replacen("mock", "mock\0", 1));
+    reply
+}
+
+/// [`success`] with its text padded by `bytes` bytes, so any body carrying
+/// it is larger than `bytes`; the token counts stay those of [`success`].
+pub(crate) fn oversize(prompt: &Prompt, bytes: usize) -> Reply {
+    let mut reply = success(prompt);
+    reply.text = reply
+        .text
+        .map(|text| format!("{text} {}", "x".repeat(bytes)));
+    reply
+}
+
+/// The answer was stopped for safety: no text.
+pub(crate) fn safety(prompt: &Prompt) -> Reply {
+    without_text(prompt, Finish::Safety)
+}
+
+/// The prompt was refused: no reply.
+pub(crate) fn blocked(prompt: &Prompt) -> Reply {
+    without_text(prompt, Finish::Blocked)
+}
+
+fn without_text(prompt: &Prompt, finish: Finish) -> Reply {
+    Reply {
+        text: None,
+        finish,
+        prompt_tokens: tokens(prompt.chars),
+        reply_tokens: 0,
     }
-    body
 }
 
-/// [`success`] with its text padded so the JSON body is larger than `bytes`.
-pub(crate) fn oversize(prompt: &Prompt, model: &str, bytes: usize) -> Value {
-    let mut body = success(prompt, model);
-    if let Some(text) = body["candidates"][0]["content"]["parts"][0]["text"].as_str() {
-        let padded = format!("{text} {}", "x".repeat(bytes));
-        body["candidates"][0]["content"]["parts"][0]["text"] = Value::String(padded);
+impl Reply {
+    /// The pieces a streamed reply's text comes in (none without text):
+    /// without `chunks`, split at word boundaries into up to [`MAX_CHUNKS`];
+    /// with `chunks` (`[[mock:chunks=N]]`) into N, see [`split_exactly`].
+    /// They concatenate back to the text.
+    pub fn pieces(&self, chunks: Option<usize>) -> Vec<String> {
+        let Some(text) = &self.text else {
+            return Vec::new();
+        };
+        let pieces = match chunks {
+            Some(n) => split_exactly(text, n),
+            None => split_words(text, MAX_CHUNKS),
+        };
+        pieces.into_iter().map(str::to_owned).collect()
     }
-    body
-}
-
-/// The prompt itself was blocked: no candidates at all. Like Gemini, the
-/// usage has no `candidatesTokenCount`.
-pub(crate) fn blocked(prompt: &Prompt, model: &str) -> Value {
-    let prompt_tokens = tokens(prompt.chars);
-    json!({
-        "promptFeedback": {
-            "blockReason": "SAFETY",
-            "safetyRatings": [safety_rating()],
-        },
-        "usageMetadata": {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens},
-        "modelVersion": model,
-    })
-}
-
-/// The answer was stopped for safety: a candidate without content.
-pub(crate) fn safety(prompt: &Prompt, model: &str) -> Value {
-    let prompt_tokens = tokens(prompt.chars);
-    json!({
-        "candidates": [{
-            "finishReason": "SAFETY",
-            "index": 0,
-            "safetyRatings": [safety_rating()],
-        }],
-        "usageMetadata": {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens},
-        "modelVersion": model,
-    })
-}
-
-/// At most this many chunks per streamed reply, unless the prompt asks for a number.
-const MAX_CHUNKS: usize = 6;
-
-/// A reply as `streamGenerateContent` sends it: the text of `body` split
-/// into events, each a whole GenerateContentResponse with one text part;
-/// only the last carries `finishReason` and `usageMetadata`, as Gemini does.
-/// Without `chunks` the text is split at word boundaries into up to
-/// [`MAX_CHUNKS`] events; with `chunks` (`[[mock:chunks=N]]`) into N events,
-/// see [`split_exactly`]. A body without text (blocked, safety stop) is one
-/// event, itself.
-pub(crate) fn stream_events(body: &Value, chunks: Option<usize>) -> Vec<Value> {
-    let candidate = &body["candidates"][0];
-    let Some(text) = candidate["content"]["parts"][0]["text"].as_str() else {
-        return vec![body.clone()];
-    };
-    let pieces = match chunks {
-        Some(n) => split_exactly(text, n),
-        None => split_words(text, MAX_CHUNKS),
-    };
-    let last = pieces.len().saturating_sub(1);
-    pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, piece)| {
-            let mut event = json!({
-                "candidates": [{
-                    "content": {"role": "model", "parts": [{"text": piece}]},
-                    "index": 0,
-                }],
-                "modelVersion": body["modelVersion"],
-            });
-            if i == last {
-                event["candidates"][0]["finishReason"] = candidate["finishReason"].clone();
-                event["usageMetadata"] = body["usageMetadata"].clone();
-            }
-            event
-        })
-        .collect()
 }
 
 /// Word starts of `text`: the byte offsets after each run of whitespace
@@ -191,10 +170,6 @@ fn split_at(text: &str, mut cuts: Vec<usize>) -> Vec<&str> {
     pieces
 }
 
-fn safety_rating() -> Value {
-    json!({"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,71 +185,66 @@ mod tests {
 
     #[test]
     fn success_echoes_the_prompt_and_counts_tokens() {
-        let body = success(&prompt("hello", None), "gemini-test");
-        let text = "mock reply to: hello (turns: 1)";
-        assert_eq!(body["candidates"][0]["content"]["parts"][0]["text"], text);
-        assert_eq!(body["candidates"][0]["finishReason"], "STOP");
-        assert_eq!(body["usageMetadata"]["promptTokenCount"], 3);
-        assert_eq!(body["usageMetadata"]["candidatesTokenCount"], 8);
-        assert_eq!(body["usageMetadata"]["totalTokenCount"], 11);
-        assert_eq!(body["modelVersion"], "gemini-test");
+        assert_eq!(
+            success(&prompt("hello", None)),
+            Reply {
+                text: Some("mock reply to: hello (turns: 1)".into()),
+                finish: Finish::Stop,
+                prompt_tokens: 3,
+                reply_tokens: 8,
+            }
+        );
     }
 
     #[test]
     fn max_output_tokens_truncates() {
-        let body = success(&prompt("hello", Some(2)), "m");
-        assert_eq!(
-            body["candidates"][0]["content"]["parts"][0]["text"],
-            "mock rep"
-        );
-        assert_eq!(body["candidates"][0]["finishReason"], "MAX_TOKENS");
-        assert_eq!(body["usageMetadata"]["candidatesTokenCount"], 2);
+        let reply = success(&prompt("hello", Some(2)));
+        assert_eq!(reply.text.as_deref(), Some("mock rep"));
+        assert_eq!(reply.finish, Finish::MaxTokens);
+        assert_eq!(reply.reply_tokens, 2);
         // A limit the reply fits in changes nothing.
-        let body = success(&prompt("hello", Some(8)), "m");
-        assert_eq!(body["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(success(&prompt("hello", Some(8))).finish, Finish::Stop);
     }
 
     #[test]
     fn nul_and_oversize_replies() {
-        let body = with_nul(&prompt("hello", None), "m");
-        let text = body["candidates"][0]["content"]["parts"][0]["text"]
-            .as_str()
-            .unwrap_or_default();
-        assert_eq!(text, "mock\0 reply to: hello (turns: 1)");
-        let body = oversize(&prompt("hello", None), "m", 1000);
-        assert!(body.to_string().len() > 1000);
-        assert_eq!(body["candidates"][0]["finishReason"], "STOP");
+        let reply = with_nul(&prompt("hello", None));
+        assert_eq!(
+            reply.text.as_deref(),
+            Some("mock\0 reply to: hello (turns: 1)")
+        );
+        let reply = oversize(&prompt("hello", None), 1000);
+        assert!(reply.text.unwrap_or_default().len() > 1000);
+        assert_eq!(reply.finish, Finish::Stop);
+        assert_eq!(reply.reply_tokens, 8);
     }
 
     #[test]
-    fn stream_events_split_the_text_and_end_with_the_usage() {
-        let body = success(
-            &prompt("one two three four five six seven eight", None),
-            "m",
-        );
-        let events = stream_events(&body, None);
-        assert_eq!(events.len(), 6);
-        let text: String = events
-            .iter()
-            .map(|e| {
-                e["candidates"][0]["content"]["parts"][0]["text"]
-                    .as_str()
-                    .unwrap_or("?")
-            })
-            .collect();
-        assert_eq!(text, body["candidates"][0]["content"]["parts"][0]["text"]);
-        let (last, rest) = events.split_last().unwrap_or_else(|| unreachable!());
-        assert_eq!(last["candidates"][0]["finishReason"], "STOP");
-        assert_eq!(last["usageMetadata"], body["usageMetadata"]);
-        assert!(rest.iter().all(|e| e.get("usageMetadata").is_none()));
-        assert!(
-            rest.iter()
-                .all(|e| e["candidates"][0].get("finishReason").is_none())
-        );
-        // No text: one event, the body itself.
-        let blocked = blocked(&prompt("x", None), "m");
-        assert_eq!(stream_events(&blocked, Some(40)), vec![blocked.clone()]);
-        assert_eq!(stream_events(&blocked, None), vec![blocked]);
+    fn safety_and_blocked_have_no_text() {
+        for (reply, finish) in [
+            (safety(&prompt("x", None)), Finish::Safety),
+            (blocked(&prompt("x", None)), Finish::Blocked),
+        ] {
+            assert_eq!(reply.text, None);
+            assert_eq!(reply.finish, finish);
+            assert_eq!((reply.prompt_tokens, reply.reply_tokens), (3, 0));
+            assert!(reply.pieces(Some(5)).is_empty());
+        }
+    }
+
+    #[test]
+    fn pieces_split_the_text_at_words_or_exactly() {
+        let reply = success(&prompt("one two three four five six seven eight", None));
+        let text = reply.text.clone().unwrap_or_default();
+        let pieces = reply.pieces(None);
+        assert_eq!(pieces.len(), MAX_CHUNKS);
+        assert_eq!(pieces.concat(), text);
+        for n in [1, 2, 6, 9, 13, 40] {
+            let pieces = reply.pieces(Some(n));
+            assert_eq!(pieces.len(), n, "{n} chunks");
+            assert_eq!(pieces.concat(), text, "{n} chunks");
+            assert!(pieces.iter().all(|p| !p.is_empty()), "{pieces:?}");
+        }
     }
 
     #[test]
@@ -287,38 +257,6 @@ mod tests {
         let pieces = split_words(&text, 6);
         assert_eq!(pieces.len(), 6);
         assert_eq!(pieces.concat(), text);
-    }
-
-    #[test]
-    fn a_number_of_chunks_is_met_exactly() {
-        let body = success(
-            &prompt("one two three four five six seven eight", None),
-            "m",
-        );
-        let text = body["candidates"][0]["content"]["parts"][0]["text"]
-            .as_str()
-            .unwrap_or_default();
-        for n in [1, 2, 6, 9, 13, 40] {
-            let events = stream_events(&body, Some(n));
-            assert_eq!(events.len(), n, "{n} chunks");
-            let pieces: Vec<&str> = events
-                .iter()
-                .map(|e| {
-                    e["candidates"][0]["content"]["parts"][0]["text"]
-                        .as_str()
-                        .unwrap_or("?")
-                })
-                .collect();
-            assert_eq!(pieces.concat(), text, "{n} chunks");
-            assert!(pieces.iter().all(|p| !p.is_empty()), "{pieces:?}");
-            let last = events.len() - 1;
-            assert_eq!(events[last]["candidates"][0]["finishReason"], "STOP");
-            assert!(
-                events[..last]
-                    .iter()
-                    .all(|e| e.get("usageMetadata").is_none())
-            );
-        }
     }
 
     #[test]
@@ -339,16 +277,5 @@ mod tests {
             assert_eq!(pieces.len(), n);
             assert_eq!(pieces.concat(), text);
         }
-    }
-
-    #[test]
-    fn blocked_and_safety_have_no_content() {
-        let body = blocked(&prompt("x", None), "m");
-        assert_eq!(body["promptFeedback"]["blockReason"], "SAFETY");
-        assert!(body.get("candidates").is_none());
-        let body = safety(&prompt("x", None), "m");
-        assert_eq!(body["candidates"][0]["finishReason"], "SAFETY");
-        assert!(body["candidates"][0].get("content").is_none());
-        assert!(serde_json::from_str::<Value>(GARBAGE).is_err());
     }
 }

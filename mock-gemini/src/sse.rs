@@ -1,7 +1,8 @@
-//! Paced bodies: the `text/event-stream` answer of `streamGenerateContent`
-//! (one `data: {json}\r\n\r\n` frame per event, a pause between frames) and
-//! bodies that break off halfway (`[[mock:cut]]`), which reach the client as
-//! a connection that broke mid-body.
+//! Paced bodies: the `text/event-stream` answers of `streamGenerateContent`
+//! and of a streamed chat completion (a pause between frames, each frame
+//! what one piece of the reply brings) and bodies that break off halfway
+//! (`[[mock:cut]]`), which reach the client as a connection that broke
+//! mid-body.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -102,15 +103,12 @@ impl Feed {
 /// Stands where a chunk's send time goes (see [`mark_for_stamps`]).
 const STAMP_MARK: &str = "[t=@]";
 
-/// Begins the text of every event with [`STAMP_MARK`], which [`stamp`] replaces by the
-/// wall clock (microseconds since the Unix epoch) as the frame is sent: a latency bench on
-/// the same machine can then tell how long each chunk took to reach its client.
-pub(crate) fn mark_for_stamps(events: &mut [Value]) {
-    for event in events {
-        if let Some(text) = event["candidates"][0]["content"]["parts"][0]["text"].as_str() {
-            let marked = format!("{STAMP_MARK}{text}");
-            event["candidates"][0]["content"]["parts"][0]["text"] = Value::String(marked);
-        }
+/// Begins every piece of a streamed reply with [`STAMP_MARK`], which [`stamp`] replaces by
+/// the wall clock (microseconds since the Unix epoch) as its frame is sent: a latency bench
+/// on the same machine can then tell how long each chunk took to reach its client.
+pub(crate) fn mark_for_stamps(pieces: &mut [String]) {
+    for piece in pieces {
+        piece.insert_str(0, STAMP_MARK);
     }
 }
 
@@ -128,7 +126,8 @@ fn stamp(frame: Bytes) -> Bytes {
     Bytes::from(text.replace(STAMP_MARK, &format!("[t={micros}]")))
 }
 
-/// One server-sent event carrying `event` as JSON, framed as Gemini does.
+/// One server-sent event carrying `event` as JSON, framed as Gemini does
+/// (`\r\n` line ends).
 pub(crate) fn frame(event: &Value) -> Bytes {
     Bytes::from(format!("data: {event}\r\n\r\n"))
 }

@@ -8,7 +8,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use rand::{SeedableRng, rngs::StdRng};
@@ -33,6 +36,9 @@ struct Shared {
     /// `allowed_keys` as a set, checked on every call.
     allowed: HashSet<String>,
     book: Mutex<Book>,
+    /// Chat completions answered so far, for their ids; never reset, so an
+    /// id is never reused.
+    completions: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -61,6 +67,7 @@ impl MockState {
                 allowed: config.allowed_keys.iter().cloned().collect(),
                 config,
                 book: Mutex::new(book),
+                completions: AtomicU64::new(0),
             }),
         }
     }
@@ -92,7 +99,12 @@ impl MockState {
         }
     }
 
-    /// The last 256 `generateContent` requests, oldest first.
+    /// The serial number of a new chat completion (its id is `chatcmpl-mock-N`).
+    pub(crate) fn next_completion(&self) -> u64 {
+        self.shared.completions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The last 256 generate requests (of either API), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         let entries = self.book().history.snapshot();
         entries.into_iter().map(|entry| entry.decode()).collect()

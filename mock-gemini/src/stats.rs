@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// A snapshot of what the mock saw since start or the last reset.
 ///
-/// Every `generateContent` call counts in `calls`; each answered call also
-/// counts in exactly one of `ok` (any 200, including `block`, `safety` and
-/// `garbage` answers), `rate_limited` (every 429, from the limiter or
+/// Every generate call, of either API and streamed or not, counts in
+/// `calls`; each answered call also counts in exactly one of `ok` (any 200,
+/// including `safety` and `garbage` answers, and Gemini's `block`), `rate_limited` (every 429, from the limiter or
 /// scripted), `server_errors` (5xx) or `client_errors` (other 4xx). Calls
 /// scripted to hang count only in `calls`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
