@@ -253,7 +253,9 @@ impl TestApp {
         settings.redis.prefix = format!("t{id}:");
         settings.retry.delays_ms = options.retry_delays_ms;
         settings.retry.reaper_interval = Duration::from_millis(options.reaper_interval_ms);
-        settings.provider.base_url = mock_url;
+        // The mock answers both kinds of provider.
+        settings.provider.base_url = mock_url.clone();
+        settings.provider.openai_base_url = mock_url;
         settings.provider.timeout = Duration::from_secs(5);
         settings.provider.connect_timeout = Duration::from_secs(1);
         settings.auth.jwt_secret = Secret::new(format!("test-secret-{id}-0123456789abcdefghij"));

@@ -59,6 +59,7 @@ pub(crate) fn app(mock: MockState, closing: watch::Receiver<bool>) -> Router {
         .route("/v1beta/models/{*target}", get(get_model).post(post_model))
         .route("/v1/chat/completions", post(chat_completions))
         // OpenAI-compatible model names may hold `/` (`meta-llama/Llama-3.1-8B`).
+        .route("/v1/models", get(list_openai_models))
         .route("/v1/models/{*model}", get(get_openai_model))
         .route("/_stats", get(stats))
         .route("/_reset", post(reset))
@@ -189,6 +190,26 @@ async fn get_openai_model(
         }
     };
     OpenAiError::of(failure, &model).into_response()
+}
+
+/// `GET /v1/models`: the list every OpenAI-compatible server answers (Sluice probes keys with
+/// it); one model, after the same key check as a call.
+async fn list_openai_models(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !pause(&app, app.mock.config().latency()).await {
+        return openai_shutting_down();
+    }
+    let failure = match bearer_key(&headers) {
+        None => Failure::MissingKey,
+        Some(key) if !app.mock.accepts_key(&key) => Failure::InvalidKey,
+        Some(_) => {
+            return Json(json!({
+                "object": "list",
+                "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}],
+            }))
+            .into_response();
+        }
+    };
+    OpenAiError::of(failure, "mock").into_response()
 }
 
 async fn stats(State(app): State<App>) -> Response {

@@ -158,8 +158,14 @@ impl Mock {
         response.json().await.unwrap()
     }
 
+    /// `GET /v1/models/{model}`, or the list `GET /v1/models` for an empty `model`.
     async fn probe(&self, model: &str, key: Option<&str>) -> Answer {
-        let mut request = self.client.get(format!("{}/v1/models/{model}", self.base));
+        let path = if model.is_empty() {
+            String::new()
+        } else {
+            format!("/{model}")
+        };
+        let mut request = self.client.get(format!("{}/v1/models{path}", self.base));
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
@@ -372,6 +378,11 @@ async fn keys_are_bearer_tokens_and_a_bad_one_is_a_401() {
     invalid_api_key(&mock.probe(MODEL, None).await);
     let probe = mock.probe("meta-llama/Llama-3.1-8B", Some("good")).await;
     assert_eq!(probe.body["id"], "meta-llama/Llama-3.1-8B");
+    // The list, which Sluice probes with.
+    let list = mock.probe("", Some("good")).await;
+    assert_eq!((list.status, &list.body["object"]), (200, &json!("list")));
+    invalid_api_key(&mock.probe("", Some("bad")).await);
+    invalid_api_key(&mock.probe("", None).await);
     mock.stop().await;
 }
 

@@ -17,6 +17,7 @@ mod keypool;
 mod least_privilege;
 mod metrics;
 mod migrate_on_start;
+mod openai;
 mod openapi;
 mod pipeline;
 mod polling;
