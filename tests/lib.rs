@@ -576,6 +576,20 @@ impl TestApp {
         Ok(format!("{metrics}/metrics"))
     }
 
+    /// The lines of the first worker's metrics page that start with `prefix` (a name, or a
+    /// name with the start of its labels), their values summed.
+    pub async fn worker_metric(&self, prefix: &str) -> anyhow::Result<f64> {
+        let url = self.workers.lock().unwrap()[0]
+            .health
+            .replace("/health", "/metrics");
+        let text = self.http.get(url).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Waits until the first API has consumed and acked at least `n` workers' answers (a
     /// late or skipped answer leaves no other trace).
     pub async fn wait_answers_consumed(&self, n: f64) -> anyhow::Result<()> {

@@ -45,7 +45,10 @@ pub struct MessageView {
     pub content: String,
     pub status: Status,
     pub error: Option<ErrorView>,
+    /// The model that answered (after a fallback, not the one asked for), or was tried last.
     pub model: Option<String>,
+    /// The model the message asked for.
+    pub requested_model: Option<String>,
     pub usage: Option<UsageView>,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -72,6 +75,7 @@ impl From<Message> for MessageView {
             content: m.content,
             status: m.status,
             error,
+            requested_model: m.requested_model.or_else(|| m.model.clone()),
             model: m.model,
             usage,
             attempts: m.attempts,

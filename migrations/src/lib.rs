@@ -10,6 +10,7 @@ mod m20261203_000001_chat_version;
 mod m20261207_000200_idempotency_keys;
 mod m20261207_000300_accounts;
 mod m20261207_000900_chat_activity;
+mod m20261208_000100_requested_model;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000200_idempotency_keys::Migration),
             Box::new(m20261207_000300_accounts::Migration),
             Box::new(m20261207_000900_chat_activity::Migration),
+            Box::new(m20261208_000100_requested_model::Migration),
         ]
     }
 }

@@ -19,6 +19,14 @@ pub const HEADER_LAST_ERROR: &str = "sluice-last-error";
 /// When (ms since the Unix epoch) a worker first found every key disabled for this message;
 /// set on its first republish, cleared once a key is usable again.
 pub const HEADER_NO_KEY_SINCE: &str = "sluice-no-key-since";
+/// The model of the chain (the envelope's model, then its `fallback` list) the request is on
+/// now; absent: the envelope's own.
+pub const HEADER_MODEL: &str = "sluice-model";
+/// Retryable failures of the request on that model so far.
+pub const HEADER_MODEL_FAILURES: &str = "sluice-model-failures";
+/// Since when (ms since the Unix epoch) the request has waited for a usable key of that
+/// model; cleared by a call, and by moving to the next model.
+pub const HEADER_WAITING_SINCE: &str = "sluice-waiting-since";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -89,6 +89,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub users: UserSettings,
     pub relay: RelaySettings,
+    pub routing: RoutingSettings,
     pub stream: StreamSettings,
     pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
@@ -211,6 +212,18 @@ pub struct RelaySettings {
     /// outbox rows older than this (what a broker outage or a crash left behind).
     #[serde(rename = "sweep_after_ms", deserialize_with = "millis")]
     pub sweep_after: Duration,
+}
+
+/// When a request leaves its model for the next in the model's `fallback` list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoutingSettings {
+    /// Retryable failures of one request on one model before its next attempt goes to the
+    /// next model at once (not after the retry delay).
+    pub fallback_after_failures: u32,
+    /// How long a request may wait for a usable key of its model (every key disabled,
+    /// cooling or out of budget) before it goes to the next model.
+    #[serde(rename = "fallback_after_ms", deserialize_with = "millis")]
+    pub fallback_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +440,7 @@ impl Settings {
             Self::check_keys,
             Self::check_limits,
             Self::check_relay,
+            Self::check_routing,
             Self::check_auth,
             Self::check_retention,
         ] {
@@ -609,6 +623,20 @@ impl Settings {
 
     fn check_limits(&self, problems: &mut Vec<SettingsError>) {
         positive(problems, "SLUICE__LIMITS__WINDOW_MS", self.limits.window);
+    }
+
+    fn check_routing(&self, problems: &mut Vec<SettingsError>) {
+        if self.routing.fallback_after_failures == 0 {
+            problems.push(invalid(
+                "SLUICE__ROUTING__FALLBACK_AFTER_FAILURES",
+                "must be at least 1",
+            ));
+        }
+        positive(
+            problems,
+            "SLUICE__ROUTING__FALLBACK_AFTER_MS",
+            self.routing.fallback_after,
+        );
     }
 
     fn check_relay(&self, problems: &mut Vec<SettingsError>) {

@@ -300,7 +300,7 @@ async fn replies_are_stored_when_the_broker_refuses_stream_publishes() {
         }
         eventually("dropped pieces to be counted", WAIT, || async {
             let dropped = r#"sluice_stream_chunks_total{outcome="dropped"}"#;
-            Ok((worker_metric(&app, dropped).await? > 0.0).then_some(()))
+            Ok((app.worker_metric(dropped).await? > 0.0).then_some(()))
         })
         .await?;
         // Put it back, as the stack found it.
@@ -323,19 +323,6 @@ async fn replies_are_stored_when_the_broker_refuses_stream_publishes() {
     .await;
 }
 
-/// `name` summed over the stack's first worker's metrics page.
-async fn worker_metric(app: &TestApp, name: &str) -> anyhow::Result<f64> {
-    let url = app.workers.lock().unwrap()[0]
-        .health
-        .replace("/health", "/metrics");
-    let text = app.http.get(url).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_nobody_watches_publishes_nothing_and_keeps_no_partial() {
     run(TestOptions::default(), |app| async move {
@@ -351,16 +338,14 @@ async fn a_reply_nobody_watches_publishes_nothing_and_keeps_no_partial() {
         let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
         assert_eq!(reply["status"], "completed", "{reply}");
         eventually("the provider's pieces to be counted", WAIT, || async {
-            Ok(
-                (worker_metric(&app, "sluice_stream_pieces_received_total").await? >= 2.0)
-                    .then_some(()),
-            )
+            Ok((app
+                .worker_metric("sluice_stream_pieces_received_total")
+                .await?
+                >= 2.0)
+                .then_some(()))
         })
         .await?;
-        assert_eq!(
-            worker_metric(&app, "sluice_stream_chunks_total").await?,
-            0.0
-        );
+        assert_eq!(app.worker_metric("sluice_stream_chunks_total").await?, 0.0);
         let (partial, _) = partial(&app, &id).await?;
         assert_eq!(partial, None, "no partial text for an unwatched reply");
         assert!(listener.deltas().is_empty(), "{:?}", listener.deltas());

@@ -5,7 +5,7 @@
 //! nothing: the API (or `sluice-api migrate`) owns the topology, so a worker's broker user
 //! needs no configure right; while the queues are missing it says so and keeps retrying.
 
-use crate::handler::{self, Live};
+use crate::handler::{self, Live, Position};
 use crate::health::Health;
 use crate::routing::{self, Attempts, Route};
 use futures_util::StreamExt;
@@ -18,8 +18,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
-    self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_NO_KEY_SINCE, HEADER_REASON,
-    RequestEnvelope, ResponseEnvelope,
+    self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_MODEL, HEADER_MODEL_FAILURES,
+    HEADER_NO_KEY_SINCE, HEADER_REASON, HEADER_WAITING_SINCE, RequestEnvelope, ResponseEnvelope,
 };
 use sluice_shared::retry::Retry;
 use sluice_shared::topology::{ROUTE_DEAD, ROUTE_REQUEST, ROUTE_RESPONSE};
@@ -44,6 +44,8 @@ pub struct Consumer {
     pub prefetch: u16,
     /// `keys.no_key_max_wait_ms`: how long a message waits while every key is disabled.
     pub no_key_max_wait_ms: u64,
+    /// `routing.fallback_after_failures`: retryable failures on one model before the next.
+    pub fallback_after_failures: u32,
     /// The keys and clients running now (swapped on a reload of the keys file).
     pub context: Arc<Live>,
     pub health: Arc<Health>,
@@ -57,6 +59,7 @@ struct Link {
     exchange: String,
     retry_delays_ms: Vec<u64>,
     no_key_max_wait_ms: u64,
+    fallback_after_failures: u32,
 }
 
 impl Consumer {
@@ -76,6 +79,7 @@ impl Consumer {
             exchange: self.topology.exchange(),
             retry_delays_ms: self.topology.retry_delays_ms().to_vec(),
             no_key_max_wait_ms: self.no_key_max_wait_ms,
+            fallback_after_failures: self.fallback_after_failures,
         });
         let channel = connection.create_channel().await?;
         // The prefetch is the concurrency bound: RabbitMQ never has more than this many
@@ -182,6 +186,10 @@ async fn process(delivery: Delivery, context: &Live, link: &Link) -> Result<(), 
         counted: broker::header_u32(&delivery.properties, HEADER_ATTEMPT).unwrap_or_default(),
         errors: broker::header_string(&delivery.properties, HEADER_ERRORS).unwrap_or_default(),
         no_key_since_ms: header_u64(&delivery, HEADER_NO_KEY_SINCE),
+        model: broker::header_string(&delivery.properties, HEADER_MODEL),
+        model_failures: broker::header_u32(&delivery.properties, HEADER_MODEL_FAILURES)
+            .unwrap_or_default(),
+        waiting_since_ms: header_u64(&delivery, HEADER_WAITING_SINCE),
     };
     let request = match envelope::decode::<RequestEnvelope>(&delivery.data) {
         Ok(request) => request,
@@ -224,13 +232,26 @@ async fn answer(
     context: &Live,
     link: &Link,
 ) -> Result<(), BrokerError> {
-    let outcome = handler::handle(&request, context, before.counted.saturating_add(1)).await;
+    let position = Position {
+        model: before.model.clone(),
+        waiting_since_ms: before.waiting_since_ms,
+    };
+    let served = handler::handle(
+        &request,
+        context,
+        before.counted.saturating_add(1),
+        position,
+    )
+    .await;
     let rules = routing::Rules {
         retry_delays_ms: &link.retry_delays_ms,
         no_key_max_wait_ms: link.no_key_max_wait_ms,
+        fallback_after_failures: link.fallback_after_failures,
     };
-    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
-    let route = routing::route(&request, outcome, &before, &rules, now_ms);
+    // The model the next delivery is on, when it is not the one asked for.
+    let model = (served.model != request.model).then(|| served.model.clone());
+    let same_model = model == before.model;
+    let route = routing::route(&request, served, &before, &rules, handler::now_ms());
     let id = request.request_id.to_string();
     let settled = match route {
         Route::Respond(response) => publish_response(link, &response).await,
@@ -238,13 +259,33 @@ async fn answer(
             delay_ms,
             attempts,
             errors,
+            model_failures,
         } => {
             tracing::info!(request = %id, attempts, delay_ms, "retrying later");
             metrics::counter!("sluice_retries_total", "delay_ms" => delay_ms.to_string())
                 .increment(1);
-            let headers = attempt_headers(attempts, &errors);
+            let next = Attempts {
+                counted: attempts,
+                errors,
+                model,
+                model_failures,
+                ..Attempts::default()
+            };
             let route = Topology::retry_route(delay_ms);
-            publish(link, &route, &delivery.data, &id, headers).await
+            publish(link, &route, &delivery.data, &id, headers_of(&next)).await
+        }
+        Route::Fallback {
+            to,
+            attempts,
+            errors,
+        } => {
+            let next = Attempts {
+                counted: attempts,
+                errors,
+                model: Some(to),
+                ..Attempts::default()
+            };
+            publish(link, ROUTE_REQUEST, &delivery.data, &id, headers_of(&next)).await
         }
         Route::DeadLetter {
             reason,
@@ -262,19 +303,23 @@ async fn answer(
                 .as_ref()
                 .map(|e| e.message.clone())
                 .unwrap_or_default();
-            let before = Attempts {
+            let last = Attempts {
                 counted: attempts,
                 errors,
                 no_key_since_ms: before.no_key_since_ms,
+                model,
+                ..Attempts::default()
             };
-            let headers = dead_letter_headers(reason, &before, &last_error);
+            let headers = dead_letter_headers(reason, &last, &last_error);
             match publish(link, ROUTE_DEAD, &delivery.data, &id, headers).await {
                 Ok(()) => publish_response(link, &response).await,
                 Err(e) => Err(e),
             }
         }
-        Route::Requeue { no_key_since_ms } => {
-            let mut headers = attempt_headers(before.counted, &before.errors);
+        Route::Requeue {
+            no_key_since_ms,
+            waiting_since_ms,
+        } => {
             let why = if no_key_since_ms.is_some() {
                 "no_usable_key"
             } else {
@@ -283,14 +328,17 @@ async fn answer(
             metrics::counter!("sluice_requeued_total", "why" => why).increment(1);
             if let Some(since) = no_key_since_ms {
                 tracing::warn!(request = %id, no_key_since_ms = since, "every key is disabled; requeueing");
-                headers.insert(
-                    HEADER_NO_KEY_SINCE.into(),
-                    AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
-                );
             } else {
                 tracing::info!(request = %id, "no key had budget in time; requeueing");
             }
-            publish(link, ROUTE_REQUEST, &delivery.data, &id, headers).await
+            let next = Attempts {
+                no_key_since_ms,
+                waiting_since_ms,
+                model_failures: if same_model { before.model_failures } else { 0 },
+                model,
+                ..before
+            };
+            publish(link, ROUTE_REQUEST, &delivery.data, &id, headers_of(&next)).await
         }
     };
     settle(&delivery, settled).await
@@ -329,14 +377,31 @@ fn message_id(delivery: &Delivery) -> String {
         .unwrap_or_default()
 }
 
-fn attempt_headers(attempts: u32, errors: &str) -> FieldTable {
+/// The headers a republished request carries: what [`Attempts`] holds, each left out when
+/// empty.
+fn headers_of(attempts: &Attempts) -> FieldTable {
     let mut headers = FieldTable::default();
-    headers.insert(
-        HEADER_ATTEMPT.into(),
-        AMQPValue::LongLongInt(i64::from(attempts)),
-    );
-    if !errors.is_empty() {
-        headers.insert(HEADER_ERRORS.into(), broker::string_value(errors));
+    let mut number = |name: &str, value: u64| {
+        headers.insert(
+            name.into(),
+            AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX)),
+        );
+    };
+    number(HEADER_ATTEMPT, u64::from(attempts.counted));
+    if let Some(since) = attempts.no_key_since_ms {
+        number(HEADER_NO_KEY_SINCE, since);
+    }
+    if attempts.model_failures > 0 {
+        number(HEADER_MODEL_FAILURES, u64::from(attempts.model_failures));
+    }
+    if let Some(since) = attempts.waiting_since_ms {
+        number(HEADER_WAITING_SINCE, since);
+    }
+    if !attempts.errors.is_empty() {
+        headers.insert(HEADER_ERRORS.into(), broker::string_value(&attempts.errors));
+    }
+    if let Some(model) = &attempts.model {
+        headers.insert(HEADER_MODEL.into(), broker::string_value(model));
     }
     headers
 }
@@ -352,13 +417,7 @@ fn header_u64(delivery: &Delivery, name: &str) -> Option<u64> {
 }
 
 fn dead_letter_headers(reason: &str, before: &Attempts, last_error: &str) -> FieldTable {
-    let mut headers = attempt_headers(before.counted, &before.errors);
-    if let Some(since) = before.no_key_since_ms {
-        headers.insert(
-            HEADER_NO_KEY_SINCE.into(),
-            AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
-        );
-    }
+    let mut headers = headers_of(before);
     headers.insert(HEADER_REASON.into(), broker::string_value(reason));
     headers.insert(HEADER_LAST_ERROR.into(), broker::string_value(last_error));
     headers
@@ -417,7 +476,10 @@ fn queue_label(routing_key: &str) -> &'static str {
 
 async fn publish_response(link: &Link, response: &ResponseEnvelope) -> Result<(), BrokerError> {
     let body = serde_json::to_vec(response).unwrap_or_default();
-    let headers = attempt_headers(response.attempts, "");
+    let headers = headers_of(&Attempts {
+        counted: response.attempts,
+        ..Attempts::default()
+    });
     publish(
         link,
         ROUTE_RESPONSE,

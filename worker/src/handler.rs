@@ -10,12 +10,14 @@
 use crate::bounds::instant_after;
 use crate::budget::{Budgets, Cooldown, FirstEvent, NoBudget, Reservation};
 use crate::chunks::{ChunkSink, ReplyId};
+use crate::fallback::{Breakers, Chain, fell_back};
 use crate::provider::{Generation, Provider, ProviderError};
 use crate::stops::{Stops, Watch};
 use sluice_shared::catalogue::{Catalogue, Model};
 use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::marks::StopReason;
+use sluice_shared::settings::millis_of;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -37,6 +39,11 @@ pub struct Context {
     pub provider: Provider,
     /// Which models exist, and the kind and upstream name of each.
     pub catalogue: Arc<Catalogue>,
+    /// The models' breakers (shared by every context of the worker).
+    pub breakers: Arc<Breakers>,
+    /// `routing.fallback_after_ms`: how long a request waits for a key of its model before it
+    /// goes to the next one.
+    pub fallback_after: Duration,
     pub budgets: Budgets,
     /// `worker.budget_wait_ms`: how long a request waits for a key before it is requeued.
     pub budget_wait: Duration,
@@ -128,26 +135,127 @@ fn called(key: &KeySpec, outcome: &'static str) {
     .increment(1);
 }
 
+/// Where a delivery stands in its model chain, from its headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Position {
+    /// The model of the chain it is on (`None`: the one it asked for).
+    pub model: Option<String>,
+    /// Since when (ms since the epoch) it has waited for a usable key of that model.
+    pub waiting_since_ms: Option<u64>,
+}
+
+/// A request's [`Outcome`] and where it ended in its chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub outcome: Outcome,
+    /// The model it ended on: the one that answered, or the last it tried.
+    pub model: String,
+    /// The model after it in the chain, if any.
+    pub next_model: Option<String>,
+    /// For a request that waited in vain: since when it has waited on `model`.
+    pub waiting_since_ms: Option<u64>,
+}
+
+/// The wall clock in ms since the epoch (the clock of the headers, which travel between
+/// workers).
+pub fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default()
+}
+
 /// Handles one request. `attempt` is the counted provider call this delivery makes (counted
 /// calls before it + 1): every piece it streams carries it.
-pub async fn handle(request: &RequestEnvelope, live: &Live, attempt: u32) -> Outcome {
+pub async fn handle(
+    request: &RequestEnvelope,
+    live: &Live,
+    attempt: u32,
+    position: Position,
+) -> Served {
     let started = Instant::now();
-    let (deadline, mut watch) = {
+    let (deadline, mut watch, catalogue) = {
         let ctx = live.load();
         (
             instant_after(started, ctx.budget_wait),
             ctx.stops.watch(request.into()),
+            ctx.catalogue.clone(),
         )
     };
+    let Some(chain) = Chain::of(&catalogue, &request.model, position.model.as_deref()) else {
+        tracing::warn!(model = %request.model, "a request for a model the catalogue does not have: failing it");
+        return Served {
+            outcome: Outcome::UnknownModel,
+            model: request.model.clone(),
+            next_model: None,
+            waiting_since_ms: None,
+        };
+    };
+    let mut journey = Journey {
+        chain,
+        waiting_since_ms: position
+            .waiting_since_ms
+            .filter(|_| position.model.is_some())
+            .unwrap_or_else(now_ms),
+    };
     if let Some(reason) = watch.begin().await {
-        return stopped(reason, false);
+        return journey.served(stopped(reason, false));
     }
-    let outcome = serve(request, live, attempt, &watch, deadline, started).await;
+    let outcome = serve(
+        request,
+        live,
+        attempt,
+        &watch,
+        deadline,
+        started,
+        &mut journey,
+    )
+    .await;
     watch.end().await;
-    outcome
+    journey.served(outcome)
 }
 
-/// Reserves, calls and settles until the request has its [`Outcome`].
+/// A request's way along its chain within one delivery.
+struct Journey<'c> {
+    chain: Chain<'c>,
+    /// Since when (wall ms) it has waited for a usable key of the chain's current model.
+    waiting_since_ms: u64,
+}
+
+impl Journey<'_> {
+    /// Skips the models whose breaker is open, as long as there is one after them.
+    fn skip_broken(&mut self, breakers: &Breakers) {
+        while let Some(next) = self.chain.next() {
+            let model = self.chain.model();
+            if breakers.admits(&model.name, Instant::now()) {
+                return;
+            }
+            fell_back(&model.name, &next.name, "breaker");
+            self.move_on();
+        }
+    }
+
+    /// When the wait for a key of this model has lasted `bound`, with a model after it.
+    fn fallback_due(&self, bound: Duration) -> bool {
+        self.chain.next().is_some()
+            && now_ms().saturating_sub(self.waiting_since_ms) >= millis_of(bound)
+    }
+
+    fn move_on(&mut self) {
+        self.chain.advance();
+        self.waiting_since_ms = now_ms();
+    }
+
+    fn served(&self, outcome: Outcome) -> Served {
+        let waited = matches!(outcome, Outcome::NoBudget | Outcome::NoUsableKey);
+        Served {
+            outcome,
+            model: self.chain.model().name.clone(),
+            next_model: self.chain.next().map(|m| m.name.clone()),
+            waiting_since_ms: waited.then_some(self.waiting_since_ms),
+        }
+    }
+}
+
+/// Reserves, calls and settles until the request has its [`Outcome`], moving along its chain
+/// when a model's breaker is open or its keys stay unusable past `routing.fallback_after_ms`.
 async fn serve(
     request: &RequestEnvelope,
     live: &Live,
@@ -155,12 +263,9 @@ async fn serve(
     watch: &Watch,
     deadline: Instant,
     started: Instant,
+    journey: &mut Journey<'_>,
 ) -> Outcome {
-    let Some(model) = live.load().catalogue.get(&request.model).cloned() else {
-        tracing::warn!(model = %request.model, "a request for a model the catalogue does not have: failing it");
-        return Outcome::UnknownModel;
-    };
-    let upstream = model.upstream.as_str();
+    journey.skip_broken(&live.load().breakers);
     let estimate = estimate_tokens(request);
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
@@ -170,12 +275,20 @@ async fn serve(
         if let Some(reason) = watch.reason() {
             return stopped(reason, false);
         }
+        let model = journey.chain.model();
         // Every reservation below is settled before the loop comes round again, so taking
         // the current keys here never strands one: removed keys get no new reservation.
         let current = live.load_full();
         let ctx: &Context = &current;
-        let reservation = match reserve(ctx, &model, estimate).await {
+        let reservation = match reserve(ctx, model, estimate).await {
             Ok(reservation) => reservation,
+            Err(_) if journey.fallback_due(ctx.fallback_after) => {
+                if let Some(next) = journey.chain.next() {
+                    fell_back(&model.name, &next.name, "no_key");
+                }
+                journey.move_on();
+                continue;
+            }
             Err(no_budget) => match wait_or_give_up(no_budget, deadline, &mut waiting).await {
                 Some(outcome) => return outcome,
                 None => continue,
@@ -184,6 +297,7 @@ async fn serve(
         if let Some(since) = waiting.take() {
             waited(since, "reserved");
         }
+        let upstream = model.upstream.as_str();
         let key = &ctx.budgets.keys()[reservation.key];
         if let Some(left) = reservation.remaining_today {
             metrics::gauge!(
@@ -211,7 +325,7 @@ async fn serve(
         let first_event_ago = first_event.ago();
         if let Some(outcome) = settle(
             ctx,
-            upstream,
+            model,
             estimate,
             &reservation,
             first_event_ago,
@@ -342,18 +456,26 @@ async fn complete(
     }
 }
 
-/// Feeds the call's `result` back into the pool — settles the reservation of `model` (the
-/// provider's name), cools down, disables or strikes the key — and returns the request's
+/// Feeds the call's `result` back into the pool — settles the reservation of `model`, cools
+/// down, disables or strikes the key, tells the model's breaker — and returns the request's
 /// [`Outcome`], or `None` when the call was not counted and another key should be tried.
 async fn settle(
     ctx: &Context,
-    model: &str,
+    catalogued: &Model,
     estimate: u32,
     reservation: &Reservation,
     first_event_ago: Option<Duration>,
     watch: &Watch,
     result: Result<Generation, ProviderError>,
 ) -> Option<Outcome> {
+    let model = catalogued.upstream.as_str();
+    match &result {
+        Ok(_) => ctx.breakers.record(&catalogued.name, false, Instant::now()),
+        Err(ProviderError::Transient { .. }) => {
+            ctx.breakers.record(&catalogued.name, true, Instant::now());
+        }
+        Err(_) => {}
+    }
     let key = &ctx.budgets.keys()[reservation.key];
     let key_alias = key.alias.clone();
     match result {
@@ -467,6 +589,8 @@ mod tests {
         Ok(Live::from_pointee(Context {
             provider: Provider::new(&settings, &keys, Arc::default(), "m")?,
             catalogue: Arc::new(Catalogue::new(&Default::default(), "m", &[])),
+            breakers: Arc::default(),
+            fallback_after: Duration::from_secs(20),
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
             disable_after: 3,
@@ -487,12 +611,17 @@ mod tests {
     async fn a_refused_proxy_costs_one_attempt_then_messages_wait_without_spending() -> TestResult {
         // Two calls per window on the only key.
         let ctx = context(keys(1, 2), &refusing_address().await?).await?;
-        match handle(&request(), &ctx, 1).await {
+        match handle(&request(), &ctx, 1, Position::default())
+            .await
+            .outcome
+        {
             Outcome::Retryable { error, .. } => assert_eq!(error.kind, "proxy_unreachable"),
             other => panic!("the call that met the refusal counts: {other:?}"),
         }
         assert_eq!(
-            handle(&request(), &ctx, 1).await,
+            handle(&request(), &ctx, 1, Position::default())
+                .await
+                .outcome,
             Outcome::NoBudget,
             "during the route's cooldown a message waits, it does not fail"
         );
@@ -511,9 +640,19 @@ mod tests {
             .cool_down(0, "m", Cooldown::RateLimited(Duration::from_secs(60)))
             .await;
         budgets.disable(1, "test").await;
-        assert_eq!(handle(&request(), &ctx, 1).await, Outcome::NoBudget);
+        assert_eq!(
+            handle(&request(), &ctx, 1, Position::default())
+                .await
+                .outcome,
+            Outcome::NoBudget
+        );
         budgets.disable(0, "test").await;
-        assert_eq!(handle(&request(), &ctx, 1).await, Outcome::NoUsableKey);
+        assert_eq!(
+            handle(&request(), &ctx, 1, Position::default())
+                .await
+                .outcome,
+            Outcome::NoUsableKey
+        );
         Ok(())
     }
 }

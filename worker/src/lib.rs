@@ -17,6 +17,7 @@ pub mod bounds;
 pub mod budget;
 pub mod chunks;
 pub mod consumer;
+pub mod fallback;
 #[cfg(test)]
 mod fixtures;
 pub mod handler;
@@ -117,6 +118,7 @@ pub async fn run_with(
 struct Shared {
     settings: Arc<Settings>,
     catalogue: Arc<Catalogue>,
+    breakers: Arc<fallback::Breakers>,
     /// The model Gemini keys are probed on.
     gemini_probe_model: String,
     redis: Option<Arc<RedisLink>>,
@@ -158,6 +160,8 @@ impl Shared {
                 &self.gemini_probe_model,
             )?,
             catalogue: self.catalogue.clone(),
+            breakers: self.breakers.clone(),
+            fallback_after: settings.routing.fallback_after,
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
             budget_wait: settings.worker.budget_wait,
             disable_after: settings.keys.disable_after.max(1),
@@ -219,6 +223,7 @@ async fn serve(
             .unwrap_or(&settings.provider.model)
             .to_owned(),
         catalogue: Arc::new(catalogue),
+        breakers: Arc::default(),
         stops,
         redis: (settings.limits.backend == LimitsBackend::Redis)
             .then(|| Arc::new(RedisLink::new(redis_client))),
@@ -270,6 +275,7 @@ async fn serve(
         topology: Topology::from_settings(&settings),
         prefetch: settings.worker.prefetch,
         no_key_max_wait_ms: millis_of(settings.keys.no_key_max_wait),
+        fallback_after_failures: settings.routing.fallback_after_failures,
         context: live,
         health,
         shutdown_grace: settings.worker.shutdown_grace,

@@ -2,7 +2,7 @@
 //! to the next retry level, dead-letter it, or put it back to wait for budget. Pure (the clock
 //! is an argument), so every rule of DESIGN.md's failure table is tested here without a broker.
 
-use crate::handler::Outcome;
+use crate::handler::{Outcome, Served};
 use sluice_shared::envelope::{
     self, ErrorInfo, RequestEnvelope, ResponseEnvelope, ResponseStatus, Usage,
 };
@@ -15,8 +15,17 @@ pub enum Route {
     /// Publish the response, then ack.
     Respond(ResponseEnvelope),
     /// Publish the request to the delay queue of `delay_ms` with the new headers, then ack.
+    /// It stays on its model, which has failed it `model_failures` times.
     Retry {
         delay_ms: u64,
+        attempts: u32,
+        errors: String,
+        model_failures: u32,
+    },
+    /// Publish the request back to `requests` at once, on the next model of its chain (`to`),
+    /// with the new headers, then ack.
+    Fallback {
+        to: String,
         attempts: u32,
         errors: String,
     },
@@ -29,8 +38,12 @@ pub enum Route {
         response: ResponseEnvelope,
     },
     /// No call could be made within the wait: republish unchanged (not counted), with
-    /// `sluice-no-key-since` set to `no_key_since_ms` (or without it when `None`), then ack.
-    Requeue { no_key_since_ms: Option<u64> },
+    /// `sluice-no-key-since` set to `no_key_since_ms` and `sluice-waiting-since` to
+    /// `waiting_since_ms` (each left out when `None`), then ack.
+    Requeue {
+        no_key_since_ms: Option<u64>,
+        waiting_since_ms: Option<u64>,
+    },
 }
 
 /// What the delivery carried in our headers.
@@ -40,6 +53,12 @@ pub struct Attempts {
     pub errors: String,
     /// `sluice-no-key-since`: since when (ms since the epoch) every key has been disabled.
     pub no_key_since_ms: Option<u64>,
+    /// `sluice-model`: the model of its chain the request is on (`None`: the one it asked for).
+    pub model: Option<String>,
+    /// `sluice-model-failures`: its retryable failures on that model.
+    pub model_failures: u32,
+    /// `sluice-waiting-since`: since when it has waited for a usable key of that model.
+    pub waiting_since_ms: Option<u64>,
 }
 
 /// The settings routing depends on.
@@ -48,18 +67,32 @@ pub struct Rules<'a> {
     pub retry_delays_ms: &'a [u64],
     /// How long a message may wait while every key is disabled (`keys.no_key_max_wait_ms`).
     pub no_key_max_wait_ms: u64,
+    /// Retryable failures on one model before the next model takes the request
+    /// (`routing.fallback_after_failures`).
+    pub fallback_after_failures: u32,
 }
 
 /// Decides the route of `outcome`; `now_ms` is the wall clock (ms since the epoch), the same
 /// clock as `sluice-no-key-since`, since the header travels between workers.
 pub fn route(
     request: &RequestEnvelope,
-    outcome: Outcome,
+    served: Served,
     before: &Attempts,
     rules: &Rules<'_>,
     now_ms: u64,
 ) -> Route {
     let counted = before.counted.saturating_add(1);
+    let Served {
+        outcome,
+        model,
+        next_model,
+        waiting_since_ms,
+    } = served;
+    let at = Place {
+        request,
+        model: &model,
+        next_model: next_model.as_deref(),
+    };
     match outcome {
         Outcome::Completed {
             generation,
@@ -71,33 +104,42 @@ pub fn route(
             usage: generation.usage,
             upstream_ms: generation.upstream_ms,
             key_alias: Some(key_alias),
-            ..failed(request, counted, None)
+            ..at.failed(counted, None)
         }),
+        // The provider does not have the model: the next one may serve the request. Any other
+        // permanent failure is about the request itself and would fail on every model.
+        Outcome::Permanent { error, .. }
+            if error.kind == "model_not_found"
+                && next_model.is_some()
+                && rules.retry_delays_ms.len()
+                    >= usize::try_from(counted).unwrap_or(usize::MAX) =>
+        {
+            at.fall_back(counted, push_error(&before.errors, counted, &error.kind))
+        }
         Outcome::Permanent { error, key_alias } => Route::Respond(ResponseEnvelope {
             key_alias: Some(key_alias),
-            ..failed(request, counted, Some(error))
+            ..at.failed(counted, Some(error))
         }),
         Outcome::Retryable { error, key_alias } => {
-            retry_or_give_up(request, error, key_alias, before, rules)
+            retry_or_give_up(&at, error, key_alias, before, rules)
         }
         // Busy, cooling or parked keys come back by themselves: keep waiting, and restart the
         // no-key clock, since a key was usable (or about to be) meanwhile.
         Outcome::NoBudget => Route::Requeue {
             no_key_since_ms: None,
+            waiting_since_ms,
         },
-        Outcome::NoUsableKey => wait_for_a_key(request, before, rules, now_ms),
+        Outcome::NoUsableKey => wait_for_a_key(&at, before, rules, now_ms, waiting_since_ms),
         // Answered `failed` so the reply does not wait for the reaper; the API's generation
         // check keeps a cancelled or replaced reply as it is.
-        Outcome::UnknownModel => Route::Respond(failed(
-            request,
+        Outcome::UnknownModel => Route::Respond(at.failed(
             before.counted,
             Some(ErrorInfo {
                 kind: "unknown_model".into(),
                 message: format!("the model {} is no longer offered", request.model),
             }),
         )),
-        Outcome::Stopped { reason, called } => Route::Respond(failed(
-            request,
+        Outcome::Stopped { reason, called } => Route::Respond(at.failed(
             before.counted.saturating_add(u32::from(called)),
             Some(ErrorInfo {
                 kind: reason.as_str().into(),
@@ -107,10 +149,38 @@ pub fn route(
     }
 }
 
-/// A counted call that may succeed later climbs to the next retry level; past the last one
-/// the message is dead-lettered and answered `failed`.
+/// Where an outcome happened: the request, the model of its chain it was on, and the next.
+struct Place<'a> {
+    request: &'a RequestEnvelope,
+    model: &'a str,
+    next_model: Option<&'a str>,
+}
+
+impl Place<'_> {
+    /// A failed response after `attempts` counted calls (its fields filled in further for a
+    /// completed one).
+    fn failed(&self, attempts: u32, error: Option<ErrorInfo>) -> ResponseEnvelope {
+        failed(self.request, self.model, attempts, error)
+    }
+
+    /// Back to `requests` at once, on the next model.
+    fn fall_back(&self, attempts: u32, errors: String) -> Route {
+        let to = self.next_model.unwrap_or(self.model);
+        crate::fallback::fell_back(self.model, to, "failures");
+        Route::Fallback {
+            to: to.to_owned(),
+            attempts,
+            errors,
+        }
+    }
+}
+
+/// A counted call that may succeed later climbs to the next retry level, or, after
+/// `routing.fallback_after_failures` on its model, goes to the next model at once; past the
+/// last level the message is dead-lettered and answered `failed`. Every model of the chain
+/// spends the same levels.
 fn retry_or_give_up(
-    request: &RequestEnvelope,
+    at: &Place<'_>,
     error: ErrorInfo,
     key_alias: String,
     before: &Attempts,
@@ -118,15 +188,24 @@ fn retry_or_give_up(
 ) -> Route {
     let counted = before.counted.saturating_add(1);
     let errors = push_error(&before.errors, counted, &error.kind);
+    let model_failures = if before.model.as_deref().unwrap_or(&at.request.model) == at.model {
+        before.model_failures.saturating_add(1)
+    } else {
+        1
+    };
     // With N delays a message gets at most N + 1 counted calls.
     match rules
         .retry_delays_ms
         .get(usize::try_from(before.counted).unwrap_or(usize::MAX))
     {
+        Some(_) if at.next_model.is_some() && model_failures >= rules.fallback_after_failures => {
+            at.fall_back(counted, errors)
+        }
         Some(&delay_ms) => Route::Retry {
             delay_ms,
             attempts: counted,
             errors,
+            model_failures,
         },
         None => {
             let message = format!(
@@ -140,8 +219,7 @@ fn retry_or_give_up(
                 errors,
                 response: ResponseEnvelope {
                     key_alias: Some(key_alias),
-                    ..failed(
-                        request,
+                    ..at.failed(
                         counted,
                         Some(ErrorInfo {
                             kind: error.kind,
@@ -156,19 +234,23 @@ fn retry_or_give_up(
 
 /// Every key is disabled: the message waits, on the no-key clock started at its first
 /// republish, for up to `keys.no_key_max_wait_ms`; then it is dead-lettered and answered
-/// `failed`, uncounted, since no call was made.
+/// `failed`, uncounted, since no call was made. (A model with a next one in its chain moves
+/// on after `routing.fallback_after_ms` instead, in the handler.)
 fn wait_for_a_key(
-    request: &RequestEnvelope,
+    at: &Place<'_>,
     before: &Attempts,
     rules: &Rules<'_>,
     now_ms: u64,
+    waiting_since_ms: Option<u64>,
 ) -> Route {
     match before.no_key_since_ms {
         None => Route::Requeue {
             no_key_since_ms: Some(now_ms),
+            waiting_since_ms,
         },
         Some(since) if now_ms.saturating_sub(since) < rules.no_key_max_wait_ms => Route::Requeue {
             no_key_since_ms: Some(since),
+            waiting_since_ms,
         },
         Some(_) => {
             let message = format!(
@@ -180,8 +262,7 @@ fn wait_for_a_key(
                 reason: "no_usable_key",
                 attempts: before.counted,
                 errors: before.errors.clone(),
-                response: failed(
-                    request,
+                response: at.failed(
                     before.counted,
                     Some(ErrorInfo {
                         kind: "no_usable_key".into(),
@@ -203,7 +284,13 @@ fn readable_wait(ms: u64) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
-fn failed(request: &RequestEnvelope, attempts: u32, error: Option<ErrorInfo>) -> ResponseEnvelope {
+/// A failed response to `request`, which ended on `model`.
+fn failed(
+    request: &RequestEnvelope,
+    model: &str,
+    attempts: u32,
+    error: Option<ErrorInfo>,
+) -> ResponseEnvelope {
     ResponseEnvelope {
         v: envelope::VERSION,
         request_id: request.request_id,
@@ -214,7 +301,7 @@ fn failed(request: &RequestEnvelope, attempts: u32, error: Option<ErrorInfo>) ->
         finish_reason: None,
         usage: Usage::default(),
         key_alias: None,
-        model: request.model.clone(),
+        model: model.to_owned(),
         attempts,
         upstream_ms: 0,
         error,
@@ -244,7 +331,18 @@ mod tests {
     const RULES: Rules<'static> = Rules {
         retry_delays_ms: DELAYS,
         no_key_max_wait_ms: 600_000,
+        fallback_after_failures: 1,
     };
+
+    /// `outcome` on the request's own model, with no model after it.
+    fn served(outcome: Outcome) -> Served {
+        Served {
+            outcome,
+            model: "m".into(),
+            next_model: None,
+            waiting_since_ms: None,
+        }
+    }
     const NOW: u64 = 1_800_000_000_000;
 
     fn request() -> RequestEnvelope {
@@ -285,24 +383,25 @@ mod tests {
         let req = request();
         let mut before = Attempts::default();
         for (level, &delay) in DELAYS.iter().enumerate() {
-            match route(&req, retryable(), &before, &RULES, NOW) {
+            match route(&req, served(retryable()), &before, &RULES, NOW) {
                 Route::Retry {
                     delay_ms,
                     attempts,
                     errors,
+                    ..
                 } => {
                     assert_eq!(delay_ms, delay);
                     assert_eq!(attempts as usize, level + 1);
                     before = Attempts {
                         counted: attempts,
                         errors,
-                        no_key_since_ms: None,
+                        ..Attempts::default()
                     };
                 }
                 other => panic!("level {level}: expected a retry, got {other:?}"),
             }
         }
-        match route(&req, retryable(), &before, &RULES, NOW) {
+        match route(&req, served(retryable()), &before, &RULES, NOW) {
             Route::DeadLetter {
                 reason,
                 attempts,
@@ -330,12 +429,13 @@ mod tests {
             counted: 1,
             errors: "1:timeout".into(),
             no_key_since_ms: None,
+            ..Attempts::default()
         };
         let permanent = Outcome::Permanent {
             error: error("prompt_blocked"),
             key_alias: "k".into(),
         };
-        match route(&req, permanent, &before, &RULES, NOW) {
+        match route(&req, served(permanent), &before, &RULES, NOW) {
             Route::Respond(r) => {
                 assert_eq!(r.status, ResponseStatus::Failed);
                 assert_eq!(r.attempts, 2);
@@ -352,7 +452,7 @@ mod tests {
             },
             key_alias: "k".into(),
         };
-        match route(&req, completed, &before, &RULES, NOW) {
+        match route(&req, served(completed), &before, &RULES, NOW) {
             Route::Respond(r) => {
                 assert_eq!(r.status, ResponseStatus::Completed);
                 assert_eq!(r.text.as_deref(), Some("yes"));
@@ -391,12 +491,12 @@ mod tests {
             (retryable(), exhausted),
         ]
         .into_iter()
-        .map(
-            |(outcome, before)| match route(&req, outcome, &before, &RULES, NOW) {
+        .map(|(outcome, before)| {
+            match route(&req, served(outcome), &before, &RULES, NOW) {
                 Route::Respond(response) | Route::DeadLetter { response, .. } => response,
                 other => panic!("expected a response, got {other:?}"),
-            },
-        );
+            }
+        });
         for response in responses {
             assert_eq!(response.request_id, req.request_id);
             assert_eq!(response.trace_id.as_deref(), Some(req.trace_id.as_str()));
@@ -409,12 +509,14 @@ mod tests {
             counted: 1,
             errors: "1:timeout".into(),
             no_key_since_ms: Some(NOW - 1_000_000),
+            ..Attempts::default()
         };
         for before in [Attempts::default(), waiting] {
             assert_eq!(
-                route(&request(), Outcome::NoBudget, &before, &RULES, NOW),
+                route(&request(), served(Outcome::NoBudget), &before, &RULES, NOW),
                 Route::Requeue {
-                    no_key_since_ms: None
+                    no_key_since_ms: None,
+                    waiting_since_ms: None,
                 }
             );
         }
@@ -427,11 +529,13 @@ mod tests {
             counted: 2,
             errors: "1:timeout, 2:timeout".into(),
             no_key_since_ms: None,
+            ..Attempts::default()
         };
         assert_eq!(
-            route(&req, Outcome::NoUsableKey, &first, &RULES, NOW),
+            route(&req, served(Outcome::NoUsableKey), &first, &RULES, NOW),
             Route::Requeue {
-                no_key_since_ms: Some(NOW)
+                no_key_since_ms: Some(NOW),
+                waiting_since_ms: None,
             },
             "the first republish starts the clock"
         );
@@ -441,21 +545,35 @@ mod tests {
         };
         let just_before = NOW + RULES.no_key_max_wait_ms - 1;
         assert_eq!(
-            route(&req, Outcome::NoUsableKey, &waiting, &RULES, just_before),
+            route(
+                &req,
+                served(Outcome::NoUsableKey),
+                &waiting,
+                &RULES,
+                just_before
+            ),
             Route::Requeue {
-                no_key_since_ms: Some(NOW)
+                no_key_since_ms: Some(NOW),
+                waiting_since_ms: None,
             },
             "the clock is kept, not restarted"
         );
         // A header from a worker whose clock is ahead must not underflow.
         assert_eq!(
-            route(&req, Outcome::NoUsableKey, &waiting, &RULES, NOW - 5),
+            route(
+                &req,
+                served(Outcome::NoUsableKey),
+                &waiting,
+                &RULES,
+                NOW - 5
+            ),
             Route::Requeue {
-                no_key_since_ms: Some(NOW)
+                no_key_since_ms: Some(NOW),
+                waiting_since_ms: None,
             }
         );
         let over = NOW + RULES.no_key_max_wait_ms;
-        match route(&req, Outcome::NoUsableKey, &waiting, &RULES, over) {
+        match route(&req, served(Outcome::NoUsableKey), &waiting, &RULES, over) {
             Route::DeadLetter {
                 reason,
                 attempts,
@@ -472,6 +590,108 @@ mod tests {
                 assert!(error.message.contains("10 minutes"), "{}", error.message);
             }
             other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    /// `outcome` on model `a` of the chain `m → a → b`.
+    fn on_a(outcome: Outcome) -> Served {
+        Served {
+            outcome,
+            model: "a".into(),
+            next_model: Some("b".into()),
+            waiting_since_ms: None,
+        }
+    }
+
+    #[test]
+    fn failures_on_a_model_with_a_next_one_fall_back_at_once_sharing_the_attempts() {
+        let req = request();
+        let before = Attempts {
+            counted: 1,
+            model: Some("a".into()),
+            ..Attempts::default()
+        };
+        assert_eq!(
+            route(&req, on_a(retryable()), &before, &RULES, NOW),
+            Route::Fallback {
+                to: "b".into(),
+                attempts: 2,
+                errors: "2:upstream_unavailable".into(),
+            }
+        );
+        // Two failures allowed per model: the first retries on it, the second moves on.
+        let patient = Rules {
+            fallback_after_failures: 2,
+            ..RULES
+        };
+        let Route::Retry { model_failures, .. } =
+            route(&req, on_a(retryable()), &before, &patient, NOW)
+        else {
+            panic!("the first failure retries on the model");
+        };
+        assert_eq!(model_failures, 1);
+        let again = Attempts {
+            model_failures,
+            ..before.clone()
+        };
+        assert!(matches!(
+            route(&req, on_a(retryable()), &again, &patient, NOW),
+            Route::Fallback { .. }
+        ));
+        // Coming from another model, the count starts over.
+        let from_m = Attempts {
+            model: None,
+            model_failures: 1,
+            ..before.clone()
+        };
+        assert!(matches!(
+            route(&req, on_a(retryable()), &from_m, &patient, NOW),
+            Route::Retry {
+                model_failures: 1,
+                ..
+            }
+        ));
+        // The chain spends the same levels: the last failure dead-letters, next model or not.
+        let spent = Attempts {
+            counted: u32::try_from(DELAYS.len()).unwrap_or(u32::MAX),
+            ..before
+        };
+        match route(&req, on_a(retryable()), &spent, &RULES, NOW) {
+            Route::DeadLetter { response, .. } => assert_eq!(response.model, "a"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_missing_model_falls_back_of_the_permanent_failures() {
+        let req = request();
+        let permanent = |kind: &str| Outcome::Permanent {
+            error: error(kind),
+            key_alias: "k".into(),
+        };
+        assert!(matches!(
+            route(&req, on_a(permanent("model_not_found")), &Attempts::default(), &RULES, NOW),
+            Route::Fallback { ref to, attempts: 1, .. } if to == "b"
+        ));
+        for kind in [
+            "bad_request",
+            "prompt_blocked",
+            "safety_stop",
+            "context_too_long",
+        ] {
+            match route(
+                &req,
+                on_a(permanent(kind)),
+                &Attempts::default(),
+                &RULES,
+                NOW,
+            ) {
+                Route::Respond(r) => {
+                    assert_eq!(r.error.map(|e| e.kind).as_deref(), Some(kind));
+                    assert_eq!(r.model, "a", "the response names the model it ended on");
+                }
+                other => panic!("{kind}: {other:?}"),
+            }
         }
     }
 

@@ -64,6 +64,7 @@ pub fn exchange(
         status: Status::Completed,
         generation: 0,
         model: None,
+        requested_model: None,
         prompt_tokens: None,
         completion_tokens: None,
         key_alias: None,
@@ -80,6 +81,7 @@ pub fn exchange(
         role: Role::Assistant,
         content: String::new(),
         status: Status::Pending,
+        requested_model: Some(model.clone()),
         model: Some(model),
         completed_at: None,
         template_id,
@@ -268,9 +270,10 @@ async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbE
          keys AS ( \
              INSERT INTO idempotency_keys (user_id, key, request_hash, response) \
              SELECT * FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::text[])) \
-         INSERT INTO messages (id, chat_id, role, content, status, generation, model, attempts, \
-             created_at, completed_at, template_id, pending_since) \
-         SELECT id, chat_id, role, content, status, generation, NULLIF(model, ''), 0, \
+         INSERT INTO messages (id, chat_id, role, content, status, generation, model, \
+             requested_model, attempts, created_at, completed_at, template_id, pending_since) \
+         SELECT id, chat_id, role, content, status, generation, NULLIF(model, ''), \
+             NULLIF(model, ''), 0, \
              created_at, CASE WHEN status = $10 THEN created_at END, \
              NULLIF(template_id, '00000000-0000-0000-0000-000000000000'::uuid), created_at \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[], \

@@ -606,7 +606,11 @@ async fn restart_inputs(
         reply_id: reply.id,
         chat_id: reply.chat_id,
         generation: reply.generation,
-        model: reply.model.clone(),
+        // The model asked for, not the one a fallback ended on.
+        model: reply
+            .requested_model
+            .clone()
+            .or_else(|| reply.model.clone()),
         system,
         history,
     })

@@ -12,7 +12,9 @@ pub struct Model {
     pub content: String,
     pub status: Status,
     pub generation: i32,
+    /// The model that answered (or was tried last); `requested_model` is the one asked for.
     pub model: Option<String>,
+    pub requested_model: Option<String>,
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
     pub key_alias: Option<String>,
