@@ -173,3 +173,32 @@ async fn a_failure_of_the_request_itself_never_falls_back() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_mostly_fails_is_skipped_and_the_admin_view_says_why() {
+    run(options(chain), |app| async move {
+        // Ten calls of primary, each failing once before backup answers: its breaker opens.
+        for i in 0..10 {
+            let reply = ask(&app, &format!("[[mock:fail=503x1]] n{i}")).await?;
+            assert_eq!(reply["model"], "backup", "{reply}");
+        }
+        let reply = ask(&app, "plain").await?;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        assert_eq!(reply["model"], "backup", "{reply}");
+        assert_eq!(apis_for(&app, "plain"), ["gemini"], "primary was not asked");
+        assert_eq!(fallbacks(&app, "breaker").await?, 1.0);
+        let skipped = sluice_tests::eventually("the breaker's mark", WAIT, || async {
+            let (status, keys) = app.admin_get("/api/admin/keys").await?;
+            anyhow::ensure!(status == 200, "{keys}");
+            let skipped = keys["skipped_models"].clone();
+            Ok((skipped != json!([])).then_some(skipped))
+        })
+        .await?;
+        assert_eq!(
+            skipped,
+            json!([{"model": "primary", "reason": "breaker_open", "workers": 1}])
+        );
+        Ok(())
+    })
+    .await;
+}

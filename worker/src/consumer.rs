@@ -5,6 +5,7 @@
 //! nothing: the API (or `sluice-api migrate`) owns the topology, so a worker's broker user
 //! needs no configure right; while the queues are missing it says so and keeps retrying.
 
+use crate::fallback::fell_back;
 use crate::handler::{self, Live, Position};
 use crate::health::Health;
 use crate::routing::{self, Attempts, Route};
@@ -249,7 +250,8 @@ async fn answer(
         fallback_after_failures: link.fallback_after_failures,
     };
     // The model the next delivery is on, when it is not the one asked for.
-    let model = (served.model != request.model).then(|| served.model.clone());
+    let served_model = served.model.clone();
+    let model = (served_model != request.model).then(|| served_model.clone());
     let same_model = model == before.model;
     let route = routing::route(&request, served, &before, &rules, handler::now_ms());
     let id = request.request_id.to_string();
@@ -276,9 +278,11 @@ async fn answer(
         }
         Route::Fallback {
             to,
+            reason,
             attempts,
             errors,
         } => {
+            fell_back(&served_model, &to, reason);
             let next = Attempts {
                 counted: attempts,
                 errors,

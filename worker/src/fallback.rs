@@ -3,11 +3,14 @@
 //! opens while at least half of at least [`MIN_CALLS`] counted calls of the last [`WINDOW`]
 //! failed retryably; while it is open, requests that have a next model skip straight to it, and
 //! one request every [`PROBE_EVERY`] goes through as a probe: its success closes the breaker.
-//! Breakers are per worker: each judges the calls it made itself.
+//! Breakers are per worker: each judges the calls it made itself, and marks an open one in
+//! Redis ([`BreakerMarks`]) so the admin view can say why a model is being skipped.
 
 use sluice_shared::catalogue::{Catalogue, Model};
+use sluice_shared::keypool::KeyPoolState;
+use sluice_shared::redis_link::RedisLink;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How far back a breaker looks.
@@ -74,10 +77,49 @@ pub fn fell_back(from: &str, to: &str, reason: &'static str) {
     .increment(1);
 }
 
+/// Where a worker tells the fleet that its breaker for a model is open: a mark that holds
+/// for [`WINDOW`] unless a failed probe refreshes it, removed when the breaker closes.
+pub struct BreakerMarks {
+    pub link: Arc<RedisLink>,
+    pub state: KeyPoolState,
+    /// This worker's id among the marks.
+    pub worker: String,
+}
+
+impl BreakerMarks {
+    /// Writes the mark in the background: a breaker changes rarely, and the call that changed
+    /// it must not wait on Redis.
+    fn tell(self: &Arc<Self>, model: &str, open: bool) {
+        let (marks, model) = (self.clone(), model.to_owned());
+        sluice_shared::metrics::spawn(async move {
+            let BreakerMarks {
+                link,
+                state,
+                worker,
+            } = &*marks;
+            let written = link
+                .run(|mut conn| async move {
+                    if open {
+                        state
+                            .mark_breaker_open(&mut conn, &model, worker, WINDOW)
+                            .await
+                    } else {
+                        state.mark_breaker_closed(&mut conn, &model, worker).await
+                    }
+                })
+                .await;
+            if let Err(error) = written {
+                tracing::debug!(%error, "cannot mark a model's breaker in Redis");
+            }
+        });
+    }
+}
+
 /// The breakers of every model this worker called.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Breakers {
     models: Mutex<HashMap<String, Breaker>>,
+    marks: Option<Arc<BreakerMarks>>,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +148,20 @@ impl Breaker {
 }
 
 impl Breakers {
+    /// Breakers that mark their open state in Redis.
+    pub fn marked(marks: BreakerMarks) -> Self {
+        Self {
+            models: Mutex::default(),
+            marks: Some(Arc::new(marks)),
+        }
+    }
+
+    fn tell(&self, model: &str, open: bool) {
+        if let Some(marks) = &self.marks {
+            marks.tell(model, open);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
         self.models.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -130,27 +186,36 @@ impl Breakers {
     /// Records a counted call of `model` and whether it failed retryably; opens the breaker
     /// when the window turns bad, and closes it at the first success while open.
     pub fn record(&self, model: &str, failed: bool, now: Instant) {
-        let mut models = self.lock();
-        let breaker = models.entry(model.to_owned()).or_default();
-        breaker.forget_before(now);
-        breaker.calls.push_back((now, failed));
-        match (breaker.probe_at.is_some(), failed) {
-            (true, false) => {
-                breaker.probe_at = None;
-                breaker.calls.clear();
-                tracing::info!(model, "model answers again: breaker closed");
-                metrics::gauge!("sluice_model_breaker_open", "model" => model.to_owned()).set(0.0);
+        let change = {
+            let mut models = self.lock();
+            let breaker = models.entry(model.to_owned()).or_default();
+            breaker.forget_before(now);
+            breaker.calls.push_back((now, failed));
+            match (breaker.probe_at.is_some(), failed) {
+                (true, false) => {
+                    breaker.probe_at = None;
+                    breaker.calls.clear();
+                    tracing::info!(model, "model answers again: breaker closed");
+                    Some(false)
+                }
+                (false, true) if breaker.failing() => {
+                    breaker.probe_at = Some(now + PROBE_EVERY);
+                    tracing::warn!(
+                        model,
+                        calls = breaker.calls.len(),
+                        "most recent calls of this model failed: breaker open, requests go to their next model"
+                    );
+                    Some(true)
+                }
+                // A failed probe: still open, and the mark is refreshed.
+                (true, true) => Some(true),
+                _ => None,
             }
-            (false, true) if breaker.failing() => {
-                breaker.probe_at = Some(now + PROBE_EVERY);
-                tracing::warn!(
-                    model,
-                    calls = breaker.calls.len(),
-                    "most recent calls of this model failed: breaker open, requests go to their next model"
-                );
-                metrics::gauge!("sluice_model_breaker_open", "model" => model.to_owned()).set(1.0);
-            }
-            _ => {}
+        };
+        if let Some(open) = change {
+            metrics::gauge!("sluice_model_breaker_open", "model" => model.to_owned())
+                .set(if open { 1.0 } else { 0.0 });
+            self.tell(model, open);
         }
     }
 

@@ -31,8 +31,8 @@ pub mod stops;
 use arc_swap::ArcSwap;
 use sluice_shared::catalogue::{Catalogue, ProviderKind};
 use sluice_shared::keypool::{
-    KeyFileWatch, KeySpec, RedisLayout, ReloadTrigger, keys_with_file_text, read_key_file,
-    watch_keys,
+    KeyFileWatch, KeyPoolState, KeySpec, RedisLayout, ReloadTrigger, keys_with_file_text,
+    read_key_file, watch_keys,
 };
 use sluice_shared::marks::Marks;
 use sluice_shared::metrics::Metrics;
@@ -223,7 +223,11 @@ async fn serve(
             .unwrap_or(&settings.provider.model)
             .to_owned(),
         catalogue: Arc::new(catalogue),
-        breakers: Arc::default(),
+        breakers: Arc::new(fallback::Breakers::marked(fallback::BreakerMarks {
+            link: Arc::new(RedisLink::new(redis_client.clone())),
+            state: KeyPoolState::new(RedisLayout::new(settings.redis.prefix.clone())),
+            worker: uuid::Uuid::new_v4().simple().to_string(),
+        })),
         stops,
         redis: (settings.limits.backend == LimitsBackend::Redis)
             .then(|| Arc::new(RedisLink::new(redis_client))),

@@ -23,9 +23,10 @@ pub enum Route {
         model_failures: u32,
     },
     /// Publish the request back to `requests` at once, on the next model of its chain (`to`),
-    /// with the new headers, then ack.
+    /// with the new headers, then ack. `reason`: `failures` or `model_not_found`.
     Fallback {
         to: String,
+        reason: &'static str,
         attempts: u32,
         errors: String,
     },
@@ -114,7 +115,11 @@ pub fn route(
                 && rules.retry_delays_ms.len()
                     >= usize::try_from(counted).unwrap_or(usize::MAX) =>
         {
-            at.fall_back(counted, push_error(&before.errors, counted, &error.kind))
+            at.fall_back(
+                "model_not_found",
+                counted,
+                push_error(&before.errors, counted, &error.kind),
+            )
         }
         Outcome::Permanent { error, key_alias } => Route::Respond(ResponseEnvelope {
             key_alias: Some(key_alias),
@@ -164,11 +169,10 @@ impl Place<'_> {
     }
 
     /// Back to `requests` at once, on the next model.
-    fn fall_back(&self, attempts: u32, errors: String) -> Route {
-        let to = self.next_model.unwrap_or(self.model);
-        crate::fallback::fell_back(self.model, to, "failures");
+    fn fall_back(&self, reason: &'static str, attempts: u32, errors: String) -> Route {
         Route::Fallback {
-            to: to.to_owned(),
+            to: self.next_model.unwrap_or(self.model).to_owned(),
+            reason,
             attempts,
             errors,
         }
@@ -199,7 +203,7 @@ fn retry_or_give_up(
         .get(usize::try_from(before.counted).unwrap_or(usize::MAX))
     {
         Some(_) if at.next_model.is_some() && model_failures >= rules.fallback_after_failures => {
-            at.fall_back(counted, errors)
+            at.fall_back("failures", counted, errors)
         }
         Some(&delay_ms) => Route::Retry {
             delay_ms,
@@ -615,6 +619,7 @@ mod tests {
             route(&req, on_a(retryable()), &before, &RULES, NOW),
             Route::Fallback {
                 to: "b".into(),
+                reason: "failures",
                 attempts: 2,
                 errors: "2:upstream_unavailable".into(),
             }
@@ -671,7 +676,7 @@ mod tests {
         };
         assert!(matches!(
             route(&req, on_a(permanent("model_not_found")), &Attempts::default(), &RULES, NOW),
-            Route::Fallback { ref to, attempts: 1, .. } if to == "b"
+            Route::Fallback { ref to, reason: "model_not_found", attempts: 1, .. } if to == "b"
         ));
         for kind in [
             "bad_request",

@@ -105,6 +105,12 @@ impl RedisLayout {
         format!("{}egress", self.prefix)
     }
 
+    /// Sorted set per catalogue model: the workers whose breaker for it is open (member: the
+    /// worker's id), scored by until when (ms) the mark holds unless it is refreshed.
+    pub fn breakers(&self, model: &str) -> String {
+        format!("{}breakers:{model}", self.prefix)
+    }
+
     /// Lock so that one worker probes a disabled key per interval.
     pub fn probe_lock(&self, alias: &str) -> String {
         format!("{}probe:{alias}", self.prefix)

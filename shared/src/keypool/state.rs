@@ -300,6 +300,53 @@ impl KeyPoolState {
             .map(|_| ())
     }
 
+    /// Marks `worker`'s breaker for `model` open for `for_how_long` (refreshed by each failed
+    /// probe); the set itself goes a while after its last mark.
+    pub async fn mark_breaker_open<C: ConnectionLike + Send + Sync>(
+        &self,
+        conn: &mut C,
+        model: &str,
+        worker: &str,
+        for_how_long: Duration,
+    ) -> Result<(), RedisError> {
+        let ms = i64::try_from(for_how_long.as_millis()).unwrap_or(i64::MAX);
+        let until = Utc::now().timestamp_millis().saturating_add(ms);
+        let key = self.layout.breakers(model);
+        redis::pipe()
+            .zadd(&key, worker, until)
+            .ignore()
+            .pexpire(&key, ms.saturating_mul(2))
+            .ignore()
+            .query_async::<()>(conn)
+            .await
+    }
+
+    /// `worker`'s breaker for `model` closed.
+    pub async fn mark_breaker_closed<C: ConnectionLike + Send + Sync>(
+        &self,
+        conn: &mut C,
+        model: &str,
+        worker: &str,
+    ) -> Result<(), RedisError> {
+        conn.zrem::<_, _, i64>(self.layout.breakers(model), worker)
+            .await
+            .map(|_| ())
+    }
+
+    /// For each of `models`, how many workers' breakers hold it open at `now`.
+    pub async fn open_breakers<C: ConnectionLike + Send + Sync>(
+        &self,
+        conn: &mut C,
+        models: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>, RedisError> {
+        let mut pipe = redis::pipe();
+        for model in models {
+            pipe.zcount(self.layout.breakers(model), now.timestamp_millis(), "+inf");
+        }
+        pipe.query_async(conn).await
+    }
+
     /// `SET NX PX`: true for the one caller that gets to probe `alias` this interval.
     pub async fn claim_probe<C: ConnectionLike + Send + Sync>(
         &self,
@@ -488,6 +535,34 @@ mod tests {
             assert_eq!(reason, "rate_limited");
             let ttl: i64 = conn.pttl(state.layout().cooldown("p", "m")).await?;
             assert!(ttl > 60_000, "the hash expires with its cooldown: {ttl}");
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn open_breakers_are_counted_per_model_until_closed_or_stale() -> TestResult {
+        with_redis(|state, mut conn| async move {
+            let minute = Duration::from_secs(60);
+            state
+                .mark_breaker_open(&mut conn, "a", "w1", minute)
+                .await?;
+            state
+                .mark_breaker_open(&mut conn, "a", "w2", minute)
+                .await?;
+            state
+                .mark_breaker_open(&mut conn, "b", "w1", Duration::from_millis(1))
+                .await?;
+            let later = Utc::now() + chrono::Duration::milliseconds(50);
+            assert_eq!(
+                state
+                    .open_breakers(&mut conn, &["a", "b", "c"], later)
+                    .await?,
+                [2, 0, 0],
+                "a stale mark does not count"
+            );
+            state.mark_breaker_closed(&mut conn, "a", "w2").await?;
+            assert_eq!(state.open_breakers(&mut conn, &["a"], later).await?, [1]);
             Ok(())
         })
         .await

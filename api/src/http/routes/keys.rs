@@ -90,6 +90,19 @@ struct KeyView {
 #[derive(Debug, Serialize, ToSchema)]
 struct KeysView {
     items: Vec<KeyView>,
+    /// Catalogue models that requests with a fallback skip now, and why.
+    skipped_models: Vec<SkippedModel>,
+}
+
+/// A model new requests skip for the next one of their chain.
+#[derive(Debug, Serialize, ToSchema)]
+struct SkippedModel {
+    model: String,
+    /// `breaker_open`: most of its recent calls failed retryably (half of at least 10 within
+    /// a minute); a probe call every 10 s tries it again.
+    reason: &'static str,
+    /// The workers whose breaker for it is open.
+    workers: u64,
 }
 
 fn unavailable() -> ApiError {
@@ -153,14 +166,22 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
     let mut conn = connection(&state).await?;
     let keys = state.keys.load_full();
     let pool = pool_state(&state);
-    let read = pool.snapshot(
-        &mut conn,
-        &keys,
-        &state.catalogue,
-        state.settings.provider.proxy.expose(),
-        Utc::now(),
-    );
-    let items = tokio::time::timeout(REDIS_TIMEOUT, read)
+    let models: Vec<&str> = state.catalogue.models().map(|m| m.name.as_str()).collect();
+    let now = Utc::now();
+    let read = async {
+        let snapshot = pool
+            .snapshot(
+                &mut conn,
+                &keys,
+                &state.catalogue,
+                state.settings.provider.proxy.expose(),
+                now,
+            )
+            .await?;
+        let breakers = pool.open_breakers(&mut conn, &models, now).await?;
+        Ok::<_, redis::RedisError>((snapshot, breakers))
+    };
+    let (items, breakers) = tokio::time::timeout(REDIS_TIMEOUT, read)
         .await
         .map_err(|_| unavailable())?
         .map_err(|e| {
@@ -172,7 +193,20 @@ async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<KeysView>,
         .zip(items)
         .map(|(key, snapshot)| key_view(key, snapshot))
         .collect();
-    Ok(Json(KeysView { items }))
+    let skipped_models = models
+        .iter()
+        .zip(breakers)
+        .filter(|(_, workers)| *workers > 0)
+        .map(|(model, workers)| SkippedModel {
+            model: (*model).to_owned(),
+            reason: "breaker_open",
+            workers,
+        })
+        .collect();
+    Ok(Json(KeysView {
+        items,
+        skipped_models,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
