@@ -183,9 +183,11 @@ async fn serve(
         tracing::info!("database.migrate_on_start is off: not migrating");
     }
     let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(live::publisher::QUEUE);
+    let catalogue = Arc::new(settings.catalogue());
     let store = Store::connect(&database_url, settings.database.max_connections)
         .await?
-        .with_notices(store::notices::Notices::new(notices_tx));
+        .with_notices(store::notices::Notices::new(notices_tx))
+        .with_prices(catalogue.clone());
     let topology = Topology::from_settings(&settings);
     let redis = redis::Client::open(settings.redis.url.expose().as_str())?;
     let cancel = supervisor.cancel_token().clone();
@@ -221,7 +223,7 @@ async fn serve(
         redis,
         keys: Arc::new(ArcSwap::from_pointee(keys)),
         broker_up: Arc::new(AtomicBool::new(false)),
-        catalogue: Arc::new(settings.catalogue()),
+        catalogue,
         settings: Arc::new(settings),
         metrics: metrics.clone(),
         hub,

@@ -296,6 +296,23 @@ function openAccount() {
   resetAccount();
   $("account").showModal();
   loadMe();
+  loadUsage();
+}
+
+/** This month's usage (the API's default range), in the account panel. */
+async function loadUsage() {
+  const el = $("account-usage");
+  try {
+    const { data } = await call("GET", "/api/me/usage?group_by=model");
+    const t = data.total;
+    const tokens = (t.prompt_tokens + t.completion_tokens).toLocaleString();
+    const cost = t.cost_usd.toLocaleString(undefined, { style: "currency", currency: "USD", maximumFractionDigits: 4 });
+    const calls = `${t.calls} call${t.calls === 1 ? "" : "s"}`;
+    el.textContent = `This month: ${tokens} tokens in ${calls}, ${cost}.`;
+  } catch (e) {
+    el.textContent = "";
+    report(e);
+  }
 }
 
 function closeAccount() {

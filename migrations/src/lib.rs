@@ -11,6 +11,7 @@ mod m20261207_000200_idempotency_keys;
 mod m20261207_000300_accounts;
 mod m20261207_000900_chat_activity;
 mod m20261208_000100_requested_model;
+mod m20261208_000200_usage_records;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000300_accounts::Migration),
             Box::new(m20261207_000900_chat_activity::Migration),
             Box::new(m20261208_000100_requested_model::Migration),
+            Box::new(m20261208_000200_usage_records::Migration),
         ]
     }
 }

@@ -150,28 +150,59 @@ impl fmt::Display for Price {
     }
 }
 
+/// A decimal amount of dollars as written in the settings: a number or a string, at most
+/// 6 decimals, from 0 to `max` whole dollars; in micro-dollars.
+fn micro_dollars<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    what: &'static str,
+) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Integer(u64),
+        Float(f64),
+        Text(String),
+    }
+    let price = match Raw::deserialize(deserializer)? {
+        Raw::Integer(whole) => whole
+            .checked_mul(1_000_000)
+            .and_then(Price::from_micro_usd_per_mtok),
+        Raw::Float(value) => Price::from_f64(value),
+        Raw::Text(text) => Price::parse(&text),
+    };
+    price.map(Price::micro_usd_per_mtok).ok_or_else(|| {
+        serde::de::Error::custom(format!("{what}: from 0 to 1000000, at most 6 decimals"))
+    })
+}
+
 impl<'de> Deserialize<'de> for Price {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Integer(u64),
-            Float(f64),
-            Text(String),
-        }
-        let bad = || {
-            serde::de::Error::custom(
-                "a price in USD per million tokens, from 0 to 1000000, at most 6 decimals",
-            )
-        };
-        match Raw::deserialize(deserializer)? {
-            Raw::Integer(whole) => whole
-                .checked_mul(1_000_000)
-                .and_then(Price::from_micro_usd_per_mtok)
-                .ok_or_else(bad),
-            Raw::Float(value) => Price::from_f64(value).ok_or_else(bad),
-            Raw::Text(text) => Price::parse(&text).ok_or_else(bad),
-        }
+        micro_dollars(deserializer, "a price in USD per million tokens").map(Price)
+    }
+}
+
+/// An amount of US dollars, held exactly as micro-dollars (a spending cap, for instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dollars(u64);
+
+impl Dollars {
+    pub fn micro_usd(self) -> u64 {
+        self.0
+    }
+
+    /// The amount in nano-dollars, the unit costs are recorded in.
+    pub fn nano_usd(self) -> u64 {
+        self.0.saturating_mul(1000)
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl<'de> Deserialize<'de> for Dollars {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        micro_dollars(deserializer, "an amount in USD").map(Dollars)
     }
 }
 

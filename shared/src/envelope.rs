@@ -27,6 +27,9 @@ pub const HEADER_MODEL_FAILURES: &str = "sluice-model-failures";
 /// Since when (ms since the Unix epoch) the request has waited for a usable key of that
 /// model; cleared by a call, and by moving to the next model.
 pub const HEADER_WAITING_SINCE: &str = "sluice-waiting-since";
+/// The counted calls made for the request so far, each a [`CallUsage`], as a JSON array:
+/// carried through retries and fallbacks until the response holds them all.
+pub const HEADER_USAGE: &str = "sluice-usage";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,6 +93,25 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
+/// What one counted provider call spent: the tokens the provider reported, or, where it
+/// reported none (a stream cut or stopped before its usage came), an estimate from the prompt
+/// and the text received (`estimated`). A call that failed before anything came back spent
+/// nothing we can know of: zero, not estimated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallUsage {
+    /// Which counted call of the request it was (1, 2, …).
+    pub attempt: u32,
+    /// The catalogue model it was made for.
+    pub model: String,
+    pub key_alias: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    #[serde(default)]
+    pub estimated: bool,
+    /// `ok`, or the kind of error it ended with.
+    pub outcome: String,
+}
+
 /// Why a request failed, in words a user may read (never the provider's raw body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
@@ -122,6 +144,12 @@ pub struct ResponseEnvelope {
     /// responses published before it existed still decode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The request's user, for the usage rows (the reply may be gone by the time it comes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    /// Every counted call made for the request, across its retries and fallbacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallUsage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +225,16 @@ mod tests {
             upstream_ms: 12,
             error: None,
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            user_id: Some(Uuid::now_v7()),
+            calls: vec![CallUsage {
+                attempt: 1,
+                model: "gemini-2.5-flash".into(),
+                key_alias: "key-1".into(),
+                prompt_tokens: 3,
+                completion_tokens: 5,
+                estimated: false,
+                outcome: "ok".into(),
+            }],
         }
     }
 
@@ -221,11 +259,16 @@ mod tests {
             .as_object_mut()
             .and_then(|o| o.remove("trace_id"))
             .ok_or("the encoding should carry trace_id")?;
+        for older in ["user_id", "calls"] {
+            value.as_object_mut().and_then(|o| o.remove(older));
+        }
         let back: ResponseEnvelope = decode(&serde_json::to_vec(&value)?)?;
         assert_eq!(
             back,
             ResponseEnvelope {
                 trace_id: None,
+                user_id: None,
+                calls: Vec::new(),
                 ..original
             }
         );

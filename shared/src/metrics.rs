@@ -118,6 +118,8 @@ pub const CATALOG: &[Def] = &[
     // Worker: routing
     def("sluice_deliveries_in_flight", Gauge, &[], "requests this worker is handling now"),
     def("sluice_retries_total", Counter, &["delay_ms"], "requests sent to a retry level, by the level's delay"),
+    def("sluice_tokens_total", Counter, &["model", "kind"], "tokens spent by counted provider calls, as recorded (kind: prompt, completion)"),
+    def("sluice_cost_total", Counter, &["model"], "what counted provider calls cost at the catalogue's prices, in nano-dollars (1e-9 USD)"),
     def("sluice_fallbacks_total", Counter, &["from", "to", "reason"], "requests moved to the next model of their chain (failures, no_key, breaker, model_not_found)"),
     def("sluice_model_breaker_open", Gauge, &["model"], "1 while this worker's breaker for the model is open (most recent calls failed)"),
     def("sluice_dead_lettered_total", Counter, &["reason"], "requests a worker dead-lettered, by reason"),

@@ -383,6 +383,10 @@ pub struct UserSettings {
     pub max_chats: u32,
     /// Prompt templates a user may keep; 0 turns the cap off.
     pub max_templates: u32,
+    /// Tokens (prompt and reply) a user's calls may spend per UTC day; 0 turns it off.
+    pub tokens_per_day: u64,
+    /// What a user's calls may cost per UTC calendar month, in USD; 0 turns it off.
+    pub cost_per_month: crate::catalogue::Dollars,
 }
 
 impl Settings {

@@ -222,6 +222,9 @@ def run_account(page, other, email):
     page.click("#new-chat")
     expect(page.locator("#chat-title")).to_have_text("Account test")
     expect(page.locator("#live-state")).to_have_attribute("data-mode", "streaming")
+    # The catalogue's default model is chosen; every model on offer is listed.
+    expect(page.locator("#model")).to_have_value("gemini-2.5-flash")
+    expect(page.locator("#model option")).to_have_count(3)
     send(page, "before the change")
     expect(last_reply(page)).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
     expect(last_reply(page).locator(".body")).to_contain_text("mock reply to: before the change")
@@ -231,8 +234,9 @@ def run_account(page, other, email):
     sign_in(other, email, PASSWORD)
     expect(other.locator("#chat-title")).to_have_text("Account test")
 
-    step("account: the panel shows the email; bad password changes are refused inline")
+    step("account: the panel shows the email and this month's usage; bad password changes are refused inline")
     panel = open_account(page, email)
+    expect(panel.locator("#account-usage")).to_contain_text("tokens in 1 call")
     shot(page, "09-account")
     error = panel.locator("#password-error")
     change_password_form(panel, PASSWORD, new_password, new_password + "x")

@@ -37,5 +37,6 @@ mod stop_marks;
 mod streaming;
 mod supervision;
 mod topology;
+mod usage;
 mod user_limits;
 mod web;

@@ -34,6 +34,8 @@ pub(crate) fn response(
         upstream_ms: 3,
         error: None,
         trace_id: Some("t".into()),
+        user_id: None,
+        calls: Vec::new(),
     }
 }
 

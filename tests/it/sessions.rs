@@ -326,6 +326,16 @@ async fn a_deleted_account_leaves_no_row_no_redis_key_and_sends_nothing() {
             ("outbox", format!("payload ->> 'user_id' = '{user}'")),
             ("idempotency_keys", format!("user_id = '{user}'")),
             ("revoked_tokens", format!("user_id = '{user}'")),
+            (
+                "usage_records",
+                format!(
+                    "user_id = '{user}' OR request_id::text IN ({})",
+                    ids.iter()
+                        .map(|id| format!("'{id}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
         ] {
             assert_eq!(
                 rows(&app, table, &condition).await?,
@@ -333,6 +343,8 @@ async fn a_deleted_account_leaves_no_row_no_redis_key_and_sends_nothing() {
                 "{table} keeps a row"
             );
         }
+        // The account's calls stay in the totals, anonymous: one answered, three failed.
+        assert_eq!(rows(&app, "usage_records", "user_id IS NULL").await?, 4);
         // What Redis may keep: the stop mark that keeps the queued work from being sent. It
         // names the id only, and expires.
         let stop_mark = format!("{}stop:user:{user}", app.settings.redis.prefix);

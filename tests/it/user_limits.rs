@@ -175,7 +175,7 @@ async fn max_pending_counts_the_replies_in_flight() {
         let limits = my_limits(&app, &api, &token).await?;
         assert_eq!(
             limits["max_pending"],
-            json!({"name": "max_pending", "limit": 2, "remaining": 0, "pending": 2})
+            json!({"name": "max_pending", "unit": "replies", "limit": 2, "remaining": 0, "pending": 2})
         );
         // Per user: someone else may post.
         let (other, other_chat) = app.user_with_chat().await?;

@@ -20,7 +20,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use sluice_shared::broker::{self, BrokerError};
 use sluice_shared::envelope::{
     self, HEADER_ATTEMPT, HEADER_ERRORS, HEADER_LAST_ERROR, HEADER_MODEL, HEADER_MODEL_FAILURES,
-    HEADER_NO_KEY_SINCE, HEADER_REASON, HEADER_WAITING_SINCE, RequestEnvelope, ResponseEnvelope,
+    HEADER_NO_KEY_SINCE, HEADER_REASON, HEADER_USAGE, HEADER_WAITING_SINCE, RequestEnvelope,
+    ResponseEnvelope,
 };
 use sluice_shared::retry::Retry;
 use sluice_shared::topology::{ROUTE_DEAD, ROUTE_REQUEST, ROUTE_RESPONSE};
@@ -191,6 +192,9 @@ async fn process(delivery: Delivery, context: &Live, link: &Link) -> Result<(), 
         model_failures: broker::header_u32(&delivery.properties, HEADER_MODEL_FAILURES)
             .unwrap_or_default(),
         waiting_since_ms: header_u64(&delivery, HEADER_WAITING_SINCE),
+        calls: broker::header_string(&delivery.properties, HEADER_USAGE)
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
     };
     let request = match envelope::decode::<RequestEnvelope>(&delivery.data) {
         Ok(request) => request,
@@ -249,6 +253,9 @@ async fn answer(
         no_key_max_wait_ms: link.no_key_max_wait_ms,
         fallback_after_failures: link.fallback_after_failures,
     };
+    // Every counted call so far, this delivery's last: carried on, or answered with.
+    let mut calls = before.calls.clone();
+    calls.extend(served.call.clone());
     // The model the next delivery is on, when it is not the one asked for.
     let served_model = served.model.clone();
     let model = (served_model != request.model).then(|| served_model.clone());
@@ -256,7 +263,10 @@ async fn answer(
     let route = routing::route(&request, served, &before, &rules, handler::now_ms());
     let id = request.request_id.to_string();
     let settled = match route {
-        Route::Respond(response) => publish_response(link, &response).await,
+        Route::Respond(mut response) => {
+            response.calls = calls;
+            publish_response(link, &response).await
+        }
         Route::Retry {
             delay_ms,
             attempts,
@@ -271,6 +281,7 @@ async fn answer(
                 errors,
                 model,
                 model_failures,
+                calls,
                 ..Attempts::default()
             };
             let route = Topology::retry_route(delay_ms);
@@ -287,6 +298,7 @@ async fn answer(
                 counted: attempts,
                 errors,
                 model: Some(to),
+                calls,
                 ..Attempts::default()
             };
             publish(link, ROUTE_REQUEST, &delivery.data, &id, headers_of(&next)).await
@@ -295,8 +307,9 @@ async fn answer(
             reason,
             attempts,
             errors,
-            response,
+            mut response,
         } => {
+            response.calls = calls;
             tracing::warn!(request = %id, reason, attempts, "dead-lettering");
             metrics::counter!("sluice_dead_lettered_total", "reason" => reason).increment(1);
             if reason == "no_usable_key" {
@@ -340,6 +353,7 @@ async fn answer(
                 waiting_since_ms,
                 model_failures: if same_model { before.model_failures } else { 0 },
                 model,
+                calls,
                 ..before
             };
             publish(link, ROUTE_REQUEST, &delivery.data, &id, headers_of(&next)).await
@@ -406,6 +420,11 @@ fn headers_of(attempts: &Attempts) -> FieldTable {
     }
     if let Some(model) = &attempts.model {
         headers.insert(HEADER_MODEL.into(), broker::string_value(model));
+    }
+    if !attempts.calls.is_empty()
+        && let Ok(json) = serde_json::to_string(&attempts.calls)
+    {
+        headers.insert(HEADER_USAGE.into(), broker::string_value(&json));
     }
     headers
 }

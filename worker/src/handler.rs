@@ -14,12 +14,12 @@ use crate::fallback::{Breakers, Chain, fell_back};
 use crate::provider::{Generation, Provider, ProviderError};
 use crate::stops::{Stops, Watch};
 use sluice_shared::catalogue::{Catalogue, Model};
-use sluice_shared::envelope::{ErrorInfo, RequestEnvelope};
+use sluice_shared::envelope::{CallUsage, ErrorInfo, RequestEnvelope, Usage};
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::marks::StopReason;
 use sluice_shared::settings::millis_of;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A 429 without `retryDelay` cools down this long.
@@ -81,14 +81,56 @@ pub enum Outcome {
 
 /// Tokens a request is expected to use, reserved against tpm until the real usage is known.
 pub fn estimate_tokens(request: &RequestEnvelope) -> u32 {
+    estimate_prompt_tokens(request).saturating_add(request.params.max_output_tokens.unwrap_or(0))
+}
+
+/// The prompt's tokens, guessed at four characters a token.
+fn estimate_prompt_tokens(request: &RequestEnvelope) -> u32 {
     let chars: usize = request
         .history
         .iter()
         .map(|t| t.text.chars().count())
         .sum::<usize>()
         + request.system.as_ref().map_or(0, |s| s.chars().count());
-    let prompt = u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX);
-    prompt.saturating_add(request.params.max_output_tokens.unwrap_or(0))
+    tokens_of_chars(chars)
+}
+
+fn tokens_of_chars(chars: usize) -> u32 {
+    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// What one counted call spent, as it becomes known: the provider's report, or an estimate
+/// from the prompt and the text received when the call got that far.
+struct Spend<'a> {
+    attempt: u32,
+    model: &'a str,
+    key_alias: &'a str,
+    prompt_estimate: u32,
+    /// Characters of model text received so far.
+    received: AtomicUsize,
+}
+
+impl Spend<'_> {
+    /// The call's usage; `answered`: the provider began answering (an event, or text came).
+    fn usage(&self, reported: Option<Usage>, answered: bool, outcome: &str) -> CallUsage {
+        let received = self.received.load(Ordering::Relaxed);
+        let (prompt_tokens, completion_tokens, estimated) = match reported {
+            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+            None if answered || received > 0 => {
+                (self.prompt_estimate, tokens_of_chars(received), true)
+            }
+            None => (0, 0, false),
+        };
+        CallUsage {
+            attempt: self.attempt,
+            model: self.model.to_owned(),
+            key_alias: self.key_alias.to_owned(),
+            prompt_tokens,
+            completion_tokens,
+            estimated,
+            outcome: outcome.to_owned(),
+        }
+    }
 }
 
 /// Reserves a slot on a key of `model`'s kind whose egress route is usable. Keys of another
@@ -154,6 +196,8 @@ pub struct Served {
     pub next_model: Option<String>,
     /// For a request that waited in vain: since when it has waited on `model`.
     pub waiting_since_ms: Option<u64>,
+    /// What the counted call this delivery made spent, if it made one.
+    pub call: Option<CallUsage>,
 }
 
 /// The wall clock in ms since the epoch (the clock of the headers, which travel between
@@ -186,10 +230,12 @@ pub async fn handle(
             model: request.model.clone(),
             next_model: None,
             waiting_since_ms: None,
+            call: None,
         };
     };
     let mut journey = Journey {
         chain,
+        call: None,
         waiting_since_ms: position
             .waiting_since_ms
             .filter(|_| position.model.is_some())
@@ -215,6 +261,8 @@ pub async fn handle(
 /// A request's way along its chain within one delivery.
 struct Journey<'c> {
     chain: Chain<'c>,
+    /// The counted call this delivery made, if it made one.
+    call: Option<CallUsage>,
     /// Since when (wall ms) it has waited for a usable key of the chain's current model.
     waiting_since_ms: u64,
 }
@@ -243,9 +291,10 @@ impl Journey<'_> {
         self.waiting_since_ms = now_ms();
     }
 
-    fn served(&self, outcome: Outcome) -> Served {
+    fn served(&mut self, outcome: Outcome) -> Served {
         let waited = matches!(outcome, Outcome::NoBudget | Outcome::NoUsableKey);
         Served {
+            call: self.call.take(),
             outcome,
             model: self.chain.model().name.clone(),
             next_model: self.chain.next().map(|m| m.name.clone()),
@@ -267,6 +316,7 @@ async fn serve(
 ) -> Outcome {
     journey.skip_broken(&live.load().breakers);
     let estimate = estimate_tokens(request);
+    let prompt_estimate = estimate_prompt_tokens(request);
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
     let mut waiting = Some(started);
@@ -310,8 +360,15 @@ async fn serve(
         // The slot counts from the call's first event: dated mid-call for a long call (beside
         // it, so the stream is never left waiting on Redis), or at its settling.
         let first_event = FirstEvent::default();
+        let spend = Spend {
+            attempt,
+            model: &model.name,
+            key_alias: &key.alias,
+            prompt_estimate,
+            received: AtomicUsize::new(0),
+        };
         let result = tokio::select! {
-            result = call(ctx, key, upstream, request, attempt, watch.watched(), &first_event) => result,
+            result = call(ctx, key, upstream, request, watch.watched(), &first_event, &spend) => result,
             never = ctx.budgets.date_from_first_event(upstream, &reservation, &first_event) => {
                 match never {}
             }
@@ -319,14 +376,28 @@ async fn serve(
                 // Cut short: the call was sent, so its slot and estimated tokens stay spent.
                 complete(ctx, upstream, &reservation, estimate, first_event.ago(), watch).await;
                 called(key, "stopped");
+                journey.call = Some(spend.usage(None, first_event.ago().is_some(), reason.as_str()));
                 return stopped(reason, true);
             }
         };
         let first_event_ago = first_event.ago();
+        let spent = match &result {
+            Ok(generation) => Some(spend.usage(generation.usage, true, "ok")),
+            Err(ProviderError::Transient { kind, .. } | ProviderError::Permanent { kind, .. }) => {
+                Some(spend.usage(None, first_event_ago.is_some(), kind))
+            }
+            // Not counted: the provider turned the call away, or it was never sent.
+            Err(_) => None,
+        };
+        // A reply's slot keeps what it used; a failed call's, what was reserved for it.
+        let used = match (&result, &spent) {
+            (Ok(_), Some(s)) => s.prompt_tokens.saturating_add(s.completion_tokens),
+            _ => estimate,
+        };
         if let Some(outcome) = settle(
             ctx,
             model,
-            estimate,
+            used,
             &reservation,
             first_event_ago,
             watch,
@@ -334,6 +405,7 @@ async fn serve(
         )
         .await
         {
+            journey.call = spent;
             return outcome;
         }
     }
@@ -387,9 +459,9 @@ async fn call(
     key: &KeySpec,
     model: &str,
     request: &RequestEnvelope,
-    attempt: u32,
     watched: Arc<AtomicBool>,
     first_event: &FirstEvent,
+    spend: &Spend<'_>,
 ) -> Result<Generation, ProviderError> {
     let call_started = Instant::now();
     let live = ctx.chunks.open(
@@ -397,13 +469,16 @@ async fn call(
             chat_id: request.chat_id,
             message_id: request.request_id,
             generation: request.generation,
-            attempt,
+            attempt: spend.attempt,
         },
         watched,
     );
     let mut on_text = |text: &str| {
         // The provider took the call by now: its budget slot counts from the first piece.
         first_event.mark();
+        spend
+            .received
+            .fetch_add(text.chars().count(), Ordering::Relaxed);
         live.push(text);
     };
     let result = ctx
@@ -462,7 +537,7 @@ async fn complete(
 async fn settle(
     ctx: &Context,
     catalogued: &Model,
-    estimate: u32,
+    used: u32,
     reservation: &Reservation,
     first_event_ago: Option<Duration>,
     watch: &Watch,
@@ -480,10 +555,6 @@ async fn settle(
     let key_alias = key.alias.clone();
     match result {
         Ok(generation) => {
-            let used = generation
-                .usage
-                .prompt_tokens
-                .saturating_add(generation.usage.completion_tokens);
             complete(ctx, model, reservation, used, first_event_ago, watch).await;
             ctx.budgets.clear_strikes(reservation.key).await;
             Some(Outcome::Completed {
@@ -533,7 +604,7 @@ async fn settle(
             None
         }
         Err(ProviderError::Transient { kind, message }) => {
-            complete(ctx, model, reservation, estimate, first_event_ago, watch).await;
+            complete(ctx, model, reservation, used, first_event_ago, watch).await;
             Some(Outcome::Retryable {
                 error: ErrorInfo {
                     kind: kind.into(),
@@ -543,7 +614,7 @@ async fn settle(
             })
         }
         Err(ProviderError::Permanent { kind, message }) => {
-            complete(ctx, model, reservation, estimate, first_event_ago, watch).await;
+            complete(ctx, model, reservation, used, first_event_ago, watch).await;
             Some(Outcome::Permanent {
                 error: ErrorInfo {
                     kind: kind.into(),

@@ -4,7 +4,7 @@
 
 use crate::handler::{Outcome, Served};
 use sluice_shared::envelope::{
-    self, ErrorInfo, RequestEnvelope, ResponseEnvelope, ResponseStatus, Usage,
+    self, CallUsage, ErrorInfo, RequestEnvelope, ResponseEnvelope, ResponseStatus, Usage,
 };
 
 /// How many entries `sluice-errors` keeps (newest last), so the header stays short.
@@ -60,6 +60,8 @@ pub struct Attempts {
     pub model_failures: u32,
     /// `sluice-waiting-since`: since when it has waited for a usable key of that model.
     pub waiting_since_ms: Option<u64>,
+    /// `sluice-usage`: what each counted call so far spent.
+    pub calls: Vec<CallUsage>,
 }
 
 /// The settings routing depends on.
@@ -88,6 +90,7 @@ pub fn route(
         model,
         next_model,
         waiting_since_ms,
+        call,
     } = served;
     let at = Place {
         request,
@@ -102,7 +105,11 @@ pub fn route(
             status: ResponseStatus::Completed,
             text: Some(generation.text),
             finish_reason: generation.finish_reason,
-            usage: generation.usage,
+            // What the provider reported, or the estimate the call's usage holds.
+            usage: call.map_or(Usage::default(), |c| Usage {
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+            }),
             upstream_ms: generation.upstream_ms,
             key_alias: Some(key_alias),
             ..at.failed(counted, None)
@@ -311,6 +318,9 @@ fn failed(
         error,
         // Carried back so the API logs the stored reply under the request's trace.
         trace_id: Some(request.trace_id.clone()),
+        user_id: Some(request.user_id),
+        // The consumer adds every counted call's usage.
+        calls: Vec::new(),
     }
 }
 
@@ -345,6 +355,7 @@ mod tests {
             model: "m".into(),
             next_model: None,
             waiting_since_ms: None,
+            call: None,
         }
     }
     const NOW: u64 = 1_800_000_000_000;
@@ -451,7 +462,7 @@ mod tests {
             generation: Generation {
                 text: "yes".into(),
                 finish_reason: Some("STOP".into()),
-                usage: Usage::default(),
+                usage: None,
                 upstream_ms: 4,
             },
             key_alias: "k".into(),
@@ -476,7 +487,7 @@ mod tests {
             generation: Generation {
                 text: "yes".into(),
                 finish_reason: None,
-                usage: Usage::default(),
+                usage: None,
                 upstream_ms: 1,
             },
             key_alias: "k".into(),
@@ -604,6 +615,7 @@ mod tests {
             model: "a".into(),
             next_model: Some("b".into()),
             waiting_since_ms: None,
+            call: None,
         }
     }
 

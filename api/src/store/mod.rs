@@ -23,6 +23,7 @@ pub mod retention;
 pub mod templates;
 #[cfg(test)]
 pub mod testing;
+pub mod usage;
 pub mod users;
 
 pub use entities::chats::Model as Chat;
@@ -92,6 +93,8 @@ pub struct Store {
     unflushed: DatabaseConnection,
     /// Told which messages each commit created or changed (for live event streams).
     notices: notices::Notices,
+    /// Prices for the usage records (see [`usage`]); none until [`Store::with_prices`].
+    prices: std::sync::Arc<sluice_shared::catalogue::Catalogue>,
 }
 
 /// Connections of the `unflushed` pool.
@@ -116,7 +119,21 @@ impl Store {
             db: Database::connect(options(url, max_connections)).await?,
             unflushed: Database::connect(unflushed).await?,
             notices: notices::Notices::none(),
+            prices: std::sync::Arc::new(sluice_shared::catalogue::Catalogue::new(
+                &Default::default(),
+                "",
+                &[],
+            )),
         })
+    }
+
+    /// The same pools, pricing usage records with `catalogue`.
+    pub fn with_prices(
+        mut self,
+        catalogue: std::sync::Arc<sluice_shared::catalogue::Catalogue>,
+    ) -> Self {
+        self.prices = catalogue;
+        self
     }
 
     /// The same pools, telling `notices` what every commit changes.

@@ -270,6 +270,9 @@ impl Store {
             return Ok(0);
         }
         let updated = apply_answers(&self.db, responses).await?;
+        // After the answers: both are idempotent, so a batch retried after a failure here
+        // changes no answer twice and records no call twice.
+        super::usage::record(&self.db, responses, &self.prices).await?;
         // Stale and duplicate answers are told too: a watcher reads the row and sees nothing new.
         self.notices
             .changed_all(responses.iter().map(|r| (r.chat_id, r.request_id)));
@@ -673,6 +676,8 @@ mod tests {
             upstream_ms: 0,
             error: None,
             trace_id: None,
+            user_id: None,
+            calls: Vec::new(),
         }
     }
 

@@ -198,7 +198,8 @@ impl Store {
 
     /// Deletes the account and everything it owns in one transaction: chats and their
     /// messages, templates, revoked token ids (by cascade), dead letters (by user, or by one
-    /// of its chats) and outbox rows not yet published. `None` when there is no such user.
+    /// of its chats) and outbox rows not yet published; its usage records lose their user and
+    /// request. `None` when there is no such user.
     /// Replies that finished within `partial_ttl` are reported with the pending ones.
     pub async fn delete_account(
         &self,
@@ -243,6 +244,8 @@ impl Store {
             "DELETE FROM dead_letters WHERE user_id = $1 \
              OR chat_id IN (SELECT id FROM chats WHERE user_id = $1)",
             "DELETE FROM outbox WHERE payload ->> 'user_id' = $1::text",
+            // Usage stays for the totals, pointing at nobody.
+            "UPDATE usage_records SET user_id = NULL, request_id = NULL WHERE user_id = $1",
             "DELETE FROM users WHERE id = $1",
         ] {
             txn.execute_raw(Statement::from_sql_and_values(

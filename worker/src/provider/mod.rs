@@ -29,7 +29,8 @@ use std::time::Duration;
 pub struct Generation {
     pub text: String,
     pub finish_reason: Option<String>,
-    pub usage: Usage,
+    /// The tokens the provider reported; `None` when it reported none.
+    pub usage: Option<Usage>,
     pub upstream_ms: u64,
 }
 

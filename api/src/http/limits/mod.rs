@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod gcra;
+pub mod spend;
 pub mod streams;
 
 use crate::http::error::ApiError;
@@ -36,9 +37,11 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 pub struct LimitUsage {
     #[schema(example = "messages_per_minute")]
     pub name: &'static str,
-    pub limit: u32,
+    /// What `limit` and `remaining` count: `messages`, `replies`, `tokens` or `micro_usd`.
+    pub unit: &'static str,
+    pub limit: u64,
     /// `null` while Redis cannot be asked.
-    pub remaining: Option<u32>,
+    pub remaining: Option<u64>,
     /// Seconds until the whole limit is available again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_after_secs: Option<u64>,
@@ -53,6 +56,8 @@ pub struct Limits {
     prefix: String,
     gcra: Gcra,
     streams: StreamCaps,
+    /// The spending quotas (tokens per day, cost per month).
+    spend: spend::SpendQuotas,
     store: Store,
     /// Where workers record each user's provider calls in flight.
     marks: Marks,
@@ -98,6 +103,7 @@ impl Limits {
             prefix: settings.redis.prefix.clone(),
             gcra: Gcra::new(redis),
             streams: StreamCaps::new(),
+            spend: spend::SpendQuotas::new(&settings.users),
             store,
             marks,
             last_warning: Mutex::new(None),
@@ -145,6 +151,13 @@ impl Limits {
             if pending >= u64::from(self.users.max_pending) {
                 return Err(refused("max_pending", PENDING_RETRY_AFTER));
             }
+        }
+        if let Some((name, wait)) = self
+            .spend
+            .over(&self.store, user, chrono::Utc::now())
+            .await?
+        {
+            return Err(refused(name, wait));
         }
         self.take(self.message_quotas(user)).await
     }
@@ -259,8 +272,9 @@ impl Limits {
                 let state = checked.as_ref().and_then(|c| c.states.get(i));
                 LimitUsage {
                     name: quota.name,
-                    limit: quota.limit,
-                    remaining: state.map(|s| s.remaining),
+                    unit: "messages",
+                    limit: u64::from(quota.limit),
+                    remaining: state.map(|s| u64::from(s.remaining)),
                     reset_after_secs: state.map(|s| ceil_secs(s.reset)),
                     pending: None,
                 }
@@ -271,14 +285,18 @@ impl Limits {
             let limit = self.users.max_pending;
             usage.push(LimitUsage {
                 name: "max_pending",
-                limit,
-                remaining: Some(
-                    u32::try_from(u64::from(limit).saturating_sub(pending)).unwrap_or(0),
-                ),
+                unit: "replies",
+                limit: u64::from(limit),
+                remaining: Some(u64::from(limit).saturating_sub(pending)),
                 reset_after_secs: None,
                 pending: Some(pending),
             });
         }
+        usage.extend(
+            self.spend
+                .usage(&self.store, user, chrono::Utc::now())
+                .await?,
+        );
         Ok(usage)
     }
 }

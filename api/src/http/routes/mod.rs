@@ -15,6 +15,7 @@ mod models;
 mod paging;
 mod prompts;
 mod reply_actions;
+mod usage;
 mod web;
 
 use crate::http::AppState;
@@ -44,6 +45,7 @@ fn rest() -> OpenApiRouter<AppState> {
         .merge(events::router().layer(axum::middleware::map_response(crate::http::no_store)))
         .merge(me::router())
         .merge(models::router())
+        .merge(usage::router())
         .merge(prompts::router())
         .merge(docs::router())
 }

@@ -87,15 +87,12 @@ impl Reply {
                 ),
             });
         }
-        let usage = self
-            .usage
-            .map(|u| Usage {
-                prompt_tokens: u.prompt_token_count,
-                completion_tokens: u
-                    .candidates_token_count
-                    .saturating_add(u.thoughts_token_count),
-            })
-            .unwrap_or_default();
+        let usage = self.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_token_count,
+            completion_tokens: u
+                .candidates_token_count
+                .saturating_add(u.thoughts_token_count),
+        });
         if !self.candidate {
             return Err(garbage());
         }
@@ -147,10 +144,10 @@ mod tests {
             Ok(Generation {
                 text: "Hello".into(),
                 finish_reason: Some("STOP".into()),
-                usage: Usage {
+                usage: Some(Usage {
                     prompt_tokens: 3,
                     completion_tokens: 2
-                },
+                }),
                 upstream_ms: 7
             })
         );

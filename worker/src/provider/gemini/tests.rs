@@ -199,10 +199,10 @@ async fn a_stream_hands_each_piece_over_and_ends_with_the_last_usage()
     assert_eq!(generation.finish_reason.as_deref(), Some("STOP"));
     assert_eq!(
         generation.usage,
-        Usage {
+        Some(Usage {
             prompt_tokens: 3,
             completion_tokens: 3
-        }
+        })
     );
     Ok(())
 }

@@ -85,13 +85,10 @@ impl Reply {
         if self.stripped {
             metrics::counter!("sluice_provider_nul_stripped_total").increment(1);
         }
-        let usage = self
-            .usage
-            .map(|u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            })
-            .unwrap_or_default();
+        let usage = self.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        });
         Ok(Generation {
             text: self.text,
             finish_reason,
@@ -130,10 +127,10 @@ mod tests {
             Ok(Generation {
                 text: "Hello".into(),
                 finish_reason: Some("stop".into()),
-                usage: Usage {
+                usage: Some(Usage {
                     prompt_tokens: 3,
                     completion_tokens: 2
-                },
+                }),
                 upstream_ms: 7
             })
         );
@@ -178,8 +175,14 @@ mod tests {
         assert!(reply.finished());
         let generation = reply.conclude(1);
         assert_eq!(
-            generation.map(|g| (g.text, g.usage.prompt_tokens, g.usage.completion_tokens)),
-            Ok(("Hello".to_owned(), 4, 2))
+            generation.map(|g| (g.text, g.usage)),
+            Ok((
+                "Hello".to_owned(),
+                Some(Usage {
+                    prompt_tokens: 4,
+                    completion_tokens: 2
+                })
+            ))
         );
         Ok(())
     }
