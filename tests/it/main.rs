@@ -8,6 +8,7 @@ mod broker_outage;
 mod caps;
 mod dead_letter_consumer;
 mod events;
+mod fairness;
 mod fallback;
 mod hostile_input;
 mod hostile_provider;

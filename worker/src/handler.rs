@@ -11,6 +11,7 @@ use crate::bounds::instant_after;
 use crate::budget::{Budgets, Cooldown, FirstEvent, NoBudget, Reservation};
 use crate::chunks::{ChunkSink, ReplyId};
 use crate::fallback::{Breakers, Chain, fell_back};
+use crate::holding::{Held, Holding, SHORT_HOLD};
 use crate::provider::{Generation, Provider, ProviderError};
 use crate::stops::{Stops, Watch};
 use sluice_shared::catalogue::{Catalogue, Model};
@@ -41,6 +42,8 @@ pub struct Context {
     pub catalogue: Arc<Catalogue>,
     /// The models' breakers (shared by every context of the worker).
     pub breakers: Arc<Breakers>,
+    /// Deliveries waiting for budget, by model and user (shared likewise).
+    pub holding: Arc<Holding>,
     /// `routing.fallback_after_ms`: how long a request waits for a key of its model before it
     /// goes to the next one.
     pub fallback_after: Duration,
@@ -136,7 +139,12 @@ impl Spend<'_> {
 /// Reserves a slot on a key of `model`'s kind whose egress route is usable. Keys of another
 /// kind are never looked at; keys behind a cooling route are left out of the reservation, and
 /// when they are all that is left, the wait is for the route.
-async fn reserve(ctx: &Context, model: &Model, estimate: u32) -> Result<Reservation, NoBudget> {
+async fn reserve(
+    ctx: &Context,
+    model: &Model,
+    estimate: u32,
+    user: &str,
+) -> Result<Reservation, NoBudget> {
     let keys = ctx.budgets.keys();
     let (cooling, route_opens_in) = ctx.provider.cooling_keys(keys);
     let mut skip: Vec<usize> = (0..keys.len())
@@ -153,7 +161,11 @@ async fn reserve(ctx: &Context, model: &Model, estimate: u32) -> Result<Reservat
     }
     let cooling_any = !cooling.is_empty();
     skip.extend(cooling);
-    match ctx.budgets.reserve(&model.upstream, estimate, &skip).await {
+    match ctx
+        .budgets
+        .reserve(&model.upstream, estimate, &skip, user)
+        .await
+    {
         // The other keys are disabled, but these are only waiting for their route.
         Err(NoBudget::NoKeys) if cooling_any => Err(egress_wait),
         other => other,
@@ -320,6 +332,9 @@ async fn serve(
     // Only the wait before a request's first call counts as budget wait; after a 429 or an
     // invalid key the next reservation is part of the same wait, timed from the start.
     let mut waiting = Some(started);
+    let user = request.user_id.to_string();
+    // This delivery's place among its user's deliveries waiting for the model's budget.
+    let mut held: Option<Held> = None;
     loop {
         // Found stopped by the once-a-second check while it waited for budget.
         if let Some(reason) = watch.reason() {
@@ -330,20 +345,33 @@ async fn serve(
         // the current keys here never strands one: removed keys get no new reservation.
         let current = live.load_full();
         let ctx: &Context = &current;
-        let reservation = match reserve(ctx, model, estimate).await {
+        let reservation = match reserve(ctx, model, estimate, &user).await {
             Ok(reservation) => reservation,
             Err(_) if journey.fallback_due(ctx.fallback_after) => {
                 if let Some(next) = journey.chain.next() {
                     fell_back(&model.name, &next.name, "no_key");
                 }
                 journey.move_on();
+                held = None;
                 continue;
             }
-            Err(no_budget) => match wait_or_give_up(no_budget, deadline, &mut waiting).await {
-                Some(outcome) => return outcome,
-                None => continue,
-            },
+            Err(no_budget) => {
+                let place =
+                    held.get_or_insert_with(|| ctx.holding.enter(&model.upstream, request.user_id));
+                // Past its user's few, a waiting delivery goes back to the queue soon, so the
+                // requests queued behind one user's backlog reach a worker (see `holding`).
+                let deadline = if Holding::is_extra(place) {
+                    deadline.min(instant_after(started, SHORT_HOLD))
+                } else {
+                    deadline
+                };
+                match wait_or_give_up(no_budget, deadline, &mut waiting).await {
+                    Some(outcome) => return outcome,
+                    None => continue,
+                }
+            }
         };
+        held = None;
         if let Some(since) = waiting.take() {
             waited(since, "reserved");
         }
@@ -661,6 +689,7 @@ mod tests {
             provider: Provider::new(&settings, &keys, Arc::default(), "m")?,
             catalogue: Arc::new(Catalogue::new(&Default::default(), "m", &[])),
             breakers: Arc::default(),
+            holding: Arc::default(),
             fallback_after: Duration::from_secs(20),
             budgets: Budgets::new(keys, None, 1),
             budget_wait: Duration::from_millis(100),
@@ -698,8 +727,8 @@ mod tests {
         );
         // The wait reserved nothing: the second slot of the window is still there.
         let budgets = &ctx.load().budgets;
-        assert!(budgets.reserve("m", 1, &[]).await.is_ok());
-        assert!(budgets.reserve("m", 1, &[]).await.is_err());
+        assert!(budgets.reserve("m", 1, &[], "").await.is_ok());
+        assert!(budgets.reserve("m", 1, &[], "").await.is_err());
         Ok(())
     }
 

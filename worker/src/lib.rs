@@ -22,6 +22,7 @@ pub mod fallback;
 mod fixtures;
 pub mod handler;
 pub mod health;
+pub mod holding;
 pub mod probe;
 pub mod provider;
 pub mod route_health;
@@ -119,6 +120,7 @@ struct Shared {
     settings: Arc<Settings>,
     catalogue: Arc<Catalogue>,
     breakers: Arc<fallback::Breakers>,
+    holding: Arc<holding::Holding>,
     /// The model Gemini keys are probed on.
     gemini_probe_model: String,
     redis: Option<Arc<RedisLink>>,
@@ -161,6 +163,7 @@ impl Shared {
             )?,
             catalogue: self.catalogue.clone(),
             breakers: self.breakers.clone(),
+            holding: self.holding.clone(),
             fallback_after: settings.routing.fallback_after,
             budgets: budget::Budgets::new(keys, redis, settings.worker.expected_replicas),
             budget_wait: settings.worker.budget_wait,
@@ -228,6 +231,7 @@ async fn serve(
             state: KeyPoolState::new(RedisLayout::new(settings.redis.prefix.clone())),
             worker: uuid::Uuid::new_v4().simple().to_string(),
         })),
+        holding: Arc::default(),
         stops,
         redis: (settings.limits.backend == LimitsBackend::Redis)
             .then(|| Arc::new(RedisLink::new(redis_client))),

@@ -105,6 +105,16 @@ impl RedisLayout {
         format!("{}egress", self.prefix)
     }
 
+    /// Fair shares of one upstream model's budget: a hash of each user's virtual time (calls
+    /// granted, counted from the least-served waiter's when the user starts waiting), and a
+    /// sorted set of the users waiting now, scored by when their wait lapses unless renewed.
+    pub fn fair_shares(&self, model: &str) -> (String, String) {
+        (
+            format!("{}fair:{model}:served", self.prefix),
+            format!("{}fair:{model}:waiting", self.prefix),
+        )
+    }
+
     /// Sorted set per catalogue model: the workers whose breaker for it is open (member: the
     /// worker's id), scored by until when (ms) the mark holds unless it is refreshed.
     pub fn breakers(&self, model: &str) -> String {

@@ -181,15 +181,17 @@ impl Budgets {
 
     /// Reserves a slot on one of the keys not in `skip` (keys the caller cannot use now, such
     /// as those behind a cooling egress route: they are never looked at, so waiting for them
-    /// spends nothing).
+    /// spends nothing). With Redis, `user` gets a fair share of the model's budget when it is
+    /// scarce (see `reserve.lua`); local budgets serve whoever asks first.
     pub async fn reserve(
         &self,
         model: &str,
         estimate: u32,
         skip: &[usize],
+        user: &str,
     ) -> Result<Reservation, NoBudget> {
         if let Some(redis) = self.redis().await {
-            match redis.reserve(model, estimate, skip).await {
+            match redis.reserve(model, estimate, skip, user).await {
                 Ok(outcome) => return outcome,
                 Err(e) => self.degrade(&e),
             }
@@ -455,7 +457,7 @@ mod tests {
         async fn first_free(&self) -> Result<(f64, f64, Reservation), Box<dyn std::error::Error>> {
             loop {
                 let before = self.server_ms().await?;
-                let reserved = self.budgets.reserve(MODEL, 10, &[]).await;
+                let reserved = self.budgets.reserve(MODEL, 10, &[], "").await;
                 let after = self.server_ms().await?;
                 match reserved {
                     Ok(reservation) => return Ok((before, after, reservation)),
@@ -506,7 +508,7 @@ mod tests {
         let fixture = Fixture::new(1_000)?;
         let taken = fixture
             .budgets
-            .reserve(MODEL, 10, &[])
+            .reserve(MODEL, 10, &[], "")
             .await
             .map_err(|e| format!("{e:?}"))?;
         let first_event = FirstEvent::default();
@@ -551,7 +553,7 @@ mod tests {
         let fixture = Fixture::new(1_000)?;
         let taken = fixture
             .budgets
-            .reserve(MODEL, 10, &[])
+            .reserve(MODEL, 10, &[], "")
             .await
             .map_err(|e| format!("{e:?}"))?;
         let first_event = FirstEvent::default();
@@ -586,7 +588,7 @@ mod tests {
         let fixture = Fixture::new(1_000)?;
         let taken = fixture
             .budgets
-            .reserve(MODEL, 10, &[])
+            .reserve(MODEL, 10, &[], "")
             .await
             .map_err(|e| format!("{e:?}"))?;
         let first_event = FirstEvent::default();
@@ -639,7 +641,7 @@ mod tests {
         let fixture = Fixture::new(60_000)?;
         let taken = fixture
             .budgets
-            .reserve(MODEL, 10, &[])
+            .reserve(MODEL, 10, &[], "")
             .await
             .map_err(|e| format!("{e:?}"))?;
         let id = taken.redis_id.clone().ok_or("a Redis slot")?;
@@ -669,6 +671,49 @@ mod tests {
             })
             .await?;
         assert_eq!(tokens, 25, "the real token count replaced the estimate");
+        fixture.cleanup().await?;
+        Ok(())
+    }
+
+    /// Reserves for `user`, completing a granted call at once (its slot frees a window on).
+    async fn take(fixture: &Fixture, user: &str) -> Result<bool, Box<dyn std::error::Error>> {
+        match fixture.budgets.reserve(MODEL, 10, &[], user).await {
+            Ok(taken) => {
+                fixture
+                    .budgets
+                    .complete(MODEL, &taken, 10, None, None)
+                    .await;
+                Ok(true)
+            }
+            Err(NoBudget::RetryIn(_)) => Ok(false),
+            Err(NoBudget::NoKeys) => Err("no key".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scarce_slot_goes_to_the_waiting_user_served_least() -> TestResult {
+        let fixture = Fixture::new(300)?;
+        assert!(take(&fixture, "a").await?, "the first call of the window");
+        // Both wait now: b has had nothing, a one call.
+        assert!(!take(&fixture, "b").await?);
+        assert!(!take(&fixture, "a").await?);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(
+            !take(&fixture, "a").await?,
+            "the slot is free, but it is b's turn"
+        );
+        assert!(take(&fixture, "b").await?);
+        // Level again: whoever asks first.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(take(&fixture, "a").await?);
+        // A newcomer starts level with the least-served waiter, not at zero.
+        assert!(!take(&fixture, "b").await?);
+        assert!(!take(&fixture, "c").await?);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(take(&fixture, "c").await? || take(&fixture, "b").await?);
+        // Without a user (a probe, a tool) nobody's share is asked for.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(take(&fixture, "").await?);
         fixture.cleanup().await?;
         Ok(())
     }

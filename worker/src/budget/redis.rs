@@ -13,8 +13,13 @@ use sluice_shared::keypool::{
 };
 use sluice_shared::marks::InFlight;
 use sluice_shared::redis_link::RedisLink;
+use sluice_shared::settings::millis_of;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a user stays noted as waiting for a model's budget after a try was turned away;
+/// every waiting delivery tries again well within it (at most every quarter second).
+const FAIR_WAIT_NOTED: Duration = Duration::from_secs(1);
 
 /// The call finished: its slot now holds the real token count, and frees one window after
 /// the moment it is dated to. Times are in ms to the microsecond; `now` is rounded up by the
@@ -124,11 +129,13 @@ impl RedisBudgets {
     }
 
     /// The script only sees the keys not in `skip`; its answer is mapped back to `keys`.
+    /// `user` takes its fair share of the model's budget (`""`: no share, first come).
     pub async fn reserve(
         &self,
         model: &str,
         estimate: u32,
         skip: &[usize],
+        user: &str,
     ) -> Result<Result<Reservation, NoBudget>, RedisError> {
         let now = chrono::Utc::now();
         let day = pacific_day(now);
@@ -156,7 +163,13 @@ impl RedisBudgets {
                 .arg(key.window_ms.max(1))
                 .arg(key.weight);
         }
-        invocation.key(self.layout.disabled());
+        let (served, waiting) = self.layout.fair_shares(model);
+        invocation
+            .key(self.layout.disabled())
+            .key(served)
+            .key(waiting)
+            .arg(user)
+            .arg(millis_of(FAIR_WAIT_NOTED));
         let answer: Vec<i64> = self
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;

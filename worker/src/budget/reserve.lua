@@ -1,11 +1,20 @@
--- Chooses a key and reserves budget for one call, atomically, on Redis server time.
+-- Chooses a key and reserves budget for one call, atomically, on Redis server time, giving
+-- the slot to the user with the least service among those waiting for this model.
 -- KEYS: per candidate i: calls zset, tokens counter, day counter, cooldown hash; then the
---       disabled hash.
+--       disabled hash, the model's fair-share virtual times (hash) and waiting users (zset).
 -- ARGV: n, estimate, inflight_ms, reservation id, ms until Pacific midnight,
---       then per candidate: alias, rpm, tpm, rpd, window_ms, weight.
+--       then per candidate: alias, rpm, tpm, rpd, window_ms, weight;
+--       then the user ('' for no fair share) and how long a wait stays noted without renewal.
 -- Returns {index, 0, calls left today} on success (index among the candidates passed; the
 -- calls left on the chosen project and model after this one), {0, wait_ms} when no
--- candidate has budget (wait_ms = -1 when every candidate is disabled, or there is none).
+-- candidate has budget (wait_ms = -1 when every candidate is disabled, or there is none) or
+-- when it is another waiting user's turn.
+--
+-- Fair shares (max-min, by calls): each user has a virtual time per model, the calls granted
+-- to them; a user who starts waiting is raised to the least virtual time among the users
+-- already waiting, so idle time banks no credit. A slot goes to a user only while no other
+-- waiting user has a smaller virtual time. Users whose calls were turned away (for budget or
+-- for turn) are noted as waiting for a moment, renewed by each try.
 -- The caller leaves out keys it cannot use now (a cooling egress route), so they cost nothing.
 -- Times are in ms to the microsecond (scores are doubles): a slot frees at its exact time,
 -- not up to a millisecond later.
@@ -16,7 +25,35 @@ local estimate = tonumber(ARGV[2])
 local inflight = tonumber(ARGV[3])
 local rid = ARGV[4]
 local until_midnight = tonumber(ARGV[5])
-local disabled = KEYS[#KEYS]
+local disabled = KEYS[#KEYS - 2]
+local served, waiting = KEYS[#KEYS - 1], KEYS[#KEYS]
+local user = ARGV[5 + n * 6 + 1]
+local wait_ttl = tonumber(ARGV[5 + n * 6 + 2])
+
+-- Where the user stands: their virtual time, and the least among the others waiting.
+local vt, floor = 0, nil
+if user ~= '' then
+  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+  local was_waiting = false
+  for _, w in ipairs(redis.call('ZRANGE', waiting, 0, -1)) do
+    if w == user then
+      was_waiting = true
+    else
+      local v = tonumber(redis.call('HGET', served, w) or '0')
+      if floor == nil or v < floor then floor = v end
+    end
+  end
+  vt = tonumber(redis.call('HGET', served, user) or '0')
+  if not was_waiting and floor ~= nil and vt < floor then vt = floor end
+end
+local function note_waiting()
+  if user ~= '' then
+    redis.call('ZADD', waiting, now + wait_ttl, user)
+    redis.call('PEXPIRE', waiting, wait_ttl * 4)
+    redis.call('HSET', served, user, vt)
+    redis.call('PEXPIRE', served, 3600000)
+  end
+end
 
 local best, best_headroom, best_weight, best_left = nil, -1, -1, 0
 local earliest = nil
@@ -75,7 +112,18 @@ for i = 1, n do
 end
 
 if best == nil then
+  note_waiting()
   return {0, earliest or -1}
+end
+if floor ~= nil and floor < vt then
+  -- Budget is there, but a user served less is waiting for it: their turn.
+  note_waiting()
+  return {0, 25}
+end
+if user ~= '' then
+  redis.call('HSET', served, user, vt + 1)
+  redis.call('PEXPIRE', served, 3600000)
+  redis.call('ZREM', waiting, user)
 end
 local a = 5 + (best - 1) * 6
 local k = (best - 1) * 4
