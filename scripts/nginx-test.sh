@@ -206,7 +206,11 @@ wait_until 5 grep -q '"GET /metrics HTTP/1.1" 404 .* upstream=- ' "$WORK/nginx.l
 r=$(curl --noproxy '*' -sS -o "$WORK/b" -w '%{http_code} %{content_type}' "http://127.0.0.1:$API1_PORT/metrics")
 expect "GET /metrics on the API's public port" "404 application/json" "$r"
 grep -q '"not_found"' "$WORK/b" || fail "GET /metrics on the API's public port: $(cat "$WORK/b")"
-curl --noproxy '*' -fsS "http://127.0.0.1:$METRICS1_PORT/metrics" | grep -q '^# TYPE sluice_http_requests_total counter' ||
+# Into a file first: `grep -q` stops reading at its match, and under pipefail a curl cut off
+# mid-page would fail the check.
+curl --noproxy '*' -fsS -o "$WORK/metrics" "http://127.0.0.1:$METRICS1_PORT/metrics" ||
+    fail "the API's metrics port does not answer"
+grep -q '^# TYPE sluice_http_requests_total counter' "$WORK/metrics" ||
     fail "the API's metrics port does not serve sluice_http_requests_total"
 ok "/metrics is a 404 from nginx and on the API's public port; the metrics port serves it"
 

@@ -15,6 +15,8 @@
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
 //!   scenario, with the CPU each process (and each `--cpu-trees` tree) used per message.
 //! - `median`: the medians of several runs' JSON lines.
+//! - `fidelity`, `faults` and `fairness` run a whole stack in process instead (see
+//!   `inprocess` and `fairness`).
 //!
 //! `setup` registers the users and chats before any timing, `api` is the typed HTTP client,
 //! `follow` reads one reply off an event stream, `wait` pages through chats until their replies
@@ -28,6 +30,7 @@
 mod api;
 mod chat;
 mod cpu;
+mod fairness;
 mod flood;
 mod follow;
 mod heavy;
@@ -62,6 +65,8 @@ enum Command {
     Fidelity(inprocess::FidelityArgs),
     /// Retries under injected 503s: an in-process stack; completed, failed, duplicate answers.
     Faults(inprocess::FaultsArgs),
+    /// A scarce budget shared fairly: one user's burst beside a few users' handfuls, in process.
+    Fairness(fairness::FairnessArgs),
     /// C clients each post, wait for the reply (polling), and post again.
     Chat(chat::ChatArgs),
     /// POST at a steady rate over many users and chats; write every accepted reply id to a file.
@@ -161,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Flood(args) => flood::run(args).await,
                     Command::Fidelity(args) => inprocess::fidelity(args).await,
                     Command::Faults(args) => inprocess::faults(args).await,
+                    Command::Fairness(args) => fairness::run(args).await,
                     Command::Chat(args) => chat::run(args).await,
                     Command::Paced(args) => paced::run(args).await,
                     Command::Live(args) => live::run(args).await,
