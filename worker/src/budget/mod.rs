@@ -693,26 +693,28 @@ mod tests {
     #[tokio::test]
     async fn a_scarce_slot_goes_to_the_waiting_user_served_least() -> TestResult {
         let fixture = Fixture::new(300)?;
+        let window = || tokio::time::sleep(Duration::from_millis(350));
         assert!(take(&fixture, "a").await?, "the first call of the window");
-        // Both wait now: b has had nothing, a one call.
+        // Both wait now, level: service counts only while someone waits.
         assert!(!take(&fixture, "b").await?);
         assert!(!take(&fixture, "a").await?);
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        assert!(
-            !take(&fixture, "a").await?,
-            "the slot is free, but it is b's turn"
-        );
-        assert!(take(&fixture, "b").await?);
-        // Level again: whoever asks first.
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        assert!(take(&fixture, "a").await?);
-        // A newcomer starts level with the least-served waiter, not at zero.
+        window().await;
+        assert!(take(&fixture, "a").await?, "level: whoever asks first");
         assert!(!take(&fixture, "b").await?);
+        window().await;
+        assert!(!take(&fixture, "a").await?, "the slot is free, but it is b's turn");
+        assert!(take(&fixture, "b").await?);
+        // A newcomer starts level with the least-served waiter, not at zero: a and c are
+        // level, b (served as much as a) too.
+        assert!(!take(&fixture, "a").await?);
         assert!(!take(&fixture, "c").await?);
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        assert!(take(&fixture, "c").await? || take(&fixture, "b").await?);
+        window().await;
+        assert!(take(&fixture, "c").await?, "c is level with a, not ahead of the queue");
+        assert!(!take(&fixture, "c").await?, "then a's turn");
+        window().await;
+        assert!(take(&fixture, "a").await?);
         // Without a user (a probe, a tool) nobody's share is asked for.
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        window().await;
         assert!(take(&fixture, "").await?);
         fixture.cleanup().await?;
         Ok(())

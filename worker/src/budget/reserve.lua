@@ -11,8 +11,8 @@
 -- when it is another waiting user's turn.
 --
 -- Fair shares (max-min, by calls): each user has a virtual time per model, the calls granted
--- to them; a user who starts waiting is raised to the least virtual time among the users
--- already waiting, so idle time banks no credit. A slot goes to a user only while no other
+-- to them while anyone waited; a user who starts waiting is raised to the least virtual time
+-- among the users already waiting, so idle time banks no credit. A slot goes to a user only while no other
 -- waiting user has a smaller virtual time. Users whose calls were turned away (for budget or
 -- for turn) are noted as waiting for a moment, renewed by each try.
 -- The caller leaves out keys it cannot use now (a cooling egress route), so they cost nothing.
@@ -31,10 +31,9 @@ local user = ARGV[5 + n * 6 + 1]
 local wait_ttl = tonumber(ARGV[5 + n * 6 + 2])
 
 -- Where the user stands: their virtual time, and the least among the others waiting.
-local vt, floor = 0, nil
+local vt, floor, was_waiting = 0, nil, false
 if user ~= '' then
   redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
-  local was_waiting = false
   for _, w in ipairs(redis.call('ZRANGE', waiting, 0, -1)) do
     if w == user then
       was_waiting = true
@@ -120,7 +119,9 @@ if floor ~= nil and floor < vt then
   note_waiting()
   return {0, 25}
 end
-if user ~= '' then
+-- Service is counted only while someone waits: without contention every try is served at
+-- once, and a user who starts waiting is raised to the floor anyway.
+if floor ~= nil or was_waiting then
   redis.call('HSET', served, user, vt + 1)
   redis.call('PEXPIRE', served, 3600000)
   redis.call('ZREM', waiting, user)
