@@ -2,8 +2,8 @@
 //! workers at the default prefetch, every per-user limit off). User A posts a burst at once;
 //! a second later a few other users post a handful each. Reports when each user's replies
 //! complete, whether the others' were all done before A's `--before`th (their fair share
-//! says they should be), and Jain's fairness index over the calls each user had served while
-//! the others were being served.
+//! says they should be), and Jain's fairness index over the calls the provider took for each
+//! user from the others' first call to their last.
 
 use clap::Args;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -43,9 +43,6 @@ pub struct FairnessArgs {
     #[arg(long)]
     json: bool,
 }
-
-/// `worker.prefetch` as `config/default.toml` ships it (the test harness lowers it).
-const DEFAULT_PREFETCH: u16 = 64;
 
 /// Jain's index of `xs`: 1 when all are equal, 1/n when one has everything.
 fn jain(xs: &[f64]) -> f64 {
@@ -108,6 +105,44 @@ async fn completions(app: &TestApp, t0: &str) -> anyhow::Result<HashMap<String, 
     Ok(by_chat)
 }
 
+/// Calls the provider took per user (A first), from the first call of any other user to the
+/// last: the order the budget was handed out in, read from the mock's log of arrivals (each
+/// prompt names its user).
+fn served_while_others_were(app: &TestApp, others: usize) -> Vec<f64> {
+    let calls: Vec<(u64, String)> = app
+        .mock
+        .requests()
+        .into_iter()
+        .filter_map(|r| {
+            let text = r.body["contents"].as_array()?.last()?["parts"][0]["text"].as_str()?;
+            Some((r.at_ms, text.split(' ').next()?.to_owned()))
+        })
+        .collect();
+    let of_others = |user: &str| user != "a";
+    let first = calls
+        .iter()
+        .filter(|(_, u)| of_others(u))
+        .map(|(at, _)| *at)
+        .min();
+    let last = calls
+        .iter()
+        .filter(|(_, u)| of_others(u))
+        .map(|(at, _)| *at)
+        .max();
+    let (Some(first), Some(last)) = (first, last) else {
+        return Vec::new();
+    };
+    std::iter::once("a".to_owned())
+        .chain((1..=others).map(|i| format!("u{i}")))
+        .map(|user| {
+            calls
+                .iter()
+                .filter(|(at, u)| *u == user && (first..=last).contains(at))
+                .count() as f64
+        })
+        .collect()
+}
+
 pub async fn run(args: FairnessArgs) -> anyhow::Result<()> {
     let options = TestOptions {
         workers: 0,
@@ -129,8 +164,8 @@ pub async fn run(args: FairnessArgs) -> anyhow::Result<()> {
         }
         for _ in 0..args.workers {
             let mut settings = app.settings.clone();
-            // The shipped default (`worker.prefetch`): the window one user's burst can fill.
-            settings.worker.prefetch = DEFAULT_PREFETCH;
+            // The shipped default (the harness lowers it): the window one user's burst can fill.
+            settings.worker.prefetch = sluice_shared::Settings::defaults()?.worker.prefetch;
             app.start_worker(settings).await?;
         }
         let started = Instant::now();
@@ -171,9 +206,7 @@ pub async fn run(args: FairnessArgs) -> anyhow::Result<()> {
         let first_other = others.iter().filter_map(|t| t.first()).copied().fold(f64::INFINITY, f64::min);
         let last_other = others.iter().filter_map(|t| t.last()).copied().fold(0.0, f64::max);
         let a_done_before_last_other = a.iter().filter(|&&t| t <= last_other).count();
-        // Calls served per user while the others were being served.
-        let in_span = |t: &Vec<f64>| t.iter().filter(|&&x| x >= first_other && x <= last_other).count() as f64;
-        let served: Vec<f64> = std::iter::once(in_span(&a)).chain(others.iter().map(in_span)).collect();
+        let served = served_while_others_were(&app, args.others);
         anyhow::Ok(json!({
             "budget_per_minute": args.keys as u64 * u64::from(args.per_window) * 60_000 / args.window_ms,
             "burst": args.burst,

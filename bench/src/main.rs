@@ -15,8 +15,8 @@
 //! - `rss`: peak RSS (`VmHWM`) of given processes; `--pids` does the same at the end of a
 //!   scenario, with the CPU each process (and each `--cpu-trees` tree) used per message.
 //! - `median`: the medians of several runs' JSON lines.
-//! - `fidelity`, `faults` and `fairness` run a whole stack in process instead (see
-//!   `inprocess` and `fairness`).
+//! - `fidelity`, `faults`, `fairness` and `fallback` run a whole stack in process instead
+//!   (see their modules).
 //!
 //! `setup` registers the users and chats before any timing, `api` is the typed HTTP client,
 //! `follow` reads one reply off an event stream, `wait` pages through chats until their replies
@@ -31,6 +31,7 @@ mod api;
 mod chat;
 mod cpu;
 mod fairness;
+mod fallback;
 mod flood;
 mod follow;
 mod heavy;
@@ -67,6 +68,8 @@ enum Command {
     Faults(inprocess::FaultsArgs),
     /// A scarce budget shared fairly: one user's burst beside a few users' handfuls, in process.
     Fairness(fairness::FairnessArgs),
+    /// How soon a request reaches the next model of its chain, in process.
+    Fallback(fallback::FallbackArgs),
     /// C clients each post, wait for the reply (polling), and post again.
     Chat(chat::ChatArgs),
     /// POST at a steady rate over many users and chats; write every accepted reply id to a file.
@@ -167,6 +170,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Fidelity(args) => inprocess::fidelity(args).await,
                     Command::Faults(args) => inprocess::faults(args).await,
                     Command::Fairness(args) => fairness::run(args).await,
+                    Command::Fallback(args) => fallback::run(args).await,
                     Command::Chat(args) => chat::run(args).await,
                     Command::Paced(args) => paced::run(args).await,
                     Command::Live(args) => live::run(args).await,

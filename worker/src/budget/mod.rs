@@ -702,14 +702,20 @@ mod tests {
         assert!(take(&fixture, "a").await?, "level: whoever asks first");
         assert!(!take(&fixture, "b").await?);
         window().await;
-        assert!(!take(&fixture, "a").await?, "the slot is free, but it is b's turn");
+        assert!(
+            !take(&fixture, "a").await?,
+            "the slot is free, but it is b's turn"
+        );
         assert!(take(&fixture, "b").await?);
         // A newcomer starts level with the least-served waiter, not at zero: a and c are
         // level, b (served as much as a) too.
         assert!(!take(&fixture, "a").await?);
         assert!(!take(&fixture, "c").await?);
         window().await;
-        assert!(take(&fixture, "c").await?, "c is level with a, not ahead of the queue");
+        assert!(
+            take(&fixture, "c").await?,
+            "c is level with a, not ahead of the queue"
+        );
         assert!(!take(&fixture, "c").await?, "then a's turn");
         window().await;
         assert!(take(&fixture, "a").await?);

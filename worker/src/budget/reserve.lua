@@ -124,7 +124,9 @@ end
 if floor ~= nil or was_waiting then
   redis.call('HSET', served, user, vt + 1)
   redis.call('PEXPIRE', served, 3600000)
-  redis.call('ZREM', waiting, user)
+  -- Still noted as waiting for a moment: the user's other deliveries (asleep between tries)
+  -- keep their place; a user with none left lapses within it.
+  redis.call('ZADD', waiting, now + math.min(wait_ttl, 300), user)
 end
 local a = 5 + (best - 1) * 6
 local k = (best - 1) * 4
