@@ -134,6 +134,20 @@ async fn every_key_of_the_model_disabled_moves_on_after_the_bound() {
         );
         assert_eq!(apis_for(&app, "locked out"), ["openai", "openai", "gemini"]);
         assert_eq!(fallbacks(&app, "no_key").await?, 1.0);
+        // More than a worker keeps waiting for one user: the others go back to the queue
+        // every second, and carry their wait with them, so they move on after the bound too.
+        let (token, chat) = app.user_with_chat().await?;
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            ids.push(
+                app.post_message(&token, &chat, json!({"content": format!("queued {i}")}))
+                    .await?,
+            );
+        }
+        for id in ids {
+            let reply = app.wait_reply(&token, &chat, &id, WAIT).await?;
+            assert_eq!(reply["model"], "backup", "{reply}");
+        }
         Ok(())
     })
     .await;

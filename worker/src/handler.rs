@@ -198,6 +198,15 @@ pub struct Position {
     pub waiting_since_ms: Option<u64>,
 }
 
+impl Position {
+    /// The wait the delivery carries, if it was for `on` (the model the chain is on now; the
+    /// header names the model only when it is not the `requested` one).
+    fn carried_wait(&self, requested: &str, on: &str) -> Option<u64> {
+        let was_on = self.model.as_deref().unwrap_or(requested);
+        self.waiting_since_ms.filter(|_| was_on == on)
+    }
+}
+
 /// A request's [`Outcome`] and where it ended in its chain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
@@ -245,13 +254,13 @@ pub async fn handle(
             call: None,
         };
     };
+    let waiting_since_ms = position
+        .carried_wait(&request.model, &chain.model().name)
+        .unwrap_or_else(now_ms);
     let mut journey = Journey {
         chain,
         call: None,
-        waiting_since_ms: position
-            .waiting_since_ms
-            .filter(|_| position.model.is_some())
-            .unwrap_or_else(now_ms),
+        waiting_since_ms,
     };
     if let Some(reason) = watch.begin().await {
         return journey.served(stopped(reason, false));
@@ -730,6 +739,31 @@ mod tests {
         assert!(budgets.reserve("m", 1, &[], "").await.is_ok());
         assert!(budgets.reserve("m", 1, &[], "").await.is_err());
         Ok(())
+    }
+
+    #[test]
+    fn a_wait_carries_over_only_for_the_model_it_was_for() {
+        let on_requested = Position {
+            model: None,
+            waiting_since_ms: Some(7),
+        };
+        assert_eq!(
+            on_requested.carried_wait("m", "m"),
+            Some(7),
+            "a requeue on the first model"
+        );
+        assert_eq!(on_requested.carried_wait("m", "n"), None);
+        let on_next = Position {
+            model: Some("n".into()),
+            waiting_since_ms: Some(9),
+        };
+        assert_eq!(on_next.carried_wait("m", "n"), Some(9));
+        assert_eq!(
+            on_next.carried_wait("m", "m"),
+            None,
+            "the chain started over"
+        );
+        assert_eq!(Position::default().carried_wait("m", "m"), None);
     }
 
     #[tokio::test]
