@@ -419,7 +419,13 @@ async fn serve(
         };
         let first_event_ago = first_event.ago();
         let spent = match &result {
-            Ok(generation) => Some(spend.usage(generation.usage, true, "ok")),
+            Ok(generation) => {
+                // A whole (not streamed) reply came at once: its text is what was received.
+                spend
+                    .received
+                    .fetch_max(generation.text.chars().count(), Ordering::Relaxed);
+                Some(spend.usage(generation.usage, true, "ok"))
+            }
             Err(ProviderError::Transient { kind, .. } | ProviderError::Permanent { kind, .. }) => {
                 Some(spend.usage(None, first_event_ago.is_some(), kind))
             }
