@@ -29,6 +29,44 @@ pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432
 pub const AMQP_ADDR: &str = "127.0.0.1:5672";
 pub const REDIS_ADDR: &str = "127.0.0.1:6379";
 
+/// A keys file of two OpenAI-compatible keys (`oa-1`, weighted to be taken first, and `oa-2`),
+/// beside the Gemini keys the options give.
+pub const OPENAI_KEYS: &str = r#"
+[[keys]]
+alias = "oa-1"
+secret = "sk-one"
+provider = "openai"
+weight = 2          # taken first while both have the same headroom
+
+[[keys]]
+alias = "oa-2"
+secret = "sk-two"
+provider = "openai"
+"#;
+
+/// A catalogue whose default, `primary` (OpenAI-compatible, `gpt-4o-mini`), falls back to
+/// `backup` (Gemini, `gemini-2.5-flash`).
+pub fn primary_and_backup(settings: &mut Settings) {
+    use sluice_shared::catalogue::{ModelEntry, ProviderKind};
+    settings.provider.model = "primary".into();
+    settings.models.insert(
+        "primary".into(),
+        ModelEntry {
+            provider: ProviderKind::OpenAi,
+            upstream: Some("gpt-4o-mini".into()),
+            fallback: vec!["backup".into()],
+            ..ModelEntry::default()
+        },
+    );
+    settings.models.insert(
+        "backup".into(),
+        ModelEntry {
+            upstream: Some("gemini-2.5-flash".into()),
+            ..ModelEntry::default()
+        },
+    );
+}
+
 /// One running worker: cancel it to stop just this one.
 #[derive(Debug, Clone)]
 pub struct Worker {

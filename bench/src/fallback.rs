@@ -1,14 +1,14 @@
 //! `fallback`: how long a request takes to reach the next model of its chain, on an in-process
-//! stack whose `primary` model (OpenAI-compatible keys) falls back to `backup` (Gemini keys):
-//! from the first refused call at the provider to the first call of the next model, per
-//! message, when the primary answers 503 once (fallback after one failure), and when every
-//! primary key is refused (fallback after `routing.fallback_after_ms` without a usable key).
+//! stack whose `primary` model (OpenAI-compatible keys) falls back to `backup` (Gemini keys),
+//! per message: when the primary answers 503 once (fallback after one failure), from the
+//! refused call to the next model's first call; when every primary key is refused (fallback
+//! after `routing.fallback_after_ms` without a usable key), from the post — only the first
+//! message meets a refusal, the keys are disabled for the rest — to the next model's call.
 
 use clap::Args;
 use serde_json::{Value, json};
 use sluice_shared::Settings;
-use sluice_shared::catalogue::{ModelEntry, ProviderKind};
-use sluice_tests::{TestApp, TestOptions};
+use sluice_tests::{OPENAI_KEYS, TestApp, TestOptions, primary_and_backup};
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -20,54 +20,35 @@ pub struct FallbackArgs {
     json: bool,
 }
 
-const OPENAI_KEYS: &str = r#"
-[[keys]]
-alias = "oa-1"
-secret = "sk-one"
-provider = "openai"
-"#;
-
 fn chain(settings: &mut Settings) {
-    settings.provider.model = "primary".into();
-    settings.models.insert(
-        "primary".into(),
-        ModelEntry {
-            provider: ProviderKind::OpenAi,
-            upstream: Some("gpt-4o-mini".into()),
-            fallback: vec!["backup".into()],
-            ..ModelEntry::default()
-        },
-    );
-    settings.models.insert(
-        "backup".into(),
-        ModelEntry {
-            upstream: Some("gemini-2.5-flash".into()),
-            ..ModelEntry::default()
-        },
-    );
+    primary_and_backup(settings);
     // The shipped bound, as an operator would have it.
     settings.routing.fallback_after = Duration::from_secs(20);
 }
 
-/// Per message: ms from its first call at the provider (the refused one) to its first call
-/// of the next model; from the mock's log of arrivals.
-fn delays(app: &TestApp, prompts: &[String]) -> Vec<f64> {
+/// Per message: ms from `since` (its post; `None`: its first call at the provider) to its
+/// first call of the next model, from the mock's log of arrivals.
+fn delays(app: &TestApp, posted: &[(String, Option<u64>)]) -> Vec<f64> {
     let requests = app.mock.requests();
-    prompts
+    posted
         .iter()
-        .filter_map(|prompt| {
+        .filter_map(|(prompt, since)| {
             let mine: Vec<_> = requests
                 .iter()
                 .filter(|r| r.body.to_string().contains(prompt.as_str()))
                 .collect();
-            let first = mine.first()?.at_ms;
+            let from = since.or_else(|| mine.first().map(|r| r.at_ms))?;
             let next = mine
                 .iter()
                 .find(|r| r.body.get("contents").is_some())?
                 .at_ms;
-            Some(next.saturating_sub(first) as f64)
+            Some(next.saturating_sub(from) as f64)
         })
         .collect()
+}
+
+fn wall_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default()
 }
 
 fn summary(mut xs: Vec<f64>) -> Value {
@@ -98,7 +79,7 @@ async fn case(refused: bool, messages: usize) -> anyhow::Result<Value> {
     let app = TestApp::spawn(options).await?;
     let result = async {
         let (token, chat) = app.user_with_chat().await?;
-        let mut prompts = Vec::new();
+        let mut posted = Vec::new();
         let mut ids = Vec::new();
         for i in 0..messages {
             let prompt = if refused {
@@ -106,11 +87,12 @@ async fn case(refused: bool, messages: usize) -> anyhow::Result<Value> {
             } else {
                 format!("[[mock:fail=503x1]] flaky {i}")
             };
+            let since = refused.then(wall_ms);
             ids.push(
                 app.post_message(&token, &chat, json!({"content": prompt}))
                     .await?,
             );
-            prompts.push(prompt);
+            posted.push((prompt, since));
         }
         for id in &ids {
             let reply = app
@@ -121,7 +103,7 @@ async fn case(refused: bool, messages: usize) -> anyhow::Result<Value> {
                 "not answered by backup: {reply}"
             );
         }
-        anyhow::Ok(summary(delays(&app, &prompts)))
+        anyhow::Ok(summary(delays(&app, &posted)))
     }
     .await;
     app.cleanup().await;
@@ -131,9 +113,9 @@ async fn case(refused: bool, messages: usize) -> anyhow::Result<Value> {
 pub async fn run(args: FallbackArgs) -> anyhow::Result<()> {
     let failed = case(false, args.messages).await?;
     let refused = case(true, args.messages).await?;
-    println!("fallback, first refused call to the next model's first call:");
-    println!("  after a 503 (routing.fallback_after_failures = 1): {failed}");
-    println!("  every key refused (routing.fallback_after_ms = 20 s): {refused}");
+    println!("fallback, to the next model's first call:");
+    println!("  from a 503 (routing.fallback_after_failures = 1): {failed}");
+    println!("  from the post, every key refused (routing.fallback_after_ms = 20 s): {refused}");
     if args.json {
         println!(
             "{}",

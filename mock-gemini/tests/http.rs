@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use mock_gemini::{MockConfig, MockState, RecordedRequest, Stats, serve};
 use serde_json::{Value, json};
+
+mod common;
+use common::{Streamed, read_events};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 const MODEL: &str = "gemini-2.0-flash";
@@ -582,17 +585,6 @@ async fn latency_is_applied_and_shutdown_cuts_hangs_short() {
     );
 }
 
-/// What a streamed call answered: status, content type, the events (each
-/// `data:` payload as JSON, or as a JSON string when it is not JSON), and
-/// whether the body ended cleanly.
-struct Streamed {
-    status: u16,
-    content_type: String,
-    events: Vec<Value>,
-    raw: String,
-    clean_end: bool,
-}
-
 impl Mock {
     fn stream_url(&self) -> String {
         format!(
@@ -602,7 +594,7 @@ impl Mock {
     }
 
     async fn stream(&self, key: &str, text: &str) -> Streamed {
-        let mut response = self
+        let response = self
             .client
             .post(self.stream_url())
             .header("x-goog-api-key", key)
@@ -610,33 +602,7 @@ impl Mock {
             .send()
             .await
             .unwrap();
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let mut bytes = Vec::new();
-        let clean_end = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        let raw = String::from_utf8(bytes).unwrap();
-        let events = raw
-            .split("\r\n\r\n")
-            .filter_map(|frame| frame.strip_prefix("data: "))
-            .map(|data| serde_json::from_str(data).unwrap_or(Value::String(data.to_owned())))
-            .collect();
-        Streamed {
-            status,
-            content_type,
-            events,
-            raw,
-            clean_end,
-        }
+        read_events(response, "\r\n\r\n").await
     }
 }
 

@@ -13,6 +13,9 @@ use std::time::Duration;
 use mock_gemini::{Api, MockConfig, MockState, serve};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
+
+mod common;
+use common::{Streamed, read_events};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 const MODEL: &str = "gpt-4o-mini";
@@ -31,15 +34,6 @@ struct Answer {
     status: u16,
     headers: HeaderMap,
     body: Value,
-}
-
-/// What a streamed call answered: each `data:` payload as JSON (or as a
-/// JSON string when it is not JSON), and whether the body ended cleanly.
-struct Streamed {
-    status: u16,
-    content_type: String,
-    events: Vec<Value>,
-    clean_end: bool,
 }
 
 async fn start(config: MockConfig) -> Mock {
@@ -105,7 +99,7 @@ impl Mock {
     }
 
     async fn stream(&self, key: &str, body: &Value) -> Streamed {
-        let mut response = self
+        let response = self
             .client
             .post(self.url())
             .bearer_auth(key)
@@ -113,32 +107,7 @@ impl Mock {
             .send()
             .await
             .unwrap();
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let mut bytes = Vec::new();
-        let clean_end = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        let raw = String::from_utf8(bytes).unwrap();
-        let events = raw
-            .split("\n\n")
-            .filter_map(|frame| frame.strip_prefix("data: "))
-            .map(|data| serde_json::from_str(data).unwrap_or(Value::String(data.to_owned())))
-            .collect();
-        Streamed {
-            status,
-            content_type,
-            events,
-            clean_end,
-        }
+        read_events(response, "\n\n").await
     }
 
     /// The Gemini side's answer to the same conversation.
@@ -591,6 +560,7 @@ async fn a_cut_stream_breaks_off_without_done() {
     let whole = mock.stream("k", &streamed_chat(prompt, true)).await;
     assert!(whole.clean_end);
     assert_eq!(whole.events.last(), Some(&json!("[DONE]")));
+    assert!(whole.raw.ends_with("data: [DONE]\n\n"), "{}", whole.raw);
 
     let response = mock
         .client

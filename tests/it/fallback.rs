@@ -5,43 +5,14 @@
 
 use serde_json::{Value, json};
 use sluice_shared::Settings;
-use sluice_shared::catalogue::{ModelEntry, ProviderKind};
-use sluice_tests::{TestApp, TestOptions, run};
+use sluice_tests::{OPENAI_KEYS, TestApp, TestOptions, primary_and_backup, run};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FALLBACK_AFTER: Duration = Duration::from_millis(1_500);
 
-const OPENAI_KEYS: &str = r#"
-[[keys]]
-alias = "oa-1"
-secret = "sk-one"
-provider = "openai"
-
-[[keys]]
-alias = "oa-2"
-secret = "sk-two"
-provider = "openai"
-"#;
-
 fn chain(settings: &mut Settings) {
-    settings.provider.model = "primary".into();
-    settings.models.insert(
-        "primary".into(),
-        ModelEntry {
-            provider: ProviderKind::OpenAi,
-            upstream: Some("gpt-4o-mini".into()),
-            fallback: vec!["backup".into()],
-            ..ModelEntry::default()
-        },
-    );
-    settings.models.insert(
-        "backup".into(),
-        ModelEntry {
-            upstream: Some("gemini-2.5-flash".into()),
-            ..ModelEntry::default()
-        },
-    );
+    primary_and_backup(settings);
     settings.routing.fallback_after = FALLBACK_AFTER;
 }
 

@@ -6,23 +6,10 @@
 use serde_json::{Value, json};
 use sluice_shared::Settings;
 use sluice_shared::catalogue::{ModelEntry, Price, ProviderKind};
-use sluice_tests::{TestApp, TestOptions, eventually, run};
+use sluice_tests::{OPENAI_KEYS, TestApp, TestOptions, eventually, run};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-const OPENAI_KEYS: &str = r#"
-[[keys]]
-alias = "oa-1"
-secret = "sk-one"
-provider = "openai"
-weight = 2          # taken first while both have the same headroom
-
-[[keys]]
-alias = "oa-2"
-secret = "sk-two"
-provider = "openai"
-"#;
 
 /// `flash` (Gemini, the default) and `mini` (OpenAI-compatible, priced).
 fn catalogue(settings: &mut Settings) {

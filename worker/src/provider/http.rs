@@ -188,6 +188,15 @@ pub(super) async fn read_body(
     Ok(Body::Whole(body))
 }
 
+/// An error answer's body, for its classification: empty when it is over the cap or cannot
+/// be read (the status then decides alone).
+pub(super) async fn error_body(response: reqwest::Response, max: u64) -> Vec<u8> {
+    match read_body(response, max).await {
+        Ok(Body::Whole(body)) => body,
+        Ok(Body::TooLarge) | Err(_) => Vec::new(),
+    }
+}
+
 /// A reply over `provider.max_reply_bytes` (`max_bytes`): counted, logged, failed for good.
 pub(super) fn too_large(max_bytes: u64) -> ProviderError {
     metrics::counter!("sluice_provider_replies_too_large_total").increment(1);

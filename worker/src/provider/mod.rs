@@ -80,6 +80,36 @@ fn storable(raw: String) -> (String, bool) {
     }
 }
 
+/// A 200 that is not a reply we can read: worth another try.
+pub(crate) fn garbage() -> ProviderError {
+    ProviderError::Transient {
+        kind: "bad_provider_response",
+        message: "the model provider answered with something that is not a valid reply".into(),
+    }
+}
+
+/// What the end of a streamed answer means. A stream that said its reply was `finished`
+/// stands, even cut after that (only a usage event or `[DONE]` can follow); one that ended
+/// before is cut, and retried; a failed read fails as its reader did.
+fn stream_end(
+    read: Result<(), sse::ReadError>,
+    finished: bool,
+    routes: &http::Routes,
+    key: &KeySpec,
+    max_reply_bytes: u64,
+) -> Result<(), ProviderError> {
+    match read {
+        Ok(()) | Err(sse::ReadError::Transport(_)) if finished => Ok(()),
+        Ok(()) => Err(ProviderError::Transient {
+            kind: "connection_lost",
+            message: "the model provider's stream ended before the reply was finished".into(),
+        }),
+        Err(sse::ReadError::Transport(e)) => Err(routes.transport_error(key, &e)),
+        Err(sse::ReadError::TooLarge) => Err(http::too_large(max_reply_bytes)),
+        Err(sse::ReadError::Garbage) => Err(garbage()),
+    }
+}
+
 /// A delay a provider asked for, in seconds, as a [`Duration`] bounded by
 /// [`MAX_PROVIDER_DELAY`] (an absurd one, such as `1e20`, is clamped and counted); `None` when
 /// it is not a delay at all (NaN, negative).

@@ -3,7 +3,7 @@
 //! deciding what the whole says: a reply, a blocked prompt, a safety stop, or nothing usable.
 
 use super::wire::{GenerateResponse, UsageMetadata};
-use crate::provider::{Generation, ProviderError, model_text, storable};
+use crate::provider::{Generation, ProviderError, garbage, model_text, storable};
 use sluice_shared::envelope::Usage;
 
 /// Finish reasons that mean the model refused to go on for content reasons.
@@ -15,14 +15,6 @@ const SAFETY_STOPS: &[&str] = &[
     "SPII",
     "IMAGE_SAFETY",
 ];
-
-/// A 200 that is not a reply we can read: worth another try.
-pub(super) fn garbage() -> ProviderError {
-    ProviderError::Transient {
-        kind: "bad_provider_response",
-        message: "the model provider answered with something that is not a valid reply".into(),
-    }
-}
 
 /// What a reply said so far: from one body, or gathered from the events of a stream (the text
 /// of each, the `finishReason` and `usageMetadata` of the last event that has them).

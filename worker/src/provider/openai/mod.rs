@@ -12,9 +12,9 @@ mod wire;
 pub use classify::{RateHeaders, classify_error, parse_reset};
 
 use super::http::{self, Body, Routes};
-use super::sse::{self, ReadError, Rejected};
-use super::{Call, Generation, ProviderError};
-use reply::{Reply, garbage, parse_success};
+use super::sse::{self, Rejected};
+use super::{Call, Generation, ProviderError, stream_end};
+use reply::{Reply, parse_success};
 use sluice_shared::envelope::RequestEnvelope;
 use sluice_shared::keypool::KeySpec;
 use sluice_shared::settings::ProviderSettings;
@@ -101,19 +101,8 @@ impl OpenAi {
             Ok(())
         };
         let read = sse::read(response, self.max_reply_bytes, &mut on_data).await;
-        match read {
-            Ok(()) if reply.finished() => Ok(reply),
-            Ok(()) => Err(ProviderError::Transient {
-                kind: "connection_lost",
-                message: "the model provider's stream ended before the reply was finished".into(),
-            }),
-            // Cut after the finish reason (while the usage chunk or [DONE] was coming): the
-            // text is whole, so the reply stands.
-            Err(ReadError::Transport(_)) if reply.finished() => Ok(reply),
-            Err(ReadError::Transport(e)) => Err(routes.transport_error(key, &e)),
-            Err(ReadError::TooLarge) => Err(http::too_large(self.max_reply_bytes)),
-            Err(ReadError::Garbage) => Err(garbage()),
-        }
+        stream_end(read, reply.finished(), routes, key, self.max_reply_bytes)?;
+        Ok(reply)
     }
 
     /// A cheap call that tells whether a key works: `GET {base}/v1/models`, the list every
@@ -132,10 +121,7 @@ impl OpenAi {
             return Ok(());
         }
         let rate = RateHeaders::read(response.headers());
-        let body = match http::read_body(response, self.max_reply_bytes).await {
-            Ok(Body::Whole(body)) => body,
-            Ok(Body::TooLarge) | Err(_) => Vec::new(),
-        };
+        let body = http::error_body(response, self.max_reply_bytes).await;
         Err(classify_error(status, &rate, &body))
     }
 }

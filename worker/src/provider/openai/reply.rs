@@ -4,16 +4,8 @@
 //! or nothing usable.
 
 use super::wire::{ChatResponse, TokenUsage};
-use crate::provider::{Generation, ProviderError, model_text, storable};
+use crate::provider::{Generation, ProviderError, garbage, model_text, storable};
 use sluice_shared::envelope::Usage;
-
-/// A 200 that is not a reply we can read: worth another try.
-pub(super) fn garbage() -> ProviderError {
-    ProviderError::Transient {
-        kind: "bad_provider_response",
-        message: "the model provider answered with something that is not a valid reply".into(),
-    }
-}
 
 /// What a reply said so far.
 #[derive(Default)]
