@@ -9,39 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use mock_gemini::{MockConfig, MockState, RecordedRequest, Stats, serve};
+use mock_gemini::{MockConfig, RecordedRequest, Stats};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Streamed, read_events};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use common::{Mock, Streamed, read_events, start};
 
 const MODEL: &str = "gemini-2.0-flash";
-
-struct Mock {
-    base: String,
-    state: MockState,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-async fn start(config: MockConfig) -> Mock {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = MockState::new(config);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), async {
-        let _ = stopped.await;
-    }));
-    Mock {
-        base,
-        state,
-        client: reqwest::Client::new(),
-        stop: Some(stop),
-        server,
-    }
-}
 
 fn user(text: &str) -> Value {
     json!({"contents": [{"role": "user", "parts": [{"text": text}]}]})
@@ -99,17 +73,6 @@ impl Mock {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         response.json().await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(5), self.server)
-            .await
-            .expect("graceful shutdown is prompt")
-            .unwrap()
-            .unwrap();
     }
 }
 

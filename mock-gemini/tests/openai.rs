@@ -10,23 +10,14 @@
 
 use std::time::Duration;
 
-use mock_gemini::{Api, MockConfig, MockState, serve};
+use mock_gemini::{Api, MockConfig};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Streamed, read_events};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use common::{Mock, Streamed, read_events, start};
 
 const MODEL: &str = "gpt-4o-mini";
-
-struct Mock {
-    base: String,
-    state: MockState,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
-}
 
 /// What a call answered: status, headers, and the body as JSON (or the raw
 /// text as a JSON string).
@@ -34,23 +25,6 @@ struct Answer {
     status: u16,
     headers: HeaderMap,
     body: Value,
-}
-
-async fn start(config: MockConfig) -> Mock {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = MockState::new(config);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), async {
-        let _ = stopped.await;
-    }));
-    Mock {
-        base,
-        state,
-        client: reqwest::Client::new(),
-        stop: Some(stop),
-        server,
-    }
 }
 
 fn chat(text: &str) -> Value {
@@ -144,17 +118,6 @@ impl Mock {
             headers: response.headers().clone(),
             body: response.json().await.unwrap(),
         }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(5), self.server)
-            .await
-            .expect("graceful shutdown is prompt")
-            .unwrap()
-            .unwrap();
     }
 }
 
