@@ -183,6 +183,9 @@ async fn a_model_that_mostly_fails_is_skipped_and_the_admin_view_says_why() {
             skipped,
             json!([{"model": "primary", "reason": "breaker_open", "workers": 1}])
         );
+        let worker = app.workers.lock().unwrap()[0].clone();
+        let health = app.worker_health(&worker).await?;
+        assert_eq!(health["models_skipped"], json!(["primary"]), "{health}");
         Ok(())
     })
     .await;

@@ -61,6 +61,8 @@ async fn report(
         },
         "budgets": budgets,
         "egress_cooling": context.provider.cooling_routes(),
+        // Models this worker skips for the next of their chains (their breaker is open).
+        "models_skipped": context.breakers.open(),
         "in_flight": health.in_flight.load(Ordering::Relaxed),
         "handled": health.handled.load(Ordering::Relaxed),
         "draining": health.draining.load(Ordering::Relaxed),
