@@ -74,6 +74,11 @@ async fn old_dead_letters_and_idle_chats_go_and_the_rest_stays() {
                     .await?,
             );
         }
+        // The dead letters first: a retention round may run as soon as the chats look old,
+        // and a letter recorded after its chat went would be left behind.
+        let of_idle_chat = dead_letter(&app, Some(&idle), "1 second").await?;
+        let old = dead_letter(&app, None, "1 hour").await?;
+        let fresh = dead_letter(&app, None, "1 second").await?;
         // No worker: every reply is pending, which keeps all three. The idle chat's is
         // answered; then all three look an hour old.
         execute(
@@ -86,9 +91,6 @@ async fn old_dead_letters_and_idle_chats_go_and_the_rest_stays() {
             ),
         )
         .await?;
-        let of_idle_chat = dead_letter(&app, Some(&idle), "1 second").await?;
-        let old = dead_letter(&app, None, "1 hour").await?;
-        let fresh = dead_letter(&app, None, "1 second").await?;
         // Cancelling goes through the same lock and bump as every change: the active chat is
         // active again, and no longer waiting for anything.
         let cancel = format!("/api/chats/{active}/messages/{}/cancel", replies[2]);
