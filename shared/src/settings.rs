@@ -641,6 +641,14 @@ impl Settings {
             "SLUICE__ROUTING__FALLBACK_AFTER_MS",
             self.routing.fallback_after,
         );
+        // Past the no-key bound a request is dead-lettered: its fallback would never come.
+        let falls_back = self.models.values().any(|m| !m.fallback.is_empty());
+        if falls_back && self.routing.fallback_after >= self.keys.no_key_max_wait {
+            problems.push(invalid(
+                "SLUICE__ROUTING__FALLBACK_AFTER_MS",
+                "must be less than SLUICE__KEYS__NO_KEY_MAX_WAIT_MS while a model has a fallback",
+            ));
+        }
     }
 
     fn check_relay(&self, problems: &mut Vec<SettingsError>) {
@@ -1128,6 +1136,39 @@ mod tests {
             with("[models.x]\ncolour = \"red\"\n").is_err(),
             "unknown fields are refused"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_fallback_must_come_before_the_no_key_bound() -> Result<(), SettingsError> {
+        let mut s = Settings::defaults()?;
+        s.routing.fallback_after = s.keys.no_key_max_wait;
+        s.validate()?;
+        // Only a model with somewhere to go makes the bound matter.
+        s.provider.model = "a".into();
+        for (name, fallback) in [("a", vec!["b".to_owned()]), ("b", Vec::new())] {
+            let entry = crate::catalogue::ModelEntry {
+                fallback,
+                ..Default::default()
+            };
+            s.models.insert(name.into(), entry);
+        }
+        let refused = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("SLUICE__ROUTING__FALLBACK_AFTER_MS"),
+            "{refused}"
+        );
+        s.routing.fallback_after_failures = 0;
+        let refused = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("FALLBACK_AFTER_FAILURES"), "{refused}");
         Ok(())
     }
 
