@@ -6,6 +6,7 @@ mod accounts;
 mod api_errors;
 mod broker_outage;
 mod caps;
+mod chat_titles;
 mod dead_letter_consumer;
 mod events;
 mod fairness;

@@ -82,6 +82,25 @@ impl Store {
         Ok(true)
     }
 
+    /// Gives the user's chat a new title; `None` when there is no such chat of the user's. Its
+    /// version moves, as with every change a client may be polling for.
+    pub async fn rename_chat(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        title: &str,
+    ) -> Result<Option<Chat>, StoreError> {
+        Ok(chats::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE chats SET title = $3, version = version + 1, updated_at = now() \
+                 WHERE id = $1 AND user_id = $2 RETURNING *",
+                [id.into(), user.into(), title.into()],
+            ))
+            .one(&self.db)
+            .await?)
+    }
+
     /// The user's chats, newest first.
     pub async fn chats_page(
         &self,

@@ -1,5 +1,6 @@
-//! `POST /api/chats`, `GET /api/chats` (newest first, paged), `GET /api/chats/{id}` and
-//! `DELETE /api/chats/{id}` (with its messages). A user's chats are capped (`users.max_chats`).
+//! `POST /api/chats`, `GET /api/chats` (newest first, paged), `GET /api/chats/{id}`,
+//! `PATCH /api/chats/{id}` (a new title) and `DELETE /api/chats/{id}` (with its messages). A
+//! user's chats are capped (`users.max_chats`).
 
 use super::paging::PageQuery;
 use crate::http::AppState;
@@ -23,7 +24,19 @@ pub const TITLE_MAX_CHARS: usize = 200;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(show, delete))
+        .routes(routes!(show, rename, delete))
+}
+
+/// A title as given, trimmed; at most [`TITLE_MAX_CHARS`] characters.
+fn title_of(raw: Option<String>) -> Result<String, ApiError> {
+    let title = raw.map(|t| t.trim().to_owned()).unwrap_or_default();
+    if title.chars().count() > TITLE_MAX_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_title",
+            format!("`title` must be at most {TITLE_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(title)
 }
 
 /// The chat if it exists and belongs to `user`; otherwise not found, never forbidden.
@@ -57,16 +70,7 @@ async fn create(
     AuthUser(user): AuthUser,
     body: Option<AppJson<NewChat>>,
 ) -> Result<(StatusCode, Json<ChatView>), ApiError> {
-    let title = body
-        .and_then(|AppJson(b)| b.title)
-        .map(|t| t.trim().to_owned())
-        .unwrap_or_default();
-    if title.chars().count() > TITLE_MAX_CHARS {
-        return Err(ApiError::unprocessable(
-            "invalid_title",
-            format!("`title` must be at most {TITLE_MAX_CHARS} characters"),
-        ));
-    }
+    let title = title_of(body.and_then(|AppJson(b)| b.title))?;
     let chat = Chat {
         id: Uuid::now_v7(),
         user_id: user,
@@ -120,6 +124,48 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<ChatView>, ApiError> {
     Ok(Json(owned_chat(&state.store, user, &id).await?.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+struct Rename {
+    /// 1 to 200 characters (after trimming).
+    title: String,
+}
+
+/// Renames one of the user's chats.
+#[utoipa::path(patch,
+    path = "/api/chats/{id}",
+    operation_id = "rename_chat", tag = "chats", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The chat")),
+    request_body = Rename,
+    responses(
+        (status = 200, description = "Renamed", body = ChatView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such chat of this user's (`chat_not_found`)", body = ErrorBody),
+        (status = 422, description = "A blank or too long title (`invalid_title`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn rename(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<Rename>,
+) -> Result<Json<ChatView>, ApiError> {
+    let id = parse_id(&id, "chat")?;
+    let title = title_of(Some(body.title))?;
+    if title.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_title",
+            "`title` must not be blank",
+        ));
+    }
+    state
+        .store
+        .rename_chat(user, id, &title)
+        .await?
+        .map(|chat| Json(chat.into()))
+        .ok_or_else(|| ApiError::not_found("chat"))
 }
 
 /// Deletes one of the user's chats and every message in it. Replies still on their way are
