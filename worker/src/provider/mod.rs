@@ -124,11 +124,75 @@ pub(crate) fn provider_delay(seconds: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
+/// What an error status means when the provider's body says nothing more particular: the
+/// rules every kind shares, applied after its own (429s, bad keys in 400s, content policy).
+pub(crate) fn by_status(status: u16) -> ProviderError {
+    match status {
+        401 => ProviderError::InvalidKey {
+            reason: "the provider answered 401".into(),
+            definitive: true,
+        },
+        // A 403 may be the key's region or a missing permission, not a bad key.
+        403 => ProviderError::InvalidKey {
+            reason: "the provider answered 403".into(),
+            definitive: false,
+        },
+        404 => ProviderError::Permanent {
+            kind: "model_not_found",
+            message: "the provider does not know this model".into(),
+        },
+        408 | 500..=599 => ProviderError::Transient {
+            kind: "upstream_unavailable",
+            message: format!("the model provider is unavailable ({status})"),
+        },
+        _ => ProviderError::Permanent {
+            kind: "bad_request",
+            message: format!("the provider could not process this request ({status})"),
+        },
+    }
+}
+
+/// The conversation is longer than the model takes: it will never fit.
+pub(crate) fn context_too_long() -> ProviderError {
+    ProviderError::Permanent {
+        kind: "context_too_long",
+        message: "the conversation is too long for the model".into(),
+    }
+}
+
 /// Whether an error message says the conversation is longer than the model takes (providers
 /// say so in words, with a plain 400).
 pub(crate) fn is_context_too_long(message: &str) -> bool {
     let m = message.to_lowercase();
     m.contains("token") && (m.contains("exceed") || m.contains("too long") || m.contains("maximum"))
+}
+
+/// Milliseconds since `started`, for `upstream_ms`.
+fn elapsed_ms(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A whole (not streamed) answer of `status`, read within the cap: the reply `parse` makes of
+/// a 200, or the failure `classify` makes of another status (of its body, or of nothing when
+/// the body is over the cap: the status decides then). `started` times the call.
+async fn whole_answer(
+    call: Call<'_>,
+    status: u16,
+    response: reqwest::Response,
+    max_reply_bytes: u64,
+    started: std::time::Instant,
+    parse: fn(&[u8], u64) -> Result<Generation, ProviderError>,
+    classify: impl FnOnce(&[u8]) -> ProviderError,
+) -> Result<Generation, ProviderError> {
+    let body = http::read_body(response, max_reply_bytes)
+        .await
+        .map_err(|e| call.routes.transport_error(call.key, &e))?;
+    match (status, body) {
+        (200, http::Body::Whole(body)) => parse(&body, elapsed_ms(started)),
+        (200, http::Body::TooLarge) => Err(http::too_large(max_reply_bytes)),
+        (_, http::Body::Whole(body)) => Err(classify(&body)),
+        (_, http::Body::TooLarge) => Err(classify(b"")),
+    }
 }
 
 /// The model providers the worker calls, one client per kind over the same egress routes: the

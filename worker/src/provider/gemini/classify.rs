@@ -2,7 +2,9 @@
 //! bounded by [`crate::bounds::MAX_PROVIDER_DELAY`]), a bad key, or a failure worth retrying or not.
 
 use super::wire::GoogleErrorBody;
-use crate::provider::{ProviderError, is_context_too_long, provider_delay};
+use crate::provider::{
+    ProviderError, by_status, context_too_long, is_context_too_long, provider_delay,
+};
 use std::time::Duration;
 
 /// Maps a non-200 answer to what happens next. Invalid keys are recognised before the generic
@@ -46,34 +48,12 @@ pub fn classify_error(status: u16, body: &[u8]) -> ProviderError {
                     })
             }),
         },
-        401 => ProviderError::InvalidKey {
-            reason: "the provider answered 401".into(),
-            definitive: true,
-        },
-        403 => ProviderError::InvalidKey {
-            reason: "the provider answered 403".into(),
-            definitive: false,
-        },
         400 if key_invalid => ProviderError::InvalidKey {
             reason: "API_KEY_INVALID".into(),
             definitive: true,
         },
-        400 if is_context_too_long(message) => ProviderError::Permanent {
-            kind: "context_too_long",
-            message: "the conversation is too long for the model".into(),
-        },
-        404 => ProviderError::Permanent {
-            kind: "model_not_found",
-            message: "the provider does not know this model".into(),
-        },
-        408 | 500..=599 => ProviderError::Transient {
-            kind: "upstream_unavailable",
-            message: format!("the model provider is unavailable ({status})"),
-        },
-        _ => ProviderError::Permanent {
-            kind: "bad_request",
-            message: format!("the provider could not process this request ({status})"),
-        },
+        400 if is_context_too_long(message) => context_too_long(),
+        _ => by_status(status),
     }
 }
 

@@ -4,7 +4,9 @@
 //! failure worth retrying or not.
 
 use super::wire::ErrorBody;
-use crate::provider::{ProviderError, is_context_too_long, provider_delay};
+use crate::provider::{
+    ProviderError, by_status, context_too_long, is_context_too_long, provider_delay,
+};
 use reqwest::header::HeaderMap;
 use std::time::Duration;
 
@@ -123,15 +125,6 @@ pub fn classify_error(status: u16, rate: &RateHeaders, body: &[u8]) -> ProviderE
             retry_after: rate.delay(),
             per_day: false,
         },
-        401 => ProviderError::InvalidKey {
-            reason: "the provider answered 401".into(),
-            definitive: true,
-        },
-        // A 403 may be the key's region or a missing permission, not a bad key.
-        403 => ProviderError::InvalidKey {
-            reason: "the provider answered 403".into(),
-            definitive: false,
-        },
         400 | 422 if is("content_policy_violation") || is("content_filter") => {
             ProviderError::Permanent {
                 kind: "prompt_blocked",
@@ -139,23 +132,9 @@ pub fn classify_error(status: u16, rate: &RateHeaders, body: &[u8]) -> ProviderE
             }
         }
         400 | 422 if is("context_length_exceeded") || is_context_too_long(message) => {
-            ProviderError::Permanent {
-                kind: "context_too_long",
-                message: "the conversation is too long for the model".into(),
-            }
+            context_too_long()
         }
-        404 => ProviderError::Permanent {
-            kind: "model_not_found",
-            message: "the provider does not know this model".into(),
-        },
-        408 | 500..=599 => ProviderError::Transient {
-            kind: "upstream_unavailable",
-            message: format!("the model provider is unavailable ({status})"),
-        },
-        _ => ProviderError::Permanent {
-            kind: "bad_request",
-            message: format!("the provider could not process this request ({status})"),
-        },
+        _ => by_status(status),
     }
 }
 

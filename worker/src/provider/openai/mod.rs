@@ -11,9 +11,9 @@ mod wire;
 
 pub use classify::{RateHeaders, classify_error, parse_reset};
 
-use super::http::{self, Body, Routes};
+use super::http::{self, Routes};
 use super::sse::{self, Rejected};
-use super::{Call, Generation, ProviderError, stream_end};
+use super::{Call, Generation, ProviderError, elapsed_ms, stream_end, whole_answer};
 use reply::{Reply, parse_success};
 use sluice_shared::envelope::RequestEnvelope;
 use sluice_shared::keypool::KeySpec;
@@ -61,22 +61,21 @@ impl OpenAi {
             .await
             .map_err(|e| routes.transport_error(key, &e))?;
         let status = response.status().as_u16();
-        let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if status == 200 && self.stream {
             let reply = self.read_stream(routes, key, response, on_text).await?;
-            return reply.conclude(elapsed_ms());
+            return reply.conclude(elapsed_ms(started));
         }
         let rate = RateHeaders::read(response.headers());
-        let body = http::read_body(response, self.max_reply_bytes)
-            .await
-            .map_err(|e| routes.transport_error(key, &e))?;
-        let upstream_ms = elapsed_ms();
-        match (status, body) {
-            (200, Body::Whole(body)) => parse_success(&body, upstream_ms),
-            (200, Body::TooLarge) => Err(http::too_large(self.max_reply_bytes)),
-            (_, Body::Whole(body)) => Err(classify_error(status, &rate, &body)),
-            (_, Body::TooLarge) => Err(classify_error(status, &rate, b"")),
-        }
+        whole_answer(
+            call,
+            status,
+            response,
+            self.max_reply_bytes,
+            started,
+            parse_success,
+            |body| classify_error(status, &rate, body),
+        )
+        .await
     }
 
     /// Gathers the chunks of a streamed 200 into a [`Reply`], handing each new piece of text
