@@ -1,6 +1,7 @@
 //! The JSON shapes clients read of stored rows — in HTTP answers and in the event streams'
 //! payloads alike — and a page of them with its opaque cursor.
 
+use crate::store::messages::Placed;
 use crate::store::paging;
 use crate::store::{Chat, Message, Role, Status, Template};
 use chrono::{DateTime, Utc};
@@ -53,6 +54,24 @@ pub struct MessageView {
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Only when other messages hang from the same parent (an edit, a new answer): all of
+    /// them, oldest first, this one included; `sibling_index` is this one's place among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub siblings: Option<Vec<Uuid>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sibling_index: Option<usize>,
+}
+
+impl From<Placed> for MessageView {
+    fn from(p: Placed) -> Self {
+        let index = p.siblings.iter().position(|id| *id == p.message.id);
+        let mut view = Self::from(p.message);
+        if let Some(index) = index {
+            view.siblings = Some(p.siblings);
+            view.sibling_index = Some(index);
+        }
+        view
+    }
 }
 
 impl From<Message> for MessageView {
@@ -81,6 +100,8 @@ impl From<Message> for MessageView {
             attempts: m.attempts,
             created_at: m.created_at,
             completed_at: m.completed_at,
+            siblings: None,
+            sibling_index: None,
         }
     }
 }

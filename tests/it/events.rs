@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
-struct Ev {
-    event: String,
-    id: String,
-    data: Value,
+pub(crate) struct Ev {
+    pub(crate) event: String,
+    pub(crate) id: String,
+    pub(crate) data: Value,
 }
 
 /// A tiny reader of an open event stream.
@@ -61,7 +61,7 @@ impl Events {
     }
 
     /// The next event named one of `names`, skipping the others.
-    async fn next_of(&mut self, names: &[&str]) -> anyhow::Result<Ev> {
+    pub(crate) async fn next_of(&mut self, names: &[&str]) -> anyhow::Result<Ev> {
         loop {
             let ev = self.next().await?.ok_or_else(|| {
                 anyhow::anyhow!("the stream ended while waiting for one of {names:?}")
@@ -353,7 +353,10 @@ async fn a_post_streams_created_messages_its_pieces_and_the_completed_reply() {
 
 /// The text a client builds from progress events of `reply` until its `message.completed`,
 /// and that event.
-async fn follow(stream: &mut Events, reply: &str) -> anyhow::Result<(String, Vec<String>, Ev)> {
+pub(crate) async fn follow(
+    stream: &mut Events,
+    reply: &str,
+) -> anyhow::Result<(String, Vec<String>, Ev)> {
     let (mut text, mut seen) = (String::new(), Vec::new());
     loop {
         let ev = stream

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod api_errors;
+mod branches;
 mod broker_outage;
 mod caps;
 mod chat_titles;

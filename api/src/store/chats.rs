@@ -12,6 +12,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+/// The title of a chat created without one, until its first message names it.
+pub const DEFAULT_TITLE: &str = "New chat";
+
 /// Locks the chats in id order and bumps their versions and activity times. Every transaction
 /// that changes messages calls this before touching them (see the module docs of `store`): a
 /// fixed order means two writers never wait for each other in a cycle.
@@ -40,6 +43,7 @@ impl Store {
             title: Set(chat.title.clone()),
             created_at: Set(chat.created_at),
             version: Set(chat.version),
+            current_leaf: Set(chat.current_leaf),
         };
         capped_insert(self, chat.user_id, Owned::Chats, max, async move |txn| {
             chats::Entity::insert(model)

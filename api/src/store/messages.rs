@@ -4,7 +4,6 @@
 use super::entities::messages;
 use super::paging::{Cursor, Page, PageRequest};
 use super::{Message, Role, Store, StoreError};
-use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
 };
@@ -15,16 +14,22 @@ use uuid::Uuid;
 /// `http.max_page_bytes`.
 const MESSAGE_OVERHEAD_BYTES: usize = 512;
 
-/// Where the history of a request ends.
+/// Where the history of a request ends: it runs up the branch from there to its first message.
 #[derive(Debug, Clone, Copy)]
 pub enum HistoryEnd {
-    /// Everything completed so far (a message being posted now).
+    /// At the chat's current leaf (a message being posted now).
     Now,
-    /// Everything before the reply `(created_at, id)`, the question included (a restart).
-    Before {
-        reply_created_at: DateTime<Utc>,
-        reply_id: Uuid,
-    },
+    /// Just above this message: its parent and the branch above it (a restart or a new
+    /// answer of a reply, whose question is then the newest turn; an edit of a question).
+    Above(Uuid),
+}
+
+/// A message of a chat's current branch, and when others hang from the same parent (an edit
+/// or a new answer beside it) the ids of all of them, oldest first, itself included.
+#[derive(Debug)]
+pub struct Placed {
+    pub message: Message,
+    pub siblings: Vec<Uuid>,
 }
 
 /// A chat's recent completed messages, newest first, and its owner.
@@ -35,22 +40,25 @@ pub struct History {
 }
 
 impl Store {
-    /// The chat's messages, oldest first (a user message always before its reply): at most
-    /// `page.limit`, and no more than `max_bytes` of text (but always one). One statement: a
-    /// running sum of the sizes over the page's rows (`octet_length` of a stored text does not
-    /// fetch it) keeps those that fit, so the text of a row that does not is never read.
+    /// The chat's current branch, oldest first (a user message always before its reply): at
+    /// most `page.limit` messages, and no more than `max_bytes` of text (but always one). One
+    /// statement: the branch is walked up from the chat's leaf (read here, so the page is never
+    /// older than a version read before it), and a running sum of the sizes over the page's
+    /// rows (`octet_length` of a stored text does not fetch it) keeps those that fit, so the
+    /// text of a row that does not is never read. Each kept message's siblings come from the
+    /// parent index, the first messages of branches (no parent) among themselves.
     pub async fn messages_page(
         &self,
         chat: Uuid,
         page: PageRequest,
         max_bytes: usize,
-    ) -> Result<Page<Message>, StoreError> {
+    ) -> Result<Page<Placed>, StoreError> {
         let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
         let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let overhead = i64::try_from(MESSAGE_OVERHEAD_BYTES).unwrap_or(0);
         let (after, mut values) = match page.after {
             Some(cursor) => (
-                "AND (created_at, id) > ($5, $6)",
+                "AND (m.created_at, m.id) > ($5, $6)",
                 vec![cursor.created_at.into(), cursor.id.into()],
             ),
             None => ("", Vec::new()),
@@ -65,15 +73,26 @@ impl Store {
             ],
         );
         let sql = format!(
-            "WITH page AS ( \
-                 SELECT * FROM messages WHERE chat_id = $1 {after} \
-                 ORDER BY created_at, id LIMIT $2), \
+            "WITH RECURSIVE branch AS ( \
+                 SELECT id, parent_id FROM messages \
+                 WHERE chat_id = $1 AND id = (SELECT current_leaf FROM chats WHERE id = $1) \
+                 UNION ALL \
+                 SELECT m.id, m.parent_id FROM messages m JOIN branch b ON m.id = b.parent_id \
+                 WHERE m.chat_id = $1), \
+             page AS ( \
+                 SELECT m.* FROM messages m JOIN branch USING (id) WHERE true {after} \
+                 ORDER BY m.created_at, m.id LIMIT $2), \
              sized AS ( \
                  SELECT page.*, count(*) OVER () AS page_rows, row_number() OVER w AS n, \
                      sum(octet_length(content) + coalesce(octet_length(error_message), 0) + $4) \
                          OVER w AS upto \
                  FROM page WINDOW w AS (ORDER BY created_at, id)) \
-             SELECT * FROM sized WHERE n < $2 AND (n = 1 OR upto <= $3) ORDER BY created_at, id"
+             SELECT sized.*, CASE WHEN sized.parent_id IS NULL THEN \
+                     (SELECT array_agg(s.id ORDER BY s.created_at, s.id) FROM messages s \
+                      WHERE s.chat_id = $1 AND s.parent_id IS NULL) \
+                 ELSE (SELECT array_agg(s.id ORDER BY s.created_at, s.id) FROM messages s \
+                      WHERE s.chat_id = $1 AND s.parent_id = sized.parent_id) END AS siblings \
+             FROM sized WHERE n < $2 AND (n = 1 OR upto <= $3) ORDER BY created_at, id"
         );
         let rows = self
             .db
@@ -87,17 +106,19 @@ impl Store {
         let mut page_rows = 0i64;
         for row in &rows {
             page_rows = row.try_get("", "page_rows")?;
-            items.push(<Message as sea_orm::FromQueryResult>::from_query_result(
-                row, "",
-            )?);
+            let siblings: Option<Vec<Uuid>> = row.try_get("", "siblings")?;
+            items.push(Placed {
+                message: <Message as sea_orm::FromQueryResult>::from_query_result(row, "")?,
+                siblings: siblings.filter(|s| s.len() > 1).unwrap_or_default(),
+            });
         }
         // More follow when the page read more rows than it keeps.
         let next = (usize::try_from(page_rows).unwrap_or(0) > items.len())
             .then(|| items.last())
             .flatten()
-            .map(|m| Cursor {
-                created_at: m.created_at,
-                id: m.id,
+            .map(|p| Cursor {
+                created_at: p.message.created_at,
+                id: p.message.id,
             });
         Ok(Page { items, next })
     }
@@ -173,7 +194,8 @@ impl Store {
 }
 
 /// One query proves ownership and reads the history, so a post needs one round trip before
-/// its write. Shared with the restart, which runs it inside its transaction.
+/// its write. Shared with the restart, which runs it inside its transaction. The branch is
+/// walked up by ids alone; only the newest `limit` completed messages are read whole.
 pub(crate) async fn history(
     db: &impl ConnectionTrait,
     chat: Uuid,
@@ -181,30 +203,29 @@ pub(crate) async fn history(
     end: HistoryEnd,
     limit: i64,
 ) -> Result<Option<History>, DbErr> {
-    let (before_at, before_id) = match end {
-        HistoryEnd::Now => (None, None),
-        HistoryEnd::Before {
-            reply_created_at,
-            reply_id,
-        } => (Some(reply_created_at), Some(reply_id)),
+    let above = match end {
+        HistoryEnd::Now => None,
+        HistoryEnd::Above(message) => Some(message),
     };
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT c.user_id, m.role, m.content FROM chats c LEFT JOIN LATERAL ( \
-                 SELECT role, content, created_at, id FROM messages \
-                 WHERE chat_id = c.id AND status = 'completed' \
-                 AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid)) \
-                 ORDER BY created_at DESC, id DESC LIMIT $5) m ON true \
+            "WITH RECURSIVE branch AS ( \
+                 SELECT id, parent_id, status, 0 AS depth FROM messages \
+                 WHERE chat_id = $1 AND id = CASE WHEN $3::uuid IS NULL \
+                     THEN (SELECT current_leaf FROM chats WHERE id = $1) \
+                     ELSE (SELECT parent_id FROM messages WHERE id = $3 AND chat_id = $1) END \
+                 UNION ALL \
+                 SELECT m.id, m.parent_id, m.status, b.depth + 1 \
+                 FROM messages m JOIN branch b ON m.id = b.parent_id WHERE m.chat_id = $1), \
+             recent AS ( \
+                 SELECT id, depth FROM branch WHERE status = 'completed' \
+                 ORDER BY depth LIMIT $4) \
+             SELECT c.user_id, m.role, m.content FROM chats c \
+             LEFT JOIN (recent JOIN messages m ON m.id = recent.id) ON true \
              WHERE c.id = $1 AND ($2::uuid IS NULL OR c.user_id = $2) \
-             ORDER BY m.created_at DESC, m.id DESC",
-            [
-                chat.into(),
-                owner.into(),
-                before_at.into(),
-                before_id.into(),
-                limit.into(),
-            ],
+             ORDER BY recent.depth",
+            [chat.into(), owner.into(), above.into(), limit.into()],
         ))
         .await?;
     let Some(first) = rows.first() else {

@@ -7,6 +7,7 @@
 //! transactions that share a message share its chat, so they queue on the chat lock before
 //! either touches a message row.
 
+pub mod branches;
 pub mod chats;
 pub mod dead_letters;
 mod entities;

@@ -7,11 +7,13 @@
 //! A batch the database refuses is written again one post at a time, so a refused post fails
 //! alone. After the commit the outbox rows go to the publisher ([`Handoff`]).
 
+use super::chats::DEFAULT_TITLE;
 use super::idempotency::IdempotencyRecord;
 use super::outbox::{Handoff, OutboxRow, ints, texts};
 use super::paging::now_micros;
 use super::{Message, Role, Status, Store, StoreError};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use std::collections::BTreeMap;
 #[cfg(test)]
 use std::future::Future;
 use std::sync::Arc;
@@ -75,9 +77,33 @@ pub fn exchange(
         completed_at: Some(now),
         template_id: None,
         pending_since: now,
+        parent_id: None,
     };
     let reply = Message {
         id: Uuid::now_v7(),
+        parent_id: Some(question.id),
+        ..pending_reply(&question, model, template_id)
+    };
+    (question, reply)
+}
+
+/// A pending reply of `model` hung on `question` (already stored), stamped now: another
+/// answer to it, beside the ones it has.
+pub fn another_answer(question: &Message, model: String, template_id: Option<Uuid>) -> Message {
+    let now = now_micros();
+    Message {
+        id: Uuid::now_v7(),
+        parent_id: Some(question.id),
+        created_at: now,
+        completed_at: None,
+        pending_since: now,
+        ..pending_reply(question, model, template_id)
+    }
+}
+
+/// The fields of a pending reply to `question`, its id and times still the question's.
+fn pending_reply(question: &Message, model: String, template_id: Option<Uuid>) -> Message {
+    Message {
         role: Role::Assistant,
         content: String::new(),
         status: Status::Pending,
@@ -86,8 +112,7 @@ pub fn exchange(
         completed_at: None,
         template_id,
         ..question.clone()
-    };
-    (question, reply)
+    }
 }
 
 impl NewPost {
@@ -241,28 +266,103 @@ fn changes(post: &NewPost) -> [(Uuid, Uuid); 2] {
 /// their versions bumped (see `store`), and every message, outbox row and idempotency key is
 /// inserted (a key already taken refuses the batch, and then that post alone).
 pub(crate) async fn write_posts(store: &Store, posts: &[&NewPost]) -> Result<(), StoreError> {
-    Ok(insert(&store.db, posts).await?)
+    Ok(insert(&store.db, &Rows::of_posts(posts)).await?)
 }
 
-/// The absent template id travels as the nil UUID (NULL cannot be an array element here).
-const NO_TEMPLATE: Uuid = Uuid::nil();
+/// Where a new message hangs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hang {
+    /// After the chat's current leaf, as the statement finds it once the chat is locked.
+    Leaf,
+    /// On this message (`None`: it starts a branch of its own).
+    On(Option<Uuid>),
+}
 
-async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbErr> {
-    let messages: Vec<&Message> = posts.iter().flat_map(|p| [&p.question, &p.reply]).collect();
-    let keys: Vec<&IdempotencyRecord> = posts
-        .iter()
-        .filter_map(|p| p.idempotency.as_ref())
-        .collect();
-    let mut chats: Vec<Uuid> = posts.iter().map(|p| p.reply.chat_id).collect();
-    chats.sort_unstable();
-    chats.dedup();
+/// What one insert writes: messages and where they hang, each chat's new leaf (and the title
+/// a chat still called [`DEFAULT_TITLE`] takes from its first message; empty: none), the
+/// requests for the outbox and the idempotency keys.
+#[derive(Debug, Default)]
+pub(crate) struct Rows<'a> {
+    pub messages: Vec<(&'a Message, Hang)>,
+    /// By chat id, so the chats are locked in id order.
+    pub leaves: BTreeMap<Uuid, (Uuid, String)>,
+    pub requests: Vec<&'a OutboxRow>,
+    pub keys: Vec<&'a IdempotencyRecord>,
+}
+
+impl<'a> Rows<'a> {
+    /// The posts of a batch in the order they came: each question follows the chat's leaf,
+    /// or the reply of the batch's previous post to the same chat, so concurrent posts to one
+    /// chat line up on its branch as they do in time.
+    fn of_posts(posts: &[&'a NewPost]) -> Self {
+        let mut rows = Self::default();
+        for post in posts {
+            let chat = post.question.chat_id;
+            let hang = match rows.leaves.get(&chat) {
+                Some((previous, _)) => Hang::On(Some(*previous)),
+                None => Hang::Leaf,
+            };
+            rows.messages.push((&post.question, hang));
+            rows.messages
+                .push((&post.reply, Hang::On(Some(post.question.id))));
+            let title = match rows.leaves.remove(&chat) {
+                Some((_, title)) => title,
+                None => auto_title(&post.question.content),
+            };
+            rows.leaves.insert(chat, (post.reply.id, title));
+            rows.requests.push(&post.request);
+            rows.keys.extend(post.idempotency.as_ref());
+        }
+        rows
+    }
+}
+
+/// The title a chat created without one takes from its first message: the first line that is
+/// not blank, trimmed, cut to [`AUTO_TITLE_CHARS`] characters (an ellipsis marks a cut).
+pub fn auto_title(content: &str) -> String {
+    let line = content
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    if line.chars().count() <= AUTO_TITLE_CHARS {
+        return line.to_owned();
+    }
+    let mut cut: String = line.chars().take(AUTO_TITLE_CHARS - 1).collect();
+    cut.truncate(cut.trim_end().len());
+    cut.push('…');
+    cut
+}
+
+/// The longest title taken from a first message.
+pub const AUTO_TITLE_CHARS: usize = 60;
+
+/// The absent template id travels as the nil UUID (NULL cannot be an array element here); so
+/// does an absent parent.
+const NO_ID: Uuid = Uuid::nil();
+
+/// The messages (with their parents: the leaf found under the chat's lock, or the one given),
+/// the outbox rows and the idempotency keys; each chat's version bumped and its leaf moved,
+/// and a chat never titled named after its first message. The leaf comes from `locked`, which
+/// reads the chat's row as it is once locked (a plain read would see the statement's older
+/// snapshot); the new leaf and title are set by `touched`, whose update the insert does not
+/// see (one statement, one snapshot).
+pub(crate) async fn insert(db: &impl ConnectionTrait, rows: &Rows<'_>) -> Result<(), DbErr> {
+    let messages = &rows.messages;
+    let chats: Vec<Uuid> = rows.leaves.keys().copied().collect();
+    let leaves: Vec<Uuid> = rows.leaves.values().map(|(leaf, _)| *leaf).collect();
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "WITH locked AS ( \
-             SELECT id FROM chats WHERE id = ANY($11::uuid[]) ORDER BY id FOR NO KEY UPDATE), \
+             SELECT id, current_leaf FROM chats WHERE id = ANY($11::uuid[]) ORDER BY id \
+             FOR NO KEY UPDATE), \
          touched AS ( \
-             UPDATE chats AS c SET version = c.version + 1, updated_at = now() \
-             FROM locked WHERE c.id = locked.id), \
+             UPDATE chats AS c SET version = c.version + 1, updated_at = now(), \
+                 current_leaf = n.leaf, \
+                 title = CASE WHEN n.title <> '' AND c.version = 0 AND c.current_leaf IS NULL \
+                     AND c.title = $20 THEN n.title ELSE c.title END \
+             FROM locked, UNNEST($11::uuid[], $18::uuid[], $19::text[]) AS n(id, leaf, title) \
+             WHERE c.id = locked.id AND n.id = locked.id), \
          requests AS ( \
              INSERT INTO outbox (id, payload, created_at) \
              SELECT id, payload::jsonb, now() \
@@ -271,48 +371,81 @@ async fn insert(db: &impl ConnectionTrait, posts: &[&NewPost]) -> Result<(), DbE
              INSERT INTO idempotency_keys (user_id, key, request_hash, response) \
              SELECT * FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::text[])) \
          INSERT INTO messages (id, chat_id, role, content, status, generation, model, \
-             requested_model, attempts, created_at, completed_at, template_id, pending_since) \
-         SELECT id, chat_id, role, content, status, generation, NULLIF(model, ''), \
-             NULLIF(model, ''), 0, \
-             created_at, CASE WHEN status = $10 THEN created_at END, \
-             NULLIF(template_id, '00000000-0000-0000-0000-000000000000'::uuid), created_at \
+             requested_model, attempts, created_at, completed_at, template_id, pending_since, \
+             parent_id) \
+         SELECT m.id, m.chat_id, m.role, m.content, m.status, m.generation, \
+             NULLIF(m.model, ''), NULLIF(m.model, ''), 0, \
+             m.created_at, CASE WHEN m.status = $10 THEN m.created_at END, \
+             NULLIF(m.template_id, '00000000-0000-0000-0000-000000000000'::uuid), m.created_at, \
+             CASE WHEN m.after_leaf THEN locked.current_leaf \
+                 ELSE NULLIF(m.parent, '00000000-0000-0000-0000-000000000000'::uuid) END \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-             $7::text[], $8::timestamptz[], $9::uuid[]) \
-             AS m(id, chat_id, role, content, status, generation, model, created_at, template_id)",
+             $7::text[], $8::timestamptz[], $9::uuid[], $21::uuid[], $22::bool[]) \
+             AS m(id, chat_id, role, content, status, generation, model, created_at, \
+                 template_id, parent, after_leaf) \
+         LEFT JOIN locked ON locked.id = m.chat_id",
         [
-            messages.iter().map(|m| m.id).collect::<Vec<_>>().into(),
             messages
                 .iter()
-                .map(|m| m.chat_id)
-                .collect::<Vec<_>>()
-                .into(),
-            texts(messages.iter().map(|m| m.role.as_str().to_owned())),
-            texts(messages.iter().map(|m| m.content.clone())),
-            texts(messages.iter().map(|m| m.status.as_str().to_owned())),
-            ints(messages.iter().map(|m| m.generation)),
-            texts(messages.iter().map(|m| m.model.clone().unwrap_or_default())),
-            messages
-                .iter()
-                .map(|m| m.created_at)
+                .map(|(m, _)| m.id)
                 .collect::<Vec<_>>()
                 .into(),
             messages
                 .iter()
-                .map(|m| m.template_id.unwrap_or(NO_TEMPLATE))
+                .map(|(m, _)| m.chat_id)
+                .collect::<Vec<_>>()
+                .into(),
+            texts(messages.iter().map(|(m, _)| m.role.as_str().to_owned())),
+            texts(messages.iter().map(|(m, _)| m.content.clone())),
+            texts(messages.iter().map(|(m, _)| m.status.as_str().to_owned())),
+            ints(messages.iter().map(|(m, _)| m.generation)),
+            texts(
+                messages
+                    .iter()
+                    .map(|(m, _)| m.model.clone().unwrap_or_default()),
+            ),
+            messages
+                .iter()
+                .map(|(m, _)| m.created_at)
+                .collect::<Vec<_>>()
+                .into(),
+            messages
+                .iter()
+                .map(|(m, _)| m.template_id.unwrap_or(NO_ID))
                 .collect::<Vec<_>>()
                 .into(),
             Status::Completed.as_str().into(),
             chats.into(),
-            posts
+            rows.requests
                 .iter()
-                .map(|p| p.request.id)
+                .map(|r| r.id)
                 .collect::<Vec<_>>()
                 .into(),
-            texts(posts.iter().map(|p| p.request.payload.clone())),
-            keys.iter().map(|k| k.user_id).collect::<Vec<_>>().into(),
-            texts(keys.iter().map(|k| k.key.clone())),
-            texts(keys.iter().map(|k| k.request_hash.clone())),
-            texts(keys.iter().map(|k| k.response.clone())),
+            texts(rows.requests.iter().map(|r| r.payload.clone())),
+            rows.keys
+                .iter()
+                .map(|k| k.user_id)
+                .collect::<Vec<_>>()
+                .into(),
+            texts(rows.keys.iter().map(|k| k.key.clone())),
+            texts(rows.keys.iter().map(|k| k.request_hash.clone())),
+            texts(rows.keys.iter().map(|k| k.response.clone())),
+            leaves.into(),
+            texts(rows.leaves.values().map(|(_, title)| title.clone())),
+            DEFAULT_TITLE.into(),
+            messages
+                .iter()
+                .map(|(_, hang)| match hang {
+                    Hang::On(parent) => parent.unwrap_or(NO_ID),
+                    Hang::Leaf => NO_ID,
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            messages
+                .iter()
+                .map(|(_, hang)| matches!(hang, Hang::Leaf))
+                .collect::<Vec<_>>()
+                .into(),
         ],
     ))
     .await?;
@@ -396,6 +529,33 @@ mod tests {
                     .await?
                     >= 1
             );
+            // Each chat's posts line up on one branch, however they were batched: one first
+            // message per chat, no fork, and the leaf the newest reply.
+            assert_eq!(
+                store
+                    .count_for_test("SELECT count(*) FROM messages WHERE parent_id IS NULL")
+                    .await?,
+                8
+            );
+            assert_eq!(
+                store
+                    .count_for_test(
+                        "SELECT count(*) FROM (SELECT parent_id FROM messages \
+                         WHERE parent_id IS NOT NULL GROUP BY parent_id HAVING count(*) > 1) f"
+                    )
+                    .await?,
+                0
+            );
+            assert_eq!(
+                store
+                    .count_for_test(
+                        "SELECT count(*) FROM chats c WHERE c.current_leaf = (SELECT id \
+                         FROM messages m WHERE m.chat_id = c.id \
+                         ORDER BY created_at DESC, id DESC LIMIT 1)"
+                    )
+                    .await?,
+                8
+            );
             Ok(())
         })
         .await
@@ -470,6 +630,21 @@ mod tests {
             Ok(())
         })
         .await
+    }
+
+    #[test]
+    fn a_title_is_the_first_line_that_is_not_blank_cut_to_sixty_characters() {
+        assert_eq!(auto_title("  \n  Hello there  \nmore"), "Hello there");
+        assert_eq!(auto_title("short"), "short");
+        let long = "word ".repeat(30);
+        let title = auto_title(&long);
+        assert_eq!(title.chars().count(), AUTO_TITLE_CHARS, "{title}");
+        assert!(title.ends_with("word…"), "{title}");
+        // A cut that lands after a space does not keep it before the ellipsis.
+        let spaced = format!("{}  tail", "a".repeat(57));
+        assert_eq!(auto_title(&spaced), format!("{}…", "a".repeat(57)));
+        let wide = "é".repeat(100);
+        assert_eq!(auto_title(&wide).chars().count(), AUTO_TITLE_CHARS);
     }
 
     #[tokio::test]

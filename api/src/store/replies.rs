@@ -598,10 +598,7 @@ async fn restart_inputs(
             .map(|t| t.body),
         None => None,
     };
-    let end = HistoryEnd::Before {
-        reply_created_at: reply.created_at,
-        reply_id: reply.id,
-    };
+    let end = HistoryEnd::Above(reply.id);
     let history = history(txn, reply.chat_id, None, end, history_limit)
         .await?
         .ok_or(SkipReason::ChatNotFound)?;

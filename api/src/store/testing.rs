@@ -107,6 +107,7 @@ pub async fn chats(store: &Store, n: usize) -> Result<Vec<Uuid>, StoreError> {
             title: "t".into(),
             created_at: now_micros(),
             version: 0,
+            current_leaf: None,
         };
         store.create_chat(&chat, 0).await?;
         ids.push(chat.id);

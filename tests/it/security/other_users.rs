@@ -155,7 +155,10 @@ async fn another_users_ids_are_404_on_every_documented_route_and_change_nothing(
             .json()
             .await?;
         // Whatever field a body may need, so a route gets past its body to the ownership check.
-        let body = json!({"content": "x", "name": "x", "body": "x", "title": "x"});
+        let body = json!({
+            "content": "x", "name": "x", "body": "x", "title": "x",
+            "message_id": owned.messages[0],
+        });
         let mut tried = 0;
         for (path, item) in doc["paths"].as_object().into_iter().flatten() {
             if !path.contains('{') {

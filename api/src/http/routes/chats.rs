@@ -6,6 +6,7 @@ use super::paging::PageQuery;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
+use crate::store::chats::DEFAULT_TITLE;
 use crate::store::paging::now_micros;
 use crate::store::users::Capped;
 use crate::store::{Chat, Store};
@@ -75,12 +76,13 @@ async fn create(
         id: Uuid::now_v7(),
         user_id: user,
         title: if title.is_empty() {
-            "New chat".into()
+            DEFAULT_TITLE.into()
         } else {
             title
         },
         created_at: now_micros(),
         version: 0,
+        current_leaf: None,
     };
     let max = state.settings.users.max_chats;
     match state.store.create_chat(&chat, max).await? {

@@ -10,10 +10,10 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::http::idempotency::{IdempotencyKey, Keyed, accepted};
 use crate::messaging::request::{self, Ask, BuildError, Question};
-use crate::store::Chat;
 use crate::store::messages::HistoryEnd;
 use crate::store::outbox::OutboxRow;
 use crate::store::posts::{NewPost, PostError, exchange};
+use crate::store::{Chat, Status};
 use crate::views::{MessageView, Page};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -33,27 +33,27 @@ pub const CONTENT_MAX_CHARS: usize = 32_000;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(show))
+        .routes(routes!(show, remove))
 }
 
 #[derive(Deserialize, ToSchema)]
-struct NewMessage {
+pub(super) struct NewMessage {
     /// 1 to 32 000 characters, not blank.
-    content: String,
+    pub content: String,
     /// One of the user's prompt templates, sent as the system instruction.
     #[schema(value_type = Option<Uuid>)]
-    template_id: Option<String>,
+    pub template_id: Option<String>,
     /// One of the configured models; the default model when absent.
-    model: Option<String>,
+    pub model: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
-struct Posted {
-    user_message: MessageView,
-    assistant_message: MessageView,
+pub(super) struct Posted {
+    pub user_message: MessageView,
+    pub assistant_message: MessageView,
 }
 
-fn validate_content(content: &str) -> Result<(), ApiError> {
+pub(super) fn validate_content(content: &str) -> Result<(), ApiError> {
     let chars = content.chars().count();
     if chars == 0 || content.trim().is_empty() || chars > CONTENT_MAX_CHARS {
         return Err(ApiError::unprocessable(
@@ -127,7 +127,7 @@ async fn create(
         question: Question::New(question.content.clone()),
         enqueued_at: question.created_at,
     };
-    let request = request_for(&state, user, ask).await?;
+    let request = request_for(&state, user, ask, HistoryEnd::Now).await?;
     // Limits are spent only by a post that would otherwise be accepted: a 404 or a 422
     // costs the user nothing.
     state.limits.admit_message(user).await?;
@@ -156,7 +156,10 @@ async fn create(
 }
 
 /// The model asked for, or the default; it must be in the catalogue, which says who serves it.
-fn chosen_model(catalogue: &Catalogue, asked: Option<String>) -> Result<String, ApiError> {
+pub(super) fn chosen_model(
+    catalogue: &Catalogue,
+    asked: Option<String>,
+) -> Result<String, ApiError> {
     let model = match asked {
         Some(m) if !is_model_name(&m) => {
             return Err(ApiError::unprocessable(
@@ -174,7 +177,7 @@ fn chosen_model(catalogue: &Catalogue, asked: Option<String>) -> Result<String, 
 }
 
 /// The user's template `raw` names: its id and body (the system instruction).
-async fn template(
+pub(super) async fn template(
     state: &AppState,
     user: Uuid,
     raw: &str,
@@ -188,13 +191,18 @@ async fn template(
     Ok((Some(id), Some(template.body)))
 }
 
-/// The post's request, built on the chat's history; one query proves the chat is the user's
-/// and reads that history.
-async fn request_for(state: &AppState, user: Uuid, ask: Ask) -> Result<OutboxRow, ApiError> {
+/// The request of a post (or an edit, or a new answer), built on the branch that ends at
+/// `end`; one query proves the chat is the user's and reads that history.
+pub(super) async fn request_for(
+    state: &AppState,
+    user: Uuid,
+    ask: Ask,
+    end: HistoryEnd,
+) -> Result<OutboxRow, ApiError> {
     let limit = request::history_limit(&state.settings, &ask.question);
     let history = state
         .store
-        .history(ask.chat_id, Some(user), HistoryEnd::Now, limit)
+        .history(ask.chat_id, Some(user), end, limit)
         .await?
         .ok_or_else(|| ApiError::not_found("chat"))?;
     request::build(&state.settings, ask, history).map_err(|e| match e {
@@ -370,6 +378,46 @@ async fn show(
     Ok(conditional(&headers, tag, || MessageView::from(message)))
 }
 
+/// Deletes a message and everything below it on its branch (and on the branches that grew
+/// from those), stopping the removed replies still pending as the cancel endpoint does. A chat
+/// that showed a removed message then shows the newest branch beside it, or the branch above.
+#[utoipa::path(delete,
+    path = "/api/chats/{id}/messages/{message_id}",
+    operation_id = "delete_message", tag = "chats", security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The chat"),
+        ("message_id" = Uuid, Path, description = "The message"),
+    ),
+    responses(
+        (status = 204, description = "Deleted, with everything below it"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "`chat_not_found` or `message_not_found`", body = ErrorBody),
+        (status = 429, description = "Over one of the user's limits (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn remove(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((chat_id, message_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let chat = owned_chat(&state.store, user, &chat_id).await?;
+    let id = parse_id(&message_id, "message")?;
+    state.limits.admit_action(user).await?;
+    let removed = state
+        .store
+        .delete_message(chat.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    for reply in removed.iter().filter(|r| r.status == Status::Pending) {
+        tracing::info!(request = %reply.id, generation = reply.generation, "pending reply deleted by its user");
+        state
+            .stops
+            .generations_below(reply.id, reply.generation.saturating_add(1))
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +430,7 @@ mod tests {
             title: String::new(),
             created_at: now_micros(),
             version,
+            current_leaf: None,
         }
     }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod admin_users;
 mod auth;
+mod branches;
 mod chats;
 mod docs;
 mod events;
@@ -42,6 +43,7 @@ fn rest() -> OpenApiRouter<AppState> {
         .merge(chats::router())
         .merge(messages::router())
         .merge(reply_actions::router())
+        .merge(branches::router())
         .merge(events::router().layer(axum::middleware::map_response(crate::http::no_store)))
         .merge(me::router())
         .merge(models::router())

@@ -12,6 +12,8 @@ pub struct Model {
     /// Bumped by every statement that changes one of the chat's messages: the `ETag` of its
     /// message lists.
     pub version: i64,
+    /// The newest message of the branch the chat shows; `None` while it has no messages.
+    pub current_leaf: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

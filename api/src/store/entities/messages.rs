@@ -27,6 +27,8 @@ pub struct Model {
     pub template_id: Option<Uuid>,
     /// When the reply last became pending (post, replay or retry): the reaper's clock.
     pub pending_since: DateTimeUtc,
+    /// The message this one follows on its branch; `None` for the first of a branch.
+    pub parent_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
