@@ -21,6 +21,7 @@
 // Tests may spawn freely and read their own environment (clippy.toml bans both elsewhere).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod export;
 pub mod http;
 pub mod live;
 pub mod messaging;

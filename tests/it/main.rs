@@ -10,6 +10,7 @@ mod caps;
 mod chat_titles;
 mod dead_letter_consumer;
 mod events;
+mod export;
 mod fairness;
 mod fallback;
 mod hostile_input;

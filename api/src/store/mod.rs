@@ -11,6 +11,7 @@ pub mod branches;
 pub mod chats;
 pub mod dead_letters;
 mod entities;
+pub mod export;
 mod failure;
 pub mod idempotency;
 pub mod message_state;

@@ -8,6 +8,7 @@ mod branches;
 mod chats;
 mod docs;
 mod events;
+mod export;
 mod health;
 mod keys;
 mod me;
@@ -44,6 +45,7 @@ fn rest() -> OpenApiRouter<AppState> {
         .merge(messages::router())
         .merge(reply_actions::router())
         .merge(branches::router())
+        .merge(export::router())
         .merge(events::router().layer(axum::middleware::map_response(crate::http::no_store)))
         .merge(me::router())
         .merge(models::router())
