@@ -90,6 +90,12 @@ impl Store {
             keys: branch.idempotency.iter().collect(),
         };
         insert(&txn, &rows).await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE chats SET forked = true WHERE id = $1 AND NOT forked",
+            [chat.into()],
+        ))
+        .await?;
         txn.commit().await?;
         self.notices
             .changed(chat, branch.messages.iter().map(|m| m.id).collect());

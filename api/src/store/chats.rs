@@ -44,6 +44,7 @@ impl Store {
             created_at: Set(chat.created_at),
             version: Set(chat.version),
             current_leaf: Set(chat.current_leaf),
+            forked: Set(chat.forked),
         };
         capped_insert(self, chat.user_id, Owned::Chats, max, async move |txn| {
             chats::Entity::insert(model)

@@ -42,11 +42,13 @@ pub struct History {
 impl Store {
     /// The chat's current branch, oldest first (a user message always before its reply): at
     /// most `page.limit` messages, and no more than `max_bytes` of text (but always one). One
-    /// statement: the branch is walked up from the chat's leaf (read here, so the page is never
-    /// older than a version read before it), and a running sum of the sizes over the page's
-    /// rows (`octet_length` of a stored text does not fetch it) keeps those that fit, so the
-    /// text of a row that does not is never read. Each kept message's siblings come from the
-    /// parent index, the first messages of branches (no parent) among themselves.
+    /// statement: the chat's messages are read in time order, and for a chat that ever forked
+    /// only those of the branch walked up from its leaf (read here, so the page is never older
+    /// than a version read before it; a chat that never forked skips the walk, its branch being
+    /// all its messages). A running sum of the sizes over the page's rows (`octet_length` of a
+    /// stored text does not fetch it) keeps those that fit, so the text of a row that does not
+    /// is never read. Each kept message's siblings come from the parent index, the first
+    /// messages of branches (no parent) among themselves.
     pub async fn messages_page(
         &self,
         chat: Uuid,
@@ -73,21 +75,25 @@ impl Store {
             ],
         );
         let sql = format!(
-            "WITH RECURSIVE branch AS ( \
+            "WITH RECURSIVE chat AS ( \
+                 SELECT current_leaf, forked FROM chats WHERE id = $1), \
+             branch AS ( \
                  SELECT id, parent_id FROM messages \
-                 WHERE chat_id = $1 AND id = (SELECT current_leaf FROM chats WHERE id = $1) \
+                 WHERE chat_id = $1 AND id = (SELECT current_leaf FROM chat) \
                  UNION ALL \
                  SELECT m.id, m.parent_id FROM messages m JOIN branch b ON m.id = b.parent_id \
                  WHERE m.chat_id = $1), \
              page AS ( \
-                 SELECT m.* FROM messages m JOIN branch USING (id) WHERE true {after} \
+                 SELECT m.* FROM messages m WHERE m.chat_id = $1 {after} \
+                 AND (NOT (SELECT forked FROM chat) OR m.id IN (SELECT id FROM branch)) \
                  ORDER BY m.created_at, m.id LIMIT $2), \
              sized AS ( \
                  SELECT page.*, count(*) OVER () AS page_rows, row_number() OVER w AS n, \
                      sum(octet_length(content) + coalesce(octet_length(error_message), 0) + $4) \
                          OVER w AS upto \
                  FROM page WINDOW w AS (ORDER BY created_at, id)) \
-             SELECT sized.*, CASE WHEN sized.parent_id IS NULL THEN \
+             SELECT sized.*, CASE WHEN NOT (SELECT forked FROM chat) THEN NULL \
+                 WHEN sized.parent_id IS NULL THEN \
                      (SELECT array_agg(s.id ORDER BY s.created_at, s.id) FROM messages s \
                       WHERE s.chat_id = $1 AND s.parent_id IS NULL) \
                  ELSE (SELECT array_agg(s.id ORDER BY s.created_at, s.id) FROM messages s \
@@ -195,7 +201,10 @@ impl Store {
 
 /// One query proves ownership and reads the history, so a post needs one round trip before
 /// its write. Shared with the restart, which runs it inside its transaction. The branch is
-/// walked up by ids alone; only the newest `limit` completed messages are read whole.
+/// walked up by ids alone, and only as far as the newest `limit` completed messages: a
+/// recursive CTE yields its rows one iteration after another, a branch one row per iteration,
+/// so without an `ORDER BY` its first rows are the newest and `LIMIT` stops the walk there
+/// (sorting by depth first would walk a 4 000-message chat whole: 8 ms instead of 0.3 ms).
 pub(crate) async fn history(
     db: &impl ConnectionTrait,
     chat: Uuid,
@@ -219,8 +228,7 @@ pub(crate) async fn history(
                  SELECT m.id, m.parent_id, m.status, b.depth + 1 \
                  FROM messages m JOIN branch b ON m.id = b.parent_id WHERE m.chat_id = $1), \
              recent AS ( \
-                 SELECT id, depth FROM branch WHERE status = 'completed' \
-                 ORDER BY depth LIMIT $4) \
+                 SELECT id, depth FROM branch WHERE status = 'completed' LIMIT $4) \
              SELECT c.user_id, m.role, m.content FROM chats c \
              LEFT JOIN (recent JOIN messages m ON m.id = recent.id) ON true \
              WHERE c.id = $1 AND ($2::uuid IS NULL OR c.user_id = $2) \

@@ -529,8 +529,9 @@ mod tests {
                     .await?
                     >= 1
             );
-            // Each chat's posts line up on one branch, however they were batched: one first
-            // message per chat, no fork, and the leaf the newest reply.
+            // Each chat's posts line up on one branch, in the order they committed, however
+            // they were batched: one first message per chat, no fork, and the walk up from the
+            // leaf meets every message of the chat.
             assert_eq!(
                 store
                     .count_for_test("SELECT count(*) FROM messages WHERE parent_id IS NULL")
@@ -549,9 +550,11 @@ mod tests {
             assert_eq!(
                 store
                     .count_for_test(
-                        "SELECT count(*) FROM chats c WHERE c.current_leaf = (SELECT id \
-                         FROM messages m WHERE m.chat_id = c.id \
-                         ORDER BY created_at DESC, id DESC LIMIT 1)"
+                        "SELECT count(*) FROM chats c WHERE (WITH RECURSIVE up AS ( \
+                             SELECT id, parent_id FROM messages WHERE id = c.current_leaf \
+                             UNION ALL SELECT m.id, m.parent_id FROM messages m \
+                             JOIN up ON m.id = up.parent_id) SELECT count(*) FROM up) \
+                         = (SELECT count(*) FROM messages m WHERE m.chat_id = c.id)"
                     )
                     .await?,
                 8

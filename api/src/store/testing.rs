@@ -108,6 +108,7 @@ pub async fn chats(store: &Store, n: usize) -> Result<Vec<Uuid>, StoreError> {
             created_at: now_micros(),
             version: 0,
             current_leaf: None,
+            forked: false,
         };
         store.create_chat(&chat, 0).await?;
         ids.push(chat.id);

@@ -83,6 +83,7 @@ async fn create(
         created_at: now_micros(),
         version: 0,
         current_leaf: None,
+        forked: false,
     };
     let max = state.settings.users.max_chats;
     match state.store.create_chat(&chat, max).await? {

@@ -431,6 +431,7 @@ mod tests {
             created_at: now_micros(),
             version,
             current_leaf: None,
+            forked: false,
         }
     }
 

@@ -14,6 +14,9 @@ pub struct Model {
     pub version: i64,
     /// The newest message of the branch the chat shows; `None` while it has no messages.
     pub current_leaf: Option<Uuid>,
+    /// Whether a message of the chat ever had a sibling (an edit, another answer); until then
+    /// its branch is all its messages.
+    pub forked: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
