@@ -869,4 +869,79 @@ mod tests {
         })
         .await
     }
+
+    #[tokio::test]
+    async fn answers_apply_by_reply_and_generation_on_any_branch() -> TestResult {
+        use crate::store::branches::{Branched, NewBranch};
+        use crate::store::paging::PageRequest;
+        use crate::store::posts::another_answer;
+        with_store(|store| async move {
+            let chat = chats(&store, 1).await?[0];
+            let p = post(chat, "q");
+            write_posts(&store, &[&p]).await?;
+            assert_eq!(
+                store.apply_responses(&[answer(&p.reply, 0, "one")]).await?,
+                1
+            );
+            let again = another_answer(&p.question, "m".into(), None);
+            let branch = NewBranch {
+                beside: p.reply.id,
+                messages: vec![again.clone()],
+                request: OutboxRow {
+                    id: Uuid::now_v7(),
+                    request_id: again.id,
+                    payload: "{}".into(),
+                },
+                idempotency: None,
+            };
+            assert_eq!(store.branch_off(&branch).await?, Branched::Done);
+            // While it is pending nothing else may branch.
+            let late = NewBranch {
+                beside: p.reply.id,
+                messages: vec![another_answer(&p.question, "m".into(), None)],
+                request: OutboxRow {
+                    id: Uuid::now_v7(),
+                    request_id: Uuid::now_v7(),
+                    payload: "{}".into(),
+                },
+                idempotency: None,
+            };
+            assert_eq!(store.branch_off(&late).await?, Branched::ReplyInFlight);
+            // Shown or not, the new reply takes its own answer once; the old one takes none.
+            assert_eq!(
+                store.switch_branch(chat, p.reply.id).await?,
+                Some(p.reply.id)
+            );
+            assert_eq!(
+                store.apply_responses(&[answer(&again, 1, "stale")]).await?,
+                0
+            );
+            assert_eq!(store.apply_responses(&[answer(&again, 0, "two")]).await?, 1);
+            assert_eq!(
+                store.apply_responses(&[answer(&again, 0, "twice")]).await?,
+                0
+            );
+            assert_eq!(
+                store
+                    .apply_responses(&[answer(&p.reply, 0, "late")])
+                    .await?,
+                0
+            );
+            assert_eq!(reply_of(&store, &again).await?.content, "two");
+            let page = PageRequest {
+                after: None,
+                limit: 10,
+            };
+            let shown = store.messages_page(chat, page, usize::MAX).await?;
+            let texts: Vec<&str> = shown
+                .items
+                .iter()
+                .map(|m| m.message.content.as_str())
+                .collect();
+            assert_eq!(texts, ["q", "one"], "the branch shown");
+            assert_eq!(shown.items[1].siblings, [p.reply.id, again.id]);
+            Ok(())
+        })
+        .await
+    }
 }
