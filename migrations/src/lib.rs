@@ -12,6 +12,7 @@ mod m20261207_000300_accounts;
 mod m20261207_000900_chat_activity;
 mod m20261208_000100_requested_model;
 mod m20261208_000200_usage_records;
+mod m20261209_000200_chat_search;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000900_chat_activity::Migration),
             Box::new(m20261208_000100_requested_model::Migration),
             Box::new(m20261208_000200_usage_records::Migration),
+            Box::new(m20261209_000200_chat_search::Migration),
         ]
     }
 }
