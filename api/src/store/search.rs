@@ -1,12 +1,13 @@
 //! Full-text search of one user's chats by title and message text (`GET /api/chats?q=`), with
 //! PostgreSQL's `websearch_to_tsquery` over the `simple` configuration, and its opaque cursor.
 //!
-//! A chat matches when its title or one of its messages does. While the user has at most
-//! [`RANKED_HITS`] matching messages, chats come best first: a chat's rank is the best
-//! `ts_rank` of its title (weight A) and its messages (weight D), ties newest first. A query
-//! matching more than that (a word in most messages) lists its chats newest first instead,
-//! unranked: ranking every match would take longer than the search may (docs/BENCHMARKS.md,
-//! "Chat search"), and the order is close to meaningless then anyway.
+//! A chat matches when its title or one of its messages does. While at most [`RANKED_HITS`]
+//! of the user's messages are candidates (match the query, its phrases loosened to "all these
+//! words"), chats come best first: a chat's rank is the best `ts_rank` of its title (weight A)
+//! and its messages (weight D), ties newest first. A broader query lists its chats newest
+//! first instead, unranked, each request walking at most [`WALKED_CHATS`] of them, so a page
+//! may end short. Ranking thousands of matches would take longer than a search may (see
+//! docs/BENCHMARKS.md, "Chat search"), and such an order says little anyway.
 
 use super::paging::Cursor;
 use super::{Store, StoreError};
@@ -16,15 +17,32 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, TransactionTrait, Value};
 use uuid::Uuid;
 
-/// Matching messages ranked at most; one more and the chats are listed newest first.
-pub const RANKED_HITS: u64 = 2_000;
+/// Candidate messages ranked at most; with one more the chats are listed newest first. (The
+/// API's documentation, in `views.rs` and `routes/chats.rs`, quotes this and the next.)
+pub const RANKED_HITS: u64 = 500;
 
-/// Past this a search is cancelled (a phrase of two very common words can take long to
-/// recheck) and answered as too broad rather than holding a connection.
+/// Chats one request examines at most when listing newest first.
+pub const WALKED_CHATS: u64 = 100;
+
+/// How much one search may do: the constants above, smaller in tests.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    ranked_hits: u64,
+    walked_chats: u64,
+}
+
+/// A safety net: the caps above bound the rows a search reads, but should a plan go wrong, the
+/// search is cancelled and answered as too broad rather than holding a connection.
 const STATEMENT_TIMEOUT: &str = "2s";
 
 /// The query as PostgreSQL reads it: quotes, `or` and `-word` work; no input is a syntax error.
 const TSQUERY: &str = "websearch_to_tsquery('simple', $2)";
+
+/// The query with its phrases loosened to "all these words" (`'a' <-> 'b'` to `'a' & 'b'`),
+/// which the index answers without reading the rows back. Lexemes never hold a space, so the
+/// pattern meets only operators.
+const LOOSE: &str = "regexp_replace(websearch_to_tsquery('simple', $2)::text, \
+                     ' <(-|[0-9]+)> ', ' & ', 'g')::tsquery";
 
 /// Plain text around the best match: no markup, so nothing in a message can become HTML.
 const HEADLINE: &str =
@@ -35,7 +53,8 @@ const HEADLINE: &str =
 pub enum SearchOrder {
     /// Best rank first, then newest.
     Rank,
-    /// Newest first, unranked (the query matched more than [`RANKED_HITS`] messages).
+    /// Newest first, unranked (more than [`RANKED_HITS`] candidate messages); a page may end
+    /// short, even empty, and still have a next one.
     Newest,
 }
 
@@ -142,7 +161,11 @@ impl Store {
         query: &str,
         page: SearchRequest,
     ) -> Result<SearchPage, SearchError> {
-        self.search_capped(user, query, page, RANKED_HITS)
+        let caps = Caps {
+            ranked_hits: RANKED_HITS,
+            walked_chats: WALKED_CHATS,
+        };
+        self.search_capped(user, query, page, caps)
             .await
             .map_err(|e| {
                 if e.is_query_canceled() {
@@ -158,7 +181,7 @@ impl Store {
         user: Uuid,
         query: &str,
         page: SearchRequest,
-        ranked_hits: u64,
+        caps: Caps,
     ) -> Result<SearchPage, StoreError> {
         // Read-only; a transaction only so the settings below last for this search alone.
         let txn = self.db.begin().await?;
@@ -197,9 +220,9 @@ impl Store {
             None if negated_only => None,
             after => {
                 let (page, hits) =
-                    ranked(&txn, user, query, page.limit, after, ranked_hits).await?;
+                    ranked(&txn, user, query, page.limit, after, caps.ranked_hits).await?;
                 // A cursor's ordering holds to the end, even if more has matched since.
-                (hits <= ranked_hits || after.is_some()).then_some(page)
+                (hits <= caps.ranked_hits || after.is_some()).then_some(page)
             }
         };
         let found = match ranked {
@@ -209,7 +232,7 @@ impl Store {
                     Some(SearchCursor::Newest(c)) => Some(c),
                     _ => None,
                 };
-                newest(&txn, user, query, page.limit, after).await?
+                newest(&txn, user, query, page.limit, after, caps.walked_chats).await?
             }
         };
         txn.commit().await?;
@@ -243,8 +266,10 @@ fn split<T>(
     }
 }
 
-/// The ranked page, and how many of the user's messages matched (counted up to
-/// `ranked_hits + 1`). Only the page's chats get a headline: it reparses a whole message.
+/// The ranked page, and how many of the user's messages are candidates (match the query with
+/// its phrases loosened; counted up to `ranked_hits + 1`). Only the page's chats get a
+/// headline, as it reparses a whole message, and none when the page will be dropped for
+/// having too many candidates.
 async fn ranked(
     db: &impl ConnectionTrait,
     user: Uuid,
@@ -275,15 +300,23 @@ async fn ranked(
         }
         _ => "",
     };
+    // Candidates match the loosened query, so a phrase of common words counts as broad at
+    // once rather than after every message with both words was read back to find it. The
+    // user's chats come as an array so that the plan intersects two bitmaps, the user's
+    // messages (by chat) and the index's matches, before reading any row: joined to `chats`,
+    // the planner would probe the index once per chat of a small user (milliseconds each), or
+    // read every user's matches for a big one.
     let sql = format!(
         "WITH hits AS MATERIALIZED ( \
-             SELECT m.chat_id, m.id, ts_rank(m.content_tsv, {TSQUERY}) AS rank \
-             FROM messages m JOIN chats c ON c.id = m.chat_id \
-             WHERE c.user_id = $1 AND m.content <> '' AND m.content_tsv @@ {TSQUERY} \
+             SELECT m.chat_id, m.id, CASE WHEN m.content_tsv @@ {TSQUERY} \
+                                          THEN ts_rank(m.content_tsv, {TSQUERY}) END AS rank \
+             FROM messages m \
+             WHERE m.chat_id = ANY (ARRAY(SELECT id FROM chats WHERE user_id = $1)) \
+               AND m.content <> '' AND m.content_tsv @@ {LOOSE} \
              LIMIT $3), \
          best AS ( \
              SELECT DISTINCT ON (chat_id) chat_id, id AS message_id, rank FROM hits \
-             ORDER BY chat_id, rank DESC, id DESC), \
+             WHERE rank IS NOT NULL ORDER BY chat_id, rank DESC, id DESC), \
          titled AS ( \
              SELECT id AS chat_id, \
                     ts_rank(setweight(to_tsvector('simple', title), 'A'), {TSQUERY}) AS rank \
@@ -295,7 +328,8 @@ async fn ranked(
              {after_clause} \
              ORDER BY 4 DESC, c.created_at DESC, c.id DESC LIMIT $4) \
          SELECT p.id, p.title, p.created_at, p.rank, \
-                ts_headline('simple', m.content, {TSQUERY}, {HEADLINE}) AS snippet, \
+                CASE WHEN (SELECT count(*) FROM hits) < $3 \
+                     THEN ts_headline('simple', m.content, {TSQUERY}, {HEADLINE}) END AS snippet, \
                 (SELECT count(*) FROM hits) AS hits \
          FROM page p LEFT JOIN messages m ON m.id = p.message_id \
          ORDER BY p.rank DESC, p.created_at DESC, p.id DESC"
@@ -328,14 +362,62 @@ async fn ranked(
 }
 
 /// The matching chats newest first: the user's chats are walked newest first, each checked
-/// for a match until the page is full, which is quick exactly when most chats match.
+/// for a match until the page is full, which is quick exactly when most chats match. One
+/// request walks at most `walked` chats: when they hold fewer matches than the page, it ends
+/// short (even empty), and `next` resumes the walk after the last chat examined.
+///
+/// Each check reads the chat's messages newest first and stops at the first match, which is
+/// also the one the snippet comes from. It leaves out `content <> ''` so that the partial index
+/// over everyone's messages is no candidate: per chat, the planner would intersect it with the
+/// chat's rows, milliseconds each. (An empty message's vector is empty and matches nothing.)
 async fn newest(
     db: &impl ConnectionTrait,
     user: Uuid,
     query: &str,
     limit: u64,
     after: Option<Cursor>,
+    walked: u64,
 ) -> Result<SearchPage, StoreError> {
+    let after_clause = |first: usize| {
+        format!(
+            "AND (c.created_at, c.id) < (${first}::timestamptz, ${}::uuid)",
+            first + 1
+        )
+    };
+    let position = |c: Cursor| -> [Value; 2] { [c.created_at.into(), c.id.into()] };
+
+    // Where this request's walk ends: the `walked`th chat after the cursor, if there is one,
+    // and whether another chat follows it.
+    let mut values: Vec<Value> = vec![
+        user.into(),
+        i64::try_from(walked.saturating_sub(1))
+            .unwrap_or(i64::MAX)
+            .into(),
+    ];
+    let mut clause = String::new();
+    if let Some(c) = after {
+        values.extend(position(c));
+        clause = after_clause(3);
+    }
+    let bounds = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "SELECT c.created_at, c.id FROM chats c WHERE c.user_id = $1 {clause} \
+                 ORDER BY c.created_at DESC, c.id DESC OFFSET $2 LIMIT 2"
+            ),
+            values,
+        ))
+        .await?;
+    let last = match bounds.first() {
+        Some(row) => Some(Cursor {
+            created_at: row.try_get("", "created_at")?,
+            id: row.try_get("", "id")?,
+        }),
+        None => None,
+    };
+    let more = bounds.len() > 1;
+
     let mut values: Vec<Value> = vec![
         user.into(),
         query.into(),
@@ -343,27 +425,33 @@ async fn newest(
             .unwrap_or(i64::MAX)
             .into(),
     ];
-    let after_clause = match after {
-        Some(c) => {
-            values.extend([c.created_at.into(), c.id.into()]);
-            "AND (c.created_at, c.id) < ($4::timestamptz, $5::uuid)"
-        }
-        None => "",
-    };
+    let mut clauses = String::new();
+    if let Some(c) = after {
+        values.extend(position(c));
+        clauses.push_str(&after_clause(4));
+    }
+    if let Some(c) = last {
+        let first = values.len() + 1;
+        values.extend(position(c));
+        clauses.push_str(&format!(
+            " AND (c.created_at, c.id) >= (${first}::timestamptz, ${}::uuid)",
+            first + 1
+        ));
+    }
     let sql = format!(
         "WITH page AS ( \
-             SELECT c.id, c.title, c.created_at FROM chats c \
-             WHERE c.user_id = $1 {after_clause} \
-               AND (to_tsvector('simple', c.title) @@ {TSQUERY} OR EXISTS ( \
-                   SELECT 1 FROM messages m WHERE m.chat_id = c.id AND m.content <> '' \
-                   AND m.content_tsv @@ {TSQUERY})) \
+             SELECT c.id, c.title, c.created_at, hit.id AS message_id FROM chats c \
+             LEFT JOIN LATERAL ( \
+                 SELECT m.id FROM messages m WHERE m.chat_id = c.id \
+                 AND m.content_tsv @@ {TSQUERY} \
+                 ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS hit ON true \
+             WHERE c.user_id = $1 {clauses} \
+               AND (hit.id IS NOT NULL OR to_tsvector('simple', c.title) @@ {TSQUERY}) \
              ORDER BY c.created_at DESC, c.id DESC LIMIT $3) \
-         SELECT p.id, p.title, p.created_at, NULL::real AS rank, ( \
-                    SELECT ts_headline('simple', m.content, {TSQUERY}, {HEADLINE}) \
-                    FROM messages m WHERE m.chat_id = p.id AND m.content <> '' \
-                    AND m.content_tsv @@ {TSQUERY} \
-                    ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS snippet \
-         FROM page p ORDER BY p.created_at DESC, p.id DESC"
+         SELECT p.id, p.title, p.created_at, NULL::real AS rank, \
+                ts_headline('simple', m.content, {TSQUERY}, {HEADLINE}) AS snippet \
+         FROM page p LEFT JOIN messages m ON m.id = p.message_id \
+         ORDER BY p.created_at DESC, p.id DESC"
     );
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
@@ -379,6 +467,8 @@ async fn newest(
             id: h.id,
         })
     });
+    // A short page with chats left unwalked: the next request walks on from the last one.
+    let next = next.or(last.filter(|_| more).map(SearchCursor::Newest));
     Ok(SearchPage {
         items,
         next,
@@ -393,6 +483,13 @@ mod tests {
     use crate::store::testing::{TempDatabase, chats};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn caps(ranked_hits: u64, walked_chats: u64) -> Caps {
+        Caps {
+            ranked_hits,
+            walked_chats,
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_junk() {
@@ -420,6 +517,24 @@ mod tests {
         ] {
             assert_eq!(SearchCursor::decode(&junk), None, "{junk}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_statement_past_its_timeout_reads_as_cancelled() -> TestResult {
+        let db = TempDatabase::create().await?;
+        let store = Store::connect(&db.url, 1).await?;
+        let txn = store.db.begin().await?;
+        let outcome = txn
+            .execute_unprepared("SET LOCAL statement_timeout = '10ms'; SELECT pg_sleep(1)")
+            .await
+            .map_err(StoreError::from);
+        drop(txn);
+        store.close().await?;
+        db.drop().await?;
+        let error = outcome.err().ok_or("the sleep was not cancelled")?;
+        assert!(error.is_query_canceled(), "{error}");
+        assert!(!StoreError::refused("x").is_query_canceled());
+        Ok(())
     }
 
     #[tokio::test]
@@ -458,14 +573,18 @@ mod tests {
                 limit: 1,
             };
             // Four hits are within a cap of 4: ranked, the chat with "heron heron" first.
-            let page = store.search_capped(owner, "heron", first, 4).await?;
+            let page = store
+                .search_capped(owner, "heron", first, caps(4, 10))
+                .await?;
             assert_eq!(page.order, SearchOrder::Rank);
             assert_eq!(
                 page.items.iter().map(|h| h.id).collect::<Vec<_>>(),
                 [ids[0]]
             );
             // Past a cap of 3: newest first, unranked, on every page.
-            let page = store.search_capped(owner, "heron", first, 3).await?;
+            let page = store
+                .search_capped(owner, "heron", first, caps(3, 10))
+                .await?;
             assert_eq!(page.order, SearchOrder::Newest);
             assert_eq!(page.items[0].id, ids[2]);
             assert_eq!(page.items[0].rank, None);
@@ -473,15 +592,33 @@ mod tests {
                 after: page.next,
                 limit: 5,
             };
-            let page = store.search_capped(owner, "heron", next, 3).await?;
+            let page = store
+                .search_capped(owner, "heron", next, caps(3, 10))
+                .await?;
             assert_eq!(page.order, SearchOrder::Newest);
             assert_eq!(
                 page.items.iter().map(|h| h.id).collect::<Vec<_>>(),
                 [ids[0]]
             );
             assert_eq!(page.next, None);
+            // Walking one chat a request: a page per chat, short or empty, until the last.
+            let mut pages = Vec::new();
+            let mut after = None;
+            loop {
+                let request = SearchRequest { after, limit: 5 };
+                let page = store
+                    .search_capped(owner, "heron", request, caps(3, 1))
+                    .await?;
+                assert_eq!(page.order, SearchOrder::Newest);
+                pages.push(page.items.iter().map(|h| h.id).collect::<Vec<_>>());
+                after = page.next;
+                if after.is_none() || pages.len() > 5 {
+                    break;
+                }
+            }
+            assert_eq!(pages, [vec![ids[2]], vec![], vec![ids[0]]]);
             // Punctuation alone looks for nothing.
-            let page = store.search_capped(owner, "?!", first, 3).await?;
+            let page = store.search_capped(owner, "?!", first, caps(3, 10)).await?;
             assert!(page.items.is_empty() && page.next.is_none());
             TestResult::Ok(())
         }
