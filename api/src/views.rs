@@ -58,7 +58,8 @@ impl From<SearchHit> for ChatHitView {
 pub enum SearchOrderView {
     /// Best match first, then newest.
     Rank,
-    /// Newest first: the query matched more messages than are ranked (2 000).
+    /// Newest first: the query matched more messages than are ranked (500). A page then covers
+    /// at most 100 chats, so it may hold fewer items than `limit`, even none, with a `next`.
     Newest,
 }
 

@@ -120,9 +120,10 @@ fn query_of(raw: &str) -> Result<&str, ApiError> {
 /// The user's chats, newest first; with `q`, the chats whose title or messages match it.
 ///
 /// Search results are ranked (a title match weighs most; ties newest first) and carry a
-/// `snippet` of the best matching message. A query that matches more than 2 000 of the
-/// user's messages lists its chats newest first instead, unranked (`order` says which). A
-/// query with no word in it (only punctuation) finds nothing.
+/// `snippet` of the best matching message. A query that matches more than 500 of the user's
+/// messages lists its chats newest first instead, unranked (`order` says which); such a page
+/// looks through at most 100 chats, so it may hold fewer than `limit` (even none) and still
+/// have a `next`. A query with no word in it (only punctuation) finds nothing.
 #[utoipa::path(get,
     path = "/api/chats",
     operation_id = "list_chats", tag = "chats", security(("bearer" = [])),
