@@ -160,10 +160,15 @@ async fn list(
     };
     match state.store.search_chats(user, q, page).await {
         Ok(found) => Ok(Json(ChatListing::Search(found.into()))),
-        Err(SearchError::TooBroad) => Err(ApiError::unprocessable(
-            "query_too_broad",
-            "the search took too long; add words to narrow it",
-        )),
+        Err(SearchError::TooBroad) => {
+            // The caps should keep every search far from its timeout: worth a look. Not the
+            // text, which is the user's.
+            tracing::warn!(%user, chars = q.chars().count(), "a search ran past its timeout");
+            Err(ApiError::unprocessable(
+                "query_too_broad",
+                "the search took too long; add words to narrow it",
+            ))
+        }
         Err(SearchError::Store(e)) => Err(e.into()),
     }
 }
