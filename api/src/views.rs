@@ -3,6 +3,7 @@
 
 use crate::store::messages::Placed;
 use crate::store::paging;
+use crate::store::search::{SearchHit, SearchOrder, SearchPage};
 use crate::store::{Chat, Message, Role, Status, Template};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,6 +25,73 @@ impl From<Chat> for ChatView {
             created_at: m.created_at,
         }
     }
+}
+
+/// A chat that `GET /api/chats?q=` found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatHitView {
+    pub id: Uuid,
+    pub title: String,
+    pub created_at: DateTime<Utc>,
+    /// How well the chat matches (higher is better; a title match weighs most); `null` when
+    /// the page is ordered newest first.
+    pub rank: Option<f32>,
+    /// Plain text around the match in the chat's best (or, unranked, newest) matching message;
+    /// `null` when only the title matched.
+    pub snippet: Option<String>,
+}
+
+impl From<SearchHit> for ChatHitView {
+    fn from(h: SearchHit) -> Self {
+        Self {
+            id: h.id,
+            title: h.title,
+            created_at: h.created_at,
+            rank: h.rank,
+            snippet: h.snippet,
+        }
+    }
+}
+
+/// How a page of search results is ordered.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchOrderView {
+    /// Best match first, then newest.
+    Rank,
+    /// Newest first: the query matched more messages than are ranked (500). A page then covers
+    /// at most 100 chats, so it may hold fewer items than `limit`, even none, with a `next`.
+    Newest,
+}
+
+/// One page of search results. Every page of one search has the same `order`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchPageView {
+    pub items: Vec<ChatHitView>,
+    /// Pass as `after` (with the same `q`) for the next page; `null` on the last.
+    pub next: Option<String>,
+    pub order: SearchOrderView,
+}
+
+impl From<SearchPage> for SearchPageView {
+    fn from(page: SearchPage) -> Self {
+        Self {
+            items: page.items.into_iter().map(ChatHitView::from).collect(),
+            next: page.next.map(|c| c.encode()),
+            order: match page.order {
+                SearchOrder::Rank => SearchOrderView::Rank,
+                SearchOrder::Newest => SearchOrderView::Newest,
+            },
+        }
+    }
+}
+
+/// `GET /api/chats`: the list, or with `q` the search's results.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ChatListing {
+    List(Page<ChatView>),
+    Search(SearchPageView),
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -17,6 +17,8 @@
 //! - `median`: the medians of several runs' JSON lines.
 //! - `fidelity`, `faults`, `fairness` and `fallback` run a whole stack in process instead
 //!   (see their modules).
+//! - `search`: chat search on a scratch database (no stack): one user's 1 000 chats of 50
+//!   messages, search latency percentiles.
 //!
 //! `setup` registers the users and chats before any timing, `api` is the typed HTTP client,
 //! `follow` reads one reply off an event stream, `wait` pages through chats until their replies
@@ -41,6 +43,7 @@ mod measure;
 mod median;
 mod paced;
 mod report;
+mod search;
 mod setup;
 mod wait;
 
@@ -82,6 +85,8 @@ enum Command {
     Rss(RssArgs),
     /// Medians of several runs: reads one JSON object per line (files, or stdin).
     Median(median::MedianArgs),
+    /// Chat search latency on a scratch database: one user's many chats, mixed queries.
+    Search(search::SearchArgs),
 }
 
 /// Options both scenarios take.
@@ -175,6 +180,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Paced(args) => paced::run(args).await,
                     Command::Live(args) => live::run(args).await,
                     Command::LiveHeavy(args) => heavy::run(args).await,
+                    Command::Search(args) => search::run(args).await,
                     Command::Rss(_) | Command::Median(_) => Ok(()),
                 }
             }),

@@ -13,6 +13,7 @@ mod m20261207_000900_chat_activity;
 mod m20261208_000100_requested_model;
 mod m20261208_000200_usage_records;
 mod m20261209_000100_branches;
+mod m20261209_000200_chat_search;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000100_requested_model::Migration),
             Box::new(m20261208_000200_usage_records::Migration),
             Box::new(m20261209_000100_branches::Migration),
+            Box::new(m20261209_000200_chat_search::Migration),
         ]
     }
 }

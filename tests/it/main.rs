@@ -34,6 +34,7 @@ mod retention;
 mod retries;
 mod rolling_restart;
 mod row_isolation;
+mod search;
 mod security;
 mod sessions;
 mod sizes;

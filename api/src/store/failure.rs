@@ -37,6 +37,19 @@ impl DbFailure {
         }
     }
 
+    /// The SQLSTATE of an error the database answered, if it was one.
+    pub fn sqlstate(e: &DbErr) -> Option<String> {
+        match e {
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                match &**e {
+                    sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     fn of_sqlx(e: &sqlx::Error) -> Self {
         match e {
             sqlx::Error::Database(db) => db.code().map_or(Self::Refused, |c| Self::of_code(&c)),

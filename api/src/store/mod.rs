@@ -22,6 +22,7 @@ pub mod paging;
 pub mod posts;
 pub mod replies;
 pub mod retention;
+pub mod search;
 pub mod templates;
 #[cfg(test)]
 pub mod testing;
@@ -69,6 +70,11 @@ impl StoreError {
             self.0.sql_err(),
             Some(SqlErr::ForeignKeyConstraintViolation(_))
         )
+    }
+
+    /// The statement was cancelled, by its `statement_timeout` for one (SQLSTATE 57014).
+    pub fn is_query_canceled(&self) -> bool {
+        DbFailure::sqlstate(&self.0).as_deref() == Some("57014")
     }
 
     /// A test hook: an error that reads as an outage.

@@ -1,6 +1,6 @@
-//! `POST /api/chats`, `GET /api/chats` (newest first, paged), `GET /api/chats/{id}`,
-//! `PATCH /api/chats/{id}` (a new title) and `DELETE /api/chats/{id}` (with its messages). A
-//! user's chats are capped (`users.max_chats`).
+//! `POST /api/chats`, `GET /api/chats` (newest first, paged; with `q`, a full-text search of
+//! the user's chats), `GET /api/chats/{id}`, `PATCH /api/chats/{id}` (a new title) and
+//! `DELETE /api/chats/{id}` (with its messages). A user's chats are capped (`users.max_chats`).
 
 use super::paging::PageQuery;
 use crate::http::AppState;
@@ -8,19 +8,21 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AppQuery, AuthUser, parse_id};
 use crate::store::chats::DEFAULT_TITLE;
 use crate::store::paging::now_micros;
+use crate::store::search::{SearchCursor, SearchError, SearchRequest};
 use crate::store::users::Capped;
 use crate::store::{Chat, Store};
-use crate::views::{ChatView, Page};
+use crate::views::{ChatListing, ChatView, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub const TITLE_MAX_CHARS: usize = 200;
+pub const QUERY_MAX_CHARS: usize = 200;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -92,22 +94,86 @@ async fn create(
     }
 }
 
-/// The user's chats, newest first.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SearchQuery {
+    /// Searches the user's chats by title and message text instead of listing them: words
+    /// (all must match), `"a phrase"`, `or`, `-word`; case-insensitive, no stemming. 1 to 200
+    /// characters, not blank.
+    q: Option<String>,
+}
+
+/// `q` checked: not blank, at most [`QUERY_MAX_CHARS`] characters.
+fn query_of(raw: &str) -> Result<&str, ApiError> {
+    if raw.trim().is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            "`q` must not be blank",
+        ));
+    }
+    if raw.chars().count() > QUERY_MAX_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            format!("`q` must be at most {QUERY_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(raw)
+}
+
+/// The user's chats, newest first; with `q`, the chats whose title or messages match it.
+///
+/// Search results are ranked (a title match weighs most; ties newest first) and carry a
+/// `snippet` of the best matching message. A query that matches more than 500 of the user's
+/// messages lists its chats newest first instead, unranked (`order` says which); such a page
+/// looks through at most 100 chats, so it may hold fewer than `limit` (even none) and still
+/// have a `next`. A query with no word in it (only punctuation) finds nothing.
 #[utoipa::path(get,
     path = "/api/chats",
     operation_id = "list_chats", tag = "chats", security(("bearer" = [])),
-    params(PageQuery),
+    params(PageQuery, SearchQuery),
     responses(
-        (status = 200, description = "One page", body = Page<ChatView>),
-        (status = 401, description = "No valid token", body = ErrorBody), (status = 422, description = "A field is invalid", body = ErrorBody), (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 200, description = "One page: of chats (`Page`), or with `q` of search results (`SearchPageView`)", body = ChatListing),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 422, description = "A field is invalid: `invalid_limit`, `invalid_cursor` (also a list's cursor given to a search, or the reverse), `invalid_query` (a blank `q` or one over 200 characters), `query_too_broad` (the search ran past its time; narrow it)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     AppQuery(query): AppQuery<PageQuery>,
-) -> Result<Json<Page<ChatView>>, ApiError> {
-    let page = state.store.chats_page(user, query.page()?).await?;
-    Ok(Json(Page::of(page)))
+    AppQuery(search): AppQuery<SearchQuery>,
+) -> Result<Json<ChatListing>, ApiError> {
+    let Some(q) = search.q else {
+        let page = state.store.chats_page(user, query.page()?).await?;
+        return Ok(Json(ChatListing::List(Page::of(page))));
+    };
+    let q = query_of(&q)?;
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(raw) => Some(SearchCursor::decode(raw).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_cursor",
+                "`after` is not a cursor this search gave out",
+            )
+        })?),
+    };
+    let page = SearchRequest {
+        after,
+        limit: query.limit()?,
+    };
+    match state.store.search_chats(user, q, page).await {
+        Ok(found) => Ok(Json(ChatListing::Search(found.into()))),
+        Err(SearchError::TooBroad) => {
+            // The caps should keep every search far from its timeout: worth a look. Not the
+            // text, which is the user's.
+            tracing::warn!(%user, chars = q.chars().count(), "a search ran past its timeout");
+            Err(ApiError::unprocessable(
+                "query_too_broad",
+                "the search took too long; add words to narrow it",
+            ))
+        }
+        Err(SearchError::Store(e)) => Err(e.into()),
+    }
 }
 
 /// One chat of the user's.
