@@ -429,6 +429,8 @@ def run_features(page, dialogs, email):
     page.set_viewport_size({"width": 390, "height": 844})
     expect(page.locator("#sidebar")).to_be_hidden()
     expect(user_message(page, 0).locator(".branch .where")).to_have_text("3/3")
+    wide = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert wide <= 0, f"the phone layout is {wide} px wider than the screen"
     shot(page, "29-phone-branches")
     user_message(page, 0).get_by_role("button", name="Edit this message").click()
     shot(page, "30-phone-edit")
