@@ -237,8 +237,12 @@ function renderChats() {
     open.title = "Double-click (or F2) to rename";
     open.dataset.id = chat.id;
     if (chat.id === state.chatId) open.setAttribute("aria-current", "true");
-    // The open chat's button stays as it is, so a double-click finds it to rename.
-    open.addEventListener("click", () => chat.id !== state.chatId && selectChat(chat.id, chat));
+    // The open chat's button stays as it is (a double-click finds it to rename); on a phone
+    // the list closes.
+    open.addEventListener("click", () => {
+      if (chat.id === state.chatId) toggleSidebar(false);
+      else selectChat(chat.id, chat);
+    });
     open.addEventListener("keydown", (event) => {
       if (event.key === "F2") {
         event.preventDefault();
