@@ -31,6 +31,8 @@ const state = {
   editing: null,
   /** The message list follows the newest message (false once the user scrolls up). */
   pinned: true,
+  /** Where following the newest message last scrolled the list to. */
+  pinnedTop: 0,
   /** The chat search: null (the plain list) or {q, items, note}. */
   search: null,
   /** Counts searches, so that only the newest one's answer is shown. */
@@ -640,7 +642,7 @@ async function selectChat(id, known) {
   }
   if (!chat) return;
   state.chatId = id;
-  state.pinned = true;
+  pin();
   history.replaceState(null, "", `#chat=${id}`);
   showChat(chat);
   renderChats();
@@ -987,6 +989,11 @@ function editor(message) {
 
 function renderMessages() {
   const box = $("messages");
+  // Scrolled up since the list last followed the newest message (its scroll event may not
+  // have come yet): it stays where the user put it.
+  if (state.pinned && box.scrollTop < state.pinnedTop - 2 && distanceToEnd(box) >= NEAR_END) {
+    state.pinned = false;
+  }
   const wanted = [];
   const seen = new Set();
   for (const message of state.messages) {
@@ -1004,7 +1011,7 @@ function renderMessages() {
   const inOrder =
     box.children.length === wanted.length && wanted.every((el, i) => box.children[i] === el);
   if (!inOrder) box.replaceChildren(...wanted);
-  if (state.pinned) box.scrollTop = box.scrollHeight;
+  if (state.pinned) toEnd();
   const after = state.focusAfter;
   const shown = after && elements.get(after.id);
   if (shown) {
@@ -1016,10 +1023,29 @@ function renderMessages() {
   }
 }
 
+/** How close to its end (px) the list counts as showing the newest message. */
+const NEAR_END = 48;
+
+function distanceToEnd(box) {
+  return box.scrollHeight - box.scrollTop - box.clientHeight;
+}
+
+/** Scrolls the list to its end. */
+function toEnd() {
+  const box = $("messages");
+  box.scrollTop = box.scrollHeight;
+  state.pinnedTop = box.scrollTop;
+}
+
+/** From now on the list follows the newest message (a chat opened, a message sent). */
+function pin() {
+  state.pinned = true;
+  state.pinnedTop = 0;
+}
+
 /** Follows the newest message while the list is scrolled to (nearly) its end. */
 function onMessagesScroll() {
-  const box = $("messages");
-  state.pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
+  state.pinned = distanceToEnd($("messages")) < NEAR_END;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1048,7 +1074,7 @@ async function send(event) {
     input.value = "";
     clearBanner();
     if (state.chatId === id) {
-      state.pinned = true;
+      pin();
       upsert(data.user_message);
       upsert(data.assistant_message);
       renderMessages();
@@ -1141,7 +1167,7 @@ function followNewBranch(replaced, added) {
   const i = state.messages.findIndex((m) => m.id === replaced);
   if (i >= 0) state.messages = state.messages.slice(0, i);
   for (const message of added) upsert(message);
-  state.pinned = true;
+  pin();
   renderMessages();
   refetch();
 }
@@ -1360,6 +1386,10 @@ function boot() {
   $("model").addEventListener("change", () => localStorage.setItem(MODEL_KEY, $("model").value));
   $("input").addEventListener("keydown", onComposerKey);
   $("messages").addEventListener("scroll", onMessagesScroll, { passive: true });
+  // A box that changes size (the window, the message box grown) keeps the newest in view.
+  if (globalThis.ResizeObserver) {
+    new ResizeObserver(() => state.pinned && toEnd()).observe($("messages"));
+  }
   document.addEventListener("keydown", onDocumentKey);
   document.addEventListener("click", onDocumentClick);
   $("toggle-chats").addEventListener("click", () => toggleSidebar());

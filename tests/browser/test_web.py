@@ -357,6 +357,37 @@ def run_features(page, dialogs, email):
     )
     expect(last_reply(page)).to_be_in_viewport()
     shot(page, "26-reload-at-bottom")
+
+    step("features: a streaming reply stays in view, until the user scrolls up")
+    words = " ".join(f"word{i}" for i in range(150))
+    send(page, f"{words} [[mock:chunks=30]] [[mock:chunk-pause=150]]")
+    reply = last_reply(page)
+    expect(reply).to_have_class(re.compile(r"\bstreaming\b"), timeout=REPLY_MS)
+    body = "document.querySelector('#messages article:last-child .body')"
+    # Grown past a screenful while pending, and still scrolled to its end.
+    page.wait_for_function(
+        f"""() => {{
+            const box = document.getElementById("messages");
+            const reply = document.querySelector("#messages article:last-child");
+            return reply.dataset.status === "pending" && {body}.textContent.length > 400
+                && box.scrollHeight - box.scrollTop - box.clientHeight < 2;
+        }}""",
+        timeout=REPLY_MS,
+    )
+    page.locator("#messages").hover()
+    page.mouse.wheel(0, -400)
+    page.wait_for_function(
+        """() => {
+            const box = document.getElementById("messages");
+            return box.scrollHeight - box.scrollTop - box.clientHeight > 300;
+        }"""
+    )
+    held = page.evaluate("document.getElementById('messages').scrollTop")
+    length = page.evaluate(f"{body}.textContent.length")
+    page.wait_for_function(f"() => {body}.textContent.length > {length} + 40", timeout=REPLY_MS)
+    moved = page.evaluate("document.getElementById('messages').scrollTop")
+    assert abs(moved - held) < 2, f"the list moved from {held} to {moved} while the user was up"
+    expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
     page.set_viewport_size({"width": 1200, "height": 800})
 
     step("features: a chat in the list renamed by double-click")
