@@ -878,11 +878,20 @@ function updateParts(parts, message) {
     }
   }
 
+  // The arrows' handlers hold the siblings: drawn again whenever those change.
   const siblings = message.siblings || [];
-  const navKey = siblings.length > 1 ? `${message.sibling_index}/${siblings.length}` : "";
+  const navKey = siblings.length > 1 ? `${message.sibling_index}:${siblings.join(",")}` : "";
   if (parts.navKey !== navKey) {
     parts.navKey = navKey;
     parts.nav.replaceChildren(...branchArrows(message));
+    if (navKey) {
+      const what = message.role === "user" ? "Version" : "Answer";
+      parts.nav.setAttribute("role", "group");
+      parts.nav.setAttribute("aria-label", `${what} ${message.sibling_index + 1} of ${siblings.length}`);
+    } else {
+      parts.nav.removeAttribute("role");
+      parts.nav.removeAttribute("aria-label");
+    }
   }
 
   const error = message.error || {};
@@ -948,7 +957,6 @@ function branchArrows(message) {
   const where = document.createElement("span");
   where.className = "where";
   where.textContent = `${i + 1}/${siblings.length}`;
-  where.setAttribute("aria-label", `${what} ${i + 1} of ${siblings.length}`);
   return [prev, where, next];
 }
 
@@ -1173,6 +1181,8 @@ function followNewBranch(replaced, added) {
 }
 
 async function saveEdit(messageId, content, save) {
+  // Enter again while the first save is on its way (requestSubmit ignores a disabled button).
+  if (save.disabled) return;
   if (!content.trim()) {
     banner("A message cannot be empty.");
     return;
@@ -1196,7 +1206,12 @@ async function saveEdit(messageId, content, save) {
   }
 }
 
+/** Replies being answered again: a second click while the first is on its way does nothing. */
+const regenerating = new Set();
+
 async function regenerate(messageId) {
+  if (regenerating.has(messageId)) return;
+  regenerating.add(messageId);
   const id = state.chatId;
   try {
     const { data } = await call("POST", `/api/chats/${id}/messages/${messageId}/regenerate`, {
@@ -1209,6 +1224,8 @@ async function regenerate(messageId) {
     followNewBranch(messageId, [data]);
   } catch (e) {
     report(e);
+  } finally {
+    regenerating.delete(messageId);
   }
 }
 
