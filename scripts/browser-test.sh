@@ -6,10 +6,12 @@
 # queue prefix and a Redis prefix of their own, and runs tests/browser/test_web.py against
 # the API: register, create a chat, send and watch the reply stream in, reload and see the
 # history, a reply failing once and retried, a slow reply stopped mid-stream, hostile HTML
-# kept inert, a chat deleted, the phone layout, polling when the event stream is refused, and
-# the account panel (password change, sign-out, account deletion). Screenshots go to
-# target/browser/. Everything this started and created is removed on exit (trap). Under two
-# minutes.
+# kept inert, a chat deleted, the phone layout, polling when the event stream is refused, the
+# account panel (password change, sign-out, account deletion), and the chat front's tools
+# (edit and branch arrows, regenerate, Up-arrow editing, a code block copied, Escape stopping
+# a reply, a message deleted, rename in place, the scroll after a reload, search, exports).
+# Screenshots go to target/browser/. Everything this started and created is removed on exit
+# (trap). About two minutes.
 # shellcheck disable=SC2317 # cleanup runs from a trap, probes from wait_until
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -96,6 +98,6 @@ info "browser-test: API :$API_PORT, worker :$WORKER_PORT, mock-gemini :$MOCK_POR
 
 mkdir -p "$SHOTS"
 SLUICE_WEB_URL="http://127.0.0.1:$API_PORT" SLUICE_CHROMIUM=$CHROMIUM SLUICE_SCREENSHOTS=$SHOTS \
-    NO_PROXY='*' timeout 150 "$VENV/bin/python" tests/browser/test_web.py ||
+    NO_PROXY='*' timeout 240 "$VENV/bin/python" tests/browser/test_web.py ||
     die "browser-test: FAILED (screenshots in $SHOTS)"
 info "browser-test: passed (screenshots in $SHOTS)"

@@ -78,6 +78,61 @@ export async function call(method, path, { body, etag, idempotencyKey } = {}) {
   return { status: response.status, data, etag: tag };
 }
 
+/** The error an answer that was not 2xx carries, as an ApiError. */
+async function errorOf(response, bearer) {
+  let error = {};
+  try {
+    const data = JSON.parse(await response.text());
+    if (data && data.error) error = data.error;
+  } catch (e) {
+    // Not JSON: the status says enough.
+  }
+  const retry = Number(response.headers.get("retry-after")) || undefined;
+  return new ApiError(
+    response.status,
+    error.code || "http_" + response.status,
+    error.message || `The server answered ${response.status}.`,
+    retry,
+    bearer,
+  );
+}
+
+/** The file name a Content-Disposition header gives (RFC 6266: filename* first), or null. */
+export function filenameOf(disposition) {
+  if (!disposition) return null;
+  const extended = disposition.match(/filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/);
+  if (extended) {
+    try {
+      return decodeURIComponent(extended[1].trim());
+    } catch (e) {
+      // Badly encoded: try the plain one.
+    }
+  }
+  const plain = disposition.match(/filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/);
+  if (!plain) return null;
+  return (plain[1] !== undefined ? plain[1].replace(/\\(.)/g, "$1") : plain[2]) || null;
+}
+
+/**
+ * GETs a file the API sends as a download (it needs the bearer token, so a plain link cannot
+ * fetch it). Resolves to {blob, filename} (filename from Content-Disposition, else null);
+ * rejects with an ApiError like `call`.
+ */
+export async function download(path) {
+  const bearer = token();
+  const headers = { accept: "*/*" };
+  if (bearer) headers.authorization = `Bearer ${bearer}`;
+  let response;
+  try {
+    response = await fetch(path, { headers, cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.", undefined, bearer);
+  }
+  if (!response.ok) throw await errorOf(response, bearer);
+  const blob = await response.blob();
+  return { blob, filename: filenameOf(response.headers.get("content-disposition")) };
+}
+
 /** Every item of a paged list ({items, next}), following `next`. */
 export async function all(path) {
   const items = [];

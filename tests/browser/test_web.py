@@ -3,6 +3,7 @@ scripts/browser-test.sh, which starts the API, a worker and mock-gemini and sets
 SLUICE_WEB_URL, SLUICE_CHROMIUM and SLUICE_SCREENSHOTS. Plain asserts; every wait is on a
 condition (Playwright's expect, or `eventually` for the API's answer), never a fixed sleep."""
 
+import json
 import os
 import re
 import sys
@@ -153,6 +154,319 @@ def run(page, dialogs, email):
     page.set_viewport_size({"width": 1200, "height": 800})
     sign_out(page)
 
+    alerts = [message for kind, message in dialogs if kind != "confirm"]
+    assert not alerts, f"a dialog fired: {alerts}"
+
+
+def user_message(page, n):
+    return page.locator("article.msg.user").nth(n)
+
+
+def reply_to(question):
+    """The reply below a user message (the next article)."""
+    return question.locator("xpath=following-sibling::article[1]")
+
+
+def missing(page, path):
+    """Whether the API lacks `path` (404 not_found or 405: a route not there yet)."""
+    response = page.request.get(BASE + path, headers={"authorization": f"Bearer {token(page)}"})
+    if response.status == 405:
+        return True
+    if response.status != 404:
+        return False
+    try:
+        code = (response.json().get("error") or {}).get("code")
+    except ValueError:
+        code = None
+    return code == "not_found"
+
+
+def skipped(what, why):
+    print(f"browser-test: SKIPPED {what}: {why}", file=sys.stderr, flush=True)
+    SKIPS.append(what)
+
+
+SKIPS = []
+
+
+def run_features(page, dialogs, email):
+    """A fresh account, the chat front's tools: an untitled chat named by its first message,
+    edit (a new branch and its arrows), regenerate (another answer, with the model chosen
+    now), Up-arrow editing, a code block's Copy button, Escape stopping a reply, a 409 shown,
+    deleting a message, renaming in place, the scroll after a reload, search and exports."""
+    step("features: register, an untitled chat is named by its first message")
+    page.goto(BASE + "/")
+    sign_in(page, email, PASSWORD, "#register-button")
+    expect(page.locator("#app-view")).to_be_visible()
+    page.click("#new-chat")
+    expect(page.locator("#chat-title")).to_have_text("New chat")
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "streaming")
+    send(page, "Plan a picnic for Saturday")
+    expect(page.locator("#chat-title")).to_have_text("Plan a picnic for Saturday")
+    expect(page.locator("#chat-list .chat-open[aria-current=true]")).to_have_text("Plan a picnic for Saturday")
+    question = user_message(page, 0)
+    expect(reply_to(question)).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+
+    step("features: edit a question in place; the new branch and its arrows")
+    question.get_by_role("button", name="Edit this message").click()
+    editor = question.get_by_role("textbox")
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("Plan a picnic for Saturday")
+    shot(page, "20-edit-mode")
+    # Cancel changes nothing.
+    question.get_by_role("button", name="Cancel").click()
+    expect(question.get_by_role("textbox")).to_have_count(0)
+    expect(question.locator(".body")).to_have_text("Plan a picnic for Saturday")
+    question.get_by_role("button", name="Edit this message").click()
+    question.get_by_role("textbox").fill("Plan a barbecue for Sunday")
+    question.get_by_role("button", name="Save").click()
+    question = user_message(page, 0)
+    expect(question.locator(".body")).to_have_text("Plan a barbecue for Sunday")
+    expect(page.locator("article.msg")).to_have_count(2)
+    reply = reply_to(question)
+    expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    expect(reply.locator(".body")).to_contain_text("mock reply to: Plan a barbecue for Sunday")
+    expect(question.locator(".branch .where")).to_have_text("2/2")
+    expect(question.get_by_role("button", name="Next version of this message")).to_be_disabled()
+    shot(page, "21-branch-arrows")
+    question.get_by_role("button", name="Previous version of this message").click()
+    expect(question.locator(".body")).to_have_text("Plan a picnic for Saturday")
+    expect(question.locator(".branch .where")).to_have_text("1/2")
+    expect(reply_to(question).locator(".body")).to_contain_text("mock reply to: Plan a picnic for Saturday")
+    # The arrow keeps the focus across the switch (the other arrow, at the end).
+    expect(question.get_by_role("button", name="Next version of this message")).to_be_focused()
+    question.get_by_role("button", name="Next version of this message").click()
+    expect(question.locator(".body")).to_have_text("Plan a barbecue for Sunday")
+    expect(question.locator(".branch .where")).to_have_text("2/2")
+
+    step("features: regenerate a reply with the model chosen now; arrows between the answers")
+    reply = reply_to(question)
+    expect(reply).to_have_attribute("data-status", "completed")
+    first_answer = reply.get_attribute("data-id")
+    other_model = page.locator("#model option").nth(1).get_attribute("value")
+    page.select_option("#model", other_model)
+    reply.get_by_role("button", name=re.compile("^Regenerate")).click()
+    reply = reply_to(question)
+    expect(reply).not_to_have_attribute("data-id", first_answer)
+    expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    expect(reply.locator(".branch .where")).to_have_text("2/2")
+    expect(page.locator("article.msg")).to_have_count(2)
+    chat_id = page.evaluate("location.hash").split("=", 1)[1]
+    listed = page.request.get(
+        f"{BASE}/api/chats/{chat_id}/messages", headers={"authorization": f"Bearer {token(page)}"}
+    ).json()["items"]
+    assert listed[-1]["requested_model"] == other_model, f"regenerated with {listed[-1]['requested_model']}"
+    shot(page, "22-regenerated")
+    reply.get_by_role("button", name="Previous answer").click()
+    expect(reply_to(question)).to_have_attribute("data-id", first_answer)
+    expect(reply_to(question).locator(".branch .where")).to_have_text("1/2")
+    reply_to(question).get_by_role("button", name="Next answer").click()
+    expect(reply_to(question)).not_to_have_attribute("data-id", first_answer)
+
+    step("features: Up in the empty message box edits the last question")
+    page.focus("#input")
+    page.press("#input", "ArrowUp")
+    editor = question.get_by_role("textbox")
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("Plan a barbecue for Sunday")
+    page.keyboard.press("Escape")
+    expect(question.get_by_role("textbox")).to_have_count(0)
+    page.focus("#input")
+    page.press("#input", "ArrowUp")
+    editor = question.get_by_role("textbox")
+    expect(editor).to_be_focused()
+    editor.fill("Plan a barbecue for Monday")
+    editor.press("Enter")
+    question = user_message(page, 0)
+    expect(question.locator(".body")).to_have_text("Plan a barbecue for Monday")
+    expect(question.locator(".branch .where")).to_have_text("3/3")
+    expect(reply_to(question)).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    expect(page.locator("#input")).to_be_focused()
+
+    step("features: a code block in a reply has a working Copy button")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=BASE)
+    send(page, "Show code:\n```\nprint('sluice')\n```\nthanks")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    expect(reply.locator("pre code")).to_have_text("print('sluice')\n")
+    expect(last_reply(page).locator(".code-block")).to_have_count(1)
+    assert page.locator("article.msg.user .copy-code").count() == 0, "a Copy button on the user's text"
+    copy = reply.get_by_role("button", name="Copy code")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "print('sluice')\n"
+    shot(page, "23-code-copied")
+    expect(copy).to_have_text("Copy")
+
+    step("features: while a reply streams, an edit is refused visibly; Escape stops the reply")
+    send(page, "take it slowly [[mock:chunk-pause=1000]]")
+    reply = last_reply(page)
+    expect(reply).to_have_class(re.compile(r"\bstreaming\b"), timeout=REPLY_MS)
+    question = user_message(page, 0)
+    question.get_by_role("button", name="Edit this message").click()
+    question.get_by_role("textbox").fill("Too soon")
+    question.get_by_role("button", name="Save").click()
+    expect(page.locator("#banner-text")).to_contain_text("A reply is still being written")
+    expect(question.get_by_role("textbox")).to_be_visible()
+    shot(page, "24-reply-in-flight")
+    question.get_by_role("button", name="Cancel").click()
+    page.click("#banner-close")
+    expect(reply).to_have_attribute("data-status", "pending")
+    page.focus("#input")
+    page.keyboard.press("Escape")
+    expect(reply).to_have_attribute("data-status", "failed")
+    expect(reply.locator(".status")).to_have_text("Stopped.")
+
+    step("features: delete a message (after confirming) with what is below it")
+    asked = len(dialogs)
+    count = page.locator("article.msg").count()
+    reply.get_by_role("button", name="Delete this reply and everything below").click()
+    expect(page.locator("article.msg")).to_have_count(count - 1)
+    expect(last_reply(page).locator("pre code")).to_have_count(1)
+    assert [kind for kind, _ in dialogs[asked:]] == ["confirm"], "no confirmation was asked"
+    user_message(page, 2).get_by_role("button", name="Delete this message, its reply and everything below").click()
+    expect(page.locator("article.msg")).to_have_count(count - 2)
+
+    step("features: rename in place (Escape cancels, Enter saves, a reload keeps it)")
+    page.dblclick("#chat-title")
+    title_box = page.get_by_role("textbox", name=re.compile("^Chat title"))
+    expect(title_box).to_be_focused()
+    title_box.fill("Not this")
+    title_box.press("Escape")
+    expect(page.locator("#chat-title")).to_have_text("Plan a picnic for Saturday")
+    page.get_by_role("button", name="Rename chat").click()
+    title_box = page.get_by_role("textbox", name=re.compile("^Chat title"))
+    title_box.fill("Weekend plans")
+    shot(page, "25-rename")
+    title_box.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("Weekend plans")
+    expect(page.locator("#chat-list .chat-open[aria-current=true]")).to_have_text("Weekend plans")
+
+    step("features: after a reload the newest message is in view")
+    # A short window, so the branch is taller than its box.
+    page.set_viewport_size({"width": 1200, "height": 520})
+    page.reload()
+    expect(page.locator("#chat-title")).to_have_text("Weekend plans")
+    expect(page.locator("article.msg")).to_have_count(count - 2)
+    page.wait_for_function(
+        """() => {
+            const box = document.getElementById("messages");
+            return box.scrollHeight > box.clientHeight + 50
+                && box.scrollHeight - box.scrollTop - box.clientHeight < 2;
+        }"""
+    )
+    expect(last_reply(page)).to_be_in_viewport()
+    shot(page, "26-reload-at-bottom")
+
+    step("features: a streaming reply stays in view, until the user scrolls up")
+    words = " ".join(f"word{i}" for i in range(150))
+    send(page, f"{words} [[mock:chunks=30]] [[mock:chunk-pause=150]]")
+    reply = last_reply(page)
+    expect(reply).to_have_class(re.compile(r"\bstreaming\b"), timeout=REPLY_MS)
+    body = "document.querySelector('#messages article:last-child .body')"
+    # Grown past a screenful while pending, and still scrolled to its end.
+    page.wait_for_function(
+        f"""() => {{
+            const box = document.getElementById("messages");
+            const reply = document.querySelector("#messages article:last-child");
+            return reply.dataset.status === "pending" && {body}.textContent.length > 400
+                && box.scrollHeight - box.scrollTop - box.clientHeight < 2;
+        }}""",
+        timeout=REPLY_MS,
+    )
+    page.locator("#messages").hover()
+    page.mouse.wheel(0, -400)
+    page.wait_for_function(
+        """() => {
+            const box = document.getElementById("messages");
+            return box.scrollHeight - box.scrollTop - box.clientHeight > 300;
+        }"""
+    )
+    held = page.evaluate("document.getElementById('messages').scrollTop")
+    length = page.evaluate(f"{body}.textContent.length")
+    page.wait_for_function(f"() => {body}.textContent.length > {length} + 40", timeout=REPLY_MS)
+    moved = page.evaluate("document.getElementById('messages').scrollTop")
+    assert abs(moved - held) < 2, f"the list moved from {held} to {moved} while the user was up"
+    expect(reply).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    page.set_viewport_size({"width": 1200, "height": 800})
+
+    step("features: a chat in the list renamed by double-click")
+    page.fill("#new-chat-title", "Zoo trip")
+    page.click("#new-chat")
+    expect(page.locator("#chat-title")).to_have_text("Zoo trip")
+    send(page, "What do zebras eat?")
+    expect(last_reply(page)).to_have_attribute("data-status", "completed", timeout=REPLY_MS)
+    page.locator("#chat-list .chat-open", has_text="Zoo trip").dblclick()
+    title_box = page.locator("#chat-list").get_by_role("textbox")
+    expect(title_box).to_be_focused()
+    title_box.fill("Zoo day")
+    title_box.press("Enter")
+    expect(page.locator("#chat-list .chat-open[aria-current=true]")).to_have_text("Zoo day")
+    expect(page.locator("#chat-title")).to_have_text("Zoo day")
+
+    step("features: search the chats; clearing restores the list")
+    if missing(page, "/api/chats?q=zebras"):
+        skipped("search", "GET /api/chats?q= answers 404/405 on this API")
+    else:
+        page.fill("#chat-search", "zebras")
+        expect(page.locator("#chat-list .chat-open")).to_have_count(1)
+        expect(page.locator("#chat-list .chat-open .chat-title")).to_have_text("Zoo day")
+        expect(page.locator("#search-state")).to_have_text("1 chat found")
+        shot(page, "27-search")
+        page.fill("#chat-search", "barbecue")
+        expect(page.locator("#chat-list .chat-open .chat-title")).to_have_text(["Weekend plans"])
+        page.locator("#chat-list .chat-open", has_text="Weekend plans").click()
+        expect(page.locator("#chat-title")).to_have_text("Weekend plans")
+        page.fill("#chat-search", "nothingmatchesthis")
+        expect(page.locator("#search-state")).to_have_text("No chats match.")
+        expect(page.locator("#chat-list .chat-open")).to_have_count(0)
+        page.fill("#chat-search", "")
+        expect(page.locator("#chat-list .chat-open")).to_have_count(2)
+        expect(page.locator("#search-state")).to_be_hidden()
+
+    step("features: export the chat (Markdown, JSON) and all the data")
+    page.locator("#chat-list .chat-open", has_text="Weekend plans").click()
+    expect(page.locator("#chat-title")).to_have_text("Weekend plans")
+    chat_id = page.evaluate("location.hash").split("=", 1)[1]
+    if missing(page, f"/api/chats/{chat_id}/export?format=markdown"):
+        skipped("export", "GET /api/chats/{id}/export answers 404/405 on this API")
+    else:
+        page.get_by_text("Export", exact=True).click()
+        shot(page, "28-export-menu")
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Markdown (.md)").click()
+        markdown = open(info.value.path(), encoding="utf-8").read()
+        assert "Plan a barbecue for Monday" in markdown, markdown
+        assert "mock reply to: Plan a barbecue for Monday" in markdown, markdown
+        page.get_by_text("Export", exact=True).click()
+        with page.expect_download() as info:
+            page.get_by_role("button", name="JSON (.json)").click()
+        exported = json.load(open(info.value.path(), encoding="utf-8"))
+        text = json.dumps(exported)
+        assert "Plan a barbecue for Monday" in text and "mock reply to:" in text, text[:2000]
+        panel = open_account(page, email)
+        if missing(page, "/api/me/export"):
+            skipped("export of all data", "GET /api/me/export answers 404/405 on this API")
+        else:
+            with page.expect_download() as info:
+                panel.get_by_role("button", name="Export all my data").click()
+            everything = json.dumps(json.load(open(info.value.path(), encoding="utf-8")))
+            for wanted in ["Weekend plans", "Zoo day", "What do zebras eat?", email]:
+                assert wanted in everything, f"{wanted!r} is not in the export"
+            expect(panel.locator("#export-all-state")).to_have_text("Your data has been downloaded.")
+        panel.get_by_role("button", name="Close").click()
+
+    step("features: the phone layout with branch arrows")
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.locator("#sidebar")).to_be_hidden()
+    expect(user_message(page, 0).locator(".branch .where")).to_have_text("3/3")
+    wide = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert wide <= 0, f"the phone layout is {wide} px wider than the screen"
+    shot(page, "29-phone-branches")
+    user_message(page, 0).get_by_role("button", name="Edit this message").click()
+    shot(page, "30-phone-edit")
+    user_message(page, 0).get_by_role("button", name="Cancel").click()
+    page.set_viewport_size({"width": 1200, "height": 800})
     alerts = [message for kind, message in dialogs if kind != "confirm"]
     assert not alerts, f"a dialog fired: {alerts}"
 
@@ -432,8 +746,31 @@ def main():
                 shot(other, "failure-account-other")
                 raise
             assert not account_errors, f"errors in the account pages: {account_errors}"
+            # A context of its own, allowed to use the clipboard (the Copy button is read back).
+            context = browser.new_context(viewport={"width": 1200, "height": 800}, accept_downloads=True)
+            features = context.new_page()
+            feature_dialogs = []
+
+            def on_feature_dialog(dialog):
+                feature_dialogs.append((dialog.type, dialog.message))
+                if dialog.type == "confirm":
+                    dialog.accept()
+                else:
+                    dialog.dismiss()
+
+            features.on("dialog", on_feature_dialog)
+            feature_errors = []
+            watch_errors(features, feature_errors)
+            try:
+                run_features(features, feature_dialogs, f"features-{uuid.uuid4().hex[:12]}@example.com")
+            except BaseException:
+                shot(features, "failure-features")
+                raise
+            assert not feature_errors, f"errors in the features page: {feature_errors}"
         finally:
             browser.close()
+    if SKIPS:
+        print(f"browser-test: SKIPPED (the API lacks them): {', '.join(SKIPS)}", file=sys.stderr)
     print(f"browser-test: all steps passed in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
