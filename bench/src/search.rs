@@ -395,8 +395,7 @@ async fn sizes(db: &DatabaseConnection) -> anyhow::Result<Value> {
                     pg_relation_size('messages') AS heap, \
                     pg_relation_size((SELECT reltoastrelid FROM pg_class \
                                       WHERE relname = 'messages')) AS toast, \
-                    pg_relation_size('messages_search') AS messages_search, \
-                    pg_relation_size('chats_search') AS chats_search",
+                    pg_relation_size('messages_search') AS messages_search",
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("no sizes"))?;
@@ -408,7 +407,6 @@ async fn sizes(db: &DatabaseConnection) -> anyhow::Result<Value> {
         "heap_mib": mib("heap")?,
         "toast_mib": mib("toast")?,
         "messages_search_mib": mib("messages_search")?,
-        "chats_search_mib": mib("chats_search")?,
     }))
 }
 
