@@ -3,9 +3,7 @@
 //! message with everything below it.
 
 use super::chats::owned_chat;
-use super::messages::{
-    NewMessage, Posted, chosen_model, request_for, template, unknown_model, validate_content,
-};
+use super::messages::{NewMessage, Posted, chosen_model, new_exchange, request_for, unknown_model};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppJson, AuthUser, parse_id};
@@ -13,7 +11,7 @@ use crate::http::idempotency::{IdempotencyKey, Keyed, accepted};
 use crate::messaging::request::{Ask, Question};
 use crate::store::branches::{Branched, NewBranch};
 use crate::store::messages::HistoryEnd;
-use crate::store::posts::{another_answer, exchange};
+use crate::store::posts::another_answer;
 use crate::store::{Message, Role, Status};
 use crate::views::MessageView;
 use axum::Json;
@@ -143,32 +141,16 @@ async fn edit(
         return Ok(first);
     }
     let edited = message_of(&state, user, ids, Role::User).await?;
-    validate_content(&input.content)?;
-    let model = chosen_model(&state.catalogue, input.model)?;
-    let (template_id, system) = match input.template_id {
-        Some(raw) => template(&state, user, &raw).await?,
-        None => (None, None),
-    };
     idle(&state, edited.chat_id).await?;
-
-    let (mut question, reply) = exchange(edited.chat_id, input.content, model.clone(), template_id);
-    question.parent_id = edited.parent_id;
-    let ask = Ask {
-        chat_id: edited.chat_id,
-        request_id: reply.id,
-        generation: reply.generation,
-        model,
-        system,
-        question: Question::New(question.content.clone()),
-        enqueued_at: question.created_at,
-    };
-    let request = request_for(&state, user, ask, HistoryEnd::Above(edited.id)).await?;
-    state.limits.admit_message(user).await?;
-    let body = serde_json::to_string(&Posted {
-        user_message: question.clone().into(),
-        assistant_message: reply.clone().into(),
-    })
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (question, reply, request, body) = new_exchange(
+        &state,
+        user,
+        edited.chat_id,
+        input,
+        Some(edited.parent_id),
+        HistoryEnd::Above(edited.id),
+    )
+    .await?;
     let branch = NewBranch {
         beside: edited.id,
         messages: vec![question, reply],

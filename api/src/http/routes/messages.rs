@@ -13,7 +13,7 @@ use crate::messaging::request::{self, Ask, BuildError, Question};
 use crate::store::messages::HistoryEnd;
 use crate::store::outbox::OutboxRow;
 use crate::store::posts::{NewPost, PostError, exchange};
-use crate::store::{Chat, Status};
+use crate::store::{Chat, Message, Status};
 use crate::views::{MessageView, Page};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -110,33 +110,8 @@ async fn create(
     {
         return Ok(first);
     }
-    validate_content(&input.content)?;
-    let model = chosen_model(&state.catalogue, input.model)?;
-    let (template_id, system) = match input.template_id {
-        Some(raw) => template(&state, user, &raw).await?,
-        None => (None, None),
-    };
-
-    let (question, reply) = exchange(chat_id, input.content, model.clone(), template_id);
-    let ask = Ask {
-        chat_id,
-        request_id: reply.id,
-        generation: reply.generation,
-        model,
-        system,
-        question: Question::New(question.content.clone()),
-        enqueued_at: question.created_at,
-    };
-    let request = request_for(&state, user, ask, HistoryEnd::Now).await?;
-    // Limits are spent only by a post that would otherwise be accepted: a 404 or a 422
-    // costs the user nothing.
-    state.limits.admit_message(user).await?;
-
-    let body = serde_json::to_string(&Posted {
-        user_message: question.clone().into(),
-        assistant_message: reply.clone().into(),
-    })
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (question, reply, request, body) =
+        new_exchange(&state, user, chat_id, input, None, HistoryEnd::Now).await?;
     let post = NewPost {
         question,
         reply,
@@ -153,6 +128,47 @@ async fn create(
         },
         Err(Committed::Refused(e)) => Err(e),
     }
+}
+
+/// What a post and an edit share, in their order: the content, model and template checked,
+/// the question (hung on `parent` for an edit) and its pending reply, the request built on the
+/// branch that ends at `end`, the user's limits spent (only by what would otherwise be
+/// accepted: a 404 or a 422 costs nothing), and the 202's body.
+pub(super) async fn new_exchange(
+    state: &AppState,
+    user: Uuid,
+    chat_id: Uuid,
+    input: NewMessage,
+    parent: Option<Option<Uuid>>,
+    end: HistoryEnd,
+) -> Result<(Message, Message, OutboxRow, String), ApiError> {
+    validate_content(&input.content)?;
+    let model = chosen_model(&state.catalogue, input.model)?;
+    let (template_id, system) = match input.template_id {
+        Some(raw) => template(state, user, &raw).await?,
+        None => (None, None),
+    };
+    let (mut question, reply) = exchange(chat_id, input.content, model.clone(), template_id);
+    if let Some(parent) = parent {
+        question.parent_id = parent;
+    }
+    let ask = Ask {
+        chat_id,
+        request_id: reply.id,
+        generation: reply.generation,
+        model,
+        system,
+        question: Question::New(question.content.clone()),
+        enqueued_at: question.created_at,
+    };
+    let request = request_for(state, user, ask, end).await?;
+    state.limits.admit_message(user).await?;
+    let body = serde_json::to_string(&Posted {
+        user_message: question.clone().into(),
+        assistant_message: reply.clone().into(),
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((question, reply, request, body))
 }
 
 /// The model asked for, or the default; it must be in the catalogue, which says who serves it.
