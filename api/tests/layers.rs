@@ -19,7 +19,8 @@ const API_LAYERS: &[(&str, &[&str])] = &[
     ("live", &["store", "views"]),
     ("reaper", &["store"]),
     ("retention", &["store"]),
-    ("http", &["store", "views", "messaging", "live"]),
+    ("export", &["store", "views"]),
+    ("http", &["store", "views", "messaging", "live", "export"]),
 ];
 
 /// The crates whose top-level modules must not form a circle.
