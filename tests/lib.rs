@@ -67,6 +67,16 @@ pub fn primary_and_backup(settings: &mut Settings) {
     );
 }
 
+/// How long one step of a test's cleanup (queues, Redis keys, database) may take.
+const CLEANUP_STEP: Duration = Duration::from_secs(20);
+
+/// Runs one step of a cleanup, giving up (and saying so) after [`CLEANUP_STEP`].
+async fn bounded(what: &str, work: impl Future<Output = ()>) {
+    if tokio::time::timeout(CLEANUP_STEP, work).await.is_err() {
+        eprintln!("cleanup: {what} took over {CLEANUP_STEP:?}; left as it is");
+    }
+}
+
 /// One running worker: cancel it to stop just this one.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -547,35 +557,49 @@ impl TestApp {
         if let Some(p) = &self.proxy {
             p.stop();
         }
-        if let Ok(conn) = sluice_shared::broker::connect(
-            &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),
-            "sluice-tests cleanup",
-        )
-        .await
-        {
-            if let Ok(channel) = conn.create_channel().await
-                && let Err(e) = self.topology.delete(&channel).await
+        // Each step is bounded: a cleanup that hangs on one service (a close never answered)
+        // would hold the whole run, while what it leaves behind is only this test's prefix.
+        bounded("deleting the queues", async {
+            if let Ok(conn) = sluice_shared::broker::connect(
+                &format!("amqp://guest:guest@{AMQP_ADDR}/%2f"),
+                "sluice-tests cleanup",
+            )
+            .await
             {
-                eprintln!("could not delete queues of {}: {e}", self.id);
+                if let Ok(channel) = conn.create_channel().await
+                    && let Err(e) = self.topology.delete(&channel).await
+                {
+                    eprintln!("could not delete queues of {}: {e}", self.id);
+                }
+                let _ = conn.close(200, "done".into()).await;
             }
-            let _ = conn.close(200, "done".into()).await;
-        }
-        if let Err(e) = self.clear_redis().await {
-            eprintln!("could not delete Redis keys of {}: {e}", self.id);
-        }
-        let _ = self.db.clone().close().await;
-        if let Ok(admin) = Database::connect(admin_url()).await {
-            if let Err(e) = admin
-                .execute_unprepared(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.db_name
-                ))
-                .await
-            {
-                eprintln!("could not drop {}: {e}", self.db_name);
+        })
+        .await;
+        bounded("deleting the Redis keys", async {
+            if let Err(e) = self.clear_redis().await {
+                eprintln!("could not delete Redis keys of {}: {e}", self.id);
             }
-            let _ = admin.close().await;
-        }
+        })
+        .await;
+        bounded("closing the test's pool", async {
+            let _ = self.db.clone().close().await;
+        })
+        .await;
+        bounded("dropping the database", async {
+            if let Ok(admin) = Database::connect(admin_url()).await {
+                if let Err(e) = admin
+                    .execute_unprepared(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.db_name
+                    ))
+                    .await
+                {
+                    eprintln!("could not drop {}: {e}", self.db_name);
+                }
+                let _ = admin.close().await;
+            }
+        })
+        .await;
     }
 
     /// Deletes every Redis key under this test's prefix.
