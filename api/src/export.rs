@@ -74,39 +74,6 @@ impl From<&Chat> for ExportedChat {
     }
 }
 
-/// One recorded provider call.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ExportedUsage {
-    pub request_id: Option<Uuid>,
-    pub generation: i32,
-    pub attempt: i32,
-    pub model: String,
-    pub prompt_tokens: i32,
-    pub completion_tokens: i32,
-    /// The provider reported no usage (a cut stream): the tokens are estimated.
-    pub usage_estimated: bool,
-    pub cost_nano_usd: i64,
-    pub outcome: String,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<&UsageRecord> for ExportedUsage {
-    fn from(r: &UsageRecord) -> Self {
-        Self {
-            request_id: r.request_id,
-            generation: r.generation,
-            attempt: r.attempt,
-            model: r.model.clone(),
-            prompt_tokens: r.prompt_tokens,
-            completion_tokens: r.completion_tokens,
-            usage_estimated: r.usage_estimated,
-            cost_nano_usd: r.cost_nano_usd,
-            outcome: r.outcome.clone(),
-            created_at: r.created_at,
-        }
-    }
-}
-
 /// The account exported: who, as `GET /api/me` shows them.
 #[derive(Debug, Serialize)]
 pub struct Owner {
@@ -302,7 +269,7 @@ impl Writer {
                     .usage_records(self.user, after.as_ref(), USAGE_PER_CHUNK)
                     .await?;
                 let first = after.is_none();
-                items(&mut out, first, page.iter().map(ExportedUsage::from))?;
+                items(&mut out, first, page.iter())?;
                 self.step = match page.into_iter().last() {
                     Some(last) => Step::Usage(Some(last)),
                     None => {

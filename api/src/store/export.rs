@@ -8,9 +8,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, Statement};
 use uuid::Uuid;
 
-/// One recorded provider call of the user's, as an export shows it.
-#[derive(Debug, Clone, FromQueryResult)]
+/// One recorded provider call of the user's, as an export shows it (its row id, which only
+/// pages the reads, is left out).
+#[derive(Debug, Clone, FromQueryResult, serde::Serialize, utoipa::ToSchema)]
 pub struct UsageRecord {
+    #[serde(skip)]
     pub id: i64,
     pub request_id: Option<Uuid>,
     pub generation: i32,
@@ -18,6 +20,7 @@ pub struct UsageRecord {
     pub model: String,
     pub prompt_tokens: i32,
     pub completion_tokens: i32,
+    /// The provider reported no usage (a cut stream): the tokens are estimated.
     pub usage_estimated: bool,
     pub cost_nano_usd: i64,
     pub outcome: String,

@@ -3,11 +3,12 @@
 //! while it is sent (see `crate::export`).
 
 use super::chats::owned_chat;
-use crate::export::{self, Chunks, ExportedChat, ExportedMessage, ExportedUsage, Owner};
+use crate::export::{self, Chunks, ExportedChat, ExportedMessage, Owner};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppQuery, AuthUser};
 use crate::http::sessions::account_gone;
+use crate::store::export::UsageRecord;
 use crate::views::TemplateView;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -54,7 +55,7 @@ struct AccountExport {
     user: serde_json::Value,
     templates: Vec<TemplateView>,
     /// Every recorded provider call, oldest first.
-    usage: Vec<ExportedUsage>,
+    usage: Vec<UsageRecord>,
     /// Newest chat first, each `{"chat": …, "messages": […]}` as a chat's export has them.
     chats: Vec<serde_json::Value>,
 }
