@@ -51,15 +51,22 @@ const NEWEST_LEAF_BELOW: &str = "WITH RECURSIVE down AS ( \
 
 impl Store {
     /// Writes `branch` unless a reply of the chat is in flight or `beside` is gone; the chat's
-    /// leaf becomes the new reply. The chat is locked before the checks, so a post committing
-    /// meanwhile is seen by them.
+    /// leaf becomes the new reply and it is marked forked. The chat is locked before the
+    /// checks, so a post committing meanwhile is seen by them.
     pub async fn branch_off(&self, branch: &NewBranch) -> Result<Branched, StoreError> {
         let Some(reply) = branch.messages.last() else {
             return Ok(Branched::MessageNotFound);
         };
         let chat = reply.chat_id;
         let txn = self.db.begin().await?;
-        touch(&txn, &[chat]).await?;
+        // Takes the chat's lock before the checks (the insert below bumps its version); a
+        // refusal rolls the mark back.
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE chats SET forked = true WHERE id = $1",
+            [chat.into()],
+        ))
+        .await?;
         let checks = txn
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
@@ -90,12 +97,6 @@ impl Store {
             keys: branch.idempotency.iter().collect(),
         };
         insert(&txn, &rows).await?;
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE chats SET forked = true WHERE id = $1 AND NOT forked",
-            [chat.into()],
-        ))
-        .await?;
         txn.commit().await?;
         self.notices
             .changed(chat, branch.messages.iter().map(|m| m.id).collect());

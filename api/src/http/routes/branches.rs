@@ -147,7 +147,7 @@ async fn edit(
         user,
         edited.chat_id,
         input,
-        Some(edited.parent_id),
+        edited.parent_id,
         HistoryEnd::Above(edited.id),
     )
     .await?;

@@ -131,7 +131,8 @@ async fn create(
 }
 
 /// What a post and an edit share, in their order: the content, model and template checked,
-/// the question (hung on `parent` for an edit) and its pending reply, the request built on the
+/// the question (hung on `parent` for an edit; a post's is found under the chat's lock) and
+/// its pending reply, the request built on the
 /// branch that ends at `end`, the user's limits spent (only by what would otherwise be
 /// accepted: a 404 or a 422 costs nothing), and the 202's body.
 pub(super) async fn new_exchange(
@@ -139,7 +140,7 @@ pub(super) async fn new_exchange(
     user: Uuid,
     chat_id: Uuid,
     input: NewMessage,
-    parent: Option<Option<Uuid>>,
+    parent: Option<Uuid>,
     end: HistoryEnd,
 ) -> Result<(Message, Message, OutboxRow, String), ApiError> {
     validate_content(&input.content)?;
@@ -149,9 +150,7 @@ pub(super) async fn new_exchange(
         None => (None, None),
     };
     let (mut question, reply) = exchange(chat_id, input.content, model.clone(), template_id);
-    if let Some(parent) = parent {
-        question.parent_id = parent;
-    }
+    question.parent_id = parent;
     let ask = Ask {
         chat_id,
         request_id: reply.id,
